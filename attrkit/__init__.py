@@ -1,0 +1,71 @@
+"""attrkit: composable training data attribution for PyTorch.
+
+>>> import attrkit
+>>> task = attrkit.AttributionTask(model=model, loss_fn=loss_fn)          # doctest: +SKIP
+>>> attributor = attrkit.compose({"method": "grad-dot"}, task)            # doctest: +SKIP
+>>> scores = attributor.fit(train_loader).attribute(test_loader)        # doctest: +SKIP
+
+Sign convention: targets are loss-like (lower is better) and ``scores[t, i] > 0``
+means training example ``i`` is a proponent of test example ``t``.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+
+from attrkit.compose import Resolved, compose, resolve
+from attrkit.context import FitContext, Member
+from attrkit.errors import (
+    AttrkitError,
+    CheckpointError,
+    ComponentUnavailableError,
+    DataLoaderError,
+    LossShapeError,
+    NotFittedError,
+    PluginConflictError,
+    PluginValidationError,
+    SpecError,
+    UnknownComponentError,
+)
+from attrkit.hookspecs import hookimpl
+from attrkit.results import MetricResult
+from attrkit.registry import Registry, components, default_registry, reset_registry
+from attrkit.spec import ComponentSpec, Spec
+from attrkit.targets import cross_entropy, negated_margin
+from attrkit.task import AttributionTask
+
+__all__ = [
+    "AttributionTask",
+    "AttrkitError",
+    "CheckpointError",
+    "ComponentSpec",
+    "ComponentUnavailableError",
+    "DataLoaderError",
+    "FitContext",
+    "LossShapeError",
+    "Member",
+    "MetricResult",
+    "NotFittedError",
+    "PluginConflictError",
+    "PluginValidationError",
+    "Registry",
+    "Resolved",
+    "Spec",
+    "SpecError",
+    "UnknownComponentError",
+    "__version__",
+    "components",
+    "compose",
+    "cross_entropy",
+    "default_registry",
+    "hookimpl",
+    "negated_margin",
+    "reset_registry",
+    "resolve",
+]
+
+
+def __getattr__(name: str) -> str:
+    if name == "__version__":
+        return metadata.version("attrkit")
+    raise AttributeError(f"module 'attrkit' has no attribute {name!r}")

@@ -1,0 +1,175 @@
+"""The composer: spec + task -> a ready attributor, or one error listing every problem."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from attrkit.config import build_config, config_to_dict
+from attrkit.errors import SpecError, UnknownComponentError
+from attrkit.protocols import SLOTS, Attributor
+from attrkit.registry import Entry, Registry, default_registry
+from attrkit.spec import ComponentSpec, Spec
+from attrkit.task import AttributionTask
+
+__all__ = ["Resolved", "compose", "resolve"]
+
+
+@attrs.frozen
+class Resolved:
+    """A spec checked against a registry: the entries and configs of every part.
+
+    Attributes:
+        spec: the full spec, every default filled in and every parameter explicit.
+        entries: ``{"method" or slot: Entry}``.
+        configs: ``{"method" or slot: Config instance}``.
+    """
+
+    spec: Spec
+    entries: Mapping[str, Entry]
+    configs: Mapping[str, Any]
+
+    def provenance(self) -> dict[str, dict[str, str]]:
+        """``{part: {"name", "plugin", "distribution", "version"}}`` for result files."""
+        return {
+            part: {
+                "name": e.name,
+                "plugin": e.plugin.name,
+                "distribution": e.plugin.distribution,
+                "version": e.plugin.version,
+            }
+            for part, e in self.entries.items()
+        }
+
+
+def _spec_parts(spec: Spec | Mapping[str, Any] | str, registry: Registry) -> tuple[dict[str, ComponentSpec], list[str]]:
+    """``({key: ComponentSpec}, problems)`` of a Spec, dict, JSON text or preset name."""
+    if isinstance(spec, Spec):
+        return {"method": spec.method, **spec.slots()}, []
+    if isinstance(spec, str):
+        if spec.lstrip().startswith("{"):
+            spec = Spec.loads(spec)
+        elif spec in registry.presets:
+            spec = registry.presets[spec][0]
+        else:
+            presets = ", ".join(sorted(registry.presets)) or "none"
+            return {}, [f"spec: {spec!r} is neither JSON nor a preset name; presets: {presets}"]
+    return Spec.collect(spec)
+
+
+def resolve(spec: Spec | Mapping[str, Any] | str, registry: Registry | None = None) -> Resolved:
+    """Check ``spec`` against the registry and fill in every default.
+
+    Args:
+        spec: a :class:`Spec`, a dict, a JSON string or a preset name.
+        registry: defaults to every installed plugin.
+
+    Raises:
+        SpecError: listing every problem: unknown names (with the menu), slots the
+            method does not use, unknown or invalid parameters, capabilities that
+            no part provides, and components unavailable on this machine.
+    """
+    registry = registry or default_registry()
+    given, problems = _spec_parts(spec, registry)
+
+    def lookup(kind: str, part: str, name: str) -> Entry | None:
+        try:
+            entry = registry.get(kind, name)
+        except UnknownComponentError as exc:
+            problems.append(f"{part}: {exc}")
+            return None
+        why = entry.unavailable
+        if why is not None:
+            problems.append(f"{part}: {kind} {name!r} is unavailable on this machine: {why}")
+        return entry
+
+    chosen: dict[str, ComponentSpec] = {}
+    method = lookup("method", "method", given["method"].name) if "method" in given else None
+    if method is not None:
+        chosen["method"] = given["method"]
+        accepted = method.cls.slots
+        for slot, part in given.items():
+            if slot == "method":
+                continue
+            if slot not in accepted:
+                uses = ", ".join(s for s in SLOTS if s in accepted) or "no other component"
+                problems.append(
+                    f"{slot}: method {method.name!r} does not use a {slot} ({part.name!r} given); "
+                    f"it uses: {uses}"
+                )
+        for slot in SLOTS:
+            if slot not in accepted:
+                continue
+            part = given.get(slot) or method.cls.defaults.get(slot)
+            if part is not None:
+                chosen[slot] = ComponentSpec.from_value(part, slot)
+    else:  # still check the slots, so that one error lists every problem
+        chosen.update({slot: part for slot, part in given.items() if slot != "method"})
+
+    entries: dict[str, Entry] = {}
+    configs: dict[str, Any] = {}
+    for part, cspec in chosen.items():
+        entry = method if part == "method" else lookup(part, part, cspec.name)
+        if entry is None:
+            continue
+        entries[part] = entry
+        config, config_problems = build_config(entry.cls.Config, cspec.params, part)
+        problems.extend(config_problems)
+        if config is not None:
+            configs[part] = config
+
+    provided = set().union(*(e.cls.provides for e in entries.values())) if entries else set()
+    for part, entry in entries.items():
+        for need in sorted(entry.cls.requires - provided):
+            givers = [
+                f"{kind} {name!r}"
+                for kind, named in registry.components().items()
+                for name, e in named.items()
+                if need in e.cls.provides
+            ]
+            hint = f"; provided by {', '.join(givers)}" if givers else "; no registered component provides it"
+            problems.append(f"{part}: {entry.kind} {entry.name!r} requires {need!r}, which no part of this spec provides{hint}")
+
+    if problems:
+        raise SpecError(problems)
+    full = Spec(
+        **{
+            part: ComponentSpec(name=entries[part].name, params=config_to_dict(configs[part]))
+            for part in entries
+        }
+    )
+    return Resolved(spec=full, entries=entries, configs=configs)
+
+
+def compose(
+    spec: Spec | Mapping[str, Any] | str,
+    task: AttributionTask,
+    registry: Registry | None = None,
+) -> Attributor:
+    """Build the attributor a spec describes for ``task``.
+
+    Args:
+        spec: a dict (``{"method": "grad-dot", "projector": {"name": "gaussian", "dim": 256}}``),
+            a JSON string, a preset name or a :class:`Spec`.
+        task: the :class:`AttributionTask`.
+        registry: defaults to every installed plugin.
+
+    Returns:
+        An unfitted attributor; ``attributor.resolved`` records the full spec and the
+        provenance of every part.
+
+    Raises:
+        SpecError: every problem of the spec, in one error.
+        TypeError: ``task`` is not an ``AttributionTask``.
+    """
+    if not isinstance(task, AttributionTask):
+        raise TypeError(f"task must be an attrkit.AttributionTask, got {type(task).__name__}")
+    resolved = resolve(spec, registry)
+    parts = {
+        slot: resolved.entries[slot].cls(resolved.configs[slot]) for slot in SLOTS if slot in resolved.entries
+    }
+    attributor = resolved.entries["method"].cls(resolved.configs["method"], task=task, parts=parts)
+    attributor.resolved = resolved
+    return attributor

@@ -1,0 +1,54 @@
+"""Value objects handed between components during ``fit``: members and fit contexts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+if TYPE_CHECKING:
+    import torch
+
+    from attrkit.protocols import GradientSource
+    from attrkit.task import AttributionTask
+
+__all__ = ["FitContext", "Member"]
+
+
+@attrs.frozen(kw_only=True)
+class Member:
+    """One term of the ensemble sum: a full model state and its weight.
+
+    Attributes:
+        state: ``{name: Tensor}`` of every parameter and buffer of the task's model.
+        weight: ``w_m`` in ``score = Σ_m w_m <…>`` (dimensionless).
+        label: human-readable provenance (``"checkpoint 0"``).
+    """
+
+    state: Mapping[str, torch.Tensor] = attrs.field(repr=False)
+    weight: float = 1.0
+    label: str = "model"
+
+
+@attrs.frozen(kw_only=True)
+class FitContext:
+    """Everything a projector, solver or grouper may read while fitting.
+
+    Attributes:
+        task: the attribution task.
+        member: the member being fitted.
+        train: the (fixed-order) training batches.
+        gradients: the spec's gradient source.
+        dimension: ``p``, length of one raw gradient vector.
+        n_train: number of training examples.
+        features: ``Tensor[n_train, k]`` projected training features, once computed.
+    """
+
+    task: AttributionTask
+    member: Member
+    train: Iterable[Any] = attrs.field(repr=False)
+    gradients: GradientSource
+    dimension: int
+    n_train: int
+    features: torch.Tensor | None = attrs.field(default=None, repr=False)

@@ -1,0 +1,107 @@
+"""Per-example gradients of ``fn(model, batch) -> Tensor[b]`` via ``torch.func``.
+
+``fn`` is written with plain ``model(x)`` calls; the model is re-parametrised with
+``torch.func.functional_call`` so that its own weights are never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch.func import functional_call, grad, vmap
+from torch.utils._pytree import tree_map
+
+from attrkit.errors import LossShapeError
+
+__all__ = ["eval_mode", "flat_dimension", "per_example_gradients", "select_parameters"]
+
+
+def select_parameters(model: torch.nn.Module, patterns: Sequence[str]) -> list[str]:
+    """Names of the model's parameters matching any ``fnmatch`` pattern, in model order.
+
+    Raises:
+        ValueError: no parameter matches (the message lists the model's parameters).
+    """
+    names = [n for n, _ in model.named_parameters() if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+    if not names:
+        available = ", ".join(n for n, _ in model.named_parameters()) or "none"
+        raise ValueError(f"parameter patterns {list(patterns)} match no parameter of the model; it has: {available}")
+    return names
+
+
+def flat_dimension(model: torch.nn.Module, names: Sequence[str]) -> int:
+    """``p``: total number of entries of the named parameters."""
+    params = dict(model.named_parameters())
+    return sum(params[n].numel() for n in names)
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Put ``model`` in eval mode (dropout off, batch-norm running statistics) and restore it."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+class _Bound(torch.nn.Module):
+    """``fn(model, batch)`` as a module, so ``functional_call`` can swap its weights."""
+
+    def __init__(self, model: torch.nn.Module, fn: Callable[[torch.nn.Module, Any], torch.Tensor]):
+        super().__init__()
+        self.model = model
+        self.fn = fn
+
+    def forward(self, batch: Any) -> torch.Tensor:
+        return self.fn(self.model, batch)
+
+
+def per_example_gradients(
+    model: torch.nn.Module,
+    fn: Callable[[torch.nn.Module, Any], torch.Tensor],
+    state: Mapping[str, torch.Tensor],
+    batch: Any,
+    names: Sequence[str],
+) -> torch.Tensor:
+    """Gradient of ``fn`` for each example of ``batch`` w.r.t. the named parameters.
+
+    Args:
+        model: the module ``fn`` calls (its weights are not used or changed).
+        fn: ``fn(model, batch) -> Tensor[b]``, one value per example.
+        state: ``{name: Tensor}`` of every parameter and buffer to evaluate at.
+        batch: a tensor, tuple/list or dict of tensors with ``b`` examples.
+        names: parameters to differentiate (the others are held fixed).
+
+    Returns:
+        ``Tensor[b, p]``, parameters concatenated in ``names`` order, each flattened.
+
+    Raises:
+        LossShapeError: ``fn`` does not return one value per example.
+    """
+    bound = _Bound(model, fn)
+    chosen = set(names)
+    fixed = {f"model.{k}": v for k, v in state.items() if k not in chosen}
+
+    def one(params: Mapping[str, torch.Tensor], example: Any) -> torch.Tensor:
+        single = tree_map(lambda t: t.unsqueeze(0), example)
+        out = functional_call(bound, {**fixed, **{f"model.{k}": v for k, v in params.items()}}, (single,))
+        if not isinstance(out, torch.Tensor) or out.shape != (1,):
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise LossShapeError(
+                f"loss_fn/target_fn must return one value per example, Tensor[b]; for a batch of 1 it "
+                f"returned shape {got}. Use reduction='none' and do not average over the batch."
+            )
+        return out[0]
+
+    trainable = {n: state[n] for n in names}
+    with eval_mode(model):
+        grads = vmap(grad(one), in_dims=(None, 0))(trainable, batch)
+    b = next(iter(grads.values())).shape[0]
+    return torch.cat([grads[n].reshape(b, -1) for n in names], dim=1)

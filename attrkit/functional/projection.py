@@ -1,0 +1,99 @@
+"""Seeded random projection matrices, generated in fixed blocks and never held whole
+unless they fit a cache budget.
+
+``P`` (``[p, k]``) is defined block by block: rows ``[j*B, (j+1)*B)`` are drawn by a
+sampler from a generator seeded by ``(seed, j)``. Because ``B`` is fixed, ``P`` does
+not depend on batch size, chunk size or which rows are asked for first. Numbers differ
+between CPU and CUDA generators: a seed fixes ``P`` per device type.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+__all__ = ["BLOCK_ROWS", "SeededMatrix", "block_generator", "gaussian_sampler", "rademacher_sampler"]
+
+#: Rows of ``P`` per seeded block. Changing it changes every projection: keep it fixed.
+BLOCK_ROWS = 1024
+
+#: ``sampler(generator, rows, k, device) -> Tensor[rows, k]`` float32 with unit-variance entries.
+Sampler = Callable[[torch.Generator, int, int, torch.device], torch.Tensor]
+
+
+def block_generator(seed: int, block: int, device: torch.device) -> torch.Generator:
+    """A generator on ``device`` seeded from ``(seed, block)`` (SplitMix64-style mixing)."""
+    z = (seed * 0x9E3779B97F4A7C15 + block + 1) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return torch.Generator(device=device).manual_seed((z ^ (z >> 31)) & 0x7FFFFFFFFFFFFFFF)
+
+
+def gaussian_sampler(gen: torch.Generator, rows: int, k: int, device: torch.device) -> torch.Tensor:
+    """Standard normal entries."""
+    return torch.randn(rows, k, generator=gen, device=device)
+
+
+def rademacher_sampler(gen: torch.Generator, rows: int, k: int, device: torch.device) -> torch.Tensor:
+    """Entries ±1 with probability 1/2 each."""
+    return torch.randint(0, 2, (rows, k), generator=gen, device=device).float().mul_(2).sub_(1)
+
+
+class SeededMatrix:
+    """The ``[p, k]`` matrix ``sampler(...) / sqrt(k)``, applied block by block.
+
+    With unit-variance entries scaled by ``1/sqrt(k)``, ``E[<xP, yP>] = <x, y>``.
+
+    Args:
+        p: input dimension.
+        k: output dimension.
+        seed: fixes the matrix (per device type).
+        sampler: draws one block of unit-variance entries.
+        chunk_rows: rows multiplied at once (memory ``chunk_rows * k * 4`` bytes);
+            rounded up to a multiple of :data:`BLOCK_ROWS`. Does not change ``P``.
+        cache_bytes: keep the whole matrix per device when it is at most this large;
+            otherwise blocks are regenerated on the fly at every call (fast on GPU).
+    """
+
+    def __init__(
+        self,
+        p: int,
+        k: int,
+        seed: int,
+        sampler: Sampler,
+        chunk_rows: int = 8 * BLOCK_ROWS,
+        cache_bytes: int = 256 * 2**20,
+    ):
+        self.p, self.k, self.seed, self.sampler = p, k, seed, sampler
+        self.chunk_rows = max(BLOCK_ROWS, math.ceil(chunk_rows / BLOCK_ROWS) * BLOCK_ROWS)
+        self.cacheable = p * k * 4 <= cache_bytes
+        self._cache: dict[torch.device, torch.Tensor] = {}
+
+    def rows(self, start: int, stop: int, device: torch.device) -> torch.Tensor:
+        """``P[start:stop]`` (``start`` a multiple of BLOCK_ROWS), float32 on ``device``."""
+        first, last = start // BLOCK_ROWS, math.ceil(stop / BLOCK_ROWS)
+        blocks = []
+        for j in range(first, last):
+            n = min(BLOCK_ROWS, self.p - j * BLOCK_ROWS)
+            blocks.append(self.sampler(block_generator(self.seed, j, device), n, self.k, device))
+        return torch.cat(blocks).div_(math.sqrt(self.k))[: stop - start]
+
+    def matrix(self, device: torch.device) -> torch.Tensor:
+        """The whole ``P`` (``[p, k]``), cached; only for matrices within the cache budget."""
+        if device not in self._cache:
+            self._cache[device] = self.rows(0, self.p, device)
+        return self._cache[device]
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """``x @ P`` for ``x`` of shape ``[b, p]``; result in ``x``'s dtype."""
+        if x.shape[-1] != self.p:
+            raise ValueError(f"projector was set up for dimension {self.p}, got vectors of dimension {x.shape[-1]}")
+        if self.cacheable:
+            return (x.float() @ self.matrix(x.device)).to(x.dtype)
+        out = torch.zeros(x.shape[0], self.k, device=x.device)
+        for start in range(0, self.p, self.chunk_rows):
+            stop = min(self.p, start + self.chunk_rows)
+            out += x[:, start:stop].float() @ self.rows(start, stop, x.device)
+        return out.to(x.dtype)

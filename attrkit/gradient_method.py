@@ -1,0 +1,214 @@
+"""The shared score formula of gradient-based methods, as a base class for plugins.
+
+    score(t, i) = Σ_m w_m · < Precond_m(Proj_m(∇ target_t)), Proj_m(∇ loss_i) >
+
+over ensemble members ``m``. Grad-Dot, Grad-Cos (rows normalised), TracIn (weights =
+learning rates), influence functions (a solver as ``Precond``) and TRAK are subclasses
+that fix the defaults; the parts come from the spec. With a grouper, the training side
+is summed per group (gradients are linear), so column ``j`` of the scores is group ``j``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar
+
+import attrs
+import torch
+
+from attrkit import capabilities
+from attrkit.context import FitContext, Member
+from attrkit.data import batch_size, check_fixed_order
+from attrkit.errors import DataLoaderError, NotFittedError
+from attrkit.functional.scoring import normalize_rows, row_dots
+from attrkit.progress import progress
+from attrkit.task import AttributionTask
+
+__all__ = ["GradientAttributor", "check_partition"]
+
+
+def check_partition(groups: torch.Tensor, n_train: int, who: str) -> torch.Tensor:
+    """Validate a grouper's output: ``LongTensor[n_train]`` using every index ``0..G-1``.
+
+    Raises:
+        ValueError: wrong shape or dtype, negative indices, or unused group indices.
+    """
+    if groups.dtype != torch.long or groups.shape != (n_train,):
+        raise ValueError(f"{who} must return a LongTensor[{n_train}], got {groups.dtype} {tuple(groups.shape)}")
+    if n_train and (groups.min() < 0 or torch.unique(groups).numel() != int(groups.max()) + 1):
+        raise ValueError(f"{who} must number groups 0..G-1 with every index used")
+    return groups
+
+
+@attrs.define
+class _Fitted:
+    """What ``fit`` keeps per member: its parts, fitted, and its training features."""
+
+    member: Member
+    projector: Any
+    solver: Any
+    train: torch.Tensor  # [n_train or n_groups, k], train-side transform applied
+
+
+class GradientAttributor:
+    """Base class implementing fit / attribute / self_influence for the score formula.
+
+    Subclasses set ``name``, ``Config``, ``slots``, ``defaults`` and ``normalize``.
+    Memory: the training features of every member, ``Tensor[n_train, k]`` each.
+
+    Args:
+        config: the method's config.
+        task: the attribution task.
+        parts: ``{slot: component}`` resolved by the composer.
+    """
+
+    kind: ClassVar[str] = "method"
+    requires: ClassVar[frozenset[str]] = frozenset({capabilities.PER_EXAMPLE})
+    provides: ClassVar[frozenset[str]] = frozenset()
+    slots: ClassVar[frozenset[str]] = frozenset({"gradients", "projector", "grouper", "ensemble"})
+    defaults: ClassVar[Mapping[str, str]] = {"gradients": "per-example", "projector": "identity", "grouper": "singleton"}
+    #: Cosine instead of dot product: normalise both sides' features to unit length.
+    normalize: ClassVar[bool] = False
+
+    def __init__(self, config: Any, *, task: AttributionTask, parts: Mapping[str, Any]):
+        self.config = config
+        self.task = task
+        self.gradients = parts["gradients"]
+        self.projector = parts.get("projector")
+        self.solver = parts.get("solver")
+        self.grouper = parts.get("grouper")
+        self.ensemble = parts.get("ensemble")
+        self.dimension = self.gradients.dimension(task)
+        #: ``LongTensor[n_train]``: the group of each training example, after ``fit``.
+        self.groups: torch.Tensor | None = None
+        self._fitted: list[_Fitted] | None = None
+
+    # -- the two sides of the formula -------------------------------------------------
+
+    def _gradients(self, member: Member, batch: Any, target: bool) -> torch.Tensor:
+        fn = self.gradients.target_gradients if target else self.gradients.loss_gradients
+        grads = fn(self.task, member, batch)
+        expected = (batch_size(batch), self.dimension)
+        if tuple(grads.shape) != expected:
+            raise DataLoaderError(f"gradient source {self.gradients.name!r} returned {tuple(grads.shape)}, expected {expected}")
+        return grads
+
+    def _query_side(self, fitted: _Fitted, grads: torch.Tensor) -> torch.Tensor:
+        """``Precond(Proj(g))`` for raw gradients ``[b, p]`` -> ``[b, k]``."""
+        solver = fitted.solver
+        if solver is not None and solver.space == "parameter":
+            grads = solver.solve(grads)
+        feats = fitted.projector.project(grads) if fitted.projector is not None else grads
+        if solver is not None and solver.space == "feature":
+            feats = solver.solve(feats)
+        return normalize_rows(feats) if self.normalize else feats
+
+    def _train_side(self, feats: torch.Tensor) -> torch.Tensor:
+        return normalize_rows(feats) if self.normalize else feats
+
+    def _project(self, projector: Any, grads: torch.Tensor) -> torch.Tensor:
+        return projector.project(grads) if projector is not None else grads
+
+    # -- public API -------------------------------------------------------------------
+
+    def members(self) -> list[Member]:
+        """The ensemble members (the task's checkpoints when no ensemble is given)."""
+        return self.ensemble.members(self.task) if self.ensemble is not None else self.task.members()
+
+    def fit(self, train: Iterable[Any]) -> GradientAttributor:
+        """Compute and keep the training features of every member.
+
+        Args:
+            train: fixed-order batches (a ``DataLoader`` with ``shuffle=False``).
+
+        Returns:
+            ``self``.
+
+        Raises:
+            DataLoaderError: a shuffling or empty loader.
+        """
+        check_fixed_order(train, "train")
+        fitted = []
+        members = self.members()
+        for index, member in enumerate(members):
+            context = FitContext(
+                task=self.task, member=member, train=train, gradients=self.gradients, dimension=self.dimension, n_train=0
+            )
+            projector = copy.deepcopy(self.projector)
+            if projector is not None:
+                projector.fit(context)
+            desc = f"{self.name}: train features ({member.label}, {index + 1}/{len(members)})"
+            blocks = [self._project(projector, self._gradients(member, b, target=False)) for b in progress(train, desc)]
+            if not blocks:
+                raise DataLoaderError("the train loader yielded no batch")
+            feats = torch.cat(blocks)
+            context = attrs.evolve(context, n_train=feats.shape[0], features=feats)
+            if self.groups is None or self.groups.shape[0] != feats.shape[0]:
+                groups = self.grouper.assign(context) if self.grouper is not None else torch.arange(feats.shape[0])
+                self.groups = check_partition(groups, feats.shape[0], f"grouper {getattr(self.grouper, 'name', '')!r}")
+            feats = self._group_sum(feats)
+            solver = copy.deepcopy(self.solver)
+            if solver is not None:
+                solver.fit(attrs.evolve(context, features=feats))
+            fitted.append(_Fitted(member=member, projector=projector, solver=solver, train=self._train_side(feats)))
+        self._fitted = fitted
+        return self
+
+    def _group_sum(self, feats: torch.Tensor) -> torch.Tensor:
+        n_groups = int(self.groups.max()) + 1 if self.groups.numel() else 0
+        if n_groups == feats.shape[0] and torch.equal(self.groups, torch.arange(n_groups)):
+            return feats
+        out = torch.zeros(n_groups, feats.shape[1], dtype=feats.dtype, device=feats.device)
+        return out.index_add_(0, self.groups.to(feats.device), feats)
+
+    def _require_fit(self) -> list[_Fitted]:
+        if self._fitted is None:
+            raise NotFittedError(f"call {type(self).__name__}.fit(train_loader) before attributing")
+        return self._fitted
+
+    def attribute(self, test: Iterable[Any]) -> torch.Tensor:
+        """Scores of every training example (or group) for every test example.
+
+        Args:
+            test: fixed-order test batches; the target is ``task.target``.
+
+        Returns:
+            ``Tensor[n_test, n_train]`` (``[n_test, n_groups]`` with a grouper), float32,
+            CPU. Positive means the training example is a proponent.
+        """
+        fitted = self._require_fit()
+        check_fixed_order(test, "test")
+        rows = []
+        for batch in progress(test, f"{self.name}: scoring"):
+            total = 0.0
+            for f in fitted:
+                query = self._query_side(f, self._gradients(f.member, batch, target=True))
+                total = total + f.member.weight * (query @ f.train.T)
+            rows.append(total.float().cpu())
+        if not rows:
+            raise DataLoaderError("the test loader yielded no batch")
+        return torch.cat(rows)
+
+    def self_influence(self, train: Iterable[Any]) -> torch.Tensor:
+        """``Tensor[n]`` float32 CPU: each training example's score for itself (loss on both sides).
+
+        With a grouper, ``train`` must be the fitted training set and the result is per group.
+        """
+        fitted = self._require_fit()
+        check_fixed_order(train, "train")
+        total = 0.0
+        for f in fitted:
+            grads = [self._gradients(f.member, b, target=False) for b in progress(train, f"{self.name}: self-influence")]
+            raw = torch.cat(grads)
+            if self.groups.shape[0] != raw.shape[0] and self.grouper is not None and self.grouper.name != "singleton":
+                raise DataLoaderError(
+                    f"self_influence with groups needs the fitted training set ({self.groups.shape[0]} examples), "
+                    f"got {raw.shape[0]}"
+                )
+            if self.groups.shape[0] == raw.shape[0]:
+                raw = self._group_sum(raw)
+            query = self._query_side(f, raw)
+            key = self._train_side(self._project(f.projector, raw))
+            total = total + f.member.weight * row_dots(query, key)
+        return total.float().cpu()

@@ -1,0 +1,168 @@
+"""Conformance checks per component kind, run on tiny problems.
+
+Each check raises ``AssertionError`` naming the component and the broken contract.
+``check_component(entry)`` dispatches on ``entry.kind``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import torch
+
+from attrkit.compose import compose
+from attrkit.config import field_examples
+from attrkit.context import FitContext
+from attrkit.gradient_method import check_partition
+from attrkit.registry import Entry, Registry, default_registry
+from attrkit.testing.toy import ToyProblem, autograd_gradients, toy_problem
+
+__all__ = ["check_component", "example_config"]
+
+
+def example_config(cls: type) -> Any:
+    """``cls.Config`` built from each field's first example (or its default)."""
+    values = {f.alias: field_examples(f)[0] for f in attrs.fields(cls.Config) if field_examples(f)}
+    return cls.Config(**values)
+
+
+def _context(toy: ToyProblem, dimension: int, features: torch.Tensor | None = None) -> FitContext:
+    return FitContext(
+        task=toy.task,
+        member=toy.task.members()[0],
+        train=toy.train_loader(),
+        gradients=None,
+        dimension=dimension,
+        n_train=len(toy.y_train),
+        features=features,
+    )
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, what: str, rtol: float = 1e-4, atol: float = 1e-5) -> None:
+    if a.shape != b.shape or not torch.allclose(a, b, rtol=rtol, atol=atol):
+        err = (a - b).abs().max().item() if a.shape == b.shape else f"shapes {tuple(a.shape)} vs {tuple(b.shape)}"
+        raise AssertionError(f"{what}: mismatch (max abs error {err})")
+
+
+def check_gradients(entry: Entry) -> None:
+    """Per-example gradients equal a plain autograd loop and do not depend on batching."""
+    toy = toy_problem()
+    source = entry.cls(example_config(entry.cls))
+    member = toy.task.members()[0]
+    batch = (toy.x_train, toy.y_train)
+    grads = source.loss_gradients(toy.task, member, batch)
+    assert grads.shape == (len(toy.y_train), source.dimension(toy.task)), f"{entry.name}: wrong shape {grads.shape}"
+    if source.dimension(toy.task) == sum(p.numel() for p in toy.task.model.parameters()):
+        _close(grads, autograd_gradients(toy.task.model, toy.task.loss_fn, *batch), f"{entry.name} vs autograd")
+    halves = [source.loss_gradients(toy.task, member, (toy.x_train[s], toy.y_train[s])) for s in (slice(0, 5), slice(5, None))]
+    _close(torch.cat(halves), grads, f"{entry.name}: batch-size independence")
+
+
+def check_projector(entry: Entry) -> None:
+    """A projector is linear, seeded (two instances agree) and batch-independent."""
+    toy = toy_problem()
+    gen = torch.Generator().manual_seed(0)
+    p = 50
+    x, y = torch.randn(6, p, generator=gen), torch.randn(6, p, generator=gen)
+    first, second = entry.cls(example_config(entry.cls)), entry.cls(example_config(entry.cls))
+    for projector in (first, second):
+        projector.fit(_context(toy, p))
+    out = first.project(x)
+    assert out.dim() == 2 and out.shape[0] == 6, f"{entry.name}: project must map [b, p] to [b, k], got {tuple(out.shape)}"
+    _close(second.project(x), out, f"{entry.name}: determinism under a seed")
+    _close(first.project(2 * x - 3 * y), 2 * out - 3 * first.project(y), f"{entry.name}: linearity", atol=1e-4)
+    _close(torch.cat([first.project(x[:2]), first.project(x[2:])]), out, f"{entry.name}: batch-size independence")
+
+
+def check_solver(entry: Entry) -> None:
+    """A solver fits on features, keeps shapes, is linear and batch-independent."""
+    toy = toy_problem()
+    gen = torch.Generator().manual_seed(0)
+    feats = torch.randn(len(toy.y_train), 7, generator=gen)
+    solver = entry.cls(example_config(entry.cls))
+    assert solver.space in ("feature", "parameter"), f"{entry.name}: space must be 'feature' or 'parameter'"
+    solver.fit(_context(toy, 7, feats))
+    v, w = torch.randn(4, 7, generator=gen), torch.randn(4, 7, generator=gen)
+    out = solver.solve(v)
+    assert out.shape == v.shape, f"{entry.name}: solve must keep the shape"
+    _close(solver.solve(v + 2 * w), out + 2 * solver.solve(w), f"{entry.name}: linearity", atol=1e-4)
+    _close(torch.cat([solver.solve(v[:1]), solver.solve(v[1:])]), out, f"{entry.name}: batch-size independence")
+
+
+def check_grouper(entry: Entry) -> None:
+    """A grouper returns a seeded partition of the training set."""
+    toy = toy_problem()
+    feats = autograd_gradients(toy.task.model, toy.task.loss_fn, toy.x_train, toy.y_train)
+    context = _context(toy, feats.shape[1], feats)
+    groups = entry.cls(example_config(entry.cls)).assign(context)
+    check_partition(groups, len(toy.y_train), entry.name)
+    again = entry.cls(example_config(entry.cls)).assign(context)
+    assert torch.equal(groups, again), f"{entry.name}: groups differ between two runs with one config"
+
+
+def check_metric(entry: Entry) -> None:
+    """A metric's per-target values do not depend on how targets are split."""
+    metric = entry.cls(example_config(entry.cls))
+    assert isinstance(metric.higher_is_better, bool), f"{entry.name}: higher_is_better must be a bool"
+    gen = torch.Generator().manual_seed(0)
+    scores = torch.randn(6, 20, generator=gen)
+    if not metric.needs <= {"subsets", "values"}:
+        return  # ground truth of another shape: the plugin's own tests cover it
+    subsets = torch.rand(12, 20, generator=gen) < 0.5
+    values = -(subsets.double() @ scores.double().T) + 0.5 * torch.randn(12, 6, generator=gen, dtype=torch.float64)
+    whole = metric.evaluate(scores, {"subsets": subsets, "values": values})
+    parts = [metric.evaluate(scores[s], {"subsets": subsets, "values": values[:, s]}) for s in (slice(0, 2), slice(2, None))]
+    if whole.per_target is not None:
+        _close(torch.cat([p.per_target for p in parts]), whole.per_target, f"{entry.name}: split targets")
+
+
+def check_method(entry: Entry, registry: Registry | None = None) -> None:
+    """A method with its default parts gives float32 ``[n_test, n_train]`` scores that do
+    not depend on batch size and follow a permutation of the training set."""
+    toy = toy_problem()
+    attributor = compose({"method": entry.name}, toy.task, registry)
+    scores = attributor.fit(toy.train_loader(8)).attribute(toy.test_loader(4))
+    assert scores.shape == (len(toy.y_test), len(toy.y_train)), f"{entry.name}: wrong shape {tuple(scores.shape)}"
+    assert scores.dtype == torch.float32 and scores.device.type == "cpu", f"{entry.name}: scores must be float32 on CPU"
+    rebatched = compose({"method": entry.name}, toy.task, registry).fit(toy.train_loader(5)).attribute(toy.test_loader(6))
+    _close(rebatched, scores, f"{entry.name}: batch-size independence")
+    order = torch.randperm(len(toy.y_train), generator=torch.Generator().manual_seed(1))
+    permuted = compose({"method": entry.name}, toy.task, registry).fit(toy.train_loader(8, order)).attribute(toy.test_loader(4))
+    _close(permuted, scores[:, order], f"{entry.name}: permuting the training set permutes the columns")
+
+
+def check_ensemble(entry: Entry) -> None:
+    """An ensemble gives a non-empty, seeded list of members whose states fit the model."""
+    toy = toy_problem()
+    first = entry.cls(example_config(entry.cls)).members(toy.task)
+    second = entry.cls(example_config(entry.cls)).members(toy.task)
+    assert first, f"{entry.name}: an ensemble needs at least one member"
+    expected = set(toy.task.model.state_dict())
+    for a, b in zip(first, second, strict=True):
+        assert expected <= set(a.state), f"{entry.name}: member {a.label} lacks {sorted(expected - set(a.state))}"
+        assert a.weight == b.weight, f"{entry.name}: member weights differ between two runs with one config"
+        for key in a.state:
+            _close(a.state[key].float(), b.state[key].float(), f"{entry.name}: member {a.label} {key} under a seed")
+
+
+_CHECKS = {
+    "ensemble": check_ensemble,
+    "gradients": check_gradients,
+    "projector": check_projector,
+    "solver": check_solver,
+    "grouper": check_grouper,
+    "metric": check_metric,
+}
+
+
+def check_component(entry: Entry, registry: Registry | None = None) -> None:
+    """Run the conformance checks of ``entry``'s kind.
+
+    Raises:
+        AssertionError: a broken contract, naming the component.
+    """
+    if entry.kind == "method":
+        check_method(entry, registry or default_registry())
+    else:
+        _CHECKS[entry.kind](entry)

@@ -1,0 +1,1 @@
+"""A template attrkit plugin: copy this distribution to start your own."""
