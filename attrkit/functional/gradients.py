@@ -15,6 +15,7 @@ import torch
 from torch.func import functional_call, grad, vmap
 from torch.utils._pytree import tree_map
 
+from attrkit.data import batch_size
 from attrkit.errors import LossShapeError
 
 __all__ = ["eval_mode", "flat_dimension", "per_example_gradients", "select_parameters"]
@@ -84,7 +85,9 @@ def per_example_gradients(
 
     Raises:
         LossShapeError: ``fn`` does not return one value per example.
+        DataLoaderError: a malformed batch (non-tensor leaves, ragged sizes).
     """
+    b = batch_size(batch)
     bound = _Bound(model, fn)
     chosen = set(names)
     fixed = {f"model.{k}": v for k, v in state.items() if k not in chosen}
@@ -103,5 +106,4 @@ def per_example_gradients(
     trainable = {n: state[n] for n in names}
     with eval_mode(model):
         grads = vmap(grad(one), in_dims=(None, 0))(trainable, batch)
-    b = next(iter(grads.values())).shape[0]
     return torch.cat([grads[n].reshape(b, -1) for n in names], dim=1)
