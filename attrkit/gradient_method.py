@@ -86,7 +86,9 @@ class GradientAttributor:
 
     # -- the two sides of the formula -------------------------------------------------
 
-    def _gradients(self, member: Member, batch: Any, target: bool) -> torch.Tensor:
+    def _gradients(self, member: Member, batch: Any, target: bool) -> Any:
+        """Raw gradients: ``Tensor[b, p]``, or a factored block (with ``shape`` and
+        ``materialize()``) from a gradient source that provides factors."""
         fn = self.gradients.target_gradients if target else self.gradients.loss_gradients
         grads = fn(self.task, member, batch)
         expected = (batch_size(batch), self.dimension)
@@ -94,21 +96,30 @@ class GradientAttributor:
             raise DataLoaderError(f"gradient source {self.gradients.name!r} returned {tuple(grads.shape)}, expected {expected}")
         return grads
 
-    def _query_side(self, fitted: _Fitted, grads: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _dense(grads: Any) -> torch.Tensor:
+        return grads if isinstance(grads, torch.Tensor) else grads.materialize()
+
+    def _project(self, projector: Any, grads: Any) -> torch.Tensor:
+        """``Proj(g)``; a factored block goes whole only to a projector that ``accepts_factored``."""
+        if projector is None:
+            return self._dense(grads)
+        if not isinstance(grads, torch.Tensor) and not getattr(projector, "accepts_factored", False):
+            grads = grads.materialize()
+        return projector.project(grads)
+
+    def _query_side(self, fitted: _Fitted, grads: Any) -> torch.Tensor:
         """``Precond(Proj(g))`` for raw gradients ``[b, p]`` -> ``[b, k]``."""
         solver = fitted.solver
         if solver is not None and solver.space == "parameter":
-            grads = solver.solve(grads)
-        feats = fitted.projector.project(grads) if fitted.projector is not None else grads
+            grads = solver.solve(self._dense(grads))
+        feats = self._project(fitted.projector, grads)
         if solver is not None and solver.space == "feature":
             feats = solver.solve(feats)
         return normalize_rows(feats) if self.normalize else feats
 
     def _train_side(self, feats: torch.Tensor) -> torch.Tensor:
         return normalize_rows(feats) if self.normalize else feats
-
-    def _project(self, projector: Any, grads: torch.Tensor) -> torch.Tensor:
-        return projector.project(grads) if projector is not None else grads
 
     # -- public API -------------------------------------------------------------------
 
@@ -200,7 +211,7 @@ class GradientAttributor:
         total = 0.0
         for f in fitted:
             grads = [self._gradients(f.member, b, target=False) for b in progress(train, f"{self.name}: self-influence")]
-            raw = torch.cat(grads)
+            raw = torch.cat([self._dense(g) for g in grads])
             if self.groups.shape[0] != raw.shape[0] and self.grouper is not None and self.grouper.name != "singleton":
                 raise DataLoaderError(
                     f"self_influence with groups needs the fitted training set ({self.groups.shape[0]} examples), "
