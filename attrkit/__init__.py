@@ -27,6 +27,7 @@ from attrkit.errors import (
     SpecError,
     UnknownComponentError,
 )
+from attrkit.gradient_method import GradientAttributor, TopK
 from attrkit.hookspecs import hookimpl
 from attrkit.results import MetricResult
 from attrkit.registry import Registry, components, default_registry, reset_registry
@@ -42,6 +43,7 @@ __all__ = [
     "ComponentUnavailableError",
     "DataLoaderError",
     "FitContext",
+    "GradientAttributor",
     "LossShapeError",
     "Member",
     "MetricResult",
@@ -52,6 +54,7 @@ __all__ = [
     "Resolved",
     "Spec",
     "SpecError",
+    "TopK",
     "UnknownComponentError",
     "__version__",
     "components",

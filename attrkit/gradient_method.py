@@ -11,6 +11,7 @@ is summed per group (gradients are linear), so column ``j`` of the scores is gro
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
@@ -23,9 +24,10 @@ from attrkit.data import batch_size, check_fixed_order
 from attrkit.errors import DataLoaderError, NotFittedError
 from attrkit.functional.scoring import normalize_rows, row_dots
 from attrkit.progress import progress
+from attrkit.store import DiskStore, FeatureStore, MemoryStore, fingerprint
 from attrkit.task import AttributionTask
 
-__all__ = ["GradientAttributor", "check_partition"]
+__all__ = ["GradientAttributor", "TopK", "check_partition"]
 
 
 def check_partition(groups: torch.Tensor, n_train: int, who: str) -> torch.Tensor:
@@ -39,6 +41,33 @@ def check_partition(groups: torch.Tensor, n_train: int, who: str) -> torch.Tenso
     if n_train and (groups.min() < 0 or torch.unique(groups).numel() != int(groups.max()) + 1):
         raise ValueError(f"{who} must number groups 0..G-1 with every index used")
     return groups
+
+
+@attrs.frozen
+class TopK:
+    """Strongest proponents (highest scores) and opponents (lowest) per test example.
+
+    Attributes:
+        proponent_scores, opponent_scores: ``Tensor[n_test, k]`` float32, sorted by strength.
+        proponents, opponents: ``LongTensor[n_test, k]`` training (or group) indices.
+    """
+
+    proponent_scores: torch.Tensor
+    proponents: torch.Tensor
+    opponent_scores: torch.Tensor
+    opponents: torch.Tensor
+
+
+def _merge(
+    current: tuple[torch.Tensor, torch.Tensor] | None, tile: torch.Tensor, offset: int, k: int, largest: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Running top-k: merge ``tile`` (``[b, t]`` scores of columns ``offset..``) into ``current``."""
+    values, index = tile.topk(min(k, tile.shape[1]), dim=1, largest=largest)
+    index = index + offset
+    if current is not None:
+        values, index = torch.cat([current[0], values], 1), torch.cat([current[1], index], 1)
+    keep = values.topk(min(k, values.shape[1]), dim=1, largest=largest).indices
+    return values.gather(1, keep), index.gather(1, keep)
 
 
 @attrs.define
@@ -127,21 +156,26 @@ class GradientAttributor:
         """The ensemble members (the task's checkpoints when no ensemble is given)."""
         return self.ensemble.members(self.task) if self.ensemble is not None else self.task.members()
 
-    def fit(self, train: Iterable[Any]) -> GradientAttributor:
+    def fit(self, train: Iterable[Any], store: str | os.PathLike | None = None) -> GradientAttributor:
         """Compute and keep the training features of every member.
 
         Args:
             train: fixed-order batches (a ``DataLoader`` with ``shuffle=False``).
+            store: a folder for a resumable on-disk feature store: each batch's features
+                are written atomically, and a rerun after a kill computes only the
+                missing batches (bit-identical results). ``None`` keeps them in memory.
 
         Returns:
             ``self``.
 
         Raises:
             DataLoaderError: a shuffling or empty loader.
+            StoreMismatchError: ``store`` holds features of another spec or model.
         """
         check_fixed_order(train, "train")
         fitted = []
         members = self.members()
+        chunks = self._open_store(store, members)
         for index, member in enumerate(members):
             context = FitContext(
                 task=self.task, member=member, train=train, gradients=self.gradients, dimension=self.dimension, n_train=0
@@ -150,10 +184,14 @@ class GradientAttributor:
             if projector is not None:
                 projector.fit(context)
             desc = f"{self.name}: train features ({member.label}, {index + 1}/{len(members)})"
-            blocks = [self._project(projector, self._gradients(member, b, target=False)) for b in progress(train, desc)]
-            if not blocks:
+            count = 0
+            for j, batch in enumerate(progress(train, desc)):
+                count = j + 1
+                if not chunks.has(index, j):
+                    chunks.put(index, j, self._project(projector, self._gradients(member, batch, target=False)))
+            if not count:
                 raise DataLoaderError("the train loader yielded no batch")
-            feats = torch.cat(blocks)
+            feats = chunks.matrix(index, count).to(self.task.device)
             context = attrs.evolve(context, n_train=feats.shape[0], features=feats)
             if self.groups is None or self.groups.shape[0] != feats.shape[0]:
                 groups = self.grouper.assign(context) if self.grouper is not None else torch.arange(feats.shape[0])
@@ -165,6 +203,13 @@ class GradientAttributor:
             fitted.append(_Fitted(member=member, projector=projector, solver=solver, train=self._train_side(feats)))
         self._fitted = fitted
         return self
+
+    def _open_store(self, store: str | os.PathLike | None, members: list[Member]) -> FeatureStore:
+        if store is None:
+            return MemoryStore()
+        resolved = getattr(self, "resolved", None)
+        spec = resolved.spec.to_dict() if resolved is not None else {"method": self.name}
+        return DiskStore(store, fingerprint(spec, [m.state for m in members]))
 
     def _group_sum(self, feats: torch.Tensor) -> torch.Tensor:
         n_groups = int(self.groups.max()) + 1 if self.groups.numel() else 0
@@ -200,6 +245,40 @@ class GradientAttributor:
         if not rows:
             raise DataLoaderError("the test loader yielded no batch")
         return torch.cat(rows)
+
+    def top_k(self, test: Iterable[Any], k: int, tile_rows: int = 65536) -> TopK:
+        """The ``k`` strongest proponents and opponents of every test example.
+
+        Scores are computed in tiles of ``tile_rows`` training rows and merged, so the
+        full ``[n_test, n_train]`` matrix is never held.
+
+        Returns:
+            :class:`TopK` with ``[n_test, k]`` values (float32) and indices (int64), CPU.
+
+        Raises:
+            ValueError: ``k`` is not in ``1..n_train`` (or ``n_groups``).
+        """
+        fitted = self._require_fit()
+        check_fixed_order(test, "test")
+        n = fitted[0].train.shape[0]
+        if not 1 <= k <= n:
+            raise ValueError(f"k must be in 1..{n} (the number of training columns), got {k}")
+        parts = []
+        for batch in progress(test, f"{self.name}: top-{k}"):
+            queries = [self._query_side(f, self._gradients(f.member, batch, target=True)) for f in fitted]
+            best = worst = None
+            for start in range(0, n, tile_rows):
+                stop = min(n, start + tile_rows)
+                tile = sum(f.member.weight * (q @ f.train[start:stop].T) for f, q in zip(fitted, queries))
+                best = _merge(best, tile.float().cpu(), start, k, largest=True)
+                worst = _merge(worst, tile.float().cpu(), start, k, largest=False)
+            parts.append((best, worst))
+        return TopK(
+            proponent_scores=torch.cat([b[0] for b, _ in parts]),
+            proponents=torch.cat([b[1] for b, _ in parts]),
+            opponent_scores=torch.cat([w[0] for _, w in parts]),
+            opponents=torch.cat([w[1] for _, w in parts]),
+        )
 
     def self_influence(self, train: Iterable[Any]) -> torch.Tensor:
         """``Tensor[n]`` float32 CPU: each training example's score for itself (loss on both sides).

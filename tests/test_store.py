@@ -1,0 +1,80 @@
+"""Feature stores: resume after a real kill is bit-identical; top-k never needs the full matrix."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import attrkit
+from attrkit.store import StoreMismatchError
+from attrkit.testing import toy_problem
+
+KILLED_FIT = textwrap.dedent(
+    """
+    import os, signal, sys
+    import attrkit
+    from attrkit.testing import toy_problem
+
+    toy = toy_problem(n_train=40)
+    calls = 0
+
+    def dying_loss(model, batch):
+        global calls
+        calls += 1
+        if calls == 4:  # the 4th batch: chunks 0-2 are on disk
+            os.kill(os.getpid(), signal.SIGKILL)
+        return attrkit.cross_entropy(model, batch)
+
+    task = attrkit.AttributionTask(model=toy.task.model, loss_fn=dying_loss)
+    spec = {"method": "grad-dot", "projector": {"name": "gaussian", "dim": 16}}
+    attrkit.compose(spec, task).fit(toy.train_loader(8), store=sys.argv[1])
+    """
+)
+
+
+def test_resume_after_kill_is_bit_identical(tmp_path):
+    store = tmp_path / "store"
+    killed = subprocess.run([sys.executable, "-c", KILLED_FIT, str(store)], capture_output=True)
+    assert killed.returncode == -9, killed.stderr.decode()
+    done = sorted(p.name for p in (store / "member-0").glob("chunk-*.npy"))
+    assert done == ["chunk-0000000.npy", "chunk-0000001.npy", "chunk-0000002.npy"]
+
+    toy = toy_problem(n_train=40)
+    calls = []
+
+    def counting_loss(model, batch):
+        calls.append(1)
+        return attrkit.cross_entropy(model, batch)
+
+    task = attrkit.AttributionTask(model=toy.task.model, loss_fn=counting_loss)
+    spec = {"method": "grad-dot", "projector": {"name": "gaussian", "dim": 16}}
+    resumed = attrkit.compose(spec, task).fit(toy.train_loader(8), store=store)
+    assert len(calls) == 2  # only batches 3 and 4 of 5 were computed
+    fresh = attrkit.compose(spec, toy.task).fit(toy.train_loader(8))
+    assert torch.equal(resumed.attribute(toy.test_loader()), fresh.attribute(toy.test_loader()))
+
+
+def test_a_store_of_another_spec_is_refused(tmp_path, toy):
+    attrkit.compose({"method": "grad-dot"}, toy.task).fit(toy.train_loader(), store=tmp_path)
+    with pytest.raises(StoreMismatchError, match="another spec or model"):
+        attrkit.compose({"method": "grad-cos"}, toy.task).fit(toy.train_loader(), store=tmp_path)
+
+
+@pytest.mark.parametrize("method", ["grad-dot", "grad-cos"])
+def test_top_k_matches_the_full_matrix(method):
+    toy = toy_problem(n_train=50, n_test=7)
+    attributor = attrkit.compose({"method": method}, toy.task).fit(toy.train_loader())
+    full = attributor.attribute(toy.test_loader())
+    top = attributor.top_k(toy.test_loader(), k=5, tile_rows=7)
+    best, worst = full.topk(5, dim=1), full.topk(5, dim=1, largest=False)
+    assert torch.equal(top.proponents, best.indices) and torch.equal(top.opponents, worst.indices)
+    torch.testing.assert_close(top.proponent_scores, best.values)
+    torch.testing.assert_close(top.opponent_scores, worst.values)
+
+
+def test_top_k_rejects_a_bad_k(toy):
+    attributor = attrkit.compose({"method": "grad-dot"}, toy.task).fit(toy.train_loader())
+    with pytest.raises(ValueError, match="k must be in 1..24"):
+        attributor.top_k(toy.test_loader(), k=0)
