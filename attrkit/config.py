@@ -13,7 +13,7 @@ from typing import Any
 
 import attrs
 
-__all__ = ["build_config", "config_to_dict", "field_examples"]
+__all__ = ["build_config", "config_to_dict", "field_examples", "params_field", "positive_int", "seed_field"]
 
 
 def _message(exc: Exception) -> str:
@@ -87,3 +87,35 @@ def field_examples(field: attrs.Attribute) -> tuple[Any, ...]:
         return ()
     default = field.default
     return (default.factory() if isinstance(default, attrs.Factory) else default,)
+
+
+# -- shared fields, so that specs read the same everywhere ---------------------------
+
+
+def positive_int(default: int, examples: tuple[int, ...] | None = None) -> Any:
+    """An ``int >= 1`` field (``dim``, ``chunk_rows``, ``max_iter``...)."""
+    return attrs.field(
+        default=default,
+        validator=[attrs.validators.instance_of(int), attrs.validators.ge(1)],
+        metadata={"examples": examples or (default,)},
+    )
+
+
+def seed_field(default: int = 0) -> Any:
+    """The ``seed`` field: any ``int``; the test kit draws 0 and 1."""
+    return attrs.field(default=default, validator=attrs.validators.instance_of(int), metadata={"examples": (0, 1)})
+
+
+def _patterns(value: Any) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def params_field() -> Any:
+    """The ``params`` field of gradient sources: ``fnmatch`` patterns of parameter names
+    (a string or a list; default ``("*",)``, every parameter)."""
+    return attrs.field(
+        default=("*",),
+        converter=_patterns,
+        validator=[attrs.validators.min_len(1), attrs.validators.deep_iterable(attrs.validators.instance_of(str))],
+        metadata={"examples": (("*",),)},
+    )

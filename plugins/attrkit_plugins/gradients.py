@@ -8,14 +8,11 @@ import attrs
 import torch
 
 from attrkit import capabilities, hookimpl
+from attrkit.config import params_field
 from attrkit.context import Member
 from attrkit.data import to_device
 from attrkit.functional.gradients import flat_dimension, per_example_gradients, select_parameters
 from attrkit.task import AttributionTask
-
-
-def _patterns(value: Any) -> tuple[str, ...]:
-    return (value,) if isinstance(value, str) else tuple(value)
 
 
 @attrs.frozen(kw_only=True)
@@ -27,15 +24,7 @@ class PerExampleConfig:
             (``["fc2.*"]`` for the last layer of a model with ``fc2``); default all.
     """
 
-    params: tuple[str, ...] = attrs.field(
-        default=("*",),
-        converter=_patterns,
-        validator=[
-            attrs.validators.min_len(1),
-            attrs.validators.deep_iterable(attrs.validators.instance_of(str)),
-        ],
-        metadata={"examples": (("*",),)},
-    )
+    params: tuple[str, ...] = params_field()
 
 
 class PerExampleGradients:

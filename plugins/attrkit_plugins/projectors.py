@@ -8,6 +8,7 @@ import attrs
 import torch
 
 from attrkit import hookimpl
+from attrkit.config import positive_int, seed_field
 from attrkit.context import FitContext
 from attrkit.functional.projection import SeededMatrix, gaussian_sampler
 
@@ -49,13 +50,9 @@ class GaussianConfig:
         cache_mb: keep the whole matrix when it is at most this many MiB.
     """
 
-    dim: int = attrs.field(
-        default=512, validator=[attrs.validators.instance_of(int), attrs.validators.ge(1)], metadata={"examples": (8, 32)}
-    )
-    seed: int = attrs.field(default=0, validator=attrs.validators.instance_of(int), metadata={"examples": (0, 1)})
-    chunk_rows: int = attrs.field(
-        default=8192, validator=[attrs.validators.instance_of(int), attrs.validators.ge(1)], metadata={"examples": (1024, 8192)}
-    )
+    dim: int = positive_int(512, (8, 32))
+    seed: int = seed_field()
+    chunk_rows: int = positive_int(8192, (1024, 8192))
     cache_mb: float = attrs.field(
         default=256.0, converter=float, validator=attrs.validators.ge(0.0), metadata={"examples": (0.0, 256.0)}
     )

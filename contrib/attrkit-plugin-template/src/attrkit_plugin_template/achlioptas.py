@@ -14,6 +14,7 @@ import attrs
 import torch
 
 import attrkit
+from attrkit.config import positive_int, seed_field
 from attrkit.context import FitContext
 from attrkit.functional.projection import SeededMatrix
 
@@ -33,10 +34,8 @@ class AchlioptasConfig:
         seed: fixes the matrix (per device type).
     """
 
-    dim: int = attrs.field(
-        default=512, validator=[attrs.validators.instance_of(int), attrs.validators.ge(1)], metadata={"examples": (8, 32)}
-    )
-    seed: int = attrs.field(default=0, validator=attrs.validators.instance_of(int), metadata={"examples": (0, 3)})
+    dim: int = positive_int(512, (8, 32))
+    seed: int = seed_field()
 
 
 class AchlioptasProjector:
