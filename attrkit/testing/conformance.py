@@ -14,6 +14,8 @@ import torch
 from attrkit.compose import compose
 from attrkit.config import field_examples
 from attrkit.context import FitContext
+from attrkit.functional.factored import factored_gradients, plan_factors
+from attrkit.functional.gradients import select_parameters
 from attrkit.gradient_method import check_partition
 from attrkit.registry import Entry, Registry, default_registry
 from attrkit.testing.toy import ToyProblem, autograd_gradients, toy_problem
@@ -45,26 +47,50 @@ def _close(a: torch.Tensor, b: torch.Tensor, what: str, rtol: float = 1e-4, atol
         raise AssertionError(f"{what}: mismatch (max abs error {err})")
 
 
+def _dense(grads: Any) -> torch.Tensor:
+    return grads if isinstance(grads, torch.Tensor) else grads.materialize()
+
+
 def check_gradients(entry: Entry) -> None:
     """Per-example gradients equal a plain autograd loop and do not depend on batching."""
     toy = toy_problem()
     source = entry.cls(example_config(entry.cls))
     member = toy.task.members()[0]
     batch = (toy.x_train, toy.y_train)
-    grads = source.loss_gradients(toy.task, member, batch)
+    grads = _dense(source.loss_gradients(toy.task, member, batch))
     assert grads.shape == (len(toy.y_train), source.dimension(toy.task)), f"{entry.name}: wrong shape {grads.shape}"
     if source.dimension(toy.task) == sum(p.numel() for p in toy.task.model.parameters()):
         _close(grads, autograd_gradients(toy.task.model, toy.task.loss_fn, *batch), f"{entry.name} vs autograd")
-    halves = [source.loss_gradients(toy.task, member, (toy.x_train[s], toy.y_train[s])) for s in (slice(0, 5), slice(5, None))]
+    halves = [
+        _dense(source.loss_gradients(toy.task, member, (toy.x_train[s], toy.y_train[s])))
+        for s in (slice(0, 5), slice(5, None))
+    ]
     _close(torch.cat(halves), grads, f"{entry.name}: batch-size independence")
 
 
+def _factored_inputs(toy: ToyProblem) -> tuple[Any, Any, int]:
+    """Two factored gradient blocks of 6 toy examples each, and their dimension ``p``."""
+    model, state = toy.task.model, toy.task.members()[0].state
+    plan = plan_factors(model, select_parameters(model, ("*",)))
+    x, y = (
+        factored_gradients(model, toy.task.loss_fn, state, (toy.x_train[s], toy.y_train[s]), plan)
+        for s in (slice(0, 6), slice(6, 12))
+    )
+    return x, y, x.shape[1]
+
+
 def check_projector(entry: Entry) -> None:
-    """A projector is linear, seeded (two instances agree) and batch-independent."""
+    """A projector is linear, seeded (two instances agree) and batch-independent.
+
+    A projector that ``accepts_factored`` is fed factored gradient blocks of a toy MLP.
+    """
     toy = toy_problem()
     gen = torch.Generator().manual_seed(0)
-    p = 50
-    x, y = torch.randn(6, p, generator=gen), torch.randn(6, p, generator=gen)
+    if getattr(entry.cls, "accepts_factored", False):
+        x, y, p = _factored_inputs(toy)
+    else:
+        p = 50
+        x, y = torch.randn(6, p, generator=gen), torch.randn(6, p, generator=gen)
     first, second = entry.cls(example_config(entry.cls)), entry.cls(example_config(entry.cls))
     for projector in (first, second):
         projector.fit(_context(toy, p))
