@@ -4,7 +4,7 @@ The composer branches on these, never on component names: a spec composes only
 when every capability some part requires is provided by another part.
 """
 
-__all__ = ["FACTORED", "HVP", "LAST_LAYER", "PER_EXAMPLE"]
+__all__ = ["FACTORED", "GROUP", "HVP", "LAST_LAYER", "PER_EXAMPLE"]
 
 #: Per-example gradient vectors ``Tensor[b, p]`` of the loss and the target.
 PER_EXAMPLE = "per-example-gradients"
@@ -14,3 +14,5 @@ HVP = "hvp"
 LAST_LAYER = "last-layer"
 #: Per-layer inputs and output gradients (for Kronecker methods).
 FACTORED = "factored"
+#: One gradient per group of training examples (gradient of the group's summed loss).
+GROUP = "group-gradients"

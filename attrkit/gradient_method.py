@@ -211,10 +211,14 @@ class GradientAttributor:
         spec = resolved.spec.to_dict() if resolved is not None else {"method": self.name}
         return DiskStore(store, fingerprint(spec, [m.state for m in members]))
 
+    def _pointwise(self) -> bool:
+        """Whether every group is the single example of the same index."""
+        return torch.equal(self.groups, torch.arange(self.groups.numel()))
+
     def _group_sum(self, feats: torch.Tensor) -> torch.Tensor:
-        n_groups = int(self.groups.max()) + 1 if self.groups.numel() else 0
-        if n_groups == feats.shape[0] and torch.equal(self.groups, torch.arange(n_groups)):
+        if self._pointwise():
             return feats
+        n_groups = int(self.groups.max()) + 1
         out = torch.zeros(n_groups, feats.shape[1], dtype=feats.dtype, device=feats.device)
         return out.index_add_(0, self.groups.to(feats.device), feats)
 
@@ -291,12 +295,12 @@ class GradientAttributor:
         for f in fitted:
             grads = [self._gradients(f.member, b, target=False) for b in progress(train, f"{self.name}: self-influence")]
             raw = torch.cat([self._dense(g) for g in grads])
-            if self.groups.shape[0] != raw.shape[0] and self.grouper is not None and self.grouper.name != "singleton":
-                raise DataLoaderError(
-                    f"self_influence with groups needs the fitted training set ({self.groups.shape[0]} examples), "
-                    f"got {raw.shape[0]}"
-                )
-            if self.groups.shape[0] == raw.shape[0]:
+            if not self._pointwise():
+                if self.groups.shape[0] != raw.shape[0]:
+                    raise DataLoaderError(
+                        f"self_influence with groups needs the fitted training set ({self.groups.shape[0]} "
+                        f"examples), got {raw.shape[0]}"
+                    )
                 raw = self._group_sum(raw)
             query = self._query_side(f, raw)
             key = self._train_side(self._project(f.projector, raw))

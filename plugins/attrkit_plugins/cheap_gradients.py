@@ -1,0 +1,166 @@
+"""Gradient sources cheaper than full per-example gradients: ``last-layer`` and ``group``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+import attrs
+import torch
+
+from attrkit import capabilities, hookimpl
+from attrkit.config import params_field
+from attrkit.context import Member
+from attrkit.data import to_device
+from attrkit.functional.gradients import flat_dimension, per_example_gradients, select_parameters
+from attrkit.functional.group_gradients import group_gradients
+from attrkit.functional.last_layer import last_layer_features, last_layer_gradients, resolve_linear_layer
+from attrkit.task import AttributionTask
+
+
+@attrs.frozen(kw_only=True)
+class LastLayerConfig:
+    """Config of ``last-layer``.
+
+    Attributes:
+        layer: module name of the last ``nn.Linear`` (``"fc2"``); default: the last
+            ``nn.Linear`` in ``model.named_modules()``.
+    """
+
+    layer: str | None = attrs.field(
+        default=None,
+        validator=attrs.validators.optional([attrs.validators.instance_of(str), attrs.validators.min_len(1)]),
+        metadata={"examples": (None,)},
+    )
+
+
+class LastLayerGradients:
+    """Exact per-example gradients of the last ``nn.Linear`` layer's weight and bias.
+
+    One forward pass and one backward pass (down to the logits only) per batch give
+    the penultimate features ``h [b, d]`` and logit gradients ``dz [b, C]``; the
+    gradients are the outer products ``dz ⊗ h`` then ``dz``, ``Tensor[b, C*d + C]``,
+    equal to ``per-example`` with ``params=["<layer>.weight", "<layer>.bias"]``.
+    Assumes examples do not interact in eval mode (see
+    :func:`attrkit.functional.last_layer.last_layer_features`).
+
+    Example:
+        >>> attrkit.compose({"method": "grad-dot", "gradients": "last-layer"}, task)  # doctest: +SKIP
+    """
+
+    name: ClassVar[str] = "last-layer"
+    kind: ClassVar[str] = "gradients"
+    Config: ClassVar[type] = LastLayerConfig
+    requires: ClassVar[frozenset[str]] = frozenset()
+    provides: ClassVar[frozenset[str]] = frozenset({capabilities.PER_EXAMPLE, capabilities.LAST_LAYER})
+
+    def __init__(self, config: LastLayerConfig):
+        self.config = config
+
+    def layer(self, task: AttributionTask) -> str:
+        """Module name of the layer differentiated (``config.layer``, checked, or found)."""
+        return resolve_linear_layer(task.model, self.config.layer)
+
+    def dimension(self, task: AttributionTask) -> int:
+        """``p = C*d + C`` (``C*d`` without bias) for a layer ``Linear(d, C)``."""
+        return sum(p.numel() for p in task.model.get_submodule(self.layer(task)).parameters(recurse=False))
+
+    def last_layer_features(
+        self, task: AttributionTask, member: Member, batch: Any, *, target: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(h [b, d], dz [b, C])``: the layer's inputs and the gradients of the loss
+        (``target=True``: of ``task.target``) w.r.t. its outputs, at ``member``."""
+        fn = task.target if target else task.loss_fn
+        return last_layer_features(task.model, fn, member.state, to_device(batch, task.device), self.layer(task))
+
+    def _grads(self, task: AttributionTask, member: Member, batch: Any, target: bool) -> torch.Tensor:
+        h, dz = self.last_layer_features(task, member, batch, target=target)
+        return last_layer_gradients(h, dz, bias=task.model.get_submodule(self.layer(task)).bias is not None)
+
+    def loss_gradients(self, task: AttributionTask, member: Member, batch: Any) -> torch.Tensor:
+        """``Tensor[b, p]``: last-layer gradients of ``task.loss_fn`` for each example."""
+        return self._grads(task, member, batch, target=False)
+
+    def target_gradients(self, task: AttributionTask, member: Member, batch: Any) -> torch.Tensor:
+        """``Tensor[b, p]``: last-layer gradients of ``task.target`` for each example."""
+        return self._grads(task, member, batch, target=True)
+
+
+@attrs.frozen(kw_only=True)
+class GroupConfig:
+    """Config of ``group``.
+
+    Attributes:
+        params: ``fnmatch`` patterns of parameter names to differentiate; default all.
+    """
+
+    params: tuple[str, ...] = params_field()
+
+
+class GroupGradients:
+    """GGDA group gradients on the training side, per-example gradients on the test side.
+
+    :meth:`group_gradients` returns one gradient of the summed training loss per
+    group, ``Tensor[n_groups, p]``, from batched forward/backward passes (no
+    per-example gradient is formed; see :mod:`attrkit.functional.group_gradients`).
+    ``loss_gradients`` / ``target_gradients`` give exact per-example rows (``torch.func``
+    vmap of grad), for test examples and for singleton groups.
+
+    Example:
+        >>> source = GroupGradients(GroupConfig())  # doctest: +SKIP
+        >>> source.group_gradients(task, task.members()[0], train_loader, groups)  # doctest: +SKIP
+    """
+
+    name: ClassVar[str] = "group"
+    kind: ClassVar[str] = "gradients"
+    Config: ClassVar[type] = GroupConfig
+    requires: ClassVar[frozenset[str]] = frozenset()
+    provides: ClassVar[frozenset[str]] = frozenset({capabilities.PER_EXAMPLE, capabilities.GROUP})
+
+    def __init__(self, config: GroupConfig):
+        self.config = config
+
+    def _names(self, task: AttributionTask) -> list[str]:
+        return select_parameters(task.model, self.config.params)
+
+    def dimension(self, task: AttributionTask) -> int:
+        """Number of selected parameter entries, ``p``."""
+        return flat_dimension(task.model, self._names(task))
+
+    def group_gradients(
+        self, task: AttributionTask, member: Member, batches: Iterable[Any], groups: torch.Tensor
+    ) -> torch.Tensor:
+        """``Tensor[n_groups, p]``: gradient of each group's summed ``task.loss_fn``.
+
+        Args:
+            task: the attribution task.
+            member: the weights to evaluate at.
+            batches: the fixed-order training batches.
+            groups: ``LongTensor[n_train]``, group indices ``0..n_groups-1`` in loader order.
+
+        Returns:
+            ``Tensor[n_groups, p]`` in the model's dtype, ``n_groups = groups.max() + 1``.
+
+        Raises:
+            DataLoaderError: the loader holds more or fewer than ``n_train`` examples.
+        """
+        n_groups = int(groups.max()) + 1 if groups.numel() else 0
+        moved = (to_device(batch, task.device) for batch in batches)
+        return group_gradients(task.model, task.loss_fn, member.state, self._names(task), moved, groups, n_groups)
+
+    def _grads(self, task: AttributionTask, fn: Any, member: Member, batch: Any) -> torch.Tensor:
+        batch = to_device(batch, task.device)
+        return per_example_gradients(task.model, fn, member.state, batch, self._names(task))
+
+    def loss_gradients(self, task: AttributionTask, member: Member, batch: Any) -> torch.Tensor:
+        """``Tensor[b, p]``: per-example gradients of ``task.loss_fn``."""
+        return self._grads(task, task.loss_fn, member, batch)
+
+    def target_gradients(self, task: AttributionTask, member: Member, batch: Any) -> torch.Tensor:
+        """``Tensor[b, p]``: per-example gradients of ``task.target``."""
+        return self._grads(task, task.target, member, batch)
+
+
+@hookimpl
+def attrkit_components() -> list[type]:
+    return [LastLayerGradients, GroupGradients]
