@@ -30,7 +30,7 @@ from torch.utils._pytree import tree_map
 
 from attrkit.data import batch_size
 from attrkit.errors import AttrkitError, LossShapeError
-from attrkit.functional.gradients import _Bound, eval_mode, per_example_gradients
+from attrkit.functional.gradients import BoundLoss, eval_mode, per_example_gradients
 
 __all__ = [
     "FactorPlan",
@@ -250,7 +250,7 @@ def _positions(module: torch.nn.Module, x: torch.Tensor, g: torch.Tensor, b: int
     return cols.reshape(b, -1, cols.shape[-1]), grads.reshape(b, -1, module.out_channels)
 
 
-def _run(model: torch.nn.Module, plan: FactorPlan, bound: _Bound, params: Mapping[str, torch.Tensor], example: Any,
+def _run(model: torch.nn.Module, plan: FactorPlan, bound: BoundLoss, params: Mapping[str, torch.Tensor], example: Any,
          perturb: Callable[[int, torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, list[int], list[torch.Tensor]]:
     """``fn`` on one example (a batch of 1) with a forward hook on each planned layer that
     records the call (layer index) and its input and adds ``perturb(call, output)`` to its
@@ -301,7 +301,7 @@ def _layers(model: torch.nn.Module, plan: FactorPlan, calls: Sequence[int], xs: 
     return tuple(out)
 
 
-def _probe(model: torch.nn.Module, bound: _Bound, params: dict[str, torch.Tensor], plan: FactorPlan,
+def _probe(model: torch.nn.Module, bound: BoundLoss, params: dict[str, torch.Tensor], plan: FactorPlan,
            example: Any) -> tuple[list[int], list[torch.Tensor]]:
     """One example through plain autograd: the layer calls, a zero of each call's output
     shape, and a check that the factors reproduce the weights' exact gradients.
@@ -372,7 +372,7 @@ def factored_gradients(
         dense = state[plan.names[0]].new_zeros(b, 0)
     layers: tuple[LayerFactors, ...] = ()
     if plan.layers:
-        bound = _Bound(model, fn)
+        bound = BoundLoss(model, fn)
         params = {f"model.{k}": v for k, v in state.items()}
         with eval_mode(model):
             calls, zeros = _probe(model, bound, params, plan, tree_map(lambda t: t[:1], batch))

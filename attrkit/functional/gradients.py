@@ -18,7 +18,7 @@ from torch.utils._pytree import tree_map
 from attrkit.data import batch_size
 from attrkit.errors import LossShapeError
 
-__all__ = ["eval_mode", "flat_dimension", "per_example_gradients", "select_parameters"]
+__all__ = ["BoundLoss", "eval_mode", "flat_dimension", "per_example_gradients", "select_parameters"]
 
 
 def select_parameters(model: torch.nn.Module, patterns: Sequence[str]) -> list[str]:
@@ -52,7 +52,7 @@ def eval_mode(model: torch.nn.Module) -> Iterator[None]:
             module.training = training
 
 
-class _Bound(torch.nn.Module):
+class BoundLoss(torch.nn.Module):
     """``fn(model, batch)`` as a module, so ``functional_call`` can swap its weights."""
 
     def __init__(self, model: torch.nn.Module, fn: Callable[[torch.nn.Module, Any], torch.Tensor]):
@@ -88,7 +88,7 @@ def per_example_gradients(
         DataLoaderError: a malformed batch (non-tensor leaves, ragged sizes).
     """
     b = batch_size(batch)
-    bound = _Bound(model, fn)
+    bound = BoundLoss(model, fn)
     chosen = set(names)
     fixed = {f"model.{k}": v for k, v in state.items() if k not in chosen}
 

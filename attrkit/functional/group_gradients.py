@@ -31,7 +31,7 @@ from torch.utils._pytree import tree_map
 
 from attrkit.data import batch_size
 from attrkit.errors import DataLoaderError, LossShapeError
-from attrkit.functional.gradients import _Bound, eval_mode
+from attrkit.functional.gradients import BoundLoss, eval_mode
 
 __all__ = ["MAX_PADDING", "group_gradients", "group_rows"]
 
@@ -121,7 +121,7 @@ def group_gradients(
     if not names:
         raise ValueError("names must list at least one parameter to differentiate")
     _check_groups(groups, n_groups)
-    bound = _Bound(model, fn)
+    bound = BoundLoss(model, fn)
     chosen = set(names)
     fixed = {f"model.{k}": v for k, v in state.items() if k not in chosen}
     trainable = {n: state[n] for n in names}

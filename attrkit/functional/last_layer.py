@@ -18,7 +18,7 @@ from torch.func import functional_call
 
 from attrkit.data import batch_size
 from attrkit.errors import LossShapeError
-from attrkit.functional.gradients import _Bound, eval_mode
+from attrkit.functional.gradients import BoundLoss, eval_mode
 
 __all__ = ["last_layer_features", "last_layer_gradients", "resolve_linear_layer"]
 
@@ -91,7 +91,7 @@ def last_layer_features(
         seen.append((inputs[0].detach(), logits))
         return logits
 
-    bound = _Bound(model, fn)
+    bound = BoundLoss(model, fn)
     weights = {f"model.{k}": v.detach() for k, v in state.items()}
     handle = model.get_submodule(layer).register_forward_hook(capture)
     try:

@@ -15,7 +15,8 @@ from attrkit.compose import compose
 from attrkit.config import field_examples
 from attrkit.context import FitContext
 from attrkit.functional.factored import factored_gradients, plan_factors
-from attrkit.functional.gradients import select_parameters
+from attrkit.capabilities import HVP
+from attrkit.functional.gradients import flat_dimension, select_parameters
 from attrkit.gradient_method import check_partition
 from attrkit.registry import Entry, Registry, default_registry
 from attrkit.testing.toy import ToyProblem, autograd_gradients, toy_problem
@@ -82,14 +83,15 @@ def _factored_inputs(toy: ToyProblem) -> tuple[Any, Any, int]:
 def check_projector(entry: Entry) -> None:
     """A projector is linear, seeded (two instances agree) and batch-independent.
 
-    A projector that ``accepts_factored`` is fed factored gradient blocks of a toy MLP.
+    A projector that ``accepts_factored`` is fed factored gradient blocks of a toy MLP;
+    one that requires HVPs is fitted on the toy model's training loss.
     """
     toy = toy_problem()
     gen = torch.Generator().manual_seed(0)
     if getattr(entry.cls, "accepts_factored", False):
         x, y, p = _factored_inputs(toy)
-    else:
-        p = 50
+    else:  # a projector fitted on curvature (HVP) needs the toy model's own dimension
+        p = flat_dimension(toy.task.model, select_parameters(toy.task.model, ("*",))) if HVP in entry.cls.requires else 50
         x, y = torch.randn(6, p, generator=gen), torch.randn(6, p, generator=gen)
     first, second = entry.cls(example_config(entry.cls)), entry.cls(example_config(entry.cls))
     for projector in (first, second):

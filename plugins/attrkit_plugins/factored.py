@@ -9,7 +9,7 @@ import attrs
 import torch
 
 from attrkit import capabilities, hookimpl
-from attrkit.config import params_field
+from attrkit.config import params_field, positive_int, seed_field
 from attrkit.context import FitContext, Member
 from attrkit.data import to_device
 from attrkit.functional.factored import FactoredGradients, LayerFactors, factored_gradients, plan_factors
@@ -81,11 +81,6 @@ class FactoredGradientSource:
         return self._grads(task, task.target, member, batch)
 
 
-def _dim(default: int, examples: tuple[Any, ...]) -> Any:
-    validator = [attrs.validators.instance_of(int), attrs.validators.ge(1)]
-    return attrs.field(default=default, validator=validator, metadata={"examples": examples})
-
-
 @attrs.frozen(kw_only=True)
 class KroneckerConfig:
     """Config of ``kronecker``.
@@ -100,14 +95,14 @@ class KroneckerConfig:
             from ``(seed, 2l + 1)`` and ``(seed, 2l + 2)``, the fallback ``(seed, 0)``.
     """
 
-    dim_in: int = _dim(16, (2, 4))
-    dim_out: int = _dim(16, (3, 2))
+    dim_in: int = positive_int(16, (2, 4))
+    dim_out: int = positive_int(16, (3, 2))
     fallback_dim: int | None = attrs.field(
         default=None,
         validator=attrs.validators.optional([attrs.validators.instance_of(int), attrs.validators.ge(1)]),
         metadata={"examples": (None, 8)},
     )
-    seed: int = attrs.field(default=0, validator=attrs.validators.instance_of(int), metadata={"examples": (0, 1)})
+    seed: int = seed_field()
 
 
 def _derived_seed(seed: int, index: int) -> int:
