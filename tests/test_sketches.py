@@ -11,12 +11,9 @@ import attrkit
 from attrkit.context import FitContext
 from attrkit.functional.projection import BLOCK_ROWS, SeededMatrix, rademacher_sampler
 from attrkit.functional.sparse import sjlt_hashes, sjlt_matrix, sjlt_project
-from attrkit.plugins import load_plugins
-from attrkit.registry import Registry
 from attrkit.testing import check_component, toy_problem
-from attrkit_plugins import sketches
 
-REGISTRY = Registry(*load_plugins(block=["attrkit-sketches"], extra=[("test-sketches", sketches)]))
+REGISTRY = attrkit.default_registry()
 JL = settings(max_examples=8, deadline=None, derandomize=True)
 
 
@@ -97,12 +94,13 @@ def test_rademacher_is_the_seeded_sign_matrix():
 
 @pytest.mark.parametrize(("dtype", "tolerance"), [("bfloat16", 8e-3), ("float16", 1e-3)])
 @pytest.mark.parametrize("cache_mb", [256.0, 0.0])
-def test_low_precision_is_within_its_documented_tolerance(dtype, tolerance, cache_mb):
+@pytest.mark.parametrize("name", ["rademacher", "gaussian"])
+def test_low_precision_is_within_its_documented_tolerance(name, dtype, tolerance, cache_mb):
     """Relative error ||y - y_float32|| / ||y_float32|| per row is about the unit roundoff (see the docstring)."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(6, 5000, generator=gen) * torch.logspace(-6, 3, 6).unsqueeze(1)  # rows far outside float16 range
-    reference = _projector("rademacher", 5000, dim=256, seed=1).project(x)
-    projector = _projector("rademacher", 5000, dim=256, seed=1, dtype=dtype, cache_mb=cache_mb, chunk_rows=2048)
+    reference = _projector(name, 5000, dim=256, seed=1).project(x)
+    projector = _projector(name, 5000, dim=256, seed=1, dtype=dtype, cache_mb=cache_mb, chunk_rows=2048)
     low = projector.project(x)
     assert low.dtype == torch.float32
     rel = (low - reference).norm(dim=1) / reference.norm(dim=1)

@@ -69,31 +69,69 @@ class SeededMatrix:
         self.p, self.k, self.seed, self.sampler = p, k, seed, sampler
         self.chunk_rows = max(BLOCK_ROWS, math.ceil(chunk_rows / BLOCK_ROWS) * BLOCK_ROWS)
         self.cacheable = p * k * 4 <= cache_bytes
-        self._cache: dict[torch.device, torch.Tensor] = {}
+        self._cache: dict[tuple[torch.device, torch.dtype, torch.dtype], torch.Tensor] = {}
+        self._matrices: dict[torch.device, torch.Tensor] = {}
 
     def rows(self, start: int, stop: int, device: torch.device) -> torch.Tensor:
-        """``P[start:stop]`` (``start`` a multiple of BLOCK_ROWS), float32 on ``device``."""
+        """``P[start:stop]``, float32 on ``device`` (any ``start``; drawn from whole blocks)."""
+        return self._raw(start, stop, device).div_(math.sqrt(self.k))
+
+    def matrix(self, device: torch.device) -> torch.Tensor:
+        """The whole ``P`` (``[p, k]``), float32, cached per device: for small matrices."""
+        if device not in self._matrices:
+            self._matrices[device] = self.rows(0, self.p, device)
+        return self._matrices[device]
+
+    def project(self, x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """``x @ P`` for ``x`` of shape ``[b, p]``.
+
+        Args:
+            x: the vectors.
+            dtype: precision of the matmul. ``float32`` returns ``x``'s dtype. With
+                ``float16``/``bfloat16``, each row of ``x`` is divided by its norm and
+                rounded, the unscaled unit-variance entries are rounded (±1 stays exact),
+                products accumulate in float32, and norms and ``1/sqrt(k)`` are applied in
+                float32 afterwards: the relative error per row is about the unit roundoff
+                (≲1e-3 float16, ≲8e-3 bfloat16), far below the JL error ``~sqrt(2/k)``;
+                results may change in the last bits with the batch size. On the CPU, which
+                has no fast float16 matmul, float16 operands are rounded then multiplied in
+                float32 (the same rounding as a GPU float16 matmul accumulating in float32).
+                Returns float32.
+        """
+        if x.shape[-1] != self.p:
+            raise ValueError(f"projector was fitted for dimension {self.p}, got vectors of dimension {x.shape[-1]}")
+        if dtype == torch.float32:
+            return self._matmul(x.float(), torch.float32, torch.float32).div_(math.sqrt(self.k)).to(x.dtype)
+        x = x.float()
+        norms = x.norm(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+        compute = torch.float32 if dtype == torch.float16 and x.device.type == "cpu" else dtype
+        unit = (x / norms).to(dtype).to(compute)
+        return self._matmul(unit, dtype, compute).mul_(norms).div_(math.sqrt(self.k))
+
+    def _raw(self, start: int, stop: int, device: torch.device) -> torch.Tensor:
+        """Unscaled rows ``sqrt(k) * P[start:stop]`` (unit-variance entries), float32."""
         first, last = start // BLOCK_ROWS, math.ceil(stop / BLOCK_ROWS)
         blocks = []
         for j in range(first, last):
             n = min(BLOCK_ROWS, self.p - j * BLOCK_ROWS)
             blocks.append(self.sampler(block_generator(self.seed, j, device), n, self.k, device))
-        return torch.cat(blocks).div_(math.sqrt(self.k))[: stop - start]
+        offset = first * BLOCK_ROWS
+        return torch.cat(blocks)[start - offset : stop - offset]
 
-    def matrix(self, device: torch.device) -> torch.Tensor:
-        """The whole ``P`` (``[p, k]``), cached; only for matrices within the cache budget."""
-        if device not in self._cache:
-            self._cache[device] = self.rows(0, self.p, device)
-        return self._cache[device]
-
-    def project(self, x: torch.Tensor) -> torch.Tensor:
-        """``x @ P`` for ``x`` of shape ``[b, p]``; result in ``x``'s dtype."""
-        if x.shape[-1] != self.p:
-            raise ValueError(f"projector was set up for dimension {self.p}, got vectors of dimension {x.shape[-1]}")
+    def _chunks(self, device: torch.device, storage: torch.dtype, compute: torch.dtype):
+        """``(start, raw rows)`` rounded to ``storage`` then held in ``compute``: whole and cached, or streamed."""
         if self.cacheable:
-            return (x.float() @ self.matrix(x.device)).to(x.dtype)
-        out = torch.zeros(x.shape[0], self.k, device=x.device)
+            key = (device, storage, compute)
+            if key not in self._cache:
+                self._cache[key] = self._raw(0, self.p, device).to(storage).to(compute)
+            yield 0, self._cache[key]
+            return
         for start in range(0, self.p, self.chunk_rows):
-            stop = min(self.p, start + self.chunk_rows)
-            out += x[:, start:stop].float() @ self.rows(start, stop, x.device)
-        return out.to(x.dtype)
+            yield start, self._raw(start, min(self.p, start + self.chunk_rows), device).to(storage).to(compute)
+
+    def _matmul(self, x: torch.Tensor, storage: torch.dtype, compute: torch.dtype) -> torch.Tensor:
+        """``x @ (sqrt(k) P)`` accumulated in float32 over chunks of rows."""
+        out = torch.zeros(x.shape[0], self.k, device=x.device)
+        for start, rows in self._chunks(x.device, storage, compute):
+            out += (x[:, start : start + rows.shape[0]] @ rows).float()
+        return out

@@ -1,7 +1,8 @@
-"""Projectors: ``identity`` and ``gaussian`` (seeded, generated in fixed blocks)."""
+"""Projectors: ``identity``, and dense ``gaussian`` and ``rademacher`` (seeded, generated in fixed blocks)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar
 
 import attrs
@@ -10,7 +11,8 @@ import torch
 from attrkit import hookimpl
 from attrkit.config import positive_int, seed_field
 from attrkit.context import FitContext
-from attrkit.functional.projection import SeededMatrix, gaussian_sampler
+from attrkit.errors import NotFittedError
+from attrkit.functional.projection import SeededMatrix, gaussian_sampler, rademacher_sampler
 
 
 @attrs.frozen(kw_only=True)
@@ -38,16 +40,22 @@ class IdentityProjector:
         return vectors
 
 
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
 @attrs.frozen(kw_only=True)
-class GaussianConfig:
-    """Config of ``gaussian``.
+class DenseConfig:
+    """Config of ``gaussian`` and ``rademacher``.
 
     Attributes:
         dim: output dimension ``k``.
         seed: fixes the matrix (per device type).
         chunk_rows: input rows multiplied at once when the matrix is not cached;
-            bounds memory at ``chunk_rows * dim * 4`` bytes; never changes results.
-        cache_mb: keep the whole matrix when it is at most this many MiB.
+            bounds memory at ``chunk_rows * dim * 4`` bytes; never changes ``P``.
+        cache_mb: keep the whole matrix when its float32 size is at most this many MiB;
+            otherwise its blocks are regenerated on the input's device at each call.
+        dtype: ``"float32"``, ``"float16"`` or ``"bfloat16"``: precision of the matmul
+            (see :meth:`attrkit.functional.projection.SeededMatrix.project` for its error).
     """
 
     dim: int = positive_int(512, (8, 32))
@@ -56,26 +64,27 @@ class GaussianConfig:
     cache_mb: float = attrs.field(
         default=256.0, converter=float, validator=attrs.validators.ge(0.0), metadata={"examples": (0.0, 256.0)}
     )
+    # low precision may change the last bits with the batch size, so property tests draw
+    # float32 only; tests/test_projection.py checks the low-precision error bound
+    dtype: str = attrs.field(
+        default="float32", validator=attrs.validators.in_(tuple(_DTYPES)), metadata={"examples": ("float32",)}
+    )
 
 
-class GaussianProjector:
-    """``x -> x P`` with ``P[p, k]`` i.i.d. ``N(0, 1/k)``, so inner products are kept in expectation.
+class _DenseRandomProjector:
+    """``x -> x P`` with ``P[p, k]`` i.i.d. unit-variance entries scaled by ``1/sqrt(k)``.
 
-    ``P`` is drawn in fixed seeded blocks of rows: identical for any batch size,
-    ``chunk_rows`` or cache setting. It is cached whole when within ``cache_mb``,
-    else regenerated block by block on the input's device at each call.
-
-    Example:
-        >>> attrkit.compose({"method": "grad-dot", "projector": {"name": "gaussian", "dim": 256, "seed": 0}}, task)  # doctest: +SKIP
+    Inner products are kept in expectation. ``P`` is drawn in fixed seeded blocks of
+    rows: identical for any batch size, ``chunk_rows`` or cache setting.
     """
 
-    name: ClassVar[str] = "gaussian"
     kind: ClassVar[str] = "projector"
-    Config: ClassVar[type] = GaussianConfig
+    Config: ClassVar[type] = DenseConfig
     requires: ClassVar[frozenset[str]] = frozenset()
     provides: ClassVar[frozenset[str]] = frozenset()
+    sampler: ClassVar[Callable[..., torch.Tensor]]
 
-    def __init__(self, config: GaussianConfig):
+    def __init__(self, config: DenseConfig):
         self.config = config
         self.matrix: SeededMatrix | None = None
 
@@ -83,17 +92,43 @@ class GaussianProjector:
         """Set up ``P`` for input dimension ``context.dimension`` (drawn lazily)."""
         c = self.config
         if self.matrix is None or self.matrix.p != context.dimension:
-            self.matrix = SeededMatrix(
-                context.dimension, c.dim, c.seed, gaussian_sampler, c.chunk_rows, int(c.cache_mb * 2**20)
-            )
+            sampler = type(self).sampler
+            self.matrix = SeededMatrix(context.dimension, c.dim, c.seed, sampler, c.chunk_rows, int(c.cache_mb * 2**20))
 
     def project(self, vectors: torch.Tensor) -> torch.Tensor:
-        """``Tensor[b, p] -> Tensor[b, dim]``."""
+        """``Tensor[b, p] -> Tensor[b, dim]`` (the input's dtype with ``dtype="float32"``, else float32).
+
+        Raises:
+            NotFittedError: before ``fit``.
+            ValueError: vectors of another dimension than the fitted ``p``.
+        """
         if self.matrix is None:
-            raise RuntimeError("gaussian projector used before fit(context)")
-        return self.matrix.project(vectors)
+            raise NotFittedError(f"{self.name} projector used before fit(context)")
+        return self.matrix.project(vectors, _DTYPES[self.config.dtype])
+
+
+class GaussianProjector(_DenseRandomProjector):
+    """Dense Gaussian projection: entries ``N(0, 1/k)``.
+
+    Example:
+        >>> attrkit.compose({"method": "grad-dot", "projector": {"name": "gaussian", "dim": 256, "seed": 0}}, task)  # doctest: +SKIP
+    """
+
+    name: ClassVar[str] = "gaussian"
+    sampler = staticmethod(gaussian_sampler)
+
+
+class RademacherProjector(_DenseRandomProjector):
+    """Dense Rademacher projection: entries ``±1/sqrt(k)``, exact in low precision.
+
+    Example:
+        >>> attrkit.compose({"method": "grad-dot", "projector": {"name": "rademacher", "dim": 256, "dtype": "bfloat16"}}, task)  # doctest: +SKIP
+    """
+
+    name: ClassVar[str] = "rademacher"
+    sampler = staticmethod(rademacher_sampler)
 
 
 @hookimpl
 def attrkit_components() -> list[type]:
-    return [IdentityProjector, GaussianProjector]
+    return [IdentityProjector, GaussianProjector, RademacherProjector]
