@@ -145,4 +145,5 @@ class ArnoldiProjector:
 
 @hookimpl
 def attrkit_components() -> list[type]:
+    """The component classes this plugin registers."""
     return [ArnoldiProjector]

@@ -163,4 +163,5 @@ class GroupGradients:
 
 @hookimpl
 def attrkit_components() -> list[type]:
+    """The component classes this plugin registers."""
     return [LastLayerGradients, GroupGradients]

@@ -177,4 +177,5 @@ class KroneckerProjector:
 
 @hookimpl
 def attrkit_components() -> list[type]:
+    """The component classes this plugin registers."""
     return [FactoredGradientSource, KroneckerProjector]

@@ -117,4 +117,5 @@ class FastJLProjector:
 
 @hookimpl
 def attrkit_components() -> list[type]:
+    """The component classes this plugin registers."""
     return [FastJLProjector]

@@ -69,4 +69,5 @@ class PerExampleGradients:
 
 @hookimpl
 def attrkit_components() -> list[type]:
+    """The component classes this plugin registers."""
     return [PerExampleGradients]

@@ -35,4 +35,5 @@ class SingletonGrouper:
 
 @hookimpl
 def attrkit_components() -> list[type]:
+    """The component classes this plugin registers."""
     return [SingletonGrouper]

@@ -43,4 +43,5 @@ class GradCos(GradientAttributor):
 
 @hookimpl
 def attrkit_components() -> list[type]:
+    """The component classes this plugin registers."""
     return [GradDot, GradCos]

@@ -77,4 +77,5 @@ class LDS:
 
 @hookimpl
 def attrkit_components() -> list[type]:
+    """The component classes this plugin registers."""
     return [LDS]

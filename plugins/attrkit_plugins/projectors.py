@@ -131,4 +131,5 @@ class RademacherProjector(_DenseRandomProjector):
 
 @hookimpl
 def attrkit_components() -> list[type]:
+    """The component classes this plugin registers."""
     return [IdentityProjector, GaussianProjector, RademacherProjector]

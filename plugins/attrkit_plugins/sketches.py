@@ -82,4 +82,5 @@ class SJLTProjector:
 
 @hookimpl
 def attrkit_components() -> list[type]:
+    """The component classes this plugin registers."""
     return [SJLTProjector]

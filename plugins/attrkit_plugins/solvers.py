@@ -39,4 +39,5 @@ class IdentitySolver:
 
 @hookimpl
 def attrkit_components() -> list[type]:
+    """The component classes this plugin registers."""
     return [IdentitySolver]
