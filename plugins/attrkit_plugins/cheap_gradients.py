@@ -12,9 +12,9 @@ from attrkit import capabilities, hookimpl
 from attrkit.config import params_field
 from attrkit.context import Member
 from attrkit.data import to_device
-from attrkit.functional.gradients import flat_dimension, per_example_gradients, select_parameters
 from attrkit.functional.group_gradients import group_gradients
 from attrkit.functional.last_layer import last_layer_features, last_layer_gradients, resolve_linear_layer
+from attrkit.parameter_gradients import ParameterGradients
 from attrkit.task import AttributionTask
 
 
@@ -97,7 +97,7 @@ class GroupConfig:
     params: tuple[str, ...] = params_field()
 
 
-class GroupGradients:
+class GroupGradients(ParameterGradients):
     """GGDA group gradients on the training side, per-example gradients on the test side.
 
     :meth:`group_gradients` returns one gradient of the summed training loss per
@@ -112,20 +112,8 @@ class GroupGradients:
     """
 
     name: ClassVar[str] = "group"
-    kind: ClassVar[str] = "gradients"
     Config: ClassVar[type] = GroupConfig
-    requires: ClassVar[frozenset[str]] = frozenset()
     provides: ClassVar[frozenset[str]] = frozenset({capabilities.PER_EXAMPLE, capabilities.GROUP})
-
-    def __init__(self, config: GroupConfig):
-        self.config = config
-
-    def _names(self, task: AttributionTask) -> list[str]:
-        return select_parameters(task.model, self.config.params)
-
-    def dimension(self, task: AttributionTask) -> int:
-        """Number of selected parameter entries, ``p``."""
-        return flat_dimension(task.model, self._names(task))
 
     def group_gradients(
         self, task: AttributionTask, member: Member, batches: Iterable[Any], groups: torch.Tensor
@@ -146,19 +134,7 @@ class GroupGradients:
         """
         n_groups = int(groups.max()) + 1 if groups.numel() else 0
         moved = (to_device(batch, task.device) for batch in batches)
-        return group_gradients(task.model, task.loss_fn, member.state, self._names(task), moved, groups, n_groups)
-
-    def _grads(self, task: AttributionTask, fn: Any, member: Member, batch: Any) -> torch.Tensor:
-        batch = to_device(batch, task.device)
-        return per_example_gradients(task.model, fn, member.state, batch, self._names(task))
-
-    def loss_gradients(self, task: AttributionTask, member: Member, batch: Any) -> torch.Tensor:
-        """``Tensor[b, p]``: per-example gradients of ``task.loss_fn``."""
-        return self._grads(task, task.loss_fn, member, batch)
-
-    def target_gradients(self, task: AttributionTask, member: Member, batch: Any) -> torch.Tensor:
-        """``Tensor[b, p]``: per-example gradients of ``task.target``."""
-        return self._grads(task, task.target, member, batch)
+        return group_gradients(task.model, task.loss_fn, member.state, self.names(task), moved, groups, n_groups)
 
 
 @hookimpl

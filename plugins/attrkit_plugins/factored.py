@@ -13,8 +13,8 @@ from attrkit.config import params_field, positive_int, seed_field
 from attrkit.context import FitContext, Member
 from attrkit.data import to_device
 from attrkit.functional.factored import FactoredGradients, LayerFactors, factored_gradients, plan_factors
-from attrkit.functional.gradients import flat_dimension, select_parameters
 from attrkit.functional.projection import SeededMatrix, block_generator, gaussian_sampler
+from attrkit.parameter_gradients import ParameterGradients
 from attrkit.task import AttributionTask
 
 
@@ -29,7 +29,7 @@ class FactoredConfig:
     params: tuple[str, ...] = params_field()
 
 
-class FactoredGradientSource:
+class FactoredGradientSource(ParameterGradients):
     """Per-example gradients kept as per-layer factors (inputs ⊗ output gradients).
 
     ``nn.Linear`` and ``nn.Conv1d/2d`` (``groups=1``) weights and biases are factored
@@ -47,21 +47,15 @@ class FactoredGradientSource:
     """
 
     name: ClassVar[str] = "factored"
-    kind: ClassVar[str] = "gradients"
     Config: ClassVar[type] = FactoredConfig
-    requires: ClassVar[frozenset[str]] = frozenset()
     provides: ClassVar[frozenset[str]] = frozenset({capabilities.PER_EXAMPLE, capabilities.FACTORED})
 
     def __init__(self, config: FactoredConfig):
-        self.config = config
+        super().__init__(config)
         self._warned = False
 
-    def dimension(self, task: AttributionTask) -> int:
-        """Number of selected parameter entries, ``p``."""
-        return flat_dimension(task.model, select_parameters(task.model, self.config.params))
-
     def _grads(self, task: AttributionTask, fn: Any, member: Member, batch: Any) -> FactoredGradients:
-        plan = plan_factors(task.model, select_parameters(task.model, self.config.params))
+        plan = plan_factors(task.model, self.names(task))
         if plan.fallback and not self._warned:
             self._warned = True
             q = sum(member.state[n].numel() for n in plan.fallback)
@@ -71,14 +65,6 @@ class FactoredGradientSource:
                 stacklevel=3,
             )
         return factored_gradients(task.model, fn, member.state, to_device(batch, task.device), plan)
-
-    def loss_gradients(self, task: AttributionTask, member: Member, batch: Any) -> FactoredGradients:
-        """``(b, p)`` factored gradients of ``task.loss_fn``."""
-        return self._grads(task, task.loss_fn, member, batch)
-
-    def target_gradients(self, task: AttributionTask, member: Member, batch: Any) -> FactoredGradients:
-        """``(b, p)`` factored gradients of ``task.target``."""
-        return self._grads(task, task.target, member, batch)
 
 
 @attrs.frozen(kw_only=True)

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import attrs
-import torch
 
 from attrkit import capabilities, hookimpl
 from attrkit.config import params_field
-from attrkit.context import Member
-from attrkit.data import to_device
-from attrkit.functional.gradients import flat_dimension, per_example_gradients, select_parameters
-from attrkit.task import AttributionTask
+from attrkit.parameter_gradients import ParameterGradients
 
 
 @attrs.frozen(kw_only=True)
@@ -27,7 +23,7 @@ class PerExampleConfig:
     params: tuple[str, ...] = params_field()
 
 
-class PerExampleGradients:
+class PerExampleGradients(ParameterGradients):
     """Exact per-example gradients of the loss and the target, ``Tensor[b, p]``.
 
     Uses ``torch.func.vmap`` over ``grad`` of ``loss_fn(model, batch)`` evaluated one
@@ -39,32 +35,8 @@ class PerExampleGradients:
     """
 
     name: ClassVar[str] = "per-example"
-    kind: ClassVar[str] = "gradients"
     Config: ClassVar[type] = PerExampleConfig
-    requires: ClassVar[frozenset[str]] = frozenset()
     provides: ClassVar[frozenset[str]] = frozenset({capabilities.PER_EXAMPLE, capabilities.HVP})
-
-    def __init__(self, config: PerExampleConfig):
-        self.config = config
-
-    def _names(self, task: AttributionTask) -> list[str]:
-        return select_parameters(task.model, self.config.params)
-
-    def dimension(self, task: AttributionTask) -> int:
-        """Number of selected parameter entries, ``p``."""
-        return flat_dimension(task.model, self._names(task))
-
-    def _grads(self, task: AttributionTask, fn: Any, member: Member, batch: Any) -> torch.Tensor:
-        batch = to_device(batch, task.device)
-        return per_example_gradients(task.model, fn, member.state, batch, self._names(task))
-
-    def loss_gradients(self, task: AttributionTask, member: Member, batch: Any) -> torch.Tensor:
-        """``Tensor[b, p]``: per-example gradients of ``task.loss_fn``."""
-        return self._grads(task, task.loss_fn, member, batch)
-
-    def target_gradients(self, task: AttributionTask, member: Member, batch: Any) -> torch.Tensor:
-        """``Tensor[b, p]``: per-example gradients of ``task.target``."""
-        return self._grads(task, task.target, member, batch)
 
 
 @hookimpl
