@@ -104,14 +104,19 @@ def check_projector(entry: Entry) -> None:
 
 
 def check_solver(entry: Entry) -> None:
-    """A solver fits on features, keeps shapes, is linear and batch-independent."""
+    """A solver fits (on features, or on the toy training set in parameter space), keeps
+    shapes, is linear and batch-independent."""
     toy = toy_problem()
     gen = torch.Generator().manual_seed(0)
-    feats = torch.randn(len(toy.y_train), 7, generator=gen)
     solver = entry.cls(example_config(entry.cls))
     assert solver.space in ("feature", "parameter"), f"{entry.name}: space must be 'feature' or 'parameter'"
-    solver.fit(_context(toy, 7, feats))
-    v, w = torch.randn(4, 7, generator=gen), torch.randn(4, 7, generator=gen)
+    if solver.space == "parameter":
+        d = flat_dimension(toy.task.model, select_parameters(toy.task.model, ("*",)))
+        solver.fit(_context(toy, d))
+    else:
+        d = 7
+        solver.fit(_context(toy, d, torch.randn(len(toy.y_train), d, generator=gen)))
+    v, w = torch.randn(4, d, generator=gen), torch.randn(4, d, generator=gen)
     out = solver.solve(v)
     assert out.shape == v.shape, f"{entry.name}: solve must keep the shape"
     _close(solver.solve(v + 2 * w), out + 2 * solver.solve(w), f"{entry.name}: linearity", atol=1e-4)
