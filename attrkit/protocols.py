@@ -66,6 +66,9 @@ class GradientSource(Component, Protocol):
     parameter order, and are independent of how examples are batched.
     """
 
+    def names(self, task: AttributionTask) -> list[str]:
+        """The parameters differentiated, in the order their entries take in a gradient vector."""
+
     def dimension(self, task: AttributionTask) -> int:
         """``p``, the length of one gradient vector for this task."""
 

@@ -1,7 +1,8 @@
 """Pure functions attrkit's components are built from; researchers may call them directly.
 
-Per-example, factored, last-layer and group gradients; HVPs and Lanczos; seeded dense and
-sparse projections; rank correlations. Shapes and units are in each function's docstring.
+Per-example, factored, last-layer and group gradients; HVPs, Lanczos and inverse-HVP
+solvers (explicit, CG, LiSSA, Arnoldi, K-FAC, EK-FAC, DataInf); seeded dense and sparse
+projections; rank correlations. Shapes and units are in each function's docstring.
 """
 
 from attrkit.functional.curvature import (
@@ -10,6 +11,10 @@ from attrkit.functional.curvature import (
     gnvp,
     hvp,
     lanczos,
+)
+from attrkit.functional.datainf import (
+    DataInfSolve,
+    datainf_ihvp_at,
 )
 from attrkit.functional.factored import (
     FactorPlan,
@@ -29,6 +34,36 @@ from attrkit.functional.gradients import (
 from attrkit.functional.group_gradients import (
     group_gradients,
     group_rows,
+)
+from attrkit.functional.ihvp import (
+    CURVATURES,
+    Cost,
+    CurvatureError,
+    IHVPStats,
+    InverseHVP,
+)
+from attrkit.functional.ihvp_direct import (
+    arnoldi_ihvp_at,
+    explicit_ihvp_at,
+    explicit_solve,
+    ihvp_arnoldi,
+    ihvp_explicit,
+)
+from attrkit.functional.ihvp_iterative import (
+    cg_ihvp_at,
+    cg_solve,
+    ihvp_cg,
+    lissa_ihvp_at,
+    lissa_solve,
+)
+from attrkit.functional.kfac import (
+    EKFACFactors,
+    KFACFactors,
+    KroneckerLayer,
+    ekfac_solve,
+    fit_ekfac,
+    fit_kfac,
+    kfac_solve,
 )
 from attrkit.functional.last_layer import (
     last_layer_features,
@@ -59,25 +94,49 @@ from attrkit.functional.sparse import (
 __all__ = [
     "BLOCK_ROWS",
     "BoundLoss",
+    "CURVATURES",
+    "Cost",
+    "CurvatureError",
+    "DataInfSolve",
+    "EKFACFactors",
     "FactorPlan",
     "FactoredGradients",
     "FactorisationError",
+    "IHVPStats",
+    "InverseHVP",
+    "KFACFactors",
+    "KroneckerLayer",
     "LayerFactors",
     "SeededMatrix",
+    "arnoldi_ihvp_at",
     "block_generator",
+    "cg_ihvp_at",
+    "cg_solve",
+    "datainf_ihvp_at",
     "dataset_gnvp",
     "dataset_hvp",
+    "ekfac_solve",
     "eval_mode",
+    "explicit_ihvp_at",
+    "explicit_solve",
     "factored_gradients",
+    "fit_ekfac",
+    "fit_kfac",
     "flat_dimension",
     "gaussian_sampler",
     "gnvp",
     "group_gradients",
     "group_rows",
     "hvp",
+    "ihvp_arnoldi",
+    "ihvp_cg",
+    "ihvp_explicit",
+    "kfac_solve",
     "lanczos",
     "last_layer_features",
     "last_layer_gradients",
+    "lissa_ihvp_at",
+    "lissa_solve",
     "normalize_rows",
     "pearson_columns",
     "per_example_gradients",

@@ -119,7 +119,8 @@ def check_solver(entry: Entry) -> None:
     v, w = torch.randn(4, d, generator=gen), torch.randn(4, d, generator=gen)
     out = solver.solve(v)
     assert out.shape == v.shape, f"{entry.name}: solve must keep the shape"
-    _close(solver.solve(v + 2 * w), out + 2 * solver.solve(w), f"{entry.name}: linearity", atol=1e-4)
+    if getattr(entry.cls, "linear", True):  # truncated iterative solvers may declare linear = False
+        _close(solver.solve(v + 2 * w), out + 2 * solver.solve(w), f"{entry.name}: linearity", atol=1e-4)
     _close(torch.cat([solver.solve(v[:1]), solver.solve(v[1:])]), out, f"{entry.name}: batch-size independence")
 
 

@@ -61,6 +61,11 @@ class LastLayerGradients:
         """Module name of the layer differentiated (``config.layer``, checked, or found)."""
         return resolve_linear_layer(task.model, self.config.layer)
 
+    def names(self, task: AttributionTask) -> list[str]:
+        """The layer's parameter names, in the order of the gradient vectors (weight, then bias)."""
+        layer = self.layer(task)
+        return [f"{layer}.{n}" for n, _ in task.model.get_submodule(layer).named_parameters(recurse=False)]
+
     def dimension(self, task: AttributionTask) -> int:
         """``p = C*d + C`` (``C*d`` without bias) for a layer ``Linear(d, C)``."""
         return sum(p.numel() for p in task.model.get_submodule(self.layer(task)).parameters(recurse=False))

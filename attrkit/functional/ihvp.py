@@ -1,0 +1,237 @@
+"""Inverse-Hessian-vector products ``(H + λI)⁻¹ v``: what the solvers share.
+
+Influence functions score ``g_testᵀ (H + λI)⁻¹ g_train`` with ``H`` the Hessian (or the
+Gauss-Newton matrix) of the *mean* training loss over the *whole* training set and ``λ``
+the damping (``regularization``). Every solver takes a block of vectors ``Tensor[m, p]``
+(one per row) and returns ``Tensor[m, p]``. Each comes in three forms:
+
+* on a matvec: :func:`~attrkit.functional.ihvp_direct.explicit_solve` (a matrix),
+  :func:`~attrkit.functional.ihvp_iterative.cg_solve`,
+  :func:`~attrkit.functional.ihvp_iterative.lissa_solve` (a *stochastic* matvec);
+* torch.func style, on a scalar function of a pytree of parameters:
+  ``ihvp_explicit``, ``ihvp_cg``, ``ihvp_arnoldi``. There is no ``ihvp_lissa``: LiSSA's
+  point is a cheap matvec on a random *sample* of the training data at each step, and a
+  bare function has no data to sample (on an exact matvec, :func:`lissa_solve` is a
+  slowly converging Neumann series; use CG);
+* "at x", on a model and training batches: ``explicit_ihvp_at``, ``cg_ihvp_at``,
+  ``lissa_ihvp_at``, ``arnoldi_ihvp_at``. They precompute what depends only on the data
+  and the parameters (a factorisation, eigenpairs, the gathered training set) and return an
+  :class:`InverseHVP` that applies it to blocks and records its costs in ``.stats``.
+
+Costs are counted in passes over the training batches and in *example-HVPs*: the number
+of (training example, vector) pairs whose curvature product was taken. A pass with a
+block of ``m`` vectors over ``n`` examples is ``n m`` example-HVPs, whatever the batch
+size; a LiSSA step on ``b`` sampled examples is ``b m``. One example-HVP costs about 2-3
+gradient evaluations of one example.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import attrs
+import torch
+from torch.func import vmap
+from torch.utils._pytree import tree_flatten, tree_unflatten
+
+from attrkit.data import batch_size, check_fixed_order
+from attrkit.errors import AttrkitError, DataLoaderError
+from attrkit.functional.curvature import MatVec, dataset_gnvp, dataset_hvp, hvp
+from attrkit.task import LossFn
+
+__all__ = ["CURVATURES", "Cost", "CurvatureError", "IHVPStats", "InverseHVP"]
+
+#: ``curvature=`` names and the dataset products they use.
+CURVATURES: Mapping[str, Callable[..., MatVec]] = {"hessian": dataset_hvp, "gauss-newton": dataset_gnvp}
+
+
+class CurvatureError(AttrkitError, ValueError):
+    """The damped curvature ``H + λI`` cannot be inverted as asked: not positive definite,
+    a diverging LiSSA recursion, or a matrix too large to build."""
+
+
+@attrs.define
+class Cost:
+    """Work done by one phase of an inverse-HVP.
+
+    Attributes:
+        passes: full passes over the training batches (one curvature product per batch each).
+        example_hvps: (training example, vector) pairs whose curvature product was taken.
+        seconds: wall-clock time.
+    """
+
+    passes: int = 0
+    example_hvps: int = 0
+    seconds: float = 0.0
+
+
+@attrs.define
+class IHVPStats:
+    """What an :class:`InverseHVP` has cost so far.
+
+    Attributes:
+        build: the precomputation (factorisation, eigenpairs, gathering the data).
+        solve: all calls of ``solve`` together.
+        solves: number of ``solve`` calls.
+        info: solver-specific numbers, e.g. CG's ``iterations`` and
+            ``max_relative_residual`` of the last solve (documented by each builder).
+    """
+
+    build: Cost
+    solve: Cost = attrs.Factory(Cost)
+    solves: int = 0
+    info: dict[str, float] = attrs.Factory(dict)
+
+
+class _Meter:
+    """Re-iterable view of the training batches that counts passes, examples and example-HVPs."""
+
+    def __init__(self, batches: Iterable[Any]):
+        self.batches = batches
+        self.passes = self.examples = self.example_hvps = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        self.passes += 1
+        for batch in self.batches:
+            self.examples += batch_size(batch)
+            yield batch
+
+    def counted(self, matvec: MatVec) -> MatVec:
+        """``matvec`` (one pass over this view per call), charging ``examples × vectors`` per call."""
+
+        def run(v: torch.Tensor) -> torch.Tensor:
+            before = self.examples
+            out = matvec(v)
+            self.example_hvps += (self.examples - before) * (v.shape[0] if v.dim() == 2 else 1)
+            return out
+
+        return run
+
+
+class InverseHVP:
+    """``(H + λI)⁻¹`` at fixed training data and parameters, built by an ``*_ihvp_at`` function.
+
+    Call it (or its :meth:`solve`) on blocks of vectors; ``stats`` records the passes over
+    the data, example-HVPs and seconds of the build and of the solves so far.
+
+    Attributes:
+        p: dimension of the vectors (number of selected parameter entries).
+        stats: :class:`IHVPStats`.
+    """
+
+    def __init__(self, apply: MatVec, p: int, meter: _Meter, started: float, info: dict[str, float]):
+        self._apply, self._meter, self.p = apply, meter, p
+        build = Cost(meter.passes, meter.example_hvps, time.perf_counter() - started)
+        self.stats = IHVPStats(build=build, info=info)
+
+    def solve(self, vectors: torch.Tensor) -> torch.Tensor:
+        """``(H + λI)⁻¹ v`` for every row ``v`` of ``vectors``.
+
+        Args:
+            vectors: ``Tensor[m, p]``, one vector per row, flattened in ``names`` order.
+
+        Returns:
+            ``Tensor[m, p]`` in the dtype and on the device of ``vectors``. Cost: see the
+            builder; recorded in ``stats.solve``.
+
+        Raises:
+            ValueError: ``vectors`` is not a floating ``Tensor[m, p]``.
+        """
+        check_block(vectors, self.p)
+        started, passes, hvps = time.perf_counter(), self._meter.passes, self._meter.example_hvps
+        out = self._apply(vectors)
+        cost = self.stats.solve
+        cost.passes += self._meter.passes - passes
+        cost.example_hvps += self._meter.example_hvps - hvps
+        cost.seconds += time.perf_counter() - started
+        self.stats.solves += 1
+        return out
+
+    __call__ = solve
+
+
+def check_block(vectors: torch.Tensor, p: int | None = None) -> None:
+    """Refuse anything but a floating ``Tensor[m, p]`` (any ``p`` when ``None``) with a ``ValueError``."""
+    if not isinstance(vectors, torch.Tensor) or vectors.dim() != 2 or vectors.shape[1] != (p or vectors.shape[1]):
+        got = tuple(vectors.shape) if isinstance(vectors, torch.Tensor) else type(vectors).__name__
+        raise ValueError(f"vectors must be a block Tensor[m, p={p or 'p'}], one vector per row (pass one vector v as "
+                         f"v[None]); got {got}")
+    if not vectors.is_floating_point():
+        raise ValueError(f"vectors must be floating point, got {vectors.dtype}")
+
+
+def check_regularization(regularization: float) -> None:
+    """Refuse a damping that is not a finite number ``>= 0`` (``ValueError``)."""
+    if not (math.isfinite(regularization) and regularization >= 0):
+        raise ValueError(f"regularization (the damping λ in H + λI) must be a finite number >= 0, "
+                         f"got {regularization}")
+
+
+def prepare_at(
+    state: Mapping[str, torch.Tensor],
+    names: Sequence[str],
+    batches: Iterable[Any],
+    regularization: float,
+    curvature: str,
+) -> tuple[_Meter, int]:
+    """Check the common arguments of the ``*_ihvp_at`` functions.
+
+    Returns:
+        ``(meter, p)``: a counting, re-iterable view of ``batches`` and the dimension.
+
+    Raises:
+        ValueError: bad ``regularization``, ``curvature`` or ``names``.
+        DataLoaderError: ``batches`` is a one-shot iterator, a shuffling ``DataLoader`` or
+            yields nothing.
+    """
+    check_regularization(regularization)
+    if curvature not in CURVATURES:
+        raise ValueError(f"curvature must be one of {sorted(CURVATURES)}, got {curvature!r}")
+    missing = [n for n in names if n not in state]
+    if not names or missing:
+        raise ValueError(f"names must be a non-empty list of keys of state; missing: {missing or 'all (empty)'}")
+    check_fixed_order(batches)
+    iterator = iter(batches)
+    if iterator is batches:
+        raise DataLoaderError(f"batches must be re-iterable (a DataLoader, a list), got a one-shot "
+                              f"{type(batches).__name__}: the curvature is read at every pass; wrap it in list(...)")
+    if next(iterator, None) is None:
+        raise DataLoaderError("batches is empty: the curvature of the training loss needs at least one batch")
+    return _Meter(batches), sum(state[n].numel() for n in names)
+
+
+def dataset_matvec(
+    meter: _Meter, model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str, torch.Tensor],
+    names: Sequence[str], curvature: str,
+) -> MatVec:
+    """The counted dataset matvec (``Tensor[m, p] -> Tensor[m, p]``, one pass per call) of ``curvature``."""
+    return meter.counted(CURVATURES[curvature](model, loss_fn, state, names, meter))
+
+
+def function_matvec(fn: Callable[[Any], torch.Tensor], params: Any) -> tuple[MatVec, torch.Tensor]:
+    """Hessian of ``fn`` at ``params`` as a matvec on flat blocks.
+
+    Args:
+        fn: scalar function (``Tensor[]``) of ``params``, written with ``vmap``-able ops.
+        params: a tensor or pytree of tensors; its leaves, flattened in ``tree_flatten``
+            order and concatenated, are the ``p`` coordinates.
+
+    Returns:
+        ``(matvec, theta)``: ``Tensor[m, p] -> Tensor[m, p]`` (one ``vmap``-ed :func:`hvp`
+        per call, in the parameters' dtype, returned in the input's) and ``Tensor[p]``.
+    """
+    leaves, spec = tree_flatten(params)
+    sizes = [leaf.numel() for leaf in leaves]
+    theta = torch.cat([leaf.reshape(-1) for leaf in leaves])
+
+    def flat(t: torch.Tensor) -> torch.Tensor:
+        return fn(tree_unflatten([c.view_as(leaf) for c, leaf in zip(t.split(sizes), leaves)], spec))
+
+    def matvec(v: torch.Tensor) -> torch.Tensor:
+        rows = v.to(device=theta.device, dtype=theta.dtype)
+        return vmap(lambda row: hvp(flat, theta, row))(rows).to(device=v.device, dtype=v.dtype)
+
+    return matvec, theta

@@ -1,0 +1,304 @@
+"""K-FAC and EK-FAC: Kronecker-factored inverse curvature of the mean training loss.
+
+The curvature is the empirical Fisher of the mean loss over the *whole* training set,
+``F = (1/n) Σ_i g_i g_iᵀ`` (``g_i`` the per-example gradient), approximated block-diagonally:
+one block per factored layer (``nn.Linear``, ``nn.Conv1d/2d``, see
+:mod:`attrkit.functional.factored`) and a diagonal for the other (fallback) parameters.
+
+A layer's per-example gradient is ``G_i = Σ_t g_{i,t} ā_{i,t}ᵀ``, ``Tensor[d_out, d_in + 1]``:
+``g_{i,t}`` the output gradient and ``ā_{i,t} = [a_{i,t}, 1]`` the input at position ``t``
+(the column of ones only with a bias, bias last). Flattened row-major,
+``vec(G_i) = Σ_t g_{i,t} ⊗ ā_{i,t}``, and K-FAC takes ``F_l ≈ G ⊗ A`` with
+
+    A = (1/N) Σ_i Σ_t ā_{i,t} ā_{i,t}ᵀ    (N = Σ_i T_i: mean over examples and positions)
+    G = (1/n) Σ_i Σ_t g_{i,t} g_{i,t}ᵀ    (mean over examples of the sum over positions)
+
+With one position (``T = 1``) these are ``E[ā āᵀ]`` and ``E[g gᵀ]`` (Martens & Grosse 2015),
+and ``G ⊗ A`` is the exact ``F_l`` whenever ``g`` and ``ā`` do not co-vary, e.g. for one
+example or for examples that share one input. With ``T`` positions (sequences, convolution
+patches) cross-position terms are dropped and ``Σ_t E[g_t g_tᵀ] ⊗ E[ā_t ā_tᵀ]`` is
+approximated by ``G ⊗ A``: "K-FAC-expand" (Eschenhagen et al. 2023), the same product as
+KFC's ``Ω ⊗ Γ`` (Grosse & Martens 2016), which only puts the factor ``T`` on the other side.
+
+EK-FAC (George et al. 2018) keeps K-FAC's eigenbasis ``Q_G ⊗ Q_A`` (``A = Q_A diag(λ_A) Q_Aᵀ``,
+``G = Q_G diag(λ_G) Q_Gᵀ``) and replaces the eigenvalues ``λ_G λ_Aᵀ`` by the exact diagonal
+of ``F_l`` in that basis, ``Λ = (1/n) Σ_i (Q_Gᵀ G_i Q_A)²`` (elementwise square), found in a
+second pass over the data: the ``F_l`` of the form ``(Q_G ⊗ Q_A) diag (Q_G ⊗ Q_A)ᵀ`` that is
+closest to the true one in Frobenius norm.
+
+Damping is added to the approximated block, ``(F_l + λI)⁻¹``, applied to ``V`` (a vector's
+layer slice as ``[d_out, d_in + 1]``) as ``Q_G [(Q_Gᵀ V Q_A) / (λ_G λ_Aᵀ + λ)] Q_Aᵀ`` for
+K-FAC and with ``Λ`` in the denominator for EK-FAC — damping of the product, not the
+factored ``(G + √λ I) ⊗ (A + √λ I)``. Fallback parameters use the diagonal empirical
+Fisher ``d = (1/n) Σ_i g_i²`` and ``v / (d + λ)``.
+
+Factors are kept in the parameters' dtype and device; sums are accumulated batch by batch,
+so the result does not depend on how the training set is batched.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import attrs
+import torch
+
+from attrkit.data import batch_size, to_device
+from attrkit.errors import DataLoaderError
+from attrkit.functional.factored import FactoredGradients, FactorPlan, LayerFactors, factored_gradients, plan_factors
+from attrkit.task import LossFn
+
+__all__ = ["EKFACFactors", "KFACFactors", "KroneckerLayer", "ekfac_solve", "fit_ekfac", "fit_kfac", "kfac_solve"]
+
+#: Elements of the per-example rotated gradients ``[b, d_out, d_in + 1]`` formed at once by EK-FAC's second pass.
+_CHUNK = 1 << 24
+
+
+@attrs.frozen(kw_only=True, eq=False)
+class KroneckerLayer:
+    """One factored layer's K-FAC factors and their eigendecompositions.
+
+    Attributes:
+        module: the module's name (``"fc1"``).
+        weight: the weight's parameter name, or ``None`` when it is not selected.
+        bias: the bias's parameter name, or ``None``.
+        input_covariance: ``A``, ``Tensor[d_in + 1, d_in + 1]`` (``d_in`` without a bias;
+            ``d_in = 0`` without a selected weight).
+        output_covariance: ``G``, ``Tensor[d_out, d_out]``.
+        input_eigenvalues: ``λ_A``, ``Tensor[d_in + 1]``, clamped at 0.
+        input_basis: ``Q_A``, ``Tensor[d_in + 1, d_in + 1]``, eigenvectors as columns.
+        output_eigenvalues: ``λ_G``, ``Tensor[d_out]``, clamped at 0.
+        output_basis: ``Q_G``, ``Tensor[d_out, d_out]``, eigenvectors as columns.
+    """
+
+    module: str
+    weight: str | None
+    bias: str | None
+    input_covariance: torch.Tensor = attrs.field(repr=False)
+    output_covariance: torch.Tensor = attrs.field(repr=False)
+    input_eigenvalues: torch.Tensor = attrs.field(repr=False)
+    input_basis: torch.Tensor = attrs.field(repr=False)
+    output_eigenvalues: torch.Tensor = attrs.field(repr=False)
+    output_basis: torch.Tensor = attrs.field(repr=False)
+
+
+@attrs.frozen(kw_only=True, eq=False)
+class KFACFactors:
+    """K-FAC curvature of the mean training loss, from :func:`fit_kfac`.
+
+    Attributes:
+        names: every selected parameter in model order: the layout of the vectors solved.
+        sizes: ``{parameter: numel}``.
+        layers: the factored layers, in model order.
+        fallback: the other selected parameters, in model order.
+        fallback_diagonal: ``Tensor[q]``, the diagonal empirical Fisher of ``fallback``
+            (concatenated, each flattened row-major).
+        n_examples: ``n``, the number of training examples.
+    """
+
+    names: tuple[str, ...]
+    sizes: Mapping[str, int]
+    layers: tuple[KroneckerLayer, ...]
+    fallback: tuple[str, ...]
+    fallback_diagonal: torch.Tensor = attrs.field(repr=False)
+    n_examples: int
+
+
+@attrs.frozen(kw_only=True, eq=False)
+class EKFACFactors:
+    """EK-FAC curvature, from :func:`fit_ekfac`: K-FAC's eigenbases with corrected eigenvalues.
+
+    Attributes:
+        kfac: the K-FAC factors (eigenbases, fallback diagonal, layout).
+        eigenvalues: per layer of ``kfac.layers``, ``Λ``: ``Tensor[d_out, d_in + 1]``.
+    """
+
+    kfac: KFACFactors
+    eigenvalues: tuple[torch.Tensor, ...] = attrs.field(repr=False)
+
+
+def _stream(model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str, torch.Tensor], plan: FactorPlan,
+            batches: Iterable[Any], visit: Callable[[FactoredGradients], None]) -> int:
+    """``visit`` each batch's factored per-example gradients; returns the number of examples."""
+    device, n = state[plan.names[0]].device, 0
+    for batch in batches:
+        batch = to_device(batch, device)
+        visit(factored_gradients(model, loss_fn, state, batch, plan))
+        n += batch_size(batch)
+    if n == 0:
+        raise DataLoaderError("the training batches are empty; pass a re-iterable loader, not a one-shot generator")
+    return n
+
+
+def _extended_inputs(layer: LayerFactors) -> torch.Tensor:
+    """``ā``: ``Tensor[b, T, d_in (+1)]``, the inputs with a column of ones when the layer has a bias."""
+    if layer.bias is None:
+        return layer.inputs
+    return torch.cat([layer.inputs, layer.inputs.new_ones(*layer.inputs.shape[:-1], 1)], -1)
+
+
+def _eigh(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    values, vectors = torch.linalg.eigh(matrix)
+    return values.clamp_min(0), vectors
+
+
+def fit_kfac(model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str, torch.Tensor], names: Sequence[str],
+             batches: Iterable[Any]) -> KFACFactors:
+    """K-FAC factors ``A``, ``G`` of every factored layer and the fallback diagonal, in one pass.
+
+    Args:
+        model: the module ``loss_fn`` calls (its weights are not used or changed).
+        loss_fn: ``loss_fn(model, batch) -> Tensor[b]``, per-example training loss.
+        state: ``{name: Tensor}`` of every parameter and buffer to evaluate at.
+        names: selected parameters, in model order (``select_parameters``).
+        batches: the whole training set, in batches (any batch size: the factors are sums).
+
+    Returns:
+        :class:`KFACFactors` in the parameters' dtype and device (conventions in the module
+        docstring). Cost: one pass of :func:`factored_gradients`, plus one ``eigh`` per factor.
+        Memory: ``(d_in + 1)² + d_out²`` per layer.
+
+    Raises:
+        DataLoaderError: ``batches`` yields no example.
+        FactorisationError, LossShapeError: as :func:`factored_gradients`.
+    """
+    plan = plan_factors(model, names)
+    like = state[names[0]]
+    sums = []
+    for _, weight, bias in plan.layers:
+        d_out = state[weight].shape[0] if weight else state[bias].numel()
+        d_in = (state[weight].numel() // d_out if weight else 0) + (bias is not None)
+        sums.append((like.new_zeros(d_in, d_in), like.new_zeros(d_out, d_out)))
+    positions = [0] * len(plan.layers)
+    diagonal = like.new_zeros(sum(state[name].numel() for name in plan.fallback))
+
+    def visit(grads: FactoredGradients) -> None:
+        for j, (layer, (a_sum, g_sum)) in enumerate(zip(grads.layers, sums, strict=True)):
+            a, g = _extended_inputs(layer).flatten(0, 1), layer.output_grads.flatten(0, 1)
+            a_sum += a.T @ a
+            g_sum += g.T @ g
+            positions[j] += a.shape[0]
+        diagonal.add_(grads.dense.square().sum(0))
+
+    n = _stream(model, loss_fn, state, plan, batches, visit)
+    layers = []
+    for (module, weight, bias), (a_sum, g_sum), count in zip(plan.layers, sums, positions, strict=True):
+        a_cov, g_cov = a_sum / max(count, 1), g_sum / n
+        (a_val, a_vec), (g_val, g_vec) = _eigh(a_cov), _eigh(g_cov)
+        layers.append(KroneckerLayer(
+            module=module, weight=weight, bias=bias, input_covariance=a_cov, output_covariance=g_cov,
+            input_eigenvalues=a_val, input_basis=a_vec, output_eigenvalues=g_val, output_basis=g_vec,
+        ))
+    sizes = {name: state[name].numel() for name in names}
+    return KFACFactors(names=tuple(names), sizes=sizes, layers=tuple(layers), fallback=plan.fallback,
+                       fallback_diagonal=diagonal / n, n_examples=n)
+
+
+def fit_ekfac(model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str, torch.Tensor], names: Sequence[str],
+              batches: Iterable[Any]) -> EKFACFactors:
+    """EK-FAC: :func:`fit_kfac`, then a second pass for the corrected eigenvalues ``Λ``.
+
+    ``Λ = (1/n) Σ_i (Q_Gᵀ G_i Q_A)²`` per layer, ``G_i = Σ_t g_{i,t} ā_{i,t}ᵀ`` the exact
+    per-example gradient of the layer (George et al. 2018).
+
+    Args:
+        model, loss_fn, state, names, batches: as :func:`fit_kfac`; ``batches`` is read twice.
+
+    Returns:
+        :class:`EKFACFactors`. Cost: two passes of :func:`factored_gradients`; the second forms
+        the rotated per-example gradients ``[b, d_out, d_in + 1]`` in chunks of at most
+        ``2**24`` elements.
+
+    Raises:
+        DataLoaderError, FactorisationError, LossShapeError: as :func:`fit_kfac`.
+    """
+    kfac = fit_kfac(model, loss_fn, state, names, batches)
+    sums = [torch.zeros_like(x.output_eigenvalues[:, None] * x.input_eigenvalues) for x in kfac.layers]
+
+    def visit(grads: FactoredGradients) -> None:
+        for j, (total, fitted) in enumerate(zip(sums, kfac.layers, strict=True)):
+            step = max(1, _CHUNK // total.numel())
+            for start in range(0, grads.shape[0], step):
+                part = grads[start : start + step].layers[j]
+                total += part.project(fitted.input_basis, fitted.output_basis).square().sum(0).view_as(total)
+
+    n = _stream(model, loss_fn, state, plan_factors(model, names), batches, visit)
+    return EKFACFactors(kfac=kfac, eigenvalues=tuple(total / n for total in sums))
+
+
+def _apply(factors: KFACFactors, vectors: torch.Tensor, regularization: float,
+           eigenvalues: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``vectors`` through each layer's ``Q [(Qᵀ V) / (eigenvalues + λ)] Qᵀ`` and the fallback diagonal."""
+    p = sum(factors.sizes[n] for n in factors.names)
+    if vectors.dim() != 2 or vectors.shape[1] != p:
+        raise ValueError(f"expected a block of vectors Tensor[m, {p}], got shape {tuple(vectors.shape)}")
+    if not regularization >= 0:
+        raise ValueError(f"regularization must be >= 0 (damping λ added as λI), got {regularization}")
+    like = factors.fallback_diagonal
+    rows = vectors.to(dtype=like.dtype, device=like.device)
+    m, out = rows.shape[0], torch.empty_like(rows)
+    starts = dict(zip(factors.names, itertools.accumulate((factors.sizes[n] for n in factors.names), initial=0)))
+    cols = lambda name: slice(starts[name], starts[name] + factors.sizes[name])  # noqa: E731
+
+    def denominator(values: torch.Tensor, where: str) -> torch.Tensor:
+        if regularization == 0 and bool((values <= 0).any()):
+            raise ValueError(f"regularization=0 but the curvature of {where} is singular; use regularization > 0 "
+                             "(damping λ added as λI)")
+        return values + regularization
+
+    for layer, values in zip(factors.layers, eigenvalues, strict=True):
+        d_out = layer.output_basis.shape[0]
+        parts = [rows[:, cols(layer.weight)].reshape(m, d_out, -1)] if layer.weight else []
+        parts += [rows[:, cols(layer.bias)].reshape(m, d_out, 1)] if layer.bias else []
+        q_g, q_a = layer.output_basis, layer.input_basis
+        scale = denominator(values, f"layer {layer.module or '<root>'!r}")
+        solved = q_g @ ((q_g.T @ torch.cat(parts, 2) @ q_a) / scale) @ q_a.T
+        if layer.weight:
+            out[:, cols(layer.weight)] = solved[..., : q_a.shape[0] - (layer.bias is not None)].reshape(m, -1)
+        if layer.bias:
+            out[:, cols(layer.bias)] = solved[..., -1]
+    if factors.fallback:
+        flat = torch.cat([rows[:, cols(name)] for name in factors.fallback], 1)
+        solved = flat / denominator(factors.fallback_diagonal, f"the fallback parameters {list(factors.fallback)}")
+        for name, part in zip(factors.fallback, solved.split([factors.sizes[n] for n in factors.fallback], 1)):
+            out[:, cols(name)] = part
+    return out.to(dtype=vectors.dtype, device=vectors.device)
+
+
+def kfac_solve(factors: KFACFactors, vectors: torch.Tensor, regularization: float) -> torch.Tensor:
+    """``(F_kfac + λI)⁻¹ v`` for each row: ``Q_G [(Q_Gᵀ V Q_A) / (λ_G λ_Aᵀ + λ)] Q_Aᵀ`` per layer.
+
+    Args:
+        factors: from :func:`fit_kfac`.
+        vectors: ``Tensor[m, p]``, flattened in ``factors.names`` order (each parameter
+            row-major, as :func:`per_example_gradients` and ``FactoredGradients.materialize``).
+        regularization: ``λ >= 0``, added to the approximated curvature as ``λI``.
+
+    Returns:
+        ``Tensor[m, p]`` in the dtype and on the device of ``vectors`` (computed in the
+        factors'). Cost: ``O(m (d_out + d_in) d_out d_in)`` per layer, no pass over the data.
+
+    Raises:
+        ValueError: ``vectors`` is not ``[m, p]``, ``λ < 0``, or ``λ = 0`` with a singular curvature.
+    """
+    products = [x.output_eigenvalues[:, None] * x.input_eigenvalues for x in factors.layers]
+    return _apply(factors, vectors, regularization, products)
+
+
+def ekfac_solve(factors: EKFACFactors, vectors: torch.Tensor, regularization: float) -> torch.Tensor:
+    """``(F_ekfac + λI)⁻¹ v`` for each row: ``Q_G [(Q_Gᵀ V Q_A) / (Λ + λ)] Q_Aᵀ`` per layer.
+
+    Args:
+        factors: from :func:`fit_ekfac`.
+        vectors: ``Tensor[m, p]`` as in :func:`kfac_solve`.
+        regularization: ``λ >= 0``, added as ``λI``.
+
+    Returns:
+        ``Tensor[m, p]``, as :func:`kfac_solve`.
+
+    Raises:
+        ValueError: as :func:`kfac_solve`.
+    """
+    return _apply(factors.kfac, vectors, regularization, factors.eigenvalues)

@@ -1,0 +1,82 @@
+"""A base for parameter-space solvers: fitted on the whole training set at a member's weights.
+
+Plugins subclass it and implement ``build``; the fitting plumbing (which parameters,
+which data, which weights) lives here once.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch.utils._pytree import tree_map
+
+from attrkit.context import FitContext
+from attrkit.errors import NotFittedError
+from attrkit.functional.gradients import select_parameters
+
+__all__ = ["ParameterSolver", "Solve"]
+
+#: ``solve(vectors[m, p]) -> [m, p]``: an (approximate) inverse curvature applied to a block.
+Solve = Callable[[torch.Tensor], torch.Tensor]
+
+
+class _Float64Batches:
+    """Re-iterable view of ``batches`` with every floating tensor cast to float64."""
+
+    def __init__(self, batches: Iterable[Any]):
+        self.batches = batches
+
+    def __iter__(self) -> Iterator[Any]:
+        for batch in self.batches:
+            yield tree_map(lambda t: t.double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t, batch)
+
+
+class ParameterSolver(ABC):
+    """Applies ``(H + λI)⁻¹`` in parameter space, ``H`` the curvature of the mean training loss.
+
+    ``fit`` calls ``build`` with the task's model and loss, the member's full state, the
+    parameters the gradient source differentiates (all of them when there is none), and
+    the whole training set; ``solve`` applies the result to a block of vectors.
+
+    Curvature is computed in float64 (state, floating batch tensors and vectors are cast):
+    truncated iterative solvers on ill-conditioned curvature otherwise amplify float32
+    round-off until results depend on the loader's batch size. The cost is about twice
+    float32 arithmetic on the CPU; results are returned in the input's dtype.
+    Subclasses set ``name``, ``Config`` and ``requires``, and implement ``build``.
+    """
+
+    kind: ClassVar[str] = "solver"
+    space: ClassVar[str] = "parameter"
+    provides: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, config: Any):
+        self.config = config
+        self._solve: Solve | None = None
+
+    @abstractmethod
+    def build(
+        self,
+        model: torch.nn.Module,
+        loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor],
+        state: Mapping[str, torch.Tensor],
+        names: Sequence[str],
+        batches: Iterable[Any],
+    ) -> Solve:
+        """Precompute what depends only on (data, θ) and return the block solver."""
+
+    def fit(self, context: FitContext) -> None:
+        """Fit on ``context.train`` at ``context.member``'s weights."""
+        task = context.task
+        source = context.gradients
+        names = source.names(task) if source is not None else select_parameters(task.model, ("*",))
+        state = {k: v.double() if v.is_floating_point() else v for k, v in context.member.state.items()}
+        self._solve = self.build(task.model, task.loss_fn, state, names, _Float64Batches(context.train))
+
+    def solve(self, vectors: torch.Tensor) -> torch.Tensor:
+        """``Tensor[m, p] -> Tensor[m, p]`` in the input's dtype and device."""
+        if self._solve is None:
+            raise NotFittedError(f"solver {self.name!r} used before fit(context)")
+        return self._solve(vectors.double()).to(device=vectors.device, dtype=vectors.dtype)

@@ -1,0 +1,181 @@
+"""Hessian solvers over HVPs: ``explicit``, ``cg``, ``lissa`` and ``arnoldi``.
+
+Parameter space: the curvature (Hessian or Gauss-Newton) of the *mean* training loss over
+the whole training set, never per-batch inverses; each is applied to raw test gradients
+before any projection.
+
+The default curvature is Gauss-Newton ``Jᵀ H_ℓ J``: positive semi-definite, so any
+``regularization > 0`` makes it invertible on non-convex models (the Hessian of an MLP is
+usually indefinite away from a minimum, and the solvers then refuse it with the damping
+it would need). Gauss-Newton sees ``loss_fn`` only through the model's output: a term
+written directly on the parameters (an L2 penalty) is not in it — add it through
+``regularization``, or choose ``curvature="hessian"``. The maths is in :mod:`attrkit.functional.ihvp_direct` and
+:mod:`attrkit.functional.ihvp_iterative`; config fields are their keyword arguments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, ClassVar
+
+import attrs
+import torch
+
+from attrkit import capabilities, hookimpl
+from attrkit.config import positive_int, seed_field
+from attrkit.functional.ihvp_direct import arnoldi_ihvp_at, explicit_ihvp_at
+from attrkit.functional.ihvp_iterative import cg_ihvp_at, lissa_ihvp_at
+from attrkit.parameter_solver import ParameterSolver, Solve
+
+
+def _regularization(default: float = 1e-3) -> Any:
+    return attrs.field(
+        default=default, converter=float, validator=attrs.validators.ge(0.0), metadata={"examples": (1e-2, 1e-1)}
+    )
+
+
+def _curvature() -> Any:
+    return attrs.field(
+        default="gauss-newton",
+        validator=attrs.validators.in_(("hessian", "gauss-newton")),
+        metadata={"examples": ("gauss-newton", "hessian")},
+    )
+
+
+class _HVPSolver(ParameterSolver):
+    """Calls ``build_at(model, loss_fn, state, names, batches, **config)`` once per member."""
+
+    requires: ClassVar[frozenset[str]] = frozenset({capabilities.HVP})
+    build_at: ClassVar[Callable[..., Solve]]
+
+    def build(
+        self,
+        model: torch.nn.Module,
+        loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor],
+        state: Mapping[str, torch.Tensor],
+        names: Sequence[str],
+        batches: Iterable[Any],
+    ) -> Solve:
+        """The ``InverseHVP`` of the whole training set at ``state`` (its ``stats`` record the cost)."""
+        return type(self).build_at(model, loss_fn, state, names, batches, **attrs.asdict(self.config))
+
+
+@attrs.frozen(kw_only=True)
+class ExplicitConfig:
+    """Config of ``explicit``.
+
+    Attributes:
+        regularization: damping ``λ >= 0`` (``H + λI`` must be positive definite).
+        curvature: ``"gauss-newton"`` (default) or ``"hessian"``.
+        max_dim: refuse more parameters than this (memory ``8 p²`` bytes).
+    """
+
+    regularization: float = _regularization()
+    curvature: str = _curvature()
+    max_dim: int = positive_int(20000)
+
+
+class ExplicitSolver(_HVPSolver):
+    """Exact ``(H + λI)⁻¹``: ``H`` assembled from HVPs, Cholesky-factorised once (``p³/3`` flops)."""
+
+    name: ClassVar[str] = "explicit"
+    Config: ClassVar[type] = ExplicitConfig
+    build_at = staticmethod(explicit_ihvp_at)
+
+
+@attrs.frozen(kw_only=True)
+class CGConfig:
+    """Config of ``cg``.
+
+    Attributes:
+        regularization: damping ``λ >= 0``.
+        curvature: ``"gauss-newton"`` (default) or ``"hessian"``.
+        max_iter: CG iterations per solve, each one pass over the training data.
+        tol: relative residual at which a vector stops.
+    """
+
+    regularization: float = _regularization()
+    curvature: str = _curvature()
+    max_iter: int = positive_int(10, (5,))
+    tol: float = attrs.field(default=1e-6, converter=float, validator=attrs.validators.gt(0.0))
+
+
+class CGSolver(_HVPSolver):
+    """Block conjugate gradients on the dataset curvature: all test vectors of a batch together.
+
+    Truncated before convergence, CG's result is not a linear function of its right-hand
+    side (the Krylov space depends on it), hence ``linear = False``.
+    """
+
+    name: ClassVar[str] = "cg"
+    linear: ClassVar[bool] = False
+    Config: ClassVar[type] = CGConfig
+    build_at = staticmethod(cg_ihvp_at)
+
+
+@attrs.frozen(kw_only=True)
+class LiSSAConfig:
+    """Config of ``lissa``.
+
+    Attributes:
+        regularization: damping ``λ >= 0``.
+        curvature: ``"gauss-newton"`` (default) or ``"hessian"``.
+        depth: recursion steps.
+        scale: must exceed ``λ_max(H) + λ`` for convergence.
+        batch_size: training examples sampled per step.
+        seed: seeds the sampling.
+        repeat: independent runs averaged.
+    """
+
+    regularization: float = _regularization()
+    curvature: str = _curvature()
+    depth: int = positive_int(500, (20,))
+    scale: float = attrs.field(default=10.0, converter=float, validator=attrs.validators.gt(0.0), metadata={"examples": (50.0,)})
+    batch_size: int = positive_int(10, (10, 4))
+    seed: int = seed_field()
+    repeat: int = positive_int(1)
+
+
+class LiSSASolver(_HVPSolver):
+    """LiSSA (Agarwal et al., 2017): a Neumann series with HVPs on sampled mini-batches."""
+
+    name: ClassVar[str] = "lissa"
+    Config: ClassVar[type] = LiSSAConfig
+    build_at = staticmethod(lissa_ihvp_at)
+
+
+@attrs.frozen(kw_only=True)
+class ArnoldiConfig:
+    """Config of solver ``arnoldi``.
+
+    Attributes:
+        regularization: damping ``λ >= 0``.
+        curvature: ``"gauss-newton"`` (default) or ``"hessian"``.
+        rank: eigenpairs kept.
+        max_iter: Lanczos iterations (``>= rank``).
+        seed: fixes the start vector.
+    """
+
+    regularization: float = _regularization()
+    curvature: str = _curvature()
+    rank: int = positive_int(50, (4, 8))
+    max_iter: int = positive_int(100, (20,))
+    seed: int = seed_field()
+
+    def __attrs_post_init__(self) -> None:
+        if self.rank > self.max_iter:
+            raise ValueError(f"rank must be <= max_iter, got rank {self.rank} > max_iter {self.max_iter}")
+
+
+class ArnoldiSolver(_HVPSolver):
+    """Low-rank ``U (Λ + λI)⁻¹ Uᵀ`` on the top Lanczos eigenpairs (Schioppa et al., 2022)."""
+
+    name: ClassVar[str] = "arnoldi"
+    Config: ClassVar[type] = ArnoldiConfig
+    build_at = staticmethod(arnoldi_ihvp_at)
+
+
+@hookimpl
+def attrkit_components() -> list[type]:
+    """The component classes this plugin registers."""
+    return [ExplicitSolver, CGSolver, LiSSASolver, ArnoldiSolver]

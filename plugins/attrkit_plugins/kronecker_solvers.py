@@ -1,0 +1,109 @@
+"""Layer-wise curvature solvers: ``kfac``, ``ekfac`` (Kronecker-factored) and ``datainf``.
+
+Parameter space: each is applied to raw test gradients before any projection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
+from typing import Any, ClassVar
+
+import attrs
+import torch
+
+from attrkit import capabilities, hookimpl
+from attrkit.functional.datainf import datainf_ihvp_at
+from attrkit.functional.kfac import ekfac_solve, fit_ekfac, fit_kfac, kfac_solve
+from attrkit.parameter_solver import ParameterSolver, Solve
+
+@attrs.frozen(kw_only=True)
+class KroneckerConfig:
+    """Config of ``kfac`` and ``ekfac``.
+
+    Attributes:
+        regularization: damping ``λ >= 0`` added to the factored curvature as ``λI``.
+    """
+
+    regularization: float = attrs.field(
+        default=1e-3, converter=float, validator=attrs.validators.ge(0.0), metadata={"examples": (1e-3, 0.1)}
+    )
+
+
+class KFACSolver(ParameterSolver):
+    """``(G ⊗ A + λI)⁻¹`` per Linear/Conv layer, from the empirical Fisher's Kronecker
+    factors ``A = E[ā āᵀ]`` (inputs) and ``G = E[g gᵀ]`` (output gradients), accumulated
+    over the whole training set in one pass; other parameters use the diagonal Fisher.
+    See :mod:`attrkit.functional.kfac`.
+    """
+
+    name: ClassVar[str] = "kfac"
+    Config: ClassVar[type] = KroneckerConfig
+    requires: ClassVar[frozenset[str]] = frozenset({capabilities.PER_EXAMPLE})
+    fit_factors: ClassVar[Callable[..., Any]] = staticmethod(fit_kfac)
+    apply: ClassVar[Callable[..., torch.Tensor]] = staticmethod(kfac_solve)
+
+    def build(
+        self,
+        model: torch.nn.Module,
+        loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor],
+        state: Mapping[str, torch.Tensor],
+        names: Sequence[str],
+        batches: Iterable[Any],
+    ) -> Solve:
+        """Fit the factors once; the solve applies them to each block."""
+        factors = type(self).fit_factors(model, loss_fn, state, names, batches)
+        return partial(type(self).apply, factors, regularization=self.config.regularization)
+
+
+class EKFACSolver(KFACSolver):
+    """Eigenvalue-corrected K-FAC (George et al., 2018): K-FAC's eigenbases with the
+    per-example second moments in that basis as eigenvalues (a second pass over the data)."""
+
+    name: ClassVar[str] = "ekfac"
+    fit_factors = staticmethod(fit_ekfac)
+    apply = staticmethod(ekfac_solve)
+
+
+@attrs.frozen(kw_only=True)
+class DataInfConfig:
+    """Config of ``datainf``.
+
+    Attributes:
+        regularization: per-layer damping ``λ_l``; ``None`` takes the paper's default
+            ``0.1 × mean squared gradient entry`` of each layer.
+    """
+
+    regularization: float | None = attrs.field(
+        default=None,
+        converter=attrs.converters.optional(float),
+        validator=attrs.validators.optional(attrs.validators.gt(0.0)),
+        metadata={"examples": (None, 0.1)},
+    )
+
+
+class DataInfSolver(ParameterSolver):
+    """DataInf's closed form (Kwon et al., 2024): per layer, the mean over training examples of
+    Sherman–Morrison inverses of ``λ_l I + g_i g_iᵀ``. Each solve streams once over the
+    training data (no curvature is stored); see :mod:`attrkit.functional.datainf`."""
+
+    name: ClassVar[str] = "datainf"
+    Config: ClassVar[type] = DataInfConfig
+    requires: ClassVar[frozenset[str]] = frozenset({capabilities.PER_EXAMPLE})
+
+    def build(
+        self,
+        model: torch.nn.Module,
+        loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor],
+        state: Mapping[str, torch.Tensor],
+        names: Sequence[str],
+        batches: Iterable[Any],
+    ) -> Solve:
+        """Precompute the default dampings (one pass); each solve is one more pass."""
+        return datainf_ihvp_at(model, loss_fn, state, names, batches, regularization=self.config.regularization)
+
+
+@hookimpl
+def attrkit_components() -> list[type]:
+    """The component classes this plugin registers."""
+    return [KFACSolver, EKFACSolver, DataInfSolver]

@@ -1,0 +1,282 @@
+"""K-FAC and EK-FAC (attrkit.functional.kfac) against brute-force curvature in float64."""
+
+import pytest
+import torch
+from torch import nn
+
+from attrkit.errors import DataLoaderError
+from attrkit.functional.gradients import per_example_gradients, select_parameters
+from attrkit.functional.kfac import ekfac_solve, fit_ekfac, fit_kfac, kfac_solve
+
+TOL = {"rtol": 1e-9, "atol": 1e-10}
+
+
+def _ce(model, batch):
+    x, y = batch
+    return nn.functional.cross_entropy(model(x), y, reduction="none")
+
+
+def _ce_seq(model, batch):
+    x, y = batch
+    return nn.functional.cross_entropy(model(x).mean(1), y, reduction="none")
+
+
+def _squared(model, batch):
+    x, y = batch
+    return 0.5 * (model(x) - y).square().sum(1)
+
+
+def _state(model):
+    return {**{n: p.detach() for n, p in model.named_parameters()}, **dict(model.named_buffers())}
+
+
+def _batches(x, y, size):
+    return [(x[i : i + size], y[i : i + size]) for i in range(0, len(x), size)]
+
+
+def _mlp(seed=0):
+    """Linear (factored) -> tanh -> LayerNorm (fallback) -> Linear without bias (factored)."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.LayerNorm(5), nn.Linear(5, 3, bias=False)).double()
+
+
+def _conv():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(32, 3)).double()
+
+
+def _seq():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 3)).double()
+
+
+def _data(n, *shape, classes=3, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, *shape, generator=gen, dtype=torch.float64), torch.randint(0, classes, (n,), generator=gen)
+
+
+CASES = {  # name: (model, loss, inputs [n, ...])
+    "mlp": (_mlp, _ce, (4,)),
+    "conv2d": (_conv, _ce, (1, 4, 4)),
+    "sequence": (_seq, _ce_seq, (5, 3)),
+}
+
+
+def _case(name, n=12):
+    build, loss, shape = CASES[name]
+    model = build()
+    x, y = _data(n, *shape)
+    return model, loss, _state(model), select_parameters(model, ["*"]), x, y
+
+
+def _fisher(model, loss, state, names, x, y):
+    grads = per_example_gradients(model, loss, state, (x, y), names)
+    return grads.T @ grads / len(x)
+
+
+def _extended(factors, layer):
+    """Parameter coordinates of the layer's extended gradient ``[d_out, d_in + 1]``, row-major."""
+    starts, offset = {}, 0
+    for name in factors.names:
+        starts[name], offset = offset, offset + factors.sizes[name]
+    d_out, d_in = layer.output_basis.shape[0], layer.input_basis.shape[0] - (layer.bias is not None)
+    rows = torch.arange(d_out)[:, None]
+    parts = [starts[layer.weight] + rows * d_in + torch.arange(d_in)] if layer.weight else []
+    parts += [starts[layer.bias] + rows] if layer.bias else []
+    return torch.cat(parts, 1).reshape(-1)
+
+
+def _dense(factors, blocks):
+    """The block-diagonal approximate curvature ``[p, p]`` with the given per-layer blocks."""
+    p = sum(factors.sizes.values())
+    out = torch.zeros(p, p, dtype=torch.float64)
+    for layer, block in zip(factors.layers, blocks):
+        idx = _extended(factors, layer)
+        out[idx[:, None], idx] = block
+    fallback = torch.cat([torch.arange(p)[_slice(factors, n)] for n in factors.fallback]) if factors.fallback else []
+    out[fallback, fallback] = factors.fallback_diagonal
+    return out
+
+
+def _slice(factors, name):
+    start = sum(factors.sizes[n] for n in factors.names[: factors.names.index(name)])
+    return slice(start, start + factors.sizes[name])
+
+
+def _kfac_blocks(factors):
+    return [torch.kron(x.output_covariance, x.input_covariance) for x in factors.layers]
+
+
+def _ekfac_blocks(ekfac):
+    blocks = []
+    for layer, values in zip(ekfac.kfac.layers, ekfac.eigenvalues):
+        q = torch.kron(layer.output_basis, layer.input_basis)
+        blocks.append(q @ torch.diag(values.reshape(-1)) @ q.T)
+    return blocks
+
+
+def _positions(module, x, out):
+    """Brute-force ``(ā, g)``: ``[n, T, d_in (+1)]`` inputs and ``[n, T, d_out]`` output gradients."""
+    if isinstance(module, nn.Conv2d):
+        a = nn.functional.unfold(x, module.kernel_size, padding=module.padding).transpose(1, 2)
+        g = out.grad.flatten(2).transpose(1, 2)
+    else:
+        a, g = x.reshape(len(x), -1, x.shape[-1]), out.grad.reshape(len(x), -1, out.shape[-1])
+    if module.bias is not None:
+        a = torch.cat([a, torch.ones_like(a[..., :1])], -1)
+    return a, g
+
+
+def _recorder(seen, name):
+    def record(module, args, out):
+        out.retain_grad()
+        seen[name] = (args[0].detach(), out)
+
+    return record
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_factors_are_their_brute_force_definitions(name):
+    """A = mean over examples and positions of ā āᵀ; G = mean over examples of Σ_t g gᵀ."""
+    model, loss, state, names, x, y = _case(name)
+    factors = fit_kfac(model, loss, state, names, _batches(x, y, 5))
+    seen = {}
+    modules = {layer.module: model.get_submodule(layer.module) for layer in factors.layers}
+    hooks = [mod.register_forward_hook(_recorder(seen, m)) for m, mod in modules.items()]
+    loss(model, (x, y)).sum().backward()  # examples are independent: summed-loss gradients are per-example
+    for hook in hooks:
+        hook.remove()
+    for layer in factors.layers:
+        a, g = _positions(modules[layer.module], *seen[layer.module])
+        a, g = a.flatten(0, 1), g.flatten(0, 1)
+        torch.testing.assert_close(layer.input_covariance, a.T @ a / a.shape[0], **TOL)
+        torch.testing.assert_close(layer.output_covariance, g.T @ g / len(x), **TOL)
+    assert factors.n_examples == len(x)
+    if factors.fallback:
+        grads = per_example_gradients(model, loss, state, (x, y), factors.fallback)
+        torch.testing.assert_close(factors.fallback_diagonal, grads.square().mean(0), **TOL)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_corrected_eigenvalues_are_the_fisher_diagonal_in_the_kronecker_basis(name):
+    """Λ = diag((Q_G ⊗ Q_A)ᵀ F_l (Q_G ⊗ Q_A)), F_l the exact empirical Fisher block."""
+    model, loss, state, names, x, y = _case(name)
+    ekfac = fit_ekfac(model, loss, state, names, _batches(x, y, 5))
+    fisher = _fisher(model, loss, state, names, x, y)
+    for layer, values in zip(ekfac.kfac.layers, ekfac.eigenvalues):
+        idx = _extended(ekfac.kfac, layer)
+        q = torch.kron(layer.output_basis, layer.input_basis)
+        torch.testing.assert_close(values.reshape(-1), torch.diag(q.T @ fisher[idx[:, None], idx] @ q), **TOL)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_solves_invert_the_damped_approximate_curvature(name):
+    """kfac_solve / ekfac_solve == torch.linalg.solve(F_approx + λI, v), fallback diagonal included;
+    the approximate curvatures are symmetric PSD (Conv2d and [b, T, d] sequences included)."""
+    model, loss, state, names, x, y = _case(name)
+    ekfac = fit_ekfac(model, loss, state, names, _batches(x, y, 5))
+    kfac, lam = ekfac.kfac, 0.05
+    v = torch.randn(4, sum(kfac.sizes.values()), generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    for dense, got in ((_dense(kfac, _kfac_blocks(kfac)), kfac_solve(kfac, v, lam)),
+                       (_dense(kfac, _ekfac_blocks(ekfac)), ekfac_solve(ekfac, v, lam))):
+        torch.testing.assert_close(dense, dense.T, **TOL)
+        assert torch.linalg.eigvalsh(dense).min() > -1e-10
+        eye = torch.eye(len(dense), dtype=torch.float64)
+        torch.testing.assert_close(got, torch.linalg.solve(dense + lam * eye, v.T).T, **TOL)
+    for layer in kfac.layers:
+        for cov in (layer.input_covariance, layer.output_covariance):
+            torch.testing.assert_close(cov, cov.T, **TOL)
+
+
+def test_ekfac_is_at_least_as_close_to_the_fisher_as_kfac():
+    """EK-FAC's diagonal is the Frobenius-optimal one in K-FAC's eigenbasis (random MLP)."""
+    model, loss, state, names, x, y = _case("mlp", n=16)
+    ekfac = fit_ekfac(model, loss, state, names, _batches(x, y, 16))
+    fisher = _fisher(model, loss, state, names, x, y)
+    for layer, kfac_block, ekfac_block in zip(ekfac.kfac.layers, _kfac_blocks(ekfac.kfac), _ekfac_blocks(ekfac)):
+        idx = _extended(ekfac.kfac, layer)
+        exact = fisher[idx[:, None], idx]
+        assert torch.linalg.norm(exact - ekfac_block) < torch.linalg.norm(exact - kfac_block)
+
+
+def _exact_solve(model, loss, state, names, x, y, v, lam):
+    fisher = _fisher(model, loss, state, names, x, y)
+    return torch.linalg.solve(fisher + lam * torch.eye(len(fisher), dtype=torch.float64), v.T).T
+
+
+def test_exact_on_one_sample_per_class_sharing_one_input():
+    """One Linear layer (with bias), one example per class, all with the same input ā: then
+    F = (1/n) Σ_i (g_i g_iᵀ) ⊗ (ā āᵀ) = G ⊗ A exactly, and K-FAC and EK-FAC equal the explicit
+    damped empirical Fisher inverse."""
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3).double()
+    x = torch.randn(1, 4, dtype=torch.float64).expand(3, 4)
+    y = torch.arange(3)
+    state, names = _state(model), select_parameters(model, ["*"])
+    v = torch.randn(5, 15, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    expected = _exact_solve(model, _ce, state, names, x, y, v, 0.01)
+    ekfac = fit_ekfac(model, _ce, state, names, _batches(x, y, 2))
+    torch.testing.assert_close(ekfac_solve(ekfac, v, 0.01), expected, **TOL)
+    torch.testing.assert_close(kfac_solve(ekfac.kfac, v, 0.01), expected, **TOL)
+
+
+def test_ekfac_exact_where_kfac_is_not():
+    """Squared error of a zero-weight Linear (no bias) on axis-aligned data: example i's gradient
+    is -y_i x_iᵀ with a single non-zero entry, so F is diagonal, as are A and G (with distinct
+    eigenvalues): the Kronecker eigenbasis is the standard one and diagonalises F. EK-FAC is the
+    explicit damped Fisher inverse; K-FAC (products of marginals) is not."""
+    model = nn.Linear(3, 2, bias=False).double()
+    nn.init.zeros_(model.weight)
+    eye2, eye3 = torch.eye(2, dtype=torch.float64), torch.eye(3, dtype=torch.float64)
+    x = torch.stack([1.0 * eye3[0], 3.0 * eye3[1], 0.5 * eye3[2]])
+    y = torch.stack([2.0 * eye2[0], 1.0 * eye2[1], 1.5 * eye2[0]])
+    state, names = _state(model), ["weight"]
+    v = torch.randn(4, 6, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    expected = _exact_solve(model, _squared, state, names, x, y, v, 0.1)
+    ekfac = fit_ekfac(model, _squared, state, names, _batches(x, y, 1))
+    torch.testing.assert_close(ekfac_solve(ekfac, v, 0.1), expected, **TOL)
+    assert (kfac_solve(ekfac.kfac, v, 0.1) - expected).abs().max() > 0.1
+
+
+def test_independent_of_batch_size():
+    model, loss, state, names, x, y = _case("mlp", n=20)
+    v = torch.randn(3, sum(p.numel() for p in model.parameters()), dtype=torch.float64)
+    results = []
+    for size in (3, 7, 20):
+        ekfac = fit_ekfac(model, loss, state, names, _batches(x, y, size))
+        results.append((kfac_solve(ekfac.kfac, v, 0.1), ekfac_solve(ekfac, v, 0.1)))
+    for other in results[1:]:
+        for got, expected in zip(other, results[0]):
+            torch.testing.assert_close(got, expected, **TOL)
+
+
+def test_selected_parameters_and_dtype_round_trip():
+    """A bias without its weight is a layer with d_in = 0; float32 vectors come back float32."""
+    model, loss, state, names, x, y = _case("mlp")
+    names = ["0.bias", "2.weight", "3.weight"]
+    ekfac = fit_ekfac(model, loss, state, names, _batches(x, y, 5))
+    assert [(layer.weight, layer.bias) for layer in ekfac.kfac.layers] == [(None, "0.bias"), ("3.weight", None)]
+    fisher = _fisher(model, loss, state, names, x, y)
+    v = torch.randn(2, len(fisher), dtype=torch.float32)
+    got = ekfac_solve(ekfac, v, 0.1)
+    assert got.dtype == torch.float32
+    dense = _dense(ekfac.kfac, _ekfac_blocks(ekfac))
+    expected = torch.linalg.solve(dense + 0.1 * torch.eye(len(dense), dtype=torch.float64), v.double().T).T
+    torch.testing.assert_close(got, expected.float(), rtol=1e-4, atol=1e-5)
+
+
+def test_errors_name_the_problem():
+    model, loss, state, names, x, y = _case("mlp")
+    kfac = fit_kfac(model, loss, state, names, _batches(x, y, 5))
+    p = sum(kfac.sizes.values())
+    with pytest.raises(ValueError, match=rf"Tensor\[m, {p}\]"):
+        kfac_solve(kfac, torch.zeros(p), 0.1)
+    with pytest.raises(ValueError, match="regularization must be >= 0"):
+        kfac_solve(kfac, torch.zeros(1, p), -1.0)
+    linear = nn.Linear(3, 2, bias=False).double()  # inputs never use the last coordinate: A is singular
+    x3 = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]], dtype=torch.float64)
+    singular = fit_kfac(linear, _squared, _state(linear), ["weight"], [(x3, torch.ones(2, 2, dtype=torch.float64))])
+    with pytest.raises(ValueError, match="regularization=0 but the curvature of layer '<root>' is singular"):
+        kfac_solve(singular, torch.zeros(1, 6), 0.0)
+    with pytest.raises(DataLoaderError, match="empty"):
+        fit_kfac(model, loss, state, names, [])
