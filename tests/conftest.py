@@ -3,6 +3,12 @@
 import os
 
 import pytest
+from hypothesis import settings
+
+# CI runs each property on the same examples every time: a red CI is always reproducible.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 os.environ.setdefault("ATTRKIT_PROGRESS", "0")
 

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import attrkit
+from attrkit.context import FitContext
 import attrkit_plugins.factored as factored
 from attrkit.functional.factored import FactoredGradients, FactorisationError, factored_gradients, plan_factors
 from attrkit.functional.gradients import per_example_gradients, select_parameters
@@ -274,6 +275,17 @@ def test_kronecker_is_linear_seeded_and_batch_independent():
 def test_kronecker_refuses_dense_gradients_with_a_hint():
     with pytest.raises(TypeError, match="'factored' gradient source"):
         factored.KroneckerProjector(factored.KroneckerConfig()).project(torch.zeros(2, 5))
+
+
+def test_kronecker_projects_dense_gradients_like_their_factors_once_fitted():
+    """A parameter-space solver hands the projector a dense vector: same features as factors."""
+    toy = toy_problem(dtype=torch.float64)
+    source = factored.FactoredGradientSource(factored.FactoredConfig())
+    member = toy.task.members()[0]
+    fg = source.loss_gradients(toy.task, member, (toy.x_train, toy.y_train))
+    projector = factored.KroneckerProjector(factored.KroneckerConfig(dim_in=3, dim_out=2))
+    projector.fit(FitContext(task=toy.task, member=member, train=[], gradients=source, dimension=fg.shape[1], n_train=0))
+    torch.testing.assert_close(projector.project(fg.materialize()), projector.project(fg), **TOL)
 
 
 # -- through the composer ---------------------------------------------------------------------

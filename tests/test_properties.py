@@ -20,7 +20,10 @@ from attrkit.testing import toy_problem
 from attrkit.testing.strategies import specs
 
 REGISTRY = attrkit.default_registry()
-TOY = toy_problem(n_train=14, n_test=5)
+# float64: the properties are exact statements; in float32, a damped solve of an
+# ill-conditioned curvature amplifies round-off (which differs with batch size) past any
+# fixed tolerance, a matter of conditioning that tests/test_influence.py covers separately.
+TOY = toy_problem(n_train=14, n_test=5, dtype=torch.float64)
 PROPERTY = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 

@@ -12,7 +12,8 @@ from attrkit import capabilities, hookimpl
 from attrkit.config import params_field, positive_int, seed_field
 from attrkit.context import FitContext, Member
 from attrkit.data import to_device
-from attrkit.functional.factored import FactoredGradients, LayerFactors, factored_gradients, plan_factors
+from attrkit.functional.factored import FactoredGradients, FactorPlan, LayerFactors, factored_gradients, plan_factors
+from attrkit.functional.gradients import select_parameters
 from attrkit.functional.projection import SeededMatrix, block_generator, gaussian_sampler
 from attrkit.parameter_gradients import ParameterGradients
 from attrkit.task import AttributionTask
@@ -124,20 +125,60 @@ class KroneckerProjector:
         self.config = config
         self._matrices: dict[tuple[int, int, int], tuple[SeededMatrix, SeededMatrix]] = {}
         self._fallback: SeededMatrix | None = None
+        self._plan: FactorPlan | None = None
+        self._sizes: dict[str, int] = {}
+        self._out_dims: list[int] = []
 
     def fit(self, context: FitContext) -> None:
-        """Nothing to fit: the matrices depend only on the seed and each layer's shape."""
+        """Record the layer layout of the gradient vectors, for dense inputs.
 
-    def _layer(self, index: int, layer: LayerFactors) -> torch.Tensor:
-        c, like = self.config, layer.output_grads
-        key = (index, layer.in_features, like.shape[-1])
+        Factored inputs need nothing (the matrices depend only on the seed and each
+        layer's shape); a dense ``Tensor[b, p]`` — e.g. a test gradient already multiplied
+        by a parameter-space solver's inverse curvature — is split along this layout.
+        """
+        model, source = context.task.model, context.gradients
+        names = source.names(context.task) if source is not None else select_parameters(model, ("*",))
+        self._plan = plan_factors(model, names)
+        params = dict(model.named_parameters())
+        self._sizes = {n: params[n].numel() for n in names}
+        self._out_dims = [model.get_submodule(module).weight.shape[0] for module, _, _ in self._plan.layers]
+
+    def _pair(self, index: int, in_features: int, d_out: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(P_in [in_features, dim_in], P_out [d_out, dim_out])`` of layer ``index``."""
+        c, key = self.config, (index, in_features, d_out)
         if key not in self._matrices:
             self._matrices[key] = (
-                SeededMatrix(key[1], c.dim_in, _derived_seed(c.seed, 2 * index + 1), gaussian_sampler),
-                SeededMatrix(key[2], c.dim_out, _derived_seed(c.seed, 2 * index + 2), gaussian_sampler),
+                SeededMatrix(in_features, c.dim_in, _derived_seed(c.seed, 2 * index + 1), gaussian_sampler),
+                SeededMatrix(d_out, c.dim_out, _derived_seed(c.seed, 2 * index + 2), gaussian_sampler),
             )
         p_in, p_out = (m.matrix(like.device).to(like.dtype) for m in self._matrices[key])
-        return layer.project(p_in, p_out)
+        return p_in, p_out
+
+    def _layer(self, index: int, layer: LayerFactors) -> torch.Tensor:
+        like = layer.output_grads
+        return layer.project(*self._pair(index, layer.in_features, like.shape[-1], like))
+
+    def _fallback_features(self, dense: torch.Tensor) -> torch.Tensor:
+        c, q = self.config, dense.shape[1]
+        if self._fallback is None or self._fallback.p != q:
+            self._fallback = SeededMatrix(q, c.fallback_dim or c.dim_in * c.dim_out, _derived_seed(c.seed, 0), gaussian_sampler)
+        return self._fallback.project(dense)
+
+    def _project_dense(self, vectors: torch.Tensor) -> torch.Tensor:
+        """The same features from materialised gradients ``Tensor[b, p]`` (``P_outᵀ Ḡ P_in`` per layer)."""
+        plan, b = self._plan, vectors.shape[0]
+        parts = dict(zip(plan.names, vectors.split([self._sizes[n] for n in plan.names], dim=1)))
+        feats = []
+        for index, (_, weight, bias) in enumerate(plan.layers):
+            d_out = self._out_dims[index]
+            columns = [parts[weight].reshape(b, d_out, -1)] if weight else []
+            columns += [parts[bias].reshape(b, d_out, 1)] if bias else []
+            extended = torch.cat(columns, dim=2)
+            p_in, p_out = self._pair(index, extended.shape[2], d_out, extended)
+            feats.append(torch.einsum("ok,boi,ij->bkj", p_out, extended, p_in).reshape(b, -1))
+        if plan.fallback:
+            feats.append(self._fallback_features(torch.cat([parts[n] for n in plan.fallback], dim=1)))
+        return torch.cat(feats, dim=1)
 
     def project(self, vectors: FactoredGradients) -> torch.Tensor:
         """``(b, p)`` factored gradients -> ``Tensor[b, n_layers * dim_in * dim_out (+ fallback_dim)]``.
@@ -146,18 +187,16 @@ class KroneckerProjector:
             TypeError: ``vectors`` is a plain tensor (from a source other than ``factored``).
         """
         if not isinstance(vectors, FactoredGradients):
-            raise TypeError(
-                f"projector 'kronecker' needs per-layer factors from the 'factored' gradient source, got a "
-                f"{type(vectors).__name__}; set \"gradients\": \"factored\" in the spec, or use a dense projector "
-                "such as 'gaussian'"
-            )
+            if self._plan is None:
+                raise TypeError(
+                    f"projector 'kronecker' needs per-layer factors from the 'factored' gradient source, got a "
+                    f"{type(vectors).__name__} before fit(context); set \"gradients\": \"factored\" in the spec, "
+                    "or use a dense projector such as 'gaussian'"
+                )
+            return self._project_dense(vectors)
         feats = [self._layer(i, layer) for i, layer in enumerate(vectors.layers)]
         if vectors.dense_names:
-            c, q = self.config, vectors.dense.shape[1]
-            if self._fallback is None or self._fallback.p != q:
-                k = c.fallback_dim or c.dim_in * c.dim_out
-                self._fallback = SeededMatrix(q, k, _derived_seed(c.seed, 0), gaussian_sampler)
-            feats.append(self._fallback.project(vectors.dense))
+            feats.append(self._fallback_features(vectors.dense))
         return torch.cat(feats, dim=1)
 
 
