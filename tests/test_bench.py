@@ -16,7 +16,7 @@ from attrkit_bench.data import stratified_split
 from attrkit_bench.memory import PeakMemory
 from attrkit_bench.methods import parse_methods, split_specs
 from attrkit_bench.runner import format_table, run_benchmark
-from attrkit_bench.settings import SETTINGS, classifier, mnist_lr
+from attrkit_bench.settings import SETTINGS, mnist_lr
 
 CONFIG = mnist_lr.QUICK
 
@@ -166,7 +166,7 @@ def test_cli_quick_run(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setattr(classifier, "load_mnist", lambda: data)
+    monkeypatch.setattr(mnist_lr, "load_mnist", lambda: data)
     out, cache = tmp_path / "o", tmp_path / "c"
     assert main(["mnist-lr", "--quick", "--methods", "grad-dot", "--cache", str(cache), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
