@@ -1,4 +1,4 @@
-"""attrkit_bench: the mnist-lr pipeline on synthetic data (real training and retraining, small)."""
+"""attrkit_bench: the settings and the influence benchmark on synthetic data (real training and retraining, small)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from attrkit_bench.data import stratified_split
 from attrkit_bench.memory import PeakMemory
 from attrkit_bench.methods import parse_methods, split_specs
 from attrkit_bench.runner import format_table, run_benchmark
-from attrkit_bench.settings import SETTINGS, mnist_lr
+from attrkit_bench import influence, influence_plan
+from attrkit_bench.settings import SETTINGS, classifier, mnist_lr, mnist_mlp
 
 CONFIG = mnist_lr.QUICK
 
@@ -166,7 +167,7 @@ def test_cli_quick_run(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setattr(mnist_lr, "load_mnist", lambda: data)
+    monkeypatch.setattr(classifier, "load_mnist", lambda: data)
     out, cache = tmp_path / "o", tmp_path / "c"
     assert main(["mnist-lr", "--quick", "--methods", "grad-dot", "--cache", str(cache), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
@@ -193,3 +194,96 @@ def test_load_mnist() -> None:
     assert x.shape == (5000, 784) and x.dtype == torch.float32
     assert float(x.min()) == 0.0 and float(x.max()) == 1.0
     assert y.dtype == torch.int64 and torch.bincount(y).tolist() == [500] * 10
+
+
+# -- mnist-mlp and the influence benchmark ----------------------------------------------
+
+
+def test_mlp_setting_shares_the_cached_pipeline(tmp_path: Path, data: tuple[torch.Tensor, torch.Tensor]) -> None:
+    config = attrs.evolve(mnist_mlp.QUICK, n_train=300, n_test=60, n_targets=20, n_models=3)
+    first = mnist_mlp.prepare(tmp_path, config, data=data)
+    assert isinstance(first.model, torch.nn.Sequential) and not first.model.training  # dropout off
+    assert any(isinstance(m, torch.nn.Dropout) for m in first.model)
+    assert first.info["n_parameters"] == sum(p.numel() for p in mnist_mlp.mlp(32, 10).parameters())
+    assert first.info["ground_truth_retrained"] == config.n_models
+    assert first.ground_truth["values"].shape == (config.n_models, config.n_targets)
+    files = _mtimes(tmp_path)
+    assert len(files) == config.n_models + 1 and all(n.startswith("mnist-mlp-") for n in files)
+
+    again = mnist_mlp.prepare(tmp_path, config, data=data)
+    assert again.info["ground_truth_retrained"] == 0 and again.info["model_from_cache"]
+    assert torch.equal(again.ground_truth["values"], first.ground_truth["values"])
+    lr = mnist_lr.prepare(tmp_path, attrs.evolve(config, recipe=mnist_lr.QUICK.recipe), data=data)
+    assert lr.info["cache_key"] != first.info["cache_key"]  # the setting's name is in the key
+    assert "mnist-mlp" in SETTINGS
+
+
+def test_every_planned_row_composes() -> None:
+    registry = attrkit.default_registry()
+    for setting in ("mnist-lr", "mnist-mlp"):
+        rows = influence_plan.plan(setting)
+        assert rows[0].label == "grad-dot" and {r.solver for r in rows[1:]} >= {"cg", "lissa", "kfac", "datainf"}
+        for row in rows:
+            attrkit.resolve(influence_plan.spec_for(row, 1e-3, 10.0 if row.solver == "lissa" else None), registry)
+    with pytest.raises(LookupError):
+        influence_plan.plan("no-such-setting")
+    assert influence_plan.lissa_scale(3.0, 0.5) == 7.0
+
+
+def test_influence_quick_run_writes_tables(
+    tmp_path: Path,
+    data: tuple[torch.Tensor, torch.Tensor],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(classifier, "load_mnist", lambda: data)
+    out, page = tmp_path / "o", tmp_path / "page.md"
+    argv = ["--settings", "mnist-lr", "--quick", "--cache", str(tmp_path / "c"), "--out", str(out),
+            "--markdown", str(page), "--threads", "1"]
+    assert influence.main(argv) == 0
+    assert "if+cg" in capsys.readouterr().out
+    document = json.loads((out / "influence-quick.json").read_text())
+    assert document["quick"] and document["environment"]["torch_threads"] == 1
+    (setting,) = document["settings"]
+    rows = {row["label"]: row for row in setting["rows"]}
+    for label in ("grad-dot", "if+cg", "if+kfac"):
+        assert rows[label]["best"]["status"] == "ok" and rows[label]["best"]["lds"] > 0.1
+    assert [t["regularization"] for t in rows["if+cg"]["trials"]] == list(influence_plan.QUICK_LAMBDAS)
+    assert rows["if+lissa"]["top_eigenvalue"] > 0
+    text = page.read_text()
+    assert "| method | curvature | targets | best λ | LDS |" in text
+    assert all(f"| {label} |" in text for label in ("grad-dot", "if+cg", "if+kfac", "if+gauss-newton"))
+
+
+def test_influence_usage_errors(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    assert influence.main(["--settings", "no-such-setting"]) == 2
+    assert "mnist-lr" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "dattri", None)
+    assert influence.main(["--settings", "mnist-lr", "--compare", "dattri"]) == 2
+    assert "pip install dattri" in capsys.readouterr().err
+    assert main(["influence", "--settings", "no-such-setting"]) == 2  # attrkit bench influence ...
+
+
+def test_dattri_matches_attrkit_where_both_compute_the_same(
+    tmp_path: Path, data: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    pytest.importorskip("dattri", reason="the comparison needs dattri (pip install dattri)")
+    from attrkit_bench.dattri_compare import dattri_scores
+    from attrkit_bench.influence_rows import batch_dependence, search_row
+    from attrkit_bench.influence_runs import attrkit_scores, first_targets
+
+    problem = mnist_lr.prepare(tmp_path, attrs.evolve(CONFIG, n_train=200, n_test=20, n_targets=10), data=data)
+    one_batch = torch.utils.data.DataLoader(problem.train.dataset, batch_size=200)
+    targets = first_targets(problem, 10)
+    spec = {"method": "if", "solver": {"name": "explicit", "curvature": "hessian", "regularization": 1e-2}}
+    ours = attrkit_scores(problem, spec, one_batch, targets)()
+    theirs = dattri_scores("explicit", problem.model, one_batch, one_batch, targets, 1e-2, {})()
+    assert theirs.shape == ours.shape == (10, 200)
+    torch.testing.assert_close(theirs, ours, rtol=1e-3, atol=1e-3 * float(ours.abs().max()))
+
+    entry = attrkit.default_registry().get("metric", "lds")
+    row = next(r for r in influence_plan.plan("mnist-lr", quick=True) if r.solver == "cg")
+    result = search_row(problem, row, (1e-2,), entry.cls(entry.cls.Config()))
+    dependence = batch_dependence(problem, result, entry.cls(entry.cls.Config()), 10, 50)
+    assert dependence["attrkit"]["max_relative_difference"] < 1e-4  # attrkit: the whole set's curvature
+    assert dependence["dattri"]["norm_ratio"] > 1.5  # dattri: a sum of 4 per-batch inverses

@@ -1,4 +1,4 @@
-"""``attrkit bench``: run a benchmark setting, or list the settings."""
+"""``attrkit bench``: run a benchmark setting, list the settings, or run ``attrkit bench influence``."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="attrkit bench",
         description="Benchmark attribution methods on a setting: LDS, wall time and peak memory.",
+        epilog="attrkit bench influence --help: the influence-function solver benchmark "
+        "(also python -m attrkit_bench.influence).",
     )
     parser.add_argument("setting", nargs="?", help="the setting to run (see --list)")
     parser.add_argument("--list", action="store_true", help="list the settings and exit")
@@ -61,10 +63,16 @@ def main(argv: list[str]) -> int:
     Prints the setting's facts and a table (method, LDS, time, peak memory) and writes
     ``{out}/{setting}.json`` (``{setting}-quick.json`` with ``--quick``).
 
+    ``attrkit bench influence ARGS`` runs :func:`attrkit_bench.influence.main` with ``ARGS``.
+
     Returns:
         0 on success, 2 on a usage error (unknown setting, invalid method spec) or
         when the setting's data needs a package that is not installed.
     """
+    if argv[:1] == ["influence"]:
+        from attrkit_bench.influence import main as influence_main
+
+        return influence_main(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     if args.list:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from attrkit_bench.problem import Setting
-from attrkit_bench.settings import mnist_lr
+from attrkit_bench.settings import mnist_lr, mnist_mlp
 
 __all__ = ["SETTINGS", "get_setting"]
 
 #: Every setting ``attrkit bench`` can run, by name.
-SETTINGS: dict[str, Setting] = {s.name: s for s in (mnist_lr.SETTING,)}
+SETTINGS: dict[str, Setting] = {s.name: s for s in (mnist_lr.SETTING, mnist_mlp.SETTING)}
 
 
 def get_setting(name: str) -> Setting:

