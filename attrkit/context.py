@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import contextlib
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -18,17 +19,26 @@ __all__ = ["FitContext", "Member"]
 
 @attrs.frozen(kw_only=True)
 class Member:
-    """One term of the ensemble sum: a full model state and its weight.
+    """One term of the ensemble sum: a full model state, its weight and (optionally) a patch.
 
     Attributes:
         state: ``{name: Tensor}`` of every parameter and buffer of the task's model.
         weight: ``w_m`` in ``score = Σ_m w_m <…>`` (dimensionless).
         label: human-readable provenance (``"checkpoint 0"``).
+        patch: ``patch(model) -> context manager`` that changes how ``model`` computes
+            while entered (a dropout ensemble installs its fixed masks); ``None`` for none.
     """
 
     state: Mapping[str, torch.Tensor] = attrs.field(repr=False)
     weight: float = 1.0
     label: str = "model"
+    patch: Callable[[torch.nn.Module], contextlib.AbstractContextManager[Any]] | None = attrs.field(
+        default=None, repr=False
+    )
+
+    def applied(self, model: torch.nn.Module) -> contextlib.AbstractContextManager[Any]:
+        """Context in which ``model`` computes as this member (a no-op without ``patch``)."""
+        return self.patch(model) if self.patch is not None else contextlib.nullcontext()
 
 
 @attrs.frozen(kw_only=True)

@@ -23,6 +23,7 @@ from attrkit.context import FitContext, Member
 from attrkit.data import batch_size, check_fixed_order
 from attrkit.errors import DataLoaderError, NotFittedError
 from attrkit.functional.scoring import normalize_rows, row_dots
+from attrkit.parameter_gradients import restrict_gradients
 from attrkit.progress import progress
 from attrkit.store import DiskStore, FeatureStore, MemoryStore, fingerprint
 from attrkit.task import AttributionTask
@@ -99,6 +100,8 @@ class GradientAttributor:
     defaults: ClassVar[Mapping[str, str]] = {"gradients": "per-example", "projector": "identity", "grouper": "singleton"}
     #: Cosine instead of dot product: normalise both sides' features to unit length.
     normalize: ClassVar[bool] = False
+    #: The training side uses the target's gradients too (TRAK: the margin on both sides).
+    train_target: ClassVar[bool] = False
 
     def __init__(self, config: Any, *, task: AttributionTask, parts: Mapping[str, Any]):
         self.config = config
@@ -108,18 +111,23 @@ class GradientAttributor:
         self.solver = parts.get("solver")
         self.grouper = parts.get("grouper")
         self.ensemble = parts.get("ensemble")
+        only = getattr(self.ensemble, "gradient_params", None)
+        if only is not None:
+            self.gradients = restrict_gradients(self.gradients, only, getattr(self.ensemble, "name", "ensemble"))
         self.dimension = self.gradients.dimension(task)
         #: ``LongTensor[n_train]``: the group of each training example, after ``fit``.
         self.groups: torch.Tensor | None = None
         self._fitted: list[_Fitted] | None = None
+        self._weights: torch.Tensor | None = None
 
     # -- the two sides of the formula -------------------------------------------------
 
     def _gradients(self, member: Member, batch: Any, target: bool) -> Any:
         """Raw gradients: ``Tensor[b, p]``, or a factored block (with ``shape`` and
         ``materialize()``) from a gradient source that provides factors."""
-        fn = self.gradients.target_gradients if target else self.gradients.loss_gradients
-        grads = fn(self.task, member, batch)
+        fn = self.gradients.target_gradients if target or self.train_target else self.gradients.loss_gradients
+        with member.applied(self.task.model):
+            grads = fn(self.task, member, batch)
         expected = (batch_size(batch), self.dimension)
         if tuple(grads.shape) != expected:
             raise DataLoaderError(f"gradient source {self.gradients.name!r} returned {tuple(grads.shape)}, expected {expected}")
@@ -176,13 +184,15 @@ class GradientAttributor:
         fitted = []
         members = self.members()
         chunks = self._open_store(store, members)
+        weights = self._weights = self._example_weights(members, train)
         for index, member in enumerate(members):
             context = FitContext(
                 task=self.task, member=member, train=train, gradients=self.gradients, dimension=self.dimension, n_train=0
             )
             projector = copy.deepcopy(self.projector)
             if projector is not None:
-                projector.fit(context)
+                with member.applied(self.task.model):
+                    projector.fit(context)
             desc = f"{self.name}: train features ({member.label}, {index + 1}/{len(members)})"
             count = 0
             for j, batch in enumerate(progress(train, desc)):
@@ -196,13 +206,24 @@ class GradientAttributor:
             if self.groups is None or self.groups.shape[0] != feats.shape[0]:
                 groups = self.grouper.assign(context) if self.grouper is not None else torch.arange(feats.shape[0])
                 self.groups = check_partition(groups, feats.shape[0], f"grouper {getattr(self.grouper, 'name', '')!r}")
-            feats = self._group_sum(feats)
             solver = copy.deepcopy(self.solver)
             if solver is not None:
-                solver.fit(attrs.evolve(context, features=feats))
-            fitted.append(_Fitted(member=member, projector=projector, solver=solver, train=self._train_side(feats)))
+                with member.applied(self.task.model):
+                    solver.fit(attrs.evolve(context, features=self._group_sum(feats)))
+            if weights is not None:
+                feats = feats * weights.to(feats)[:, None]
+            feats = self._train_side(self._group_sum(feats))
+            fitted.append(_Fitted(member=member, projector=projector, solver=solver, train=feats))
         self._fitted = fitted
         return self
+
+    def _example_weights(self, members: list[Member], train: Iterable[Any]) -> torch.Tensor | None:
+        """``Tensor[n_train]`` multiplying each training example's features (TRAK's Q), or ``None``.
+
+        Applied after the solver is fitted and before the group sum, so the solver sees
+        the raw features and a group's column is the sum of its members' weighted columns.
+        """
+        return None
 
     def _open_store(self, store: str | os.PathLike | None, members: list[Member]) -> FeatureStore:
         if store is None:
@@ -295,14 +316,15 @@ class GradientAttributor:
         for f in fitted:
             grads = [self._gradients(f.member, b, target=False) for b in progress(train, f"{self.name}: self-influence")]
             raw = torch.cat([self._dense(g) for g in grads])
-            if not self._pointwise():
-                if self.groups.shape[0] != raw.shape[0]:
-                    raise DataLoaderError(
-                        f"self_influence with groups needs the fitted training set ({self.groups.shape[0]} "
-                        f"examples), got {raw.shape[0]}"
-                    )
-                raw = self._group_sum(raw)
-            query = self._query_side(f, raw)
-            key = self._train_side(self._project(f.projector, raw))
+            if self.groups.shape[0] != raw.shape[0] and (not self._pointwise() or self._weights is not None):
+                raise DataLoaderError(
+                    f"self_influence with groups or example weights needs the fitted training set "
+                    f"({self.groups.shape[0]} examples), got {raw.shape[0]}"
+                )
+            keys = self._project(f.projector, raw)
+            if self._weights is not None:
+                keys = keys * self._weights.to(keys)[:, None]
+            query = self._query_side(f, raw if self._pointwise() else self._group_sum(raw))
+            key = self._train_side(self._group_sum(keys))
             total = total + f.member.weight * row_dots(query, key)
         return total.float().cpu()

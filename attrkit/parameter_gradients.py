@@ -5,16 +5,20 @@ Plugins subclass it (plugins may not import one another, so the shared part live
 
 from __future__ import annotations
 
+import copy
+import fnmatch
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
 
 from attrkit.context import Member
 from attrkit.data import to_device
+from attrkit.errors import SpecError
 from attrkit.functional.gradients import flat_dimension, per_example_gradients, select_parameters
 from attrkit.task import AttributionTask
 
-__all__ = ["ParameterGradients"]
+__all__ = ["ParameterGradients", "restrict_gradients"]
 
 
 class ParameterGradients:
@@ -30,10 +34,27 @@ class ParameterGradients:
 
     def __init__(self, config: Any):
         self.config = config
+        #: Extra patterns every selected name must also match (set by :func:`restrict_gradients`).
+        self.only: tuple[str, ...] | None = None
 
     def names(self, task: AttributionTask) -> list[str]:
-        """The selected parameter names, in model order (raises ``ValueError`` if none match)."""
-        return select_parameters(task.model, self.config.params)
+        """The selected parameter names, in model order.
+
+        Raises:
+            ValueError: no parameter matches ``config.params``.
+            SpecError: none of those also matches the restriction of :func:`restrict_gradients`.
+        """
+        names = select_parameters(task.model, self.config.params)
+        if self.only is None:
+            return names
+        kept = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in self.only)]
+        if not kept:
+            raise SpecError([
+                f"ensemble: differentiates only parameters matching {list(self.only)}, and none of the gradient "
+                f"source's selection does ({', '.join(names)}); for 'lora', the model needs LoRA layers "
+                "(attrkit.functional.train_lora_adapters)"
+            ])
+        return kept
 
     def dimension(self, task: AttributionTask) -> int:
         """Number of selected parameter entries, ``p``."""
@@ -49,3 +70,22 @@ class ParameterGradients:
     def target_gradients(self, task: AttributionTask, member: Member, batch: Any) -> torch.Tensor:
         """``Tensor[b, p]`` (or a subclass's equivalent): per-example gradients of ``task.target``."""
         return self._grads(task, task.target, member, batch)
+
+
+def restrict_gradients(source: Any, patterns: Sequence[str], who: str) -> ParameterGradients:
+    """A copy of ``source`` that differentiates only parameters also matching ``patterns``.
+
+    Used by ensembles whose members differ only in some parameters (``lora``: the adapters).
+
+    Raises:
+        SpecError: ``source`` does not select parameters by name (e.g. ``last-layer``).
+    """
+    if not isinstance(source, ParameterGradients):
+        raise SpecError([
+            f"ensemble {who!r} differentiates only the parameters matching {list(patterns)}, which needs a "
+            f"gradient source that selects parameters by name (per-example, factored, group); "
+            f"{getattr(source, 'name', type(source).__name__)!r} does not"
+        ])
+    out = copy.copy(source)
+    out.only = tuple(patterns)
+    return out

@@ -23,7 +23,8 @@ REGISTRY = attrkit.default_registry()
 # float64: the properties are exact statements; in float32, a damped solve of an
 # ill-conditioned curvature amplifies round-off (which differs with batch size) past any
 # fixed tolerance, a matter of conditioning that tests/test_influence.py covers separately.
-TOY = toy_problem(n_train=14, n_test=5, dtype=torch.float64)
+# Checkpoints, a dropout layer and a LoRA output layer, so that every ensemble composes.
+TOY = toy_problem(n_train=14, n_test=5, dtype=torch.float64, dropout=0.2, lora_rank=2, checkpoints=2)
 PROPERTY = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -80,6 +81,9 @@ def test_independent_of_batch_size(spec, train_batch, test_batch):
 @PROPERTY
 @given(spec=specs(REGISTRY, kinds={"grouper": ["singleton"]}), seed=st.integers(0, 1000))
 def test_permuting_the_training_set_permutes_the_columns(spec, seed):
+    solver = spec.get("solver", {})
+    # LiSSA samples its mini-batches by position: another order is another sample.
+    assume(solver.get("name") != "lissa" or solver.get("batch_size", 10) >= len(TOY.y_train))
     if _compose_or_refuse(spec):
         order = torch.randperm(len(TOY.y_train), generator=torch.Generator().manual_seed(seed))
         torch.testing.assert_close(_scores(spec, order=order), _scores(spec)[:, order], rtol=1e-4, atol=1e-5)

@@ -62,7 +62,7 @@ def test_a_broken_plugin_is_reported_and_the_others_still_load():
     eps.append(_entry_point("gradients", "attrkit_plugins.gradients"))
     registry = Registry(*load_plugins(entry_points=eps))
     assert "ModuleNotFoundError" in registry.failed["broken"]
-    assert registry.names("method") == ["grad-cos", "grad-dot"]
+    assert registry.names("method") == ["grad-cos", "grad-dot", "tracin"]
     with pytest.raises(LookupError, match="Plugin 'broken' failed to load: ModuleNotFoundError"):
         registry.get("method", "trak")
 

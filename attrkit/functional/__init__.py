@@ -2,7 +2,7 @@
 
 Per-example, factored, last-layer and group gradients; HVPs, Lanczos and inverse-HVP
 solvers (explicit, CG, LiSSA, Arnoldi, K-FAC, EK-FAC, DataInf); seeded dense and sparse
-projections; rank correlations. Shapes and units are in each function's docstring.
+projections; rank correlations; fixed dropout masks and LoRA adapters for ensembles. Shapes and units are in each function's docstring.
 """
 
 from attrkit.functional.curvature import (
@@ -16,6 +16,11 @@ from attrkit.functional.datainf import (
     DataInfSolve,
     datainf_ihvp_at,
 )
+from attrkit.functional.dropout_masks import (
+    dropout_mask,
+    dropout_modules,
+    fixed_dropout_masks,
+)
 from attrkit.functional.factored import (
     FactorPlan,
     FactoredGradients,
@@ -27,9 +32,18 @@ from attrkit.functional.factored import (
 from attrkit.functional.gradients import (
     BoundLoss,
     eval_mode,
+    evaluate,
     flat_dimension,
     per_example_gradients,
     select_parameters,
+)
+from attrkit.functional.lora import (
+    LORA_PATTERNS,
+    LoRAConv2d,
+    LoRALinear,
+    add_lora,
+    lora_parameter_names,
+    train_lora_adapters,
 )
 from attrkit.functional.group_gradients import (
     group_gradients,
@@ -106,8 +120,12 @@ __all__ = [
     "InverseHVP",
     "KFACFactors",
     "KroneckerLayer",
+    "LORA_PATTERNS",
     "LayerFactors",
+    "LoRAConv2d",
+    "LoRALinear",
     "SeededMatrix",
+    "add_lora",
     "arnoldi_ihvp_at",
     "block_generator",
     "cg_ihvp_at",
@@ -115,13 +133,17 @@ __all__ = [
     "datainf_ihvp_at",
     "dataset_gnvp",
     "dataset_hvp",
+    "dropout_mask",
+    "dropout_modules",
     "ekfac_solve",
     "eval_mode",
+    "evaluate",
     "explicit_ihvp_at",
     "explicit_solve",
     "factored_gradients",
     "fit_ekfac",
     "fit_kfac",
+    "fixed_dropout_masks",
     "flat_dimension",
     "gaussian_sampler",
     "gnvp",
@@ -137,6 +159,7 @@ __all__ = [
     "last_layer_gradients",
     "lissa_ihvp_at",
     "lissa_solve",
+    "lora_parameter_names",
     "normalize_rows",
     "pearson_columns",
     "per_example_gradients",
@@ -149,4 +172,5 @@ __all__ = [
     "sjlt_matrix",
     "sjlt_project",
     "spearman_columns",
+    "train_lora_adapters",
 ]

@@ -18,7 +18,7 @@ from torch.utils._pytree import tree_map
 from attrkit.data import batch_size
 from attrkit.errors import LossShapeError
 
-__all__ = ["BoundLoss", "eval_mode", "flat_dimension", "per_example_gradients", "select_parameters"]
+__all__ = ["BoundLoss", "eval_mode", "evaluate", "flat_dimension", "per_example_gradients", "select_parameters"]
 
 
 def select_parameters(model: torch.nn.Module, patterns: Sequence[str]) -> list[str]:
@@ -62,6 +62,29 @@ class BoundLoss(torch.nn.Module):
 
     def forward(self, batch: Any) -> torch.Tensor:
         return self.fn(self.model, batch)
+
+
+def evaluate(
+    model: torch.nn.Module,
+    fn: Callable[[torch.nn.Module, Any], torch.Tensor],
+    state: Mapping[str, torch.Tensor],
+    batch: Any,
+) -> torch.Tensor:
+    """``fn(model, batch)`` with the weights in ``state``, in eval mode, without gradients.
+
+    Returns:
+        ``Tensor[b]`` detached (whatever ``fn`` returns, checked to be one value per example).
+
+    Raises:
+        LossShapeError: ``fn`` does not return one value per example.
+    """
+    b = batch_size(batch)
+    with eval_mode(model), torch.no_grad():
+        out = functional_call(BoundLoss(model, fn), {f"model.{k}": v for k, v in state.items()}, (batch,))
+    if not isinstance(out, torch.Tensor) or out.shape != (b,):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise LossShapeError(f"loss_fn/target_fn must return one value per example, Tensor[{b}]; got {got}")
+    return out
 
 
 def per_example_gradients(

@@ -87,7 +87,8 @@ class SeededMatrix:
 
         Args:
             x: the vectors.
-            dtype: precision of the matmul. ``float32`` returns ``x``'s dtype. With
+            dtype: precision of the matmul. ``float32`` (full precision) multiplies
+                float64 vectors in float64 and any other in float32, and returns ``x``'s dtype. With
                 ``float16``/``bfloat16``, each row of ``x`` is divided by its norm and
                 rounded, the unscaled unit-variance entries are rounded (±1 stays exact),
                 products accumulate in float32, and norms and ``1/sqrt(k)`` are applied in
@@ -101,7 +102,8 @@ class SeededMatrix:
         if x.shape[-1] != self.p:
             raise ValueError(f"projector was fitted for dimension {self.p}, got vectors of dimension {x.shape[-1]}")
         if dtype == torch.float32:
-            return self._matmul(x.float(), torch.float32, torch.float32).div_(math.sqrt(self.k)).to(x.dtype)
+            full = torch.float64 if x.dtype == torch.float64 else torch.float32  # float64 stays exact
+            return self._matmul(x.to(full), full, full).div_(math.sqrt(self.k)).to(x.dtype)
         x = x.float()
         norms = x.norm(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
         compute = torch.float32 if dtype == torch.float16 and x.device.type == "cpu" else dtype
@@ -130,8 +132,9 @@ class SeededMatrix:
             yield start, self._raw(start, min(self.p, start + self.chunk_rows), device).to(storage).to(compute)
 
     def _matmul(self, x: torch.Tensor, storage: torch.dtype, compute: torch.dtype) -> torch.Tensor:
-        """``x @ (sqrt(k) P)`` accumulated in float32 over chunks of rows."""
-        out = torch.zeros(x.shape[0], self.k, device=x.device)
+        """``x @ (sqrt(k) P)`` accumulated over chunks of rows, in float32 (float64 for float64 ``compute``)."""
+        accumulate = torch.float64 if compute == torch.float64 else torch.float32
+        out = torch.zeros(x.shape[0], self.k, device=x.device, dtype=accumulate)
         for start, rows in self._chunks(x.device, storage, compute):
-            out += (x[:, start : start + rows.shape[0]] @ rows).float()
+            out += (x[:, start : start + rows.shape[0]] @ rows).to(accumulate)
         return out

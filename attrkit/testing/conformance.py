@@ -167,8 +167,12 @@ def check_method(entry: Entry, registry: Registry | None = None) -> None:
 
 
 def check_ensemble(entry: Entry) -> None:
-    """An ensemble gives a non-empty, seeded list of members whose states fit the model."""
-    toy = toy_problem()
+    """An ensemble gives a non-empty, seeded list of members whose states fit the model.
+
+    Runs on a toy task that has what every kind of ensemble draws on: checkpoints, an
+    ``nn.Dropout`` and a LoRA output layer.
+    """
+    toy = toy_problem(dropout=0.2, lora_rank=2, checkpoints=3)
     first = entry.cls(example_config(entry.cls)).members(toy.task)
     second = entry.cls(example_config(entry.cls)).members(toy.task)
     assert first, f"{entry.name}: an ensemble needs at least one member"

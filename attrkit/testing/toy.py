@@ -9,6 +9,7 @@ import attrs
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from attrkit.functional.lora import add_lora, lora_parameter_names
 from attrkit.targets import cross_entropy
 from attrkit.task import AttributionTask
 
@@ -49,8 +50,18 @@ def toy_problem(
     hidden: int = 6,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
+    dropout: float | None = None,
+    lora_rank: int = 0,
+    checkpoints: int = 0,
 ) -> ToyProblem:
-    """A seeded two-layer tanh MLP (``hidden=0``: logistic regression) on Gaussian blobs."""
+    """A seeded two-layer tanh MLP (``hidden=0``: logistic regression) on Gaussian blobs.
+
+    Args:
+        dropout: add an ``nn.Dropout(dropout)`` after the hidden layer (needs ``hidden``).
+        lora_rank: wrap the output layer in a LoRA layer of this rank (0: none).
+        checkpoints: give the task this many checkpoints: the weights (with LoRA, the
+            adapters only) perturbed by seeded noise of scale 0.3.
+    """
     gen = torch.Generator().manual_seed(seed)
     centers = torch.randn(classes, dim, generator=gen, dtype=dtype) * 2
     n = n_train + n_test
@@ -58,22 +69,44 @@ def toy_problem(
     x = centers[y] + torch.randn(n, dim, generator=gen, dtype=dtype)
     torch.manual_seed(seed)
     if hidden:
-        model = torch.nn.Sequential(torch.nn.Linear(dim, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, classes))
+        layers = [torch.nn.Linear(dim, hidden), torch.nn.Tanh()]
+        layers += [torch.nn.Dropout(dropout)] if dropout is not None else []
+        model = torch.nn.Sequential(*layers, torch.nn.Linear(hidden, classes))
     else:
         model = torch.nn.Sequential(torch.nn.Linear(dim, classes))
     model = model.to(dtype)
-    task = AttributionTask(model=model, loss_fn=cross_entropy)
+    if lora_rank:
+        add_lora(model, rank=lora_rank, targets=[str(len(model) - 1)], seed=seed)
+        with torch.no_grad():  # as if trained: a zero lora_B would zero every lora_A gradient
+            model[-1].lora_B.weight.normal_(0.0, 0.3, generator=gen)
+    states = []
+    for _ in range(checkpoints):
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        for name in lora_parameter_names(model) or [k for k, v in state.items() if v.is_floating_point()]:
+            state[name] += 0.3 * torch.randn(state[name].shape, generator=gen, dtype=dtype)
+        states.append(state)
+    task = AttributionTask(model=model, loss_fn=cross_entropy, checkpoints=states or None)
     return ToyProblem(task, x[:n_train], y[:n_train], x[n_train:], y[n_train:])
 
 
 def autograd_gradients(
     model: torch.nn.Module, fn: Callable[[torch.nn.Module, Any], torch.Tensor], x: torch.Tensor, y: torch.Tensor
 ) -> torch.Tensor:
-    """``Tensor[n, p]``: per-example gradients by a plain ``backward`` loop (the brute force)."""
+    """``Tensor[n, p]``: per-example gradients by a plain ``backward`` loop (the brute force).
+
+    Every parameter is differentiated, frozen ones too, in ``model.parameters()`` order.
+    """
     rows = []
-    params = [p for p in model.parameters()]
-    for i in range(len(y)):
-        value = fn(model, (x[i : i + 1], y[i : i + 1])).sum()
-        grads = torch.autograd.grad(value, params)
-        rows.append(torch.cat([g.reshape(-1) for g in grads]))
+    params = list(model.parameters())
+    frozen = [p for p in params if not p.requires_grad]
+    try:
+        for p in frozen:
+            p.requires_grad_(True)
+        for i in range(len(y)):
+            value = fn(model, (x[i : i + 1], y[i : i + 1])).sum()
+            grads = torch.autograd.grad(value, params)
+            rows.append(torch.cat([g.reshape(-1) for g in grads]))
+    finally:
+        for p in frozen:
+            p.requires_grad_(False)
     return torch.stack(rows)

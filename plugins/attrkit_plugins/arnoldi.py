@@ -90,8 +90,8 @@ class ArnoldiProjector:
     def fit(self, context: FitContext) -> None:
         """Find the top-``dim`` eigenpairs at ``context.member`` over ``context.train``.
 
-        The parameters are those the gradient source selects (its ``config.params``
-        patterns), all of them when it has none or ``context.gradients`` is ``None``.
+        The parameters are those the gradient source selects (``names(task)``), all of
+        them when ``context.gradients`` is ``None``.
 
         Raises:
             SpecError: ``dim`` larger than ``p``, a gradient dimension that is not the
@@ -99,12 +99,12 @@ class ArnoldiProjector:
                 ``λ_i + regularization <= 0``.
         """
         c, task = self.config, context.task
-        patterns = getattr(getattr(context.gradients, "config", None), "params", ("*",))
-        names = select_parameters(task.model, patterns)
+        gradients = context.gradients
+        names = gradients.names(task) if gradients is not None else select_parameters(task.model, ("*",))
         p = flat_dimension(task.model, names)
         if p != context.dimension:
             raise SpecError([
-                f"projector: arnoldi works on the parameters {list(patterns)} ({p} entries) but the gradient source "
+                f"projector: arnoldi works on the parameters {names} ({p} entries) but the gradient source "
                 f"gives vectors of dimension {context.dimension}; use a gradient source of plain parameter gradients"
             ])
         if c.dim > p:

@@ -1,4 +1,9 @@
-"""Gradient-similarity methods: ``grad-dot`` and ``grad-cos``."""
+"""Gradient-similarity methods: ``grad-dot``, ``grad-cos`` and ``tracin`` (TracInCP).
+
+All three are the shared score formula of :class:`~attrkit.gradient_method.GradientAttributor`
+with no preconditioner; they differ only in normalisation (``grad-cos``) and in the member
+weights (``tracin``: the learning rate of each checkpoint).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,8 @@ from typing import ClassVar
 import attrs
 
 from attrkit import hookimpl
+from attrkit.context import Member
+from attrkit.errors import SpecError
 from attrkit.gradient_method import GradientAttributor
 
 
@@ -41,7 +48,61 @@ class GradCos(GradientAttributor):
     normalize: ClassVar[bool] = True
 
 
+def _learning_rates(value: object) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    rates = (float(value),) if isinstance(value, (int, float)) else tuple(float(v) for v in value)  # type: ignore[union-attr]
+    if not rates or any(not r > 0 for r in rates):
+        raise ValueError(f"learning rates must be positive numbers, got {list(rates)}")
+    return rates
+
+
+@attrs.frozen(kw_only=True)
+class TracInConfig:
+    """Config of ``tracin``.
+
+    Attributes:
+        learning_rates: ``η_m`` of each checkpoint, in checkpoint order; one number is
+            used for every checkpoint; ``None`` means 1 for each.
+    """
+
+    learning_rates: tuple[float, ...] | None = attrs.field(
+        default=None, converter=_learning_rates, metadata={"examples": (None, (0.5,))}
+    )
+
+
+class TracIn(GradientAttributor):
+    """TracInCP (Pruthi et al., 2020): ``score(t, i) = Σ_m η_m <∇target_t(θ_m), ∇loss_i(θ_m)>``.
+
+    The members are the checkpoints of the training run (the task's checkpoints, or any
+    ensemble's members), each weighted by its learning rate ``η_m`` times the member's own
+    weight. With one checkpoint and ``η = 1`` it is ``grad-dot``. Slots: gradients,
+    projector, grouper, ensemble.
+
+    Example:
+        >>> task = attrkit.AttributionTask(model=model, loss_fn=loss, checkpoints=[s1, s2, s3])  # doctest: +SKIP
+        >>> attrkit.compose({"method": "tracin", "learning_rates": [0.1, 0.05, 0.01]}, task)  # doctest: +SKIP
+    """
+
+    name: ClassVar[str] = "tracin"
+    Config: ClassVar[type] = TracInConfig
+
+    def members(self) -> list[Member]:
+        """The ensemble's (or task's) members with weights multiplied by the learning rates.
+
+        Raises:
+            SpecError: as many learning rates as members is required (or exactly one).
+        """
+        members = super().members()
+        rates = self.config.learning_rates or (1.0,)
+        if len(rates) == 1:
+            rates = rates * len(members)
+        if len(rates) != len(members):
+            raise SpecError([f"method.learning_rates: {len(rates)} learning rates for {len(members)} checkpoints"])
+        return [attrs.evolve(m, weight=m.weight * r) for m, r in zip(members, rates)]
+
+
 @hookimpl
 def attrkit_components() -> list[type]:
     """The component classes this plugin registers."""
-    return [GradDot, GradCos]
+    return [GradDot, GradCos, TracIn]

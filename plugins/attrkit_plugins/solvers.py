@@ -58,9 +58,14 @@ class GaussNewtonSolver:
     Gauss-Newton / empirical Fisher matrix of the sum of training losses in feature space,
     accumulated over the whole training set and factorised once (Cholesky, ``k³/3`` flops).
 
+    With ``λ = 0`` and a singular ``ΦᵀΦ`` (``k > n``, or repeated features) it applies the
+    pseudo-inverse ``(ΦᵀΦ)⁺`` (from the SVD of ``Φ``; singular values below
+    ``max(n, k) · eps · s_max`` dropped, ``eps`` of the features' dtype, as ``numpy.linalg.pinv``). Scores ``⟨(ΦᵀΦ)⁺ φ_t, φ_i⟩`` are then the ``λ → 0`` limit of the
+    damped ones, because every training-side feature lies in the row space of ``Φ``.
+
     Raises:
-        ValueError: at ``fit``, when ``ΦᵀΦ + λI`` is not positive definite (``k > n`` with
-            ``λ = 0``): the message says how large ``regularization`` must be.
+        ValueError: at ``fit``, when ``λ > 0`` and ``ΦᵀΦ + λI`` is still not numerically
+            positive definite; the message says how large ``regularization`` must be.
     """
 
     name: ClassVar[str] = "gauss-newton"
@@ -69,30 +74,42 @@ class GaussNewtonSolver:
     requires: ClassVar[frozenset[str]] = frozenset()
     provides: ClassVar[frozenset[str]] = frozenset()
     space: ClassVar[str] = "feature"
-
     def __init__(self, config: GaussNewtonConfig):
         self.config = config
         self._factor: torch.Tensor | None = None
+        self._basis: torch.Tensor | None = None  # [k, r] right singular vectors, pseudo-inverse path
+        self._inverse_squares: torch.Tensor | None = None  # [r] 1 / s²
 
     def fit(self, context: FitContext) -> None:
-        """Factorise ``ΦᵀΦ + λI`` from ``context.features`` (``[n, k]``)."""
+        """Factorise ``ΦᵀΦ + λI`` from ``context.features`` (``[n, k]``), or its pseudo-inverse at ``λ = 0``."""
         phi = context.features.double()
-        kernel = phi.T @ phi + self.config.regularization * torch.eye(phi.shape[1], dtype=phi.dtype, device=phi.device)
+        rcond = max(phi.shape) * torch.finfo(context.features.dtype).eps
+        lam = self.config.regularization
+        kernel = phi.T @ phi + lam * torch.eye(phi.shape[1], dtype=phi.dtype, device=phi.device)
         factor, info = torch.linalg.cholesky_ex(kernel)
-        if info.item():
+        if not info.item() and (lam > 0 or phi.shape[1] <= phi.shape[0]):
+            self._factor, self._basis, self._inverse_squares = factor, None, None
+            return
+        if lam > 0:
             smallest = torch.linalg.eigvalsh(kernel)[0].item()
             raise ValueError(
                 f"gauss-newton: ΦᵀΦ + λI is not positive definite (smallest eigenvalue {smallest:.3g} with "
                 f"{phi.shape[0]} training rows and k = {phi.shape[1]} features); set solver.regularization > "
-                f"{max(-smallest, 0.0) + self.config.regularization:.3g}"
+                f"{max(-smallest, 0.0) + lam:.3g}"
             )
-        self._factor = factor
+        _, values, vh = torch.linalg.svd(phi, full_matrices=False)
+        keep = values > rcond * values.max().clamp_min(torch.finfo(values.dtype).tiny)
+        self._factor, self._basis, self._inverse_squares = None, vh[keep].T, values[keep] ** -2
 
     def solve(self, vectors: torch.Tensor) -> torch.Tensor:
         """``Tensor[b, k] -> Tensor[b, k]``, in the input's dtype."""
-        if self._factor is None:
+        if self._factor is None and self._basis is None:
             raise NotFittedError("gauss-newton solver used before fit(context)")
-        out = torch.cholesky_solve(vectors.double().T.to(self._factor.device), self._factor).T
+        v = vectors.double().to((self._factor if self._factor is not None else self._basis).device)
+        if self._factor is not None:
+            out = torch.cholesky_solve(v.T, self._factor).T
+        else:
+            out = ((v @ self._basis) * self._inverse_squares) @ self._basis.T
         return out.to(device=vectors.device, dtype=vectors.dtype)
 
 

@@ -1,0 +1,257 @@
+"""Representer point selection (Yeh et al., 2018), ``rps``: a last-layer formula, not a gradient one.
+
+Fit the output layer ``W`` (bias as an extra column on features ``h̃ = [h, 1]``) by
+minimising ``(1/n) Σ_i loss_i(W h̃_i) + λ ‖W‖²`` on the penultimate features of the
+trained model. At the minimum, ``W = Σ_i α_i h̃_iᵀ`` with ``α_i = −∂loss_i/∂z_i / (2λn)``,
+so every pre-activation decomposes over the training set (the representer theorem):
+
+    z_t = W h̃_t = Σ_i α_i (h̃_iᵀ h̃_t).
+
+The score contracts training point ``i``'s share of ``z_t`` with ``−∂target_t/∂z_t``:
+
+    score(t, i) = ⟨−∂target_t/∂z_t, α_i⟩ · h̃_iᵀ h̃_t,
+
+so a positive score means ``i`` pushes the logits the way that lowers the target (a
+proponent); for cross-entropy that is towards the test point's own class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar
+
+import attrs
+import torch
+
+from attrkit import hookimpl
+from attrkit.context import Member
+from attrkit.data import batch_size, check_fixed_order, to_device
+from attrkit.errors import DataLoaderError, NotFittedError
+from attrkit.functional.last_layer import last_layer_features, resolve_linear_layer
+from attrkit.progress import progress
+from attrkit.task import AttributionTask
+
+
+class _Logits(torch.nn.Module):
+    """A stand-in model that returns fixed logits whatever it is called with."""
+
+    def __init__(self, logits: torch.Tensor):
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.logits
+
+
+def _labels_only(batch: Any) -> Any:
+    """The batch without its model inputs: what ``loss_fn`` needs besides the logits."""
+    if isinstance(batch, (tuple, list)):
+        return (torch.empty(batch_size(batch), 0), *batch[1:])
+    if isinstance(batch, Mapping) and "labels" in batch:
+        return {"labels": batch["labels"]}
+    raise DataLoaderError("rps needs batches (x, y, ...) or dicts with a 'labels' entry")
+
+
+def _concat(parts: list[Any]) -> Any:
+    if isinstance(parts[0], Mapping):
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    return tuple(torch.cat([p[j] for p in parts]) for j in range(len(parts[0])))
+
+
+def _dlogits(fn: Any, logits: torch.Tensor, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(values [b], ∂values_i/∂z_i [b, C])`` of ``fn`` at fixed ``logits``."""
+    z = logits.detach().requires_grad_(True)
+    with torch.enable_grad():
+        values = fn(_Logits(z), batch)
+        (dz,) = torch.autograd.grad(values.sum(), z)
+    return values.detach(), dz
+
+
+@attrs.frozen(kw_only=True)
+class RPSConfig:
+    """Config of ``rps``.
+
+    Attributes:
+        regularization: ``λ > 0``, the L2 strength in ``(1/n) Σ loss + λ ‖W‖²``.
+        normalize: scale each penultimate feature vector ``h`` to unit length first.
+        layer: module name of the output ``nn.Linear``; ``None`` picks the last one.
+        max_iter: L-BFGS iterations of the refit (float64, full batch).
+        tol: stop when the objective's gradient norm is below ``tol``.
+    """
+
+    regularization: float = attrs.field(default=3e-3, converter=float, validator=attrs.validators.gt(0.0),
+                                        metadata={"examples": (3e-3, 0.1)})
+    normalize: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool),
+                                  metadata={"examples": (False, True)})
+    layer: str | None = None
+    max_iter: int = attrs.field(default=1000, validator=attrs.validators.ge(1))
+    tol: float = attrs.field(default=1e-10, converter=float, validator=attrs.validators.gt(0.0))
+
+
+@attrs.frozen
+class _Head:
+    """One member's refit output layer."""
+
+    member: Member
+    weight: torch.Tensor  # [C, d+1] float64, W* with the bias as its last column
+    features: torch.Tensor  # [n, d+1] float64, h̃ of the training set
+    alpha: torch.Tensor  # [n, C] float64
+    gradient_norm: float  # ‖∇ objective‖ at W*: how stationary the refit is
+
+
+class RepresenterPoints:
+    """Representer point selection with an L2-regularised last layer.
+
+    Works on any model whose output layer is an ``nn.Linear`` that ``loss_fn`` calls once
+    (its output being what ``loss_fn`` and the target read). Memory: the training
+    features ``[n, d+1]`` and ``α`` ``[n, C]`` per member. Slot: ensemble (members are
+    summed with their weights).
+
+    Attributes:
+        heads: after ``fit``, per member the refit ``W*``, ``h̃``, ``α`` and the gradient
+            norm of the objective at ``W*`` (``gradient_norms``).
+
+    Example:
+        >>> rps = attrkit.compose({"method": "rps", "regularization": 1e-3}, task).fit(train)  # doctest: +SKIP
+        >>> scores = rps.attribute(test)  # doctest: +SKIP
+    """
+
+    kind: ClassVar[str] = "method"
+    name: ClassVar[str] = "rps"
+    Config: ClassVar[type] = RPSConfig
+    requires: ClassVar[frozenset[str]] = frozenset()
+    provides: ClassVar[frozenset[str]] = frozenset()
+    slots: ClassVar[frozenset[str]] = frozenset({"ensemble"})
+    defaults: ClassVar[Mapping[str, str]] = {}
+
+    def __init__(self, config: RPSConfig, *, task: AttributionTask, parts: Mapping[str, Any]):
+        self.config = config
+        self.task = task
+        self.ensemble = parts.get("ensemble")
+        self.layer = resolve_linear_layer(task.model, config.layer)
+        self.heads: list[_Head] | None = None
+        #: ``LongTensor[n_train]``, after ``fit``: ``arange`` (RPS scores single examples).
+        self.groups: torch.Tensor | None = None
+
+    def members(self) -> list[Member]:
+        """The ensemble's members (the task's checkpoints when no ensemble is given)."""
+        return self.ensemble.members(self.task) if self.ensemble is not None else self.task.members()
+
+    @property
+    def gradient_norms(self) -> list[float]:
+        """Per member, ``‖∇ objective(W*)‖``: near 0 when the representer identity holds."""
+        return [h.gradient_norm for h in self._require_fit()]
+
+    def _features(self, member: Member, batch: Any, fn: Any) -> torch.Tensor:
+        """``h̃ = [h, 1]`` (``h`` normalised if asked), ``Tensor[b, d+1]`` float64."""
+        with member.applied(self.task.model):
+            h, _ = last_layer_features(self.task.model, fn, member.state, to_device(batch, self.task.device), self.layer)
+        h = h.double()
+        if self.config.normalize:
+            h = h / h.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        return torch.cat([h, torch.ones(h.shape[0], 1, dtype=h.dtype, device=h.device)], dim=1)
+
+    def _refit(self, member: Member, feats: torch.Tensor, labels: Any) -> _Head:
+        layer = self.task.model.get_submodule(self.layer)
+        w0 = member.state[f"{self.layer}.weight"].double()
+        bias = member.state.get(f"{self.layer}.bias") if layer.bias is not None else None
+        start = torch.cat([w0, (bias.double() if bias is not None else torch.zeros(w0.shape[0], dtype=w0.dtype,
+                                                                                    device=w0.device))[:, None]], 1)
+        n, lam = feats.shape[0], self.config.regularization
+        w = start.clone().requires_grad_(True)
+        optimizer = torch.optim.LBFGS([w], max_iter=self.config.max_iter, tolerance_grad=self.config.tol,
+                                      tolerance_change=0.0, history_size=50, line_search_fn="strong_wolfe")
+
+        def objective() -> torch.Tensor:
+            optimizer.zero_grad()
+            value = self.task.loss_fn(_Logits(feats @ w.T), labels).double().mean() + lam * (w * w).sum()
+            value.backward()
+            return value
+
+        with torch.enable_grad():
+            optimizer.step(objective)
+            objective()
+        _, dz = _dlogits(self.task.loss_fn, feats @ w.detach().T, labels)
+        alpha = -dz.double() / (2 * lam * n)
+        return _Head(member=member, weight=w.detach(), features=feats, alpha=alpha,
+                     gradient_norm=float(w.grad.norm()))
+
+    def fit(self, train: Iterable[Any]) -> RepresenterPoints:
+        """Collect the training features and refit the output layer of every member.
+
+        Returns:
+            ``self``.
+
+        Raises:
+            DataLoaderError: a shuffling or empty loader, or batches without labels.
+        """
+        check_fixed_order(train, "train")
+        heads = []
+        for member in self.members():
+            feats, labels = [], []
+            for batch in progress(train, f"rps: features ({member.label})"):
+                feats.append(self._features(member, batch, self.task.loss_fn))
+                labels.append(_labels_only(to_device(batch, self.task.device)))
+            if not feats:
+                raise DataLoaderError("the train loader yielded no batch")
+            heads.append(self._refit(member, torch.cat(feats), _concat(labels)))
+        self.heads = heads
+        self.groups = torch.arange(heads[0].features.shape[0])
+        return self
+
+    def _require_fit(self) -> list[_Head]:
+        if self.heads is None:
+            raise NotFittedError("call RepresenterPoints.fit(train_loader) before attributing")
+        return self.heads
+
+    def _test_side(self, head: _Head, batch: Any, fn: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(h̃_t [b, d+1], −∂fn_t/∂z_t [b, C])`` at the refit layer."""
+        feats = self._features(head.member, batch, fn)
+        _, dz = _dlogits(fn, feats @ head.weight.T, _labels_only(to_device(batch, self.task.device)))
+        return feats, -dz.double()
+
+    def attribute(self, test: Iterable[Any]) -> torch.Tensor:
+        """``Tensor[n_test, n_train]`` float32 CPU: ``Σ_m w_m ⟨−∂target_t/∂z_t, α_i⟩ h̃_iᵀ h̃_t``."""
+        heads = self._require_fit()
+        check_fixed_order(test, "test")
+        rows = []
+        for batch in progress(test, "rps: scoring"):
+            total = 0.0
+            for head in heads:
+                feats, push = self._test_side(head, batch, self.task.target)
+                total = total + head.member.weight * (push @ head.alpha.T) * (feats @ head.features.T)
+            rows.append(total.float().cpu())
+        if not rows:
+            raise DataLoaderError("the test loader yielded no batch")
+        return torch.cat(rows)
+
+    def representer_values(self, test: Iterable[Any]) -> torch.Tensor:
+        """``Tensor[n_test, n_train, C]`` float64: ``α_i (h̃_iᵀ h̃_t)`` of the first member.
+
+        Summed over training points it gives the refit layer's logits ``W* h̃_t``.
+        Memory ``n_test · n_train · C``: for inspection on small sets.
+        """
+        head = self._require_fit()[0]
+        check_fixed_order(test, "test")
+        feats = torch.cat([self._features(head.member, b, self.task.target) for b in test])
+        return (feats @ head.features.T)[:, :, None] * head.alpha[None]
+
+    def self_influence(self, train: Iterable[Any]) -> torch.Tensor:
+        """``Tensor[n]`` float32 CPU: each example's score for itself with its loss as target."""
+        heads = self._require_fit()
+        check_fixed_order(train, "train")
+        total = 0.0
+        for head in heads:
+            parts = [self._test_side(head, b, self.task.loss_fn) for b in progress(train, "rps: self-influence")]
+            feats, push = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+            if feats.shape[0] != head.features.shape[0]:
+                raise DataLoaderError(f"self_influence needs the fitted training set ({head.features.shape[0]} "
+                                      f"examples), got {feats.shape[0]}")
+            total = total + head.member.weight * (push * head.alpha).sum(1) * (feats * head.features).sum(1)
+        return total.float().cpu()
+
+
+@hookimpl
+def attrkit_components() -> list[type]:
+    """The component classes this plugin registers."""
+    return [RepresenterPoints]
