@@ -89,10 +89,13 @@ def add_lora(
         ``model`` itself, now computing the same function with adapters attached.
 
     Raises:
-        ValueError: ``rank < 1``, a target that is not a Linear/Conv2d module, or nothing to adapt.
+        ValueError: ``rank < 1``, a target that is not a Linear/Conv2d module, nothing to
+            adapt, or ``model`` itself a Linear/Conv2d (it cannot be replaced in place).
     """
     if rank < 1:
         raise ValueError(f"rank must be >= 1, got {rank}")
+    if type(model) in (torch.nn.Linear, torch.nn.Conv2d):
+        raise ValueError(f"the model is itself an {type(model).__name__}; wrap it first: nn.Sequential(model)")
     layers = {n: m for n, m in model.named_modules() if type(m) in (torch.nn.Linear, torch.nn.Conv2d)}
     chosen = list(layers) if targets is None else list(targets)
     wrong = [n for n in chosen if n not in layers]

@@ -20,8 +20,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="attrkit bench",
         description="Benchmark attribution methods on a setting: LDS, wall time and peak memory.",
-        epilog="attrkit bench influence --help: the influence-function solver benchmark "
-        "(also python -m attrkit_bench.influence).",
+        epilog="attrkit bench influence --help: the influence-function solver benchmark; "
+        "attrkit bench ensembles --help: TRAK/TracIn/RPS and ensembles.",
     )
     parser.add_argument("setting", nargs="?", help="the setting to run (see --list)")
     parser.add_argument("--list", action="store_true", help="list the settings and exit")
@@ -63,7 +63,8 @@ def main(argv: list[str]) -> int:
     Prints the setting's facts and a table (method, LDS, time, peak memory) and writes
     ``{out}/{setting}.json`` (``{setting}-quick.json`` with ``--quick``).
 
-    ``attrkit bench influence ARGS`` runs :func:`attrkit_bench.influence.main` with ``ARGS``.
+    ``attrkit bench influence ARGS`` runs :func:`attrkit_bench.influence.main` with ``ARGS``;
+    ``attrkit bench ensembles ARGS`` runs :func:`attrkit_bench.ensembles.main`.
 
     Returns:
         0 on success, 2 on a usage error (unknown setting, invalid method spec) or
@@ -73,6 +74,10 @@ def main(argv: list[str]) -> int:
         from attrkit_bench.influence import main as influence_main
 
         return influence_main(argv[1:])
+    if argv[:1] == ["ensembles"]:
+        from attrkit_bench.ensembles import main as ensembles_main
+
+        return ensembles_main(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     if args.list:

@@ -10,7 +10,7 @@ import torch
 
 from attrkit.task import LossFn
 
-__all__ = ["SGDRecipe", "accuracy", "per_example_loss", "train_model"]
+__all__ = ["SGDRecipe", "accuracy", "per_example_loss", "sgd_epochs", "train_model"]
 
 
 @attrs.frozen(kw_only=True)
@@ -48,15 +48,13 @@ def train_model(
     y: torch.Tensor,
     recipe: SGDRecipe,
     seed: int,
+    on_epoch: Callable[[int, torch.nn.Module], None] | None = None,
 ) -> torch.nn.Module:
     """Train a fresh model; the same arguments always give the same weights.
 
     ``seed`` fixes both the initialisation (``make_model`` runs under
     ``torch.manual_seed(seed)`` inside :func:`torch.random.fork_rng`, so the caller's
-    global RNG is untouched) and the shuffling (a ``torch.Generator`` seeded with it).
-    Training runs on one intra-op thread: for benchmark-sized models, synchronising
-    threads costs more than it saves (several times slower on a busy machine), and
-    the weights do not depend on the machine's core count.
+    global RNG is untouched) and the shuffling (see :func:`sgd_epochs`).
 
     Args:
         make_model: builds the untrained model.
@@ -65,6 +63,8 @@ def train_model(
         y: ``Tensor[n]`` labels.
         recipe: the optimiser settings.
         seed: fixes initialisation and batch order.
+        on_epoch: called as ``on_epoch(epoch, model)`` after each epoch (1-based), e.g.
+            to keep checkpoints.
 
     Returns:
         The trained model, in eval mode.
@@ -72,16 +72,43 @@ def train_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = make_model()
+    return sgd_epochs(model, loss_fn, x, y, recipe, seed, on_epoch)
+
+
+def sgd_epochs(
+    model: torch.nn.Module,
+    loss_fn: LossFn,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    recipe: SGDRecipe,
+    seed: int,
+    on_epoch: Callable[[int, torch.nn.Module], None] | None = None,
+) -> torch.nn.Module:
+    """Run ``recipe.epochs`` epochs of SGD on the parameters of ``model`` that require grad.
+
+    Batches follow a ``torch.Generator`` seeded with ``seed``. Training runs on one
+    intra-op thread: for benchmark-sized models, synchronising threads costs more than it
+    saves (several times slower on a busy machine), and the weights do not depend on the
+    machine's core count.
+
+    Returns:
+        ``model``, trained in place, in eval mode.
+    """
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=recipe.lr,
+                                momentum=recipe.momentum)
     model.train()
     with _one_thread():
-        for _ in range(recipe.epochs):
+        for epoch in range(1, recipe.epochs + 1):
             order = torch.randperm(x.shape[0], generator=generator)
             for batch in order.split(recipe.batch_size):
                 optimizer.zero_grad(set_to_none=True)
                 loss_fn(model, (x[batch], y[batch])).mean().backward()
                 optimizer.step()
+            if on_epoch is not None:
+                model.eval()
+                on_epoch(epoch, model)
+                model.train()
     return model.eval()
 
 

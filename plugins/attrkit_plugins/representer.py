@@ -153,8 +153,9 @@ class RepresenterPoints:
 
     def _refit(self, member: Member, feats: torch.Tensor, labels: Any) -> _Head:
         layer = self.task.model.get_submodule(self.layer)
-        w0 = member.state[f"{self.layer}.weight"].double()
-        bias = member.state.get(f"{self.layer}.bias") if layer.bias is not None else None
+        prefix = f"{self.layer}." if self.layer else ""  # "" when the model is itself the Linear
+        w0 = member.state[f"{prefix}weight"].double()
+        bias = member.state.get(f"{prefix}bias") if layer.bias is not None else None
         start = torch.cat([w0, (bias.double() if bias is not None else torch.zeros(w0.shape[0], dtype=w0.dtype,
                                                                                     device=w0.device))[:, None]], 1)
         n, lam = feats.shape[0], self.config.regularization
