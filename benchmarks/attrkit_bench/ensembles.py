@@ -15,9 +15,7 @@ loaders and targets in the same process, right after attrkit's run of the same r
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shlex
 import sys
 import time
@@ -33,10 +31,11 @@ from attrkit.functional.last_layer import resolve_linear_layer
 from attrkit.targets import cross_entropy
 from attrkit_bench import members as produce
 from attrkit_bench.cache import default_cache_dir
-from attrkit_bench.dattri_compare import dattri_version, require_dattri
+from attrkit_bench.dattri_compare import require_dattri
 from attrkit_bench.dattri_ensembles import dattri_rps, dattri_tracin, dattri_trak
 from attrkit_bench.ensemble_report import markdown
 from attrkit_bench.influence_runs import measure
+from attrkit_bench.output import environment, write_results
 from attrkit_bench.problem import Problem
 from attrkit_bench.settings import mnist_lr, mnist_mlp
 
@@ -194,20 +193,10 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python -m attrkit_bench.ensembles " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "quick": args.quick,
         "total_seconds": time.perf_counter() - started,
-        "environment": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                        "platform": platform.platform(), "torch": torch.__version__, "attrkit": attrkit.__version__,
-                        "dattri": dattri_version() if args.compare else None},
+        "environment": environment(args.compare == "dattri"),
         "settings": settings,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"ensembles{'-quick' if args.quick else ''}.json"
-    path.write_text(json.dumps(document, indent=2) + "\n")
-    page = markdown(document)
-    report = args.markdown or args.out / "ENSEMBLES.md"
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text(page + "\n")
-    print(page)
-    print(f"results: {path}, {report}")
+    write_results(document, args.out, "ensembles", markdown, args.markdown)
     return 0
 
 

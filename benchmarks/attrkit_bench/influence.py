@@ -17,9 +17,7 @@ Writes ``{out}/influence[-quick].json`` and a markdown page (``--markdown``, def
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shlex
 import sys
 import time
@@ -30,9 +28,10 @@ import torch
 
 import attrkit
 from attrkit_bench.cache import default_cache_dir
-from attrkit_bench.dattri_compare import dattri_version, require_dattri
+from attrkit_bench.dattri_compare import require_dattri
 from attrkit_bench.influence_plan import LAMBDAS, QUICK_LAMBDAS, plan
 from attrkit_bench.influence_report import markdown
+from attrkit_bench.output import environment, write_results
 from attrkit_bench.influence_rows import batch_dependence, compare_row, search_row
 from attrkit_bench.settings import get_setting
 
@@ -139,26 +138,10 @@ def main(argv: list[str] | None = None) -> int:
         "compare": args.compare,
         "lambdas": list(lambdas),
         "total_seconds": time.perf_counter() - started,
-        "environment": {
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "attrkit": attrkit.__version__,
-            "dattri": dattri_version() if args.compare else None,
-        },
+        "environment": environment(args.compare == "dattri"),
         "settings": settings,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"influence{'-quick' if args.quick else ''}.json"
-    path.write_text(json.dumps(document, indent=2) + "\n")
-    page = markdown(document)
-    report = args.markdown or args.out / "INFLUENCE.md"
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text(page + "\n")
-    print(page)
-    print(f"results: {path}, {report}")
+    write_results(document, args.out, "influence", markdown, args.markdown)
     return 0
 
 
