@@ -5,14 +5,16 @@
 over ensemble members ``m``. Grad-Dot, Grad-Cos (rows normalised), TracIn (weights =
 learning rates), influence functions (a solver as ``Precond``) and TRAK are subclasses
 that fix the defaults; the parts come from the spec. With a grouper, the training side
-is summed per group (gradients are linear), so column ``j`` of the scores is group ``j``.
+is summed per group (gradients are linear), so column ``j`` of the scores is group ``j``;
+a gradient source with group gradients computes those sums directly (GGDA). With no
+test data, the task's property functions ``g(θ)`` take the place of the test targets.
 """
 
 from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, ClassVar
 
 import attrs
@@ -21,10 +23,11 @@ import torch
 from attrkit import capabilities
 from attrkit.context import FitContext, Member
 from attrkit.data import batch_size, check_fixed_order
-from attrkit.errors import DataLoaderError, NotFittedError
+from attrkit.errors import DataLoaderError, NotFittedError, SpecError
 from attrkit.functional.scoring import normalize_rows, row_dots
 from attrkit.parameter_gradients import restrict_gradients
 from attrkit.progress import progress
+from attrkit.properties import property_gradient
 from attrkit.store import DiskStore, FeatureStore, MemoryStore, fingerprint
 from attrkit.task import AttributionTask
 
@@ -69,6 +72,27 @@ def _merge(
         values, index = torch.cat([current[0], values], 1), torch.cat([current[1], index], 1)
     keep = values.topk(min(k, values.shape[1]), dim=1, largest=largest).indices
     return values.gather(1, keep), index.gather(1, keep)
+
+
+def _count(batches: Iterable[Any]) -> int:
+    """Number of examples in ``batches``.
+
+    Raises:
+        DataLoaderError: no batch.
+    """
+    sizes = [batch_size(batch) for batch in batches]
+    if not sizes:
+        raise DataLoaderError("the train loader yielded no batch")
+    return sum(sizes)
+
+
+def _with_weights(batches: Iterable[Any], weights: torch.Tensor) -> Iterator[Any]:
+    """``(batch, weights[b])`` pairs: each batch with its examples' weights attached."""
+    offset = 0
+    for batch in batches:
+        b = batch_size(batch)
+        yield batch, weights[offset : offset + b]
+        offset += b
 
 
 @attrs.define
@@ -167,11 +191,20 @@ class GradientAttributor:
     def fit(self, train: Iterable[Any], store: str | os.PathLike | None = None) -> GradientAttributor:
         """Compute and keep the training features of every member.
 
+        With a grouper whose partition is not the singletons and a gradient source that
+        provides group gradients (``capabilities.GROUP``, e.g. ``group``), groups are
+        assigned first (the grouper sees no ``context.features``) and each member's
+        grouped training side comes from one ``group_gradients`` call, projected — no
+        per-example gradient is formed (GGDA). Per-example weights (TRAK's ``Q``) enter
+        as a weighted loss in a second call. Otherwise per-example features are summed
+        per group.
+
         Args:
             train: fixed-order batches (a ``DataLoader`` with ``shuffle=False``).
             store: a folder for a resumable on-disk feature store: each batch's features
-                are written atomically, and a rerun after a kill computes only the
-                missing batches (bit-identical results). ``None`` keeps them in memory.
+                (on the group-gradient path: each member's group features) are written
+                atomically, and a rerun after a kill computes only what is missing
+                (bit-identical results). ``None`` keeps them in memory.
 
         Returns:
             ``self``.
@@ -185,37 +218,111 @@ class GradientAttributor:
         members = self.members()
         chunks = self._open_store(store, members)
         weights = self._weights = self._example_weights(members, train)
+        self.groups = None
+        groups_first = self.grouper is not None and self._has_group_gradients()
         for index, member in enumerate(members):
             context = FitContext(
                 task=self.task, member=member, train=train, gradients=self.gradients, dimension=self.dimension, n_train=0
             )
-            projector = copy.deepcopy(self.projector)
+            projector = self._member_projector(index)
             if projector is not None:
                 with member.applied(self.task.model):
                     projector.fit(context)
-            desc = f"{self.name}: train features ({member.label}, {index + 1}/{len(members)})"
-            count = 0
-            for j, batch in enumerate(progress(train, desc)):
-                count = j + 1
-                if not chunks.has(index, j):
-                    chunks.put(index, j, self._project(projector, self._gradients(member, batch, target=False)))
-            if not count:
-                raise DataLoaderError("the train loader yielded no batch")
-            feats = chunks.matrix(index, count).to(self.task.device)
-            context = attrs.evolve(context, n_train=feats.shape[0], features=feats)
-            if self.groups is None or self.groups.shape[0] != feats.shape[0]:
-                groups = self.grouper.assign(context) if self.grouper is not None else torch.arange(feats.shape[0])
-                self.groups = check_partition(groups, feats.shape[0], f"grouper {getattr(self.grouper, 'name', '')!r}")
+            if groups_first and self.groups is None:
+                self._assign(attrs.evolve(context, n_train=_count(train)))
+            if groups_first and not self._pointwise():
+                plain, feats = self._grouped_features(index, member, projector, train, chunks, weights)
+            else:
+                feats = self._example_features(index, member, projector, train, chunks, len(members))
+                if self.groups is None:
+                    self._assign(attrs.evolve(context, n_train=feats.shape[0], features=feats))
+                plain = self._group_sum(feats)
+                feats = plain if weights is None else self._group_sum(feats * weights.to(feats)[:, None])
             solver = copy.deepcopy(self.solver)
             if solver is not None:
                 with member.applied(self.task.model):
-                    solver.fit(attrs.evolve(context, features=self._group_sum(feats)))
-            if weights is not None:
-                feats = feats * weights.to(feats)[:, None]
-            feats = self._train_side(self._group_sum(feats))
-            fitted.append(_Fitted(member=member, projector=projector, solver=solver, train=feats))
+                    solver.fit(attrs.evolve(context, n_train=self.groups.numel(), features=plain))
+            fitted.append(_Fitted(member=member, projector=projector, solver=solver, train=self._train_side(feats)))
         self._fitted = fitted
         return self
+
+    def _has_group_gradients(self) -> bool:
+        """Whether the gradient source computes group gradients (``capabilities.GROUP``)."""
+        return capabilities.GROUP in self.gradients.provides and hasattr(self.gradients, "group_gradients")
+
+    def _assign(self, context: FitContext) -> None:
+        """Set ``self.groups`` from the grouper (singletons without one), checked."""
+        if self.grouper is None:
+            self.groups = torch.arange(context.n_train)
+            return
+        with context.member.applied(self.task.model):
+            groups = self.grouper.assign(context)
+        self.groups = check_partition(groups.cpu(), context.n_train, f"grouper {getattr(self.grouper, 'name', '')!r}")
+
+    def _example_features(
+        self, index: int, member: Member, projector: Any, train: Iterable[Any], chunks: FeatureStore, n_members: int
+    ) -> torch.Tensor:
+        """``Tensor[n_train, k]``: projected per-example training gradients of one member."""
+        desc = f"{self.name}: train features ({member.label}, {index + 1}/{n_members})"
+        count = 0
+        for j, batch in enumerate(progress(train, desc)):
+            count = j + 1
+            if not chunks.has(index, j):
+                chunks.put(index, j, self._project(projector, self._gradients(member, batch, target=False)))
+        if not count:
+            raise DataLoaderError("the train loader yielded no batch")
+        return chunks.matrix(index, count).to(self.task.device)
+
+    def _grouped_features(
+        self,
+        index: int,
+        member: Member,
+        projector: Any,
+        train: Iterable[Any],
+        chunks: FeatureStore,
+        weights: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(Σ_{i∈g} Proj(∇f_i), Σ_{i∈g} q_i Proj(∇f_i))``, both ``Tensor[n_groups, k]``, from
+        group gradients (the second is the first when there are no example weights ``q``).
+        Stored as chunks 0 and 1 of the member."""
+        out = []
+        for j, w in enumerate([None] if weights is None else [None, weights]):
+            if not chunks.has(index, j):
+                chunks.put(index, j, self._project(projector, self._group_gradients(member, train, w)))
+            out.append(chunks.get(index, j).to(self.task.device))
+        return out[0], out[-1]
+
+    def _group_gradients(self, member: Member, train: Iterable[Any], weights: torch.Tensor | None) -> torch.Tensor:
+        """``Tensor[n_groups, p]``: each group's gradient of its summed (weighted) training-side value."""
+        fn = self.task.target if self.train_target else self.task.loss_fn
+        task = copy.copy(self.task)
+        task.loss_fn = fn
+        if weights is not None:  # the gradient of Σ_{i∈g} q_i f_i, q_i carried along in each batch
+
+            def weighted(model: torch.nn.Module, pair: Any) -> torch.Tensor:
+                value = fn(model, pair[0])
+                return pair[1].to(value) * value
+
+            task.loss_fn, train = weighted, _with_weights(train, weights)
+        with member.applied(self.task.model):
+            grads = self.gradients.group_gradients(task, member, train, self.groups)
+        expected = (int(self.groups.max()) + 1, self.dimension)
+        if tuple(grads.shape) != expected:
+            raise DataLoaderError(
+                f"gradient source {self.gradients.name!r} returned {tuple(grads.shape)} group gradients, expected {expected}"
+            )
+        return grads
+
+    def _member_projector(self, index: int) -> Any:
+        """A fresh copy of the projector for member ``index``, its ``seed`` (if any) shifted by
+        ``index``: members get independent random projections, so ensembling also averages
+        the projection noise away (as TRAK does); member 0 keeps the spec's seed."""
+        if self.projector is None:
+            return None
+        config = getattr(self.projector, "config", None)
+        if index and config is not None and attrs.has(type(config)) and "seed" in attrs.fields_dict(type(config)):
+            return type(self.projector)(attrs.evolve(config, seed=config.seed + index))
+        return copy.deepcopy(self.projector)
 
     def _example_weights(self, members: list[Member], train: Iterable[Any]) -> torch.Tensor | None:
         """``Tensor[n_train]`` multiplying each training example's features (TRAK's Q), or ``None``.
@@ -248,17 +355,30 @@ class GradientAttributor:
             raise NotFittedError(f"call {type(self).__name__}.fit(train_loader) before attributing")
         return self._fitted
 
-    def attribute(self, test: Iterable[Any]) -> torch.Tensor:
-        """Scores of every training example (or group) for every test example.
+    def attribute(self, test: Iterable[Any] | None = None) -> torch.Tensor:
+        """Scores of every training example (or group) for every test example or property.
 
         Args:
-            test: fixed-order test batches; the target is ``task.target``.
+            test: fixed-order test batches; the target is ``task.target``. ``None``
+                attributes the task's ``properties`` instead: each property's test side
+                is its gradient at the member (see :meth:`property_gradients`).
 
         Returns:
-            ``Tensor[n_test, n_train]`` (``[n_test, n_groups]`` with a grouper), float32,
-            CPU. Positive means the training example is a proponent.
+            ``Tensor[n_test, n_train]`` (``[n_test, n_groups]`` with a grouper; with
+            ``test=None``, ``[n_properties, …]`` in the task's order), float32, CPU.
+            Positive means the training example is a proponent.
+
+        Raises:
+            DataLoaderError: ``test`` is ``None`` and the task declares no properties.
+            SpecError: properties with a gradient source that does not name its parameters.
         """
         fitted = self._require_fit()
+        if test is None:
+            total = 0.0
+            for f in fitted:
+                query = self._query_side(f, self.property_gradients(f.member))
+                total = total + f.member.weight * (query @ f.train.T)
+            return total.float().cpu()
         check_fixed_order(test, "test")
         rows = []
         for batch in progress(test, f"{self.name}: scoring"):
@@ -270,6 +390,33 @@ class GradientAttributor:
         if not rows:
             raise DataLoaderError("the test loader yielded no batch")
         return torch.cat(rows)
+
+    def property_gradients(self, member: Member) -> torch.Tensor:
+        """``Tensor[n_properties, p]``: the gradient of each of the task's properties at ``member``.
+
+        Taken by ``torch.func.grad`` through ``functional_call`` with the member's state,
+        w.r.t. the parameters the gradient source selects (``gradients.names(task)``, in
+        that order, each flattened), in eval mode and with the member's patch applied.
+
+        Raises:
+            DataLoaderError: the task declares no properties (pass ``test`` instead).
+            SpecError: the gradient source has no ``names(task)``.
+        """
+        properties = self.task.properties
+        if not properties:
+            raise DataLoaderError(
+                "attribute() needs test batches, or properties declared on the task: "
+                "AttributionTask(..., properties=[attrkit.properties.mean_loss(test_loader, loss_fn)])"
+            )
+        if not hasattr(self.gradients, "names"):
+            raise SpecError([
+                f"gradients: {self.gradients.name!r} does not name the parameters it differentiates (no names(task)), "
+                "which property attribution needs; use a gradient source such as 'per-example' or 'last-layer'"
+            ])
+        names = self.gradients.names(self.task)
+        with member.applied(self.task.model):
+            rows = [property_gradient(self.task.model, p, member.state, names) for p in properties]
+        return torch.stack(rows)
 
     def top_k(self, test: Iterable[Any], k: int, tile_rows: int = 65536) -> TopK:
         """The ``k`` strongest proponents and opponents of every test example.

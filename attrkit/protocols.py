@@ -149,6 +149,10 @@ class Metric(Component, Protocol):
     """Compares scores with ground truth.
 
     ``needs`` names the ground-truth entries it reads (e.g. ``{"subsets", "values"}``).
+    Optionally, for the conformance kit: ``example_inputs(n_test, n_train) -> (scores,
+    ground_truth)`` (a classmethod making a small valid case) and ``target_axes``
+    (``{entry: axis}`` of the ground-truth entries indexed by target, so that splitting
+    the targets can be checked to give the same per-target results).
     """
 
     needs: ClassVar[frozenset[str]]

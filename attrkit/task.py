@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import attrs
 import torch
@@ -12,11 +12,29 @@ import torch
 from attrkit.context import Member
 from attrkit.errors import CheckpointError
 
+if TYPE_CHECKING:
+    from attrkit.properties import Property
+
 __all__ = ["AttributionTask", "LossFn"]
 
 #: ``loss_fn(model, batch) -> Tensor[b]``: one loss-like value per example.
 LossFn = Callable[[torch.nn.Module, Any], torch.Tensor]
 Checkpoint = Union[Mapping[str, torch.Tensor], str, os.PathLike]
+
+
+def _check_properties(task: AttributionTask, attribute: attrs.Attribute, value: Any) -> None:
+    from attrkit.properties import Property  # lazily: properties imports functional, which imports this module
+
+    if value is None:
+        return
+    if isinstance(value, Property) or not isinstance(value, Sequence) or not value:
+        raise ValueError("properties must be a non-empty list of attrkit.properties.Property (or None)")
+    bad = [type(p).__name__ for p in value if not isinstance(p, Property)]
+    if bad:
+        raise ValueError(
+            f"properties must hold attrkit.properties.Property values, got {', '.join(bad)}; "
+            "wrap a function as Property(name=..., fn=...) or use mean_loss / accuracy_surrogate / loss_gap"
+        )
 
 
 def _check_checkpoints(task: AttributionTask, attribute: attrs.Attribute, value: Any) -> None:
@@ -45,12 +63,16 @@ class AttributionTask:
         checkpoints: state_dicts or ``torch.save`` file paths of ``model``; each is one
             ensemble member. Defaults to the model's current weights. Every checkpoint
             is checked against the model when the task is built.
+        properties: :class:`~attrkit.properties.Property` functions ``g(θ)`` (mean test
+            loss, accuracy surrogate, loss gap...) to attribute with
+            ``attributor.attribute()`` (no test loader): ``Tensor[n_properties, n_train]``.
 
     Sign convention: ``scores[t, i] > 0`` means training example ``i`` is a proponent
     of test example ``t``: training on it lowers ``target_fn`` at ``t``.
 
     Raises:
         CheckpointError: a checkpoint whose keys or shapes do not fit ``model``.
+        ValueError: ``properties`` is not a non-empty list of ``Property``.
     """
 
     model: torch.nn.Module = attrs.field(validator=attrs.validators.instance_of(torch.nn.Module))
@@ -59,6 +81,7 @@ class AttributionTask:
         default=None, validator=attrs.validators.optional(attrs.validators.is_callable())
     )
     checkpoints: Sequence[Checkpoint] | None = attrs.field(default=None, validator=_check_checkpoints)
+    properties: Sequence[Property] | None = attrs.field(default=None, validator=_check_properties)
 
     @property
     def target(self) -> LossFn:

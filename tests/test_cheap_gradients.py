@@ -212,4 +212,4 @@ def test_conformance(cheap_registry, name):
 
 def test_declared_capabilities():
     assert LastLayerGradients.provides == {capabilities.PER_EXAMPLE, capabilities.LAST_LAYER}
-    assert GroupGradients.provides == {capabilities.PER_EXAMPLE, "group-gradients"}
+    assert GroupGradients.provides == {capabilities.PER_EXAMPLE, capabilities.HVP, "group-gradients"}

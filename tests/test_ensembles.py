@@ -89,13 +89,22 @@ class _Scale(torch.nn.Module):
 def test_dropout_ensemble_with_p_zero_is_the_single_model() -> None:
     single = attrkit.AttributionTask(model=TOY.task.model, loss_fn=cross_entropy)
     for method in ("grad-dot", "trak"):
-        base = {"method": method, "projector": {"name": "gaussian", "dim": 16}}
+        base = {"method": method, "projector": "identity"}
         if method == "trak":
             base["solver"] = {"name": "gauss-newton", "regularization": 1e-2}
         one = attrkit.compose(base, single).fit(TOY.train_loader()).attribute(TOY.test_loader())
         ensemble = {**base, "ensemble": {"name": "dropout", "members": 3, "p": 0.0}}
         many = attrkit.compose(ensemble, single).fit(TOY.train_loader()).attribute(TOY.test_loader())
         torch.testing.assert_close(many, one, rtol=1e-5, atol=1e-6)
+
+
+def test_members_get_independent_projections() -> None:
+    spec = {"method": "grad-dot", "projector": {"name": "gaussian", "dim": 8, "seed": 3}, "ensemble": "checkpoints"}
+    attributor = attrkit.compose(spec, TOY.task).fit(TOY.train_loader())
+    seeds = [f.projector.config.seed for f in attributor._fitted]
+    assert seeds == [3, 4, 5]
+    first = attrkit.compose(spec, TOY.task).fit(TOY.train_loader()).attribute(TOY.test_loader())
+    torch.testing.assert_close(first, attributor.attribute(TOY.test_loader()), rtol=0, atol=0)
 
 
 def test_dropout_ensembles_are_seeded() -> None:

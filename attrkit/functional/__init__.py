@@ -1,6 +1,6 @@
 """Pure functions attrkit's components are built from; researchers may call them directly.
 
-Per-example, factored, last-layer and group gradients; HVPs, Lanczos and inverse-HVP
+Per-example, factored, last-layer and group gradients; seeded k-means (for groupers); HVPs, Lanczos and inverse-HVP
 solvers (explicit, CG, LiSSA, Arnoldi, K-FAC, EK-FAC, DataInf); seeded dense and sparse
 projections; rank correlations; fixed dropout masks and LoRA adapters for ensembles. Shapes and units are in each function's docstring.
 """
@@ -79,6 +79,11 @@ from attrkit.functional.kfac import (
     fit_kfac,
     kfac_solve,
 )
+from attrkit.functional.kmeans import (
+    KMeansResult,
+    kmeans,
+    standardize,
+)
 from attrkit.functional.last_layer import (
     last_layer_features,
     last_layer_gradients,
@@ -104,6 +109,26 @@ from attrkit.functional.sparse import (
     sjlt_matrix,
     sjlt_project,
 )
+from attrkit.functional.detection import (
+    detection_curve,
+    group_labels,
+    roc_auc,
+)
+from attrkit.functional.ground_truth import (
+    GroundTruthError,
+    MissingGroundTruthError,
+    check_groups,
+    require_entries,
+    shape_mismatch,
+)
+from attrkit.functional.removal import (
+    AGGREGATES,
+    importance,
+    importance_order,
+    keep_mask,
+    loo_correlation,
+    top_count,
+)
 
 __all__ = [
     "BLOCK_ROWS",
@@ -119,6 +144,7 @@ __all__ = [
     "IHVPStats",
     "InverseHVP",
     "KFACFactors",
+    "KMeansResult",
     "KroneckerLayer",
     "LORA_PATTERNS",
     "LayerFactors",
@@ -154,6 +180,7 @@ __all__ = [
     "ihvp_cg",
     "ihvp_explicit",
     "kfac_solve",
+    "kmeans",
     "lanczos",
     "last_layer_features",
     "last_layer_gradients",
@@ -172,5 +199,21 @@ __all__ = [
     "sjlt_matrix",
     "sjlt_project",
     "spearman_columns",
+    "standardize",
     "train_lora_adapters",
+    # evaluation: noisy-label detection, ground-truth checks, removal-based metrics
+    "AGGREGATES",
+    "GroundTruthError",
+    "MissingGroundTruthError",
+    "check_groups",
+    "detection_curve",
+    "group_labels",
+    "importance",
+    "importance_order",
+    "keep_mask",
+    "loo_correlation",
+    "require_entries",
+    "roc_auc",
+    "shape_mismatch",
+    "top_count",
 ]

@@ -6,6 +6,8 @@ Each check raises ``AssertionError`` naming the component and the broken contrac
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Any
 
 import attrs
@@ -19,6 +21,7 @@ from attrkit.capabilities import HVP
 from attrkit.functional.gradients import flat_dimension, select_parameters
 from attrkit.gradient_method import check_partition
 from attrkit.registry import Entry, Registry, default_registry
+from attrkit.results import MetricResult
 from attrkit.testing.toy import ToyProblem, autograd_gradients, toy_problem
 
 __all__ = ["check_component", "example_config"]
@@ -136,19 +139,47 @@ def check_grouper(entry: Entry) -> None:
 
 
 def check_metric(entry: Entry) -> None:
-    """A metric's per-target values do not depend on how targets are split."""
+    """A metric evaluates its own example inputs deterministically and reports missing ground truth.
+
+    A metric exposes ``example_inputs(n_test, n_train) -> (scores, ground_truth)``, a
+    small seeded case it accepts (a metric without it is only checked for
+    ``higher_is_better``). The result must be a :class:`MetricResult` with a float value,
+    JSON-able details, ``per_target`` of one entry per score row, the same on a second
+    call; dropping any entry of ``needs`` must raise ``KeyError`` naming it. A metric
+    whose ``target_axes`` names the ground-truth entries indexed by target (and the axis)
+    must give the same per-target values when the targets are split in two.
+    """
     metric = entry.cls(example_config(entry.cls))
     assert isinstance(metric.higher_is_better, bool), f"{entry.name}: higher_is_better must be a bool"
-    gen = torch.Generator().manual_seed(0)
-    scores = torch.randn(6, 20, generator=gen)
-    if not metric.needs <= {"subsets", "values"}:
-        return  # ground truth of another shape: the plugin's own tests cover it
-    subsets = torch.rand(12, 20, generator=gen) < 0.5
-    values = -(subsets.double() @ scores.double().T) + 0.5 * torch.randn(12, 6, generator=gen, dtype=torch.float64)
-    whole = metric.evaluate(scores, {"subsets": subsets, "values": values})
-    parts = [metric.evaluate(scores[s], {"subsets": subsets, "values": values[:, s]}) for s in (slice(0, 2), slice(2, None))]
-    if whole.per_target is not None:
-        _close(torch.cat([p.per_target for p in parts]), whole.per_target, f"{entry.name}: split targets")
+    if not hasattr(entry.cls, "example_inputs"):
+        return  # nothing to evaluate on: the plugin's own tests cover it
+    scores, truth = entry.cls.example_inputs(6, 40)
+    whole = metric.evaluate(scores, truth)
+    valid = isinstance(whole, MetricResult) and isinstance(whole.value, float)
+    assert valid, f"{entry.name}: evaluate must return a MetricResult with a float value"
+    again = metric.evaluate(scores, truth).value
+    assert again == whole.value or (math.isnan(again) and math.isnan(whole.value)), f"{entry.name}: value differs between two calls"
+    try:
+        json.dumps(dict(whole.details))
+    except TypeError as exc:
+        raise AssertionError(f"{entry.name}: details must be JSON-able: {exc}") from None
+    for key in metric.needs:
+        try:
+            metric.evaluate(scores, {k: v for k, v in truth.items() if k != key})
+        except KeyError as exc:
+            assert key in str(exc), f"{entry.name}: the KeyError for missing {key!r} must name it, got {exc}"
+        else:
+            raise AssertionError(f"{entry.name}: ground truth without {key!r} (in needs) must raise KeyError")
+    if whole.per_target is None:
+        return
+    assert whole.per_target.shape == (scores.shape[0],), f"{entry.name}: per_target must be Tensor[n_test]"
+    axes = getattr(entry.cls, "target_axes", None)
+    if axes:
+        parts = []
+        for s in (slice(0, 2), slice(2, None)):
+            sliced = {k: torch.as_tensor(truth[k])[(slice(None),) * axes[k] + (s,)] for k in axes}
+            parts.append(metric.evaluate(scores[s], {**truth, **sliced}).per_target)
+        _close(torch.cat(parts), whole.per_target, f"{entry.name}: split targets", atol=1e-5)
 
 
 def check_method(entry: Entry, registry: Registry | None = None) -> None:

@@ -21,7 +21,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="attrkit bench",
         description="Benchmark attribution methods on a setting: LDS, wall time and peak memory.",
         epilog="attrkit bench influence --help: the influence-function solver benchmark; "
-        "attrkit bench ensembles --help: TRAK/TracIn/RPS and ensembles.",
+        "attrkit bench ensembles --help: TRAK/TracIn/RPS and ensembles; attrkit bench ggda --help: group attribution.",
     )
     parser.add_argument("setting", nargs="?", help="the setting to run (see --list)")
     parser.add_argument("--list", action="store_true", help="list the settings and exit")
@@ -64,7 +64,8 @@ def main(argv: list[str]) -> int:
     ``{out}/{setting}.json`` (``{setting}-quick.json`` with ``--quick``).
 
     ``attrkit bench influence ARGS`` runs :func:`attrkit_bench.influence.main` with ``ARGS``;
-    ``attrkit bench ensembles ARGS`` runs :func:`attrkit_bench.ensembles.main`.
+    ``attrkit bench ensembles ARGS`` runs :func:`attrkit_bench.ensembles.main`;
+    ``attrkit bench ggda ARGS`` runs :func:`attrkit_bench.ggda.main`.
 
     Returns:
         0 on success, 2 on a usage error (unknown setting, invalid method spec) or
@@ -78,6 +79,10 @@ def main(argv: list[str]) -> int:
         from attrkit_bench.ensembles import main as ensembles_main
 
         return ensembles_main(argv[1:])
+    if argv[:1] == ["ggda"]:
+        from attrkit_bench.ggda import main as ggda_main
+
+        return ggda_main(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     if args.list:

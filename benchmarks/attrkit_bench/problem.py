@@ -30,6 +30,8 @@ class Problem:
         info: JSON-able facts for the report (sizes, training time and accuracy,
             ground-truth time, the recipe and its cache key).
         summary: the main facts of ``info`` as lines of text for the terminal.
+        test: ``(x_test, y_test)`` of the whole test split (targets are its first rows),
+            for retraining metrics that measure test accuracy; ``None`` if not kept.
     """
 
     name: str
@@ -40,6 +42,7 @@ class Problem:
     ground_truth: Mapping[str, torch.Tensor] = attrs.field(repr=False)
     info: Mapping[str, Any] = attrs.field(factory=dict)
     summary: str = ""
+    test: tuple[torch.Tensor, torch.Tensor] | None = attrs.field(default=None, repr=False)
 
     def task(self) -> AttributionTask:
         """A fresh :class:`attrkit.AttributionTask` of the model and its loss."""

@@ -118,7 +118,7 @@ class GroupGradients(ParameterGradients):
 
     name: ClassVar[str] = "group"
     Config: ClassVar[type] = GroupConfig
-    provides: ClassVar[frozenset[str]] = frozenset({capabilities.PER_EXAMPLE, capabilities.GROUP})
+    provides: ClassVar[frozenset[str]] = frozenset({capabilities.PER_EXAMPLE, capabilities.HVP, capabilities.GROUP})
 
     def group_gradients(
         self, task: AttributionTask, member: Member, batches: Iterable[Any], groups: torch.Tensor

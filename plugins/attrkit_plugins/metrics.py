@@ -45,6 +45,8 @@ class LDS:
     provides: ClassVar[frozenset[str]] = frozenset()
     needs: ClassVar[frozenset[str]] = frozenset({"subsets", "values"})
     higher_is_better: ClassVar[bool] = True
+    #: Ground-truth entries indexed by target, and the axis of that index.
+    target_axes: ClassVar[Mapping[str, int]] = {"values": 1}
 
     def __init__(self, config: LDSConfig):
         self.config = config
@@ -73,6 +75,16 @@ class LDS:
         value = float(defined.mean()) if defined.numel() else float("nan")
         details = {"n_models": int(subsets.shape[0]), "n_targets": int(defined.numel())}
         return MetricResult(value=value, per_target=per_target, details=details)
+
+    @classmethod
+    def example_inputs(cls, n_test: int, n_train: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Seeded scores and ground truth of 12 random half-subsets whose (negated) values
+        follow the scores plus noise, for the conformance kit."""
+        gen = torch.Generator().manual_seed(0)
+        scores = torch.randn(n_test, n_train, generator=gen)
+        subsets = torch.rand(12, n_train, generator=gen) < 0.5
+        values = -(subsets.double() @ scores.double().T) + 0.5 * torch.randn(12, n_test, generator=gen, dtype=torch.float64)
+        return scores, {"subsets": subsets, "values": values}
 
 
 @hookimpl

@@ -203,6 +203,7 @@ class ClassifierSetting:
             loss_fn=cross_entropy,
             train=DataLoader(TensorDataset(x_train, y_train), batch_size=LOADER_BATCH_SIZE, shuffle=False),
             targets=DataLoader(TensorDataset(x_targets, y_targets), batch_size=LOADER_BATCH_SIZE, shuffle=False),
+            test=(x_test, y_test),
             ground_truth=truth.as_mapping(),
             info=info,
             summary=summary,
