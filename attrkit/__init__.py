@@ -27,7 +27,8 @@ from attrkit.errors import (
     SpecError,
     UnknownComponentError,
 )
-from attrkit.gradient_method import GradientAttributor, TopK
+from attrkit.gradient_method import GradientAttributor
+from attrkit.selection import TopK
 from attrkit.hookspecs import hookimpl
 from attrkit.results import MetricResult
 from attrkit.registry import Registry, components, default_registry, reset_registry

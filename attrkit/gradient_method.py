@@ -25,53 +25,14 @@ from attrkit.context import FitContext, Member
 from attrkit.data import batch_size, check_fixed_order
 from attrkit.errors import DataLoaderError, NotFittedError, SpecError
 from attrkit.functional.scoring import normalize_rows, row_dots
+from attrkit.selection import TopK, check_partition, merge_top_k
 from attrkit.parameter_gradients import restrict_gradients
 from attrkit.progress import progress
 from attrkit.properties import property_gradient
 from attrkit.store import DiskStore, FeatureStore, MemoryStore, fingerprint
 from attrkit.task import AttributionTask
 
-__all__ = ["GradientAttributor", "TopK", "check_partition"]
-
-
-def check_partition(groups: torch.Tensor, n_train: int, who: str) -> torch.Tensor:
-    """Validate a grouper's output: ``LongTensor[n_train]`` using every index ``0..G-1``.
-
-    Raises:
-        ValueError: wrong shape or dtype, negative indices, or unused group indices.
-    """
-    if groups.dtype != torch.long or groups.shape != (n_train,):
-        raise ValueError(f"{who} must return a LongTensor[{n_train}], got {groups.dtype} {tuple(groups.shape)}")
-    if n_train and (groups.min() < 0 or torch.unique(groups).numel() != int(groups.max()) + 1):
-        raise ValueError(f"{who} must number groups 0..G-1 with every index used")
-    return groups
-
-
-@attrs.frozen
-class TopK:
-    """Strongest proponents (highest scores) and opponents (lowest) per test example.
-
-    Attributes:
-        proponent_scores, opponent_scores: ``Tensor[n_test, k]`` float32, sorted by strength.
-        proponents, opponents: ``LongTensor[n_test, k]`` training (or group) indices.
-    """
-
-    proponent_scores: torch.Tensor
-    proponents: torch.Tensor
-    opponent_scores: torch.Tensor
-    opponents: torch.Tensor
-
-
-def _merge(
-    current: tuple[torch.Tensor, torch.Tensor] | None, tile: torch.Tensor, offset: int, k: int, largest: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Running top-k: merge ``tile`` (``[b, t]`` scores of columns ``offset..``) into ``current``."""
-    values, index = tile.topk(min(k, tile.shape[1]), dim=1, largest=largest)
-    index = index + offset
-    if current is not None:
-        values, index = torch.cat([current[0], values], 1), torch.cat([current[1], index], 1)
-    keep = values.topk(min(k, values.shape[1]), dim=1, largest=largest).indices
-    return values.gather(1, keep), index.gather(1, keep)
+__all__ = ["GradientAttributor"]
 
 
 def _count(batches: Iterable[Any]) -> int:
@@ -442,8 +403,8 @@ class GradientAttributor:
             for start in range(0, n, tile_rows):
                 stop = min(n, start + tile_rows)
                 tile = sum(f.member.weight * (q @ f.train[start:stop].T) for f, q in zip(fitted, queries))
-                best = _merge(best, tile.float().cpu(), start, k, largest=True)
-                worst = _merge(worst, tile.float().cpu(), start, k, largest=False)
+                best = merge_top_k(best, tile.float().cpu(), start, k, largest=True)
+                worst = merge_top_k(worst, tile.float().cpu(), start, k, largest=False)
             parts.append((best, worst))
         return TopK(
             proponent_scores=torch.cat([b[0] for b, _ in parts]),

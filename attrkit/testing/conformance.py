@@ -19,7 +19,7 @@ from attrkit.context import FitContext
 from attrkit.functional.factored import factored_gradients, plan_factors
 from attrkit.capabilities import HVP
 from attrkit.functional.gradients import flat_dimension, select_parameters
-from attrkit.gradient_method import check_partition
+from attrkit.selection import check_partition
 from attrkit.registry import Entry, Registry, default_registry
 from attrkit.results import MetricResult
 from attrkit.testing.toy import ToyProblem, autograd_gradients, toy_problem
