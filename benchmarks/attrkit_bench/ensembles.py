@@ -15,7 +15,6 @@ loaders and targets in the same process, right after attrkit's run of the same r
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 import time
@@ -35,7 +34,7 @@ from attrkit_bench.dattri_compare import require_dattri
 from attrkit_bench.dattri_ensembles import dattri_rps, dattri_tracin, dattri_trak
 from attrkit_bench.ensemble_report import markdown
 from attrkit_bench.influence_runs import measure
-from attrkit_bench.output import environment, write_results
+from attrkit_bench.output import add_run_arguments, environment, write_results
 from attrkit_bench.problem import Problem
 from attrkit_bench.settings import mnist_lr, mnist_mlp
 
@@ -160,11 +159,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--settings", default="mnist-lr,mnist-mlp", metavar="NAME,NAME",
                         help="comma-separated settings (default: mnist-lr,mnist-mlp)")
     parser.add_argument("--compare", choices=["dattri"], help="also run dattri's TRAK, TracIn and RPS")
-    parser.add_argument("--out", type=Path, default=Path("bench-out"), metavar="DIR", help="default: ./bench-out")
-    parser.add_argument("--markdown", type=Path, metavar="FILE", help="default: DIR/ENSEMBLES.md")
-    parser.add_argument("--cache", type=Path, metavar="DIR", help="default: $ATTRKIT_CACHE/bench/SETTING")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch intra-op threads")
-    parser.add_argument("--quick", action="store_true", help="every size shrunk: a smoke run of the same code")
+    add_run_arguments(parser, "ENSEMBLES.md")
     return parser
 
 

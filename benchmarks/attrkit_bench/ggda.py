@@ -35,7 +35,7 @@ from attrkit.targets import cross_entropy
 from attrkit_bench.cache import default_cache_dir
 from attrkit_bench.ggda_report import markdown, plot
 from attrkit_bench.memory import PeakMemory
-from attrkit_bench.output import environment, write_results
+from attrkit_bench.output import add_run_arguments, environment, write_results
 from attrkit_bench.problem import Problem
 from attrkit_bench.settings import adult, mnist_lr, mnist_mlp
 from attrkit_bench.settings.classifier import ClassifierConfig, ClassifierSetting
@@ -125,11 +125,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--settings", default="mnist-mlp,adult-mlp", help="comma-separated settings")
     parser.add_argument("--sizes", default="1,4,16,64,256", help="group sizes (1: pointwise)")
     parser.add_argument("--groupers", default="random,grad-kmeans", help="groupers for sizes > 1")
-    parser.add_argument("--out", type=Path, default=Path("bench-out"), metavar="DIR", help="default: ./bench-out")
-    parser.add_argument("--markdown", type=Path, metavar="FILE", help="default: DIR/GGDA.md")
-    parser.add_argument("--cache", type=Path, metavar="DIR", help="default: $ATTRKIT_CACHE/bench/SETTING")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
-    parser.add_argument("--quick", action="store_true", help="every size shrunk: a smoke run of the same code")
+    add_run_arguments(parser, "GGDA.md", threads=1)
     return parser
 
 

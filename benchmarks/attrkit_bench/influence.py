@@ -17,7 +17,6 @@ Writes ``{out}/influence[-quick].json`` and a markdown page (``--markdown``, def
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 import time
@@ -31,7 +30,7 @@ from attrkit_bench.cache import default_cache_dir
 from attrkit_bench.dattri_compare import require_dattri
 from attrkit_bench.influence_plan import LAMBDAS, QUICK_LAMBDAS, plan
 from attrkit_bench.influence_report import markdown
-from attrkit_bench.output import environment, write_results
+from attrkit_bench.output import add_run_arguments, environment, write_results
 from attrkit_bench.influence_rows import batch_dependence, compare_row, search_row
 from attrkit_bench.settings import get_setting
 
@@ -92,14 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--settings", default="mnist-lr,mnist-mlp", metavar="NAME,NAME",
                         help="comma-separated settings (default: mnist-lr,mnist-mlp)")
     parser.add_argument("--compare", choices=["dattri"], help="also run dattri's counterparts (pip install dattri)")
-    parser.add_argument("--out", type=Path, default=Path("bench-out"), metavar="DIR",
-                        help="folder of the JSON result (default: ./bench-out)")
-    parser.add_argument("--markdown", type=Path, metavar="FILE", help="the markdown page (default: DIR/INFLUENCE.md)")
-    parser.add_argument("--cache", type=Path, metavar="DIR",
-                        help="folder of cached models and ground truth (default: $ATTRKIT_CACHE/bench/SETTING)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                        help="torch intra-op threads (default: all cores)")
-    parser.add_argument("--quick", action="store_true", help="every size shrunk: a smoke run of the same code")
+    add_run_arguments(parser, "INFLUENCE.md")
     return parser
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -14,7 +15,20 @@ import torch
 import attrkit
 from attrkit_bench.dattri_compare import dattri_version
 
-__all__ = ["environment", "write_results"]
+__all__ = ["add_run_arguments", "environment", "write_results"]
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, page: str, threads: int | None = None) -> None:
+    """The options every comparison benchmark takes: ``--out``, ``--markdown``, ``--cache``,
+    ``--threads`` (default ``threads``, else every core) and ``--quick``."""
+    parser.add_argument("--out", type=Path, default=Path("bench-out"), metavar="DIR",
+                        help="folder of the JSON result (default: ./bench-out)")
+    parser.add_argument("--markdown", type=Path, metavar="FILE", help=f"the markdown page (default: DIR/{page})")
+    parser.add_argument("--cache", type=Path, metavar="DIR",
+                        help="folder of cached models and ground truth (default: $ATTRKIT_CACHE/bench/SETTING)")
+    default = threads or os.cpu_count() or 1
+    parser.add_argument("--threads", type=int, default=default, help=f"torch intra-op threads (default: {default})")
+    parser.add_argument("--quick", action="store_true", help="every size shrunk: a smoke run of the same code")
 
 
 def environment(with_dattri: bool) -> dict[str, Any]:
