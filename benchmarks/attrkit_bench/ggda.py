@@ -156,7 +156,10 @@ def main(argv: list[str] | None = None) -> int:
         "settings": settings,
     }
     write_results(document, args.out, "ggda", markdown, args.markdown)
-    plot(document, args.out / f"ggda{'-quick' if args.quick else ''}.png")
+    try:
+        plot(document, args.out / f"ggda{'-quick' if args.quick else ''}.png")
+    except ImportError:
+        print('plot skipped: matplotlib is not installed (pip install "attrkit[bench]")')
     return 0
 
 
