@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import attrs
 import torch
 
-from attrkit import capabilities
+from attrkit import capabilities, distributed
 from attrkit.context import FitContext, Member
 from attrkit.data import batch_size, check_fixed_order
 from attrkit.errors import DataLoaderError, NotFittedError, SpecError
@@ -71,6 +71,13 @@ class GradientAttributor:
 
     Subclasses set ``name``, ``Config``, ``slots``, ``defaults`` and ``normalize``.
     Memory: the training features of every member, ``Tensor[n_train, k]`` each.
+
+    With an initialised ``torch.distributed`` process group (:mod:`attrkit.distributed`),
+    ``fit`` splits the per-example training features and the solvers' curvature passes
+    over the ranks by batch index, and every rank ends with the same fitted state;
+    ``attribute`` and ``top_k`` score each rank's block of training columns and gather
+    them (or merge the candidates), and ``self_influence`` is computed whole on every
+    rank. Every rank returns the same result; all must make the same calls on the same data.
 
     Args:
         config: the method's config.
@@ -223,16 +230,21 @@ class GradientAttributor:
     def _example_features(
         self, index: int, member: Member, projector: Any, train: Iterable[Any], chunks: FeatureStore, n_members: int
     ) -> torch.Tensor:
-        """``Tensor[n_train, k]``: projected per-example training gradients of one member."""
+        """``Tensor[n_train, k]``: projected per-example training gradients of one member.
+
+        In distributed mode each rank computes (and stores) the batches it owns and the
+        chunks are gathered, so every rank returns the whole matrix.
+        """
         desc = f"{self.name}: train features ({member.label}, {index + 1}/{n_members})"
         count = 0
         for j, batch in enumerate(progress(train, desc)):
             count = j + 1
-            if not chunks.has(index, j):
+            if distributed.owns(j) and not chunks.has(index, j):
                 chunks.put(index, j, self._project(projector, self._gradients(member, batch, target=False)))
         if not count:
             raise DataLoaderError("the train loader yielded no batch")
-        return chunks.matrix(index, count).to(self.task.device)
+        mine = {j: chunks.get(index, j) for j in range(count) if distributed.owns(j)}
+        return torch.cat(distributed.gather_chunks(mine, count)).to(self.task.device)
 
     def _grouped_features(
         self,
@@ -334,20 +346,21 @@ class GradientAttributor:
             SpecError: properties with a gradient source that does not name its parameters.
         """
         fitted = self._require_fit()
+        cols = distributed.columns(fitted[0].train.shape[0])
         if test is None:
             total = 0.0
             for f in fitted:
                 query = self._query_side(f, self.property_gradients(f.member))
-                total = total + f.member.weight * (query @ f.train.T)
-            return total.float().cpu()
+                total = total + f.member.weight * (query @ f.train[cols].T)
+            return distributed.gather_columns(total.float().cpu())
         check_fixed_order(test, "test")
         rows = []
         for batch in progress(test, f"{self.name}: scoring"):
             total = 0.0
             for f in fitted:
                 query = self._query_side(f, self._gradients(f.member, batch, target=True))
-                total = total + f.member.weight * (query @ f.train.T)
-            rows.append(total.float().cpu())
+                total = total + f.member.weight * (query @ f.train[cols].T)
+            rows.append(distributed.gather_columns(total.float().cpu()))
         if not rows:
             raise DataLoaderError("the test loader yielded no batch")
         return torch.cat(rows)
@@ -383,7 +396,8 @@ class GradientAttributor:
         """The ``k`` strongest proponents and opponents of every test example.
 
         Scores are computed in tiles of ``tile_rows`` training rows and merged, so the
-        full ``[n_test, n_train]`` matrix is never held.
+        full ``[n_test, n_train]`` matrix is never held (in distributed mode, over each
+        rank's columns, then the ranks' candidates are merged).
 
         Returns:
             :class:`TopK` with ``[n_test, k]`` values (float32) and indices (int64), CPU.
@@ -396,16 +410,17 @@ class GradientAttributor:
         n = fitted[0].train.shape[0]
         if not 1 <= k <= n:
             raise ValueError(f"k must be in 1..{n} (the number of training columns), got {k}")
+        cols = distributed.columns(n)
         parts = []
         for batch in progress(test, f"{self.name}: top-{k}"):
             queries = [self._query_side(f, self._gradients(f.member, batch, target=True)) for f in fitted]
             best = worst = None
-            for start in range(0, n, tile_rows):
-                stop = min(n, start + tile_rows)
+            for start in range(cols.start, cols.stop, tile_rows):
+                stop = min(cols.stop, start + tile_rows)
                 tile = sum(f.member.weight * (q @ f.train[start:stop].T) for f, q in zip(fitted, queries))
                 best = merge_top_k(best, tile.float().cpu(), start, k, largest=True)
                 worst = merge_top_k(worst, tile.float().cpu(), start, k, largest=False)
-            parts.append((best, worst))
+            parts.append((distributed.gather_top_k(best, k, True), distributed.gather_top_k(worst, k, False)))
         return TopK(
             proponent_scores=torch.cat([b[0] for b, _ in parts]),
             proponents=torch.cat([b[1] for b, _ in parts]),

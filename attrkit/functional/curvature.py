@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch.func import functional_call, grad, jvp, vjp, vmap
 
+from attrkit import distributed
 from attrkit.data import batch_size, to_device
 from attrkit.errors import DataLoaderError, LossShapeError
 from attrkit.functional.gradients import BoundLoss, eval_mode
@@ -146,7 +147,11 @@ def _dataset_product(
     batches: Iterable[Any],
     per_batch: Callable[[torch.nn.Module, LossFn, State, Sequence[str], Any], Product],
 ) -> MatVec:
-    """``matvec`` averaging ``per_batch(...)`` products over every batch (the shared loop of the dataset products)."""
+    """``matvec`` averaging ``per_batch(...)`` products over every batch (the shared loop of the dataset products).
+
+    In distributed mode each rank sums its shard of the batches and the sums are
+    all-reduced (:mod:`attrkit.distributed`): every rank must call ``matvec`` in lock-step.
+    """
     point = {n: state[n] for n in names}
     sizes = [point[n].numel() for n in names]
     p = sum(sizes)
@@ -158,7 +163,7 @@ def _dataset_product(
         rows = v.reshape(-1, p).to(device=first.device, dtype=first.dtype)
         total, n = torch.zeros_like(rows), 0
         with eval_mode(model):
-            for batch in batches:
+            for batch in distributed.shard(batches):
                 batch = to_device(batch, first.device)
                 product = per_batch(model, loss_fn, state, names, batch)
 
@@ -168,6 +173,7 @@ def _dataset_product(
 
                 total += flat(rows[0]).unsqueeze(0) if rows.shape[0] == 1 else vmap(flat)(rows)
                 n += batch_size(batch)
+        (n,) = distributed.sum_over_ranks([total], [n])
         if n == 0:
             raise DataLoaderError("the training batches are empty; pass a re-iterable loader, not a one-shot generator")
         return (total / n).to(device=v.device, dtype=v.dtype).reshape(v.shape)

@@ -33,7 +33,9 @@ factored ``(G + √λ I) ⊗ (A + √λ I)``. Fallback parameters use the diagon
 Fisher ``d = (1/n) Σ_i g_i²`` and ``v / (d + λ)``.
 
 Factors are kept in the parameters' dtype and device; sums are accumulated batch by batch,
-so the result does not depend on how the training set is batched.
+so the result does not depend on how the training set is batched. In distributed mode
+(:mod:`attrkit.distributed`) each rank accumulates its shard of the batches and the sums
+are all-reduced before the eigendecompositions, so every rank holds the same factors.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from typing import Any
 import attrs
 import torch
 
+from attrkit import distributed
 from attrkit.data import batch_size, to_device
 from attrkit.errors import DataLoaderError
 from attrkit.functional.factored import FactoredGradients, FactorPlan, LayerFactors, factored_gradients, plan_factors
@@ -121,15 +124,26 @@ class EKFACFactors:
 
 def _stream(model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str, torch.Tensor], plan: FactorPlan,
             batches: Iterable[Any], visit: Callable[[FactoredGradients], None]) -> int:
-    """``visit`` each batch's factored per-example gradients; returns the number of examples."""
+    """``visit`` each of this rank's batches' factored per-example gradients (every batch
+    when not distributed); returns the number of examples visited."""
     device, n = state[plan.names[0]].device, 0
-    for batch in batches:
+    for batch in distributed.shard(batches):
         batch = to_device(batch, device)
         visit(factored_gradients(model, loss_fn, state, batch, plan))
         n += batch_size(batch)
-    if n == 0:
-        raise DataLoaderError("the training batches are empty; pass a re-iterable loader, not a one-shot generator")
     return n
+
+
+def _reduce(sums: Sequence[torch.Tensor], counts: Sequence[int]) -> list[int]:
+    """Sum ``sums`` (in place) and ``counts`` over ranks; ``counts[0]`` is the number of examples.
+
+    Raises:
+        DataLoaderError: no rank saw an example.
+    """
+    counts = distributed.sum_over_ranks(sums, counts)
+    if counts[0] == 0:
+        raise DataLoaderError("the training batches are empty; pass a re-iterable loader, not a one-shot generator")
+    return counts
 
 
 def _extended_inputs(layer: LayerFactors) -> torch.Tensor:
@@ -183,6 +197,7 @@ def fit_kfac(model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str, torch.
         diagonal.add_(grads.dense.square().sum(0))
 
     n = _stream(model, loss_fn, state, plan, batches, visit)
+    n, *positions = _reduce([t for pair in sums for t in pair] + [diagonal], [n, *positions])
     layers = []
     for (module, weight, bias), (a_sum, g_sum), count in zip(plan.layers, sums, positions, strict=True):
         a_cov, g_cov = a_sum / max(count, 1), g_sum / n
@@ -224,7 +239,7 @@ def fit_ekfac(model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str, torch
                 part = grads[start : start + step].layers[j]
                 total += part.project(fitted.input_basis, fitted.output_basis).square().sum(0).view_as(total)
 
-    n = _stream(model, loss_fn, state, plan_factors(model, names), batches, visit)
+    (n,) = _reduce(sums, [_stream(model, loss_fn, state, plan_factors(model, names), batches, visit)])
     return EKFACFactors(kfac=kfac, eigenvalues=tuple(total / n for total in sums))
 
 

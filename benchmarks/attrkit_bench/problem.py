@@ -11,7 +11,23 @@ import torch
 
 from attrkit.task import AttributionTask, LossFn
 
-__all__ = ["Problem", "Setting"]
+__all__ = ["NoisyLabels", "Problem", "Setting"]
+
+
+@attrs.frozen(kw_only=True)
+class NoisyLabels:
+    """The noisy-label detection task of a setting.
+
+    Attributes:
+        model: the setting's model retrained, same recipe and seed, on the training set
+            with a seeded fraction of labels flipped (eval mode).
+        train: fixed-order loader over the training set with the noisy labels.
+        flipped: ``BoolTensor[n_train]``, which labels were flipped (the ``auc`` ground truth).
+    """
+
+    model: torch.nn.Module
+    train: Iterable[Any]
+    flipped: torch.Tensor = attrs.field(repr=False)
 
 
 @attrs.frozen(kw_only=True)
@@ -32,6 +48,7 @@ class Problem:
         summary: the main facts of ``info`` as lines of text for the terminal.
         test: ``(x_test, y_test)`` of the whole test split (targets are its first rows),
             for retraining metrics that measure test accuracy; ``None`` if not kept.
+        noisy: the noisy-label detection task, or ``None``.
     """
 
     name: str
@@ -43,6 +60,7 @@ class Problem:
     info: Mapping[str, Any] = attrs.field(factory=dict)
     summary: str = ""
     test: tuple[torch.Tensor, torch.Tensor] | None = attrs.field(default=None, repr=False)
+    noisy: NoisyLabels | None = attrs.field(default=None, repr=False)
 
     def task(self) -> AttributionTask:
         """A fresh :class:`attrkit.AttributionTask` of the model and its loss."""

@@ -37,6 +37,9 @@ class MethodRun:
         provenance: ``{part: {"name", "plugin", "distribution", "version"}}``.
         lds: mean Spearman correlation over targets, in [-1, 1] (higher is better).
         lds_per_target: ``[n_targets]`` correlations; ``None`` where undefined.
+        auc: noisy-label detection ROC AUC: the method fitted on the model retrained with
+            10 % flipped labels ranks the training points by self-influence (``None``
+            when the setting has no noisy-label task).
         seconds: wall seconds of ``fit`` + ``attribute``.
         peak_mib: peak process RSS above its level at the start, MiB.
         cuda_peak_mib: peak CUDA allocation above the start, MiB; ``None`` off CUDA.
@@ -48,6 +51,7 @@ class MethodRun:
     provenance: dict[str, dict[str, str]]
     lds: float
     lds_per_target: list[float | None] = attrs.field(repr=False)
+    auc: float | None
     seconds: float
     peak_mib: float
     cuda_peak_mib: float | None
@@ -67,7 +71,7 @@ def run_method(problem: Problem, choice: MethodChoice, metric: Metric, registry:
     Args:
         problem: the prepared setting.
         choice: the method and its label.
-        metric: the ``lds`` metric.
+        metric: the ``lds`` metric (the ``auc`` one comes from ``registry``).
         registry: where the spec's parts are looked up; defaults to every installed plugin.
 
     Raises:
@@ -83,12 +87,20 @@ def run_method(problem: Problem, choice: MethodChoice, metric: Metric, registry:
     seconds = time.perf_counter() - start
     result = metric.evaluate(scores, problem.ground_truth)
     per_target = [None if math.isnan(v) else v for v in result.per_target.tolist()]
+    auc = None
+    if problem.noisy is not None:
+        noisy_task = attrs.evolve(task, model=problem.noisy.model)
+        influence = attrkit.compose(choice.spec, noisy_task, registry).fit(problem.noisy.train)
+        entry = (registry or attrkit.default_registry()).get("metric", "auc")
+        detection = entry.cls(entry.cls.Config())
+        auc = detection.evaluate(influence.self_influence(problem.noisy.train), {"flipped": problem.noisy.flipped}).value
     return MethodRun(
         label=choice.label,
         spec=attributor.resolved.spec.to_dict(),
         provenance=attributor.resolved.provenance(),
         lds=result.value,
         lds_per_target=per_target,
+        auc=auc,
         seconds=seconds,
         peak_mib=memory.peak_mib,
         cuda_peak_mib=memory.cuda_peak_mib,
@@ -97,9 +109,10 @@ def run_method(problem: Problem, choice: MethodChoice, metric: Metric, registry:
 
 
 def format_table(runs: Sequence[MethodRun]) -> str:
-    """The results as a fixed-width text table: method, LDS, time (s), peak mem (MiB)."""
-    header = ("method", "LDS", "time (s)", "peak mem (MiB)")
-    rows = [(r.label, f"{r.lds:.3f}", f"{r.seconds:.2f}", f"{r.peak_mib:.1f}") for r in runs]
+    """The results as a fixed-width text table: method, LDS, noisy-label AUC, time (s), peak mem (MiB)."""
+    header = ("method", "LDS", "noisy AUC", "time (s)", "peak mem (MiB)")
+    rows = [(r.label, f"{r.lds:.3f}", "–" if r.auc is None else f"{r.auc:.3f}", f"{r.seconds:.2f}",
+             f"{r.peak_mib:.1f}") for r in runs]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
 
     def line(cells: Sequence[str]) -> str:

@@ -4,6 +4,7 @@ A setting is a :class:`ClassifierSetting`: a name, a model constructor and two r
 (full and quick). Its :meth:`~ClassifierSetting.prepare` splits the data stratified into
 train and test (the first ``n_targets`` test points are the attribution targets), trains
 the model with seeded SGD on the per-example cross-entropy (also the attributed target),
+trains it again on the training set with 10 % of the labels flipped (noisy-label detection),
 and retrains ``n_models`` models on seeded random subsets for the LDS ground truth. The
 main model and every retrained model are cached in their own file, keyed by the recipe and
 the data's bytes, so a rerun loads them and an interrupted run resumes.
@@ -25,13 +26,15 @@ from attrkit.targets import cross_entropy
 from attrkit_bench.cache import fingerprint, load_or_create, recipe_key
 from attrkit_bench.data import load_mnist, stratified_split
 from attrkit_bench.ground_truth import lds_ground_truth
-from attrkit_bench.problem import Problem, Setting
+from attrkit_bench.problem import NoisyLabels, Problem, Setting
 from attrkit_bench.training import SGDRecipe, accuracy, per_example_loss, train_model
 
-__all__ = ["LOADER_BATCH_SIZE", "ClassifierConfig", "ClassifierSetting", "MakeModel"]
+__all__ = ["LOADER_BATCH_SIZE", "NOISY_FRACTION", "ClassifierConfig", "ClassifierSetting", "MakeModel", "flip_labels"]
 
 #: Batch size of the attribution loaders (never changes scores).
 LOADER_BATCH_SIZE = 256
+#: Fraction of training labels flipped for the noisy-label detection task.
+NOISY_FRACTION = 0.1
 #: ``make_model(n_features, n_classes) -> nn.Module``: an untrained classifier of flat inputs.
 MakeModel = Callable[[int, int], torch.nn.Module]
 
@@ -67,6 +70,21 @@ class ClassifierConfig:
     def subset_size(self) -> int:
         """Training examples per retrained model."""
         return round(self.subset_fraction * self.n_train)
+
+
+def flip_labels(y: torch.Tensor, n_classes: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded ``fraction`` of labels changed to another class, uniformly at random.
+
+    Returns:
+        ``(noisy LongTensor[n], flipped BoolTensor[n])``.
+    """
+    generator = torch.Generator().manual_seed(seed + 7919)
+    chosen = torch.randperm(y.numel(), generator=generator)[: round(fraction * y.numel())]
+    noisy = y.clone()
+    noisy[chosen] = (y[chosen] + torch.randint(1, n_classes, (chosen.numel(),), generator=generator)) % n_classes
+    flipped = torch.zeros(y.numel(), dtype=torch.bool)
+    flipped[chosen] = True
+    return noisy, flipped
 
 
 def _build(make_model: MakeModel, shape: tuple[int, int], state: dict[str, torch.Tensor]) -> torch.nn.Module:
@@ -157,6 +175,17 @@ class ClassifierSetting:
 
         main, model_made = load_or_create(cache_dir / f"{self.name}-model-{key}.pt", fit_main)
         model = _build(self.make_model, shape, main["state_dict"])
+        y_noisy, flipped = flip_labels(y_train, shape[1], NOISY_FRACTION, config.seed)
+
+        def fit_noisy() -> dict[str, Any]:
+            return {"state_dict": fit(x_train, y_noisy, config.seed).state_dict()}
+
+        noisy_state, _ = load_or_create(cache_dir / f"{self.name}-noisy-{key}.pt", fit_noisy)
+        noisy = NoisyLabels(
+            model=_build(self.make_model, shape, noisy_state["state_dict"]),
+            train=DataLoader(TensorDataset(x_train, y_noisy), batch_size=LOADER_BATCH_SIZE, shuffle=False),
+            flipped=flipped,
+        )
 
         def retrain(indices: torch.Tensor, seed: int) -> torch.Tensor:
             return per_example_loss(fit(x_train[indices], y_train[indices], seed), cross_entropy, x_targets, y_targets)
@@ -204,6 +233,7 @@ class ClassifierSetting:
             train=DataLoader(TensorDataset(x_train, y_train), batch_size=LOADER_BATCH_SIZE, shuffle=False),
             targets=DataLoader(TensorDataset(x_targets, y_targets), batch_size=LOADER_BATCH_SIZE, shuffle=False),
             test=(x_test, y_test),
+            noisy=noisy,
             ground_truth=truth.as_mapping(),
             info=info,
             summary=summary,
