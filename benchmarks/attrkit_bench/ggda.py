@@ -18,7 +18,6 @@ retraining score is written beside the JSON and markdown.
 from __future__ import annotations
 
 import argparse
-import functools
 import gc
 import shlex
 import sys
@@ -65,7 +64,7 @@ def _retrainer(declaration: ClassifierSetting, config: ClassifierConfig, problem
                y_test: torch.Tensor) -> Any:
     """``retrain(keep) -> test accuracy`` of a model trained from scratch on the kept points (memoised)."""
     x, y = problem.train.dataset.tensors  # type: ignore[attr-defined]
-    make = functools.partial(declaration.make_model, x.shape[1], int(y.max()) + 1)
+    make = declaration.constructor(problem)
     seen: dict[bytes, float] = {}
 
     def retrain(keep: torch.Tensor) -> float:

