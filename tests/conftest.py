@@ -11,6 +11,9 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 os.environ.setdefault("ATTRKIT_PROGRESS", "0")
+# Benchmark ground truth retrains in this process (spawning workers costs seconds per call);
+# tests/test_retraining.py exercises the worker processes on purpose.
+os.environ.setdefault("ATTRKIT_BENCH_WORKERS", "1")
 
 import attrkit  # noqa: E402
 from attrkit.testing import toy_problem  # noqa: E402

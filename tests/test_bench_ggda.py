@@ -18,7 +18,7 @@ from test_bench import synthetic
 def test_quick_run_writes_table_json_and_plot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     data = synthetic(n=400)
     monkeypatch.setattr(classifier, "load_mnist", lambda: data)
-    shrunk = attrs.evolve(mnist_mlp.QUICK, n_train=160, n_test=60, n_targets=10, n_models=2,
+    shrunk = attrs.evolve(mnist_mlp.QUICK, n_train=160, n_test=60, n_targets=10, n_models=4,
                           recipe=attrs.evolve(mnist_mlp.QUICK.recipe, epochs=2))
     monkeypatch.setitem(ggda._DECLARATIONS, "mnist-mlp", attrs.evolve(mnist_mlp.DECLARATION, quick=shrunk))
     out = tmp_path / "o"

@@ -14,7 +14,7 @@ import torch
 __all__ = ["default_cache_dir", "fingerprint", "load_or_create", "recipe_key"]
 
 #: Bumped whenever the code that makes a cached artifact changes its result.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def default_cache_dir(setting: str) -> Path:

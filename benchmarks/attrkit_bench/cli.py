@@ -1,17 +1,31 @@
-"""``attrkit bench``: run a benchmark setting, list the settings, or run ``attrkit bench influence``."""
+"""``attrkit bench``: run a benchmark setting, list the settings, or run a comparison benchmark.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) every rank joins a gloo process
+group (NCCL on CUDA) and the methods run in attrkit's distributed mode; rank 0 prepares
+the setting first (the others then load it from the cache) and alone prints and writes.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+import torch
+import torch.distributed as dist
 
 import attrkit
 from attrkit.errors import SpecError
 from attrkit_bench.cache import default_cache_dir
-from attrkit_bench.methods import parse_methods, split_specs
-from attrkit_bench.runner import format_table, run_benchmark
+from attrkit.registry import Registry
+from attrkit_bench.methods import MethodChoice, MetricChoice, parse_methods, parse_metrics, split_specs
+from attrkit_bench.problem import Setting
+from attrkit_bench.runner import default_metrics, run_benchmark, write_document
 from attrkit_bench.settings import SETTINGS, get_setting
+from attrkit_bench.table import format_table
 
 __all__ = ["main"]
 
@@ -19,9 +33,10 @@ __all__ = ["main"]
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="attrkit bench",
-        description="Benchmark attribution methods on a setting: LDS, wall time and peak memory.",
+        description="Benchmark attribution methods on a setting: every metric, wall time and peak memory.",
         epilog="attrkit bench influence --help: the influence-function solver benchmark; "
-        "attrkit bench ensembles --help: TRAK/TracIn/RPS and ensembles; attrkit bench ggda --help: group attribution.",
+        "attrkit bench ensembles --help: TRAK/TracIn/RPS and ensembles; attrkit bench ggda --help: group attribution. "
+        "Distributed: torchrun --nproc-per-node N -m attrkit bench SETTING ...",
     )
     parser.add_argument("setting", nargs="?", help="the setting to run (see --list)")
     parser.add_argument("--list", action="store_true", help="list the settings and exit")
@@ -29,23 +44,26 @@ def _parser() -> argparse.ArgumentParser:
         "--methods",
         action="append",
         metavar="SPEC,SPEC...",
-        help="methods to run: registered method or preset names, JSON spec files or JSON specs, "
-        "comma-separated (may be repeated); default: the setting's own list",
+        help="methods to run: registered method or preset names, JSON specs, or JSON files of one spec or a list "
+        "(a spec may add \"label\" and \"members\": \"independent:10\" or \"trajectory:5\"), comma-separated, "
+        "repeatable; default: the setting's own list",
     )
     parser.add_argument(
-        "--out",
-        type=Path,
-        default=Path("bench-out"),
-        metavar="DIR",
-        help="folder of the JSON result (default: ./bench-out)",
+        "--metrics",
+        action="append",
+        metavar="METRIC,METRIC...",
+        help="metrics: lds, loo, auc, brittleness, retraining, pruning, or JSON {\"name\": ..., params}; "
+        "default: lds, loo (where the setting has it) and auc",
     )
-    parser.add_argument(
-        "--cache",
-        type=Path,
-        metavar="DIR",
-        help="folder of cached models and ground truth (default: $ATTRKIT_CACHE/bench/SETTING, "
-        "ATTRKIT_CACHE defaulting to ~/.cache/attrkit)",
-    )
+    parser.add_argument("--compare", choices=["dattri"], help="also run dattri's counterpart of each method")
+    parser.add_argument("--out", type=Path, default=Path("bench-out"), metavar="DIR",
+                        help="folder of the JSON result and the plots (default: ./bench-out)")
+    parser.add_argument("--cache", type=Path, metavar="DIR",
+                        help="folder of cached models and ground truth (default: $ATTRKIT_CACHE/bench/SETTING, "
+                        "ATTRKIT_CACHE defaulting to ~/.cache/attrkit)")
+    parser.add_argument("--workers", type=int, metavar="N",
+                        help="processes retraining ground truth (default: $ATTRKIT_BENCH_WORKERS, else every core)")
+    parser.add_argument("--no-plots", action="store_true", help="write no PNG plots")
     parser.add_argument("--quick", action="store_true", help="every size shrunk: a smoke run of the same code")
     return parser
 
@@ -57,20 +75,21 @@ def _list() -> str:
     )
 
 
-def main(argv: list[str]) -> int:
-    """Run ``attrkit bench`` with ``argv`` (the arguments after ``bench``).
+@contextmanager
+def _process_group() -> Iterator[int]:
+    """Join ``torchrun``'s process group when there is one; yields this process's rank (0 alone)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        yield dist.get_rank() if dist.is_initialized() else 0
+        return
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    try:
+        yield dist.get_rank()
+    finally:
+        dist.destroy_process_group()
 
-    Prints the setting's facts and a table (method, LDS, time, peak memory) and writes
-    ``{out}/{setting}.json`` (``{setting}-quick.json`` with ``--quick``).
 
-    ``attrkit bench influence ARGS`` runs :func:`attrkit_bench.influence.main` with ``ARGS``;
-    ``attrkit bench ensembles ARGS`` runs :func:`attrkit_bench.ensembles.main`;
-    ``attrkit bench ggda ARGS`` runs :func:`attrkit_bench.ggda.main`.
-
-    Returns:
-        0 on success, 2 on a usage error (unknown setting, invalid method spec) or
-        when the setting's data needs a package that is not installed.
-    """
+def _comparison(argv: list[str]) -> int | None:
+    """Run ``attrkit bench influence|ensembles|ggda ARGS``; ``None`` for any other command."""
     if argv[:1] == ["influence"]:
         from attrkit_bench.influence import main as influence_main
 
@@ -83,6 +102,28 @@ def main(argv: list[str]) -> int:
         from attrkit_bench.ggda import main as ggda_main
 
         return ggda_main(argv[1:])
+    return None
+
+
+def main(argv: list[str]) -> int:
+    """Run ``attrkit bench`` with ``argv`` (the arguments after ``bench``).
+
+    Prints the setting's facts and a table (method, each metric, time, peak memory, and
+    dattri's with ``--compare dattri``), and writes ``{out}/{setting}.json`` plus the PNG
+    plots ``{setting}-vs-time.png`` and ``{setting}-bars.png`` (``-quick`` in the names
+    with ``--quick``).
+
+    ``attrkit bench influence ARGS`` runs :func:`attrkit_bench.influence.main` with ``ARGS``;
+    ``attrkit bench ensembles ARGS`` runs :func:`attrkit_bench.ensembles.main`;
+    ``attrkit bench ggda ARGS`` runs :func:`attrkit_bench.ggda.main`.
+
+    Returns:
+        0 on success, 2 on a usage error (unknown setting, invalid method or metric spec,
+        dattri missing) or when the setting's data needs a package that is not installed.
+    """
+    comparison = _comparison(argv)
+    if comparison is not None:
+        return comparison
     parser = _parser()
     args = parser.parse_args(argv)
     if args.list:
@@ -99,6 +140,8 @@ def main(argv: list[str]) -> int:
     texts = [t for group in args.methods for t in split_specs(group)] if args.methods else setting.default_methods
     try:
         choices = parse_methods(texts, registry)
+        metric_texts = [t for group in args.metrics or [] for t in split_specs(group)]
+        metrics = parse_metrics(metric_texts, registry) if metric_texts else None
     except (SpecError, OSError) as exc:
         print(f"attrkit bench: {exc}", file=sys.stderr)
         return 2
@@ -111,13 +154,57 @@ def main(argv: list[str]) -> int:
     if problems:
         print("attrkit bench: " + "\n".join(problems), file=sys.stderr)
         return 2
+    if args.compare:
+        from attrkit_bench.dattri_compare import require_dattri
+
+        try:
+            require_dattri()
+        except ImportError as exc:
+            print(f"attrkit bench: {exc}", file=sys.stderr)
+            return 2
+    if args.workers is not None:
+        os.environ["ATTRKIT_BENCH_WORKERS"] = str(args.workers)
+    with _process_group() as rank:
+        return _run(args, setting, choices, metrics, registry, rank)
+
+
+def _run(args: argparse.Namespace, setting: Setting, choices: list[MethodChoice], metrics: list[MetricChoice] | None,
+         registry: Registry, rank: int) -> int:
+    """Prepare the setting (rank 0 first), run the methods, print and write (rank 0)."""
+    cache = args.cache or default_cache_dir(setting.name)
     try:
-        problem = setting.prepare(args.cache or default_cache_dir(setting.name), args.quick)
+        if rank == 0:
+            problem = setting.prepare(cache, args.quick)
+        if dist.is_initialized():
+            dist.barrier()
+        if rank != 0:
+            problem = setting.prepare(cache, args.quick)
     except ImportError as exc:  # the setting's data needs an optional package
         print(f"attrkit bench: {exc}", file=sys.stderr)
         return 2
-    print(problem.summary)
-    runs, path = run_benchmark(problem, choices, args.out, quick=args.quick, registry=registry)
-    print(format_table(runs))
+    if metrics is None:
+        metrics = parse_metrics(default_metrics(problem), registry)
+    say = print if rank == 0 else (lambda *_, **__: None)
+    say(problem.summary)
+    if any(m.name == "loo" for m in metrics) and "loo" in problem.truths:
+        problem.truth("loo")  # made before any method is timed
+        info = problem.info
+        say(f"LOO ground truth: {info['config']['loo_points']} points x {info['config']['loo_seeds']} seeds, "
+            f"{info['loo_seconds']:.1f} s of retraining ({info['loo_retrained']} retrained now); "
+            f"seed agreement of the effects {info['loo_seed_agreement']:.3f}")
+    document = run_benchmark(problem, choices, metrics, compare=bool(args.compare), registry=registry,
+                             on_run=lambda run: say(f"  done: {run.label} ({run.seconds:.1f} s)", flush=True))
+    if rank != 0:
+        return 0
+    print(format_table(document))
+    path = write_document(document, args.out, args.quick)
     print(f"results: {path}")
+    if not args.no_plots:
+        from attrkit_bench.plots import write_plots
+
+        try:
+            for plot in write_plots(document, args.out, path.stem):
+                print(f"plot: {plot}")
+        except ImportError as exc:
+            print(f"no plots: {exc}")
     return 0

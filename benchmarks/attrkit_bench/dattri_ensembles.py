@@ -98,14 +98,15 @@ def dattri_trak(model: torch.nn.Module, states: Sequence[dict[str, torch.Tensor]
 
 
 def dattri_tracin(model: torch.nn.Module, states: Sequence[dict[str, torch.Tensor]], rates: Sequence[float],
-                  train: DataLoader, targets: DataLoader) -> Scores:
-    """dattri's ``TracInAttributor`` (no projection, unnormalised) over checkpoints ``states``."""
+                  train: DataLoader, targets: DataLoader, normalized: bool = False) -> Scores:
+    """dattri's ``TracInAttributor`` (no projection) over checkpoints ``states``; ``normalized``
+    divides each gradient by its norm (one checkpoint, weight 1: grad-cos; unnormalised: grad-dot)."""
     from dattri.algorithm.tracin import TracInAttributor
 
     def run() -> torch.Tensor:
         copied = _wrapped(copy.deepcopy(model))
         task = _task(copied, _loss(copied), _states(model, states))
-        attributor = TracInAttributor(task, weight_list=torch.tensor(list(rates)), normalized_grad=False,
+        attributor = TracInAttributor(task, weight_list=torch.tensor(list(rates)), normalized_grad=normalized,
                                       device="cpu")
         return attributor.attribute(train, targets)
 

@@ -1,10 +1,20 @@
-"""LDS ground truth: models retrained on random subsets, each cached in its own file."""
+"""Retraining ground truth: LDS (models on random halves) and leave-one-out removals.
+
+Both are made by the retraining engine (:func:`~attrkit_bench.retraining.run_jobs`): one
+cached file per retrained model, jobs in parallel processes, resumable, deterministic.
+A ``retrain(keep, seed)`` callable trains the setting's model on the kept examples with
+that seed and returns the attributed targets' values and the model's state.
+
+LDS follows dattri's protocol: ``n_models`` models on seeded random subsets; the first
+half may serve as ensemble members (:attr:`LDSGroundTruth.members`), the second half
+scores LDS (:meth:`LDSGroundTruth.as_mapping`), so no model both builds and judges an
+attribution.
+"""
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,41 +22,62 @@ from typing import Any
 import attrs
 import torch
 
-from attrkit.progress import progress
-from attrkit_bench.cache import load_or_create
+from attrkit_bench.retraining import run_jobs
 
-__all__ = ["LDSGroundTruth", "lds_ground_truth", "subset_seed"]
+__all__ = ["LDSGroundTruth", "LOOGroundTruth", "Retrain", "derived_seed", "lds_ground_truth", "loo_ground_truth"]
 
-#: ``retrain(indices, seed) -> Tensor[n_targets]``: train on ``indices`` (``LongTensor``,
-#: sorted) with ``seed`` and return the target values (loss-like) of the resulting model.
-Retrain = Callable[[torch.Tensor, int], torch.Tensor]
+#: ``retrain(keep BoolTensor[n_train], seed) -> (values Tensor[n_targets], state_dict)``:
+#: train on the kept examples with ``seed``; the target values (loss-like) and the weights.
+Retrain = Callable[[torch.Tensor, int], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+def derived_seed(*parts: object) -> int:
+    """A 63-bit seed derived from ``parts`` (e.g. ``("lds", setting_seed, model)``)."""
+    text = "/".join(str(p) for p in parts)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") >> 1
 
 
 @attrs.frozen(kw_only=True)
 class LDSGroundTruth:
-    """What the LDS metric needs, and what making it cost.
+    """The retrained models of the LDS protocol, and what making them cost.
 
     Attributes:
         subsets: ``BoolTensor[n_models, n_train]``, the training subset of each model.
         values: ``Tensor[n_models, n_targets]``, each model's target values (loss-like).
-        seconds: wall seconds spent retraining all models, summed over the runs that
-            made them (cached files keep their own time).
+        states: each model's ``state_dict``, in model order.
+        seconds: wall seconds of all retrainings, summed over the jobs that made them
+            (cached files keep their own time), i.e. single-process cost.
         created: how many models this call retrained (the rest came from the cache).
     """
 
     subsets: torch.Tensor = attrs.field(repr=False)
     values: torch.Tensor = attrs.field(repr=False)
+    states: list[dict[str, torch.Tensor]] = attrs.field(repr=False)
     seconds: float
     created: int
 
+    @property
+    def split(self) -> int:
+        """Models ``0..split-1`` are members, ``split..n_models-1`` score LDS."""
+        return self.subsets.shape[0] // 2
+
+    @property
+    def members(self) -> list[dict[str, torch.Tensor]]:
+        """The first half's states: models trained on random halves, for ensembles (TRAK-M)."""
+        return self.states[: self.split]
+
     def as_mapping(self) -> dict[str, torch.Tensor]:
-        """``{"subsets", "values"}``, the ground truth the ``lds`` metric reads."""
-        return {"subsets": self.subsets, "values": self.values}
+        """``{"subsets", "values"}`` of the second half, the ground truth the ``lds`` metric reads."""
+        return {"subsets": self.subsets[self.split:], "values": self.values[self.split:]}
 
 
-def subset_seed(seed: int, model: int) -> int:
-    """A 63-bit seed for retrained model ``model``, derived from the setting's ``seed``."""
-    return int.from_bytes(hashlib.sha256(f"lds/{seed}/{model}".encode()).digest()[:8], "big") >> 1
+def _lds_job(retrain: Retrain, seed: int, n_train: int, subset_size: int, model: int) -> dict[str, Any]:
+    model_seed = derived_seed("lds", seed, model)
+    generator = torch.Generator().manual_seed(model_seed)
+    keep = torch.zeros(n_train, dtype=torch.bool)
+    keep[torch.randperm(n_train, generator=generator)[:subset_size]] = True
+    values, state = retrain(keep, model_seed)
+    return {"subset": keep, "values": values, "state_dict": state}
 
 
 def lds_ground_truth(
@@ -58,43 +89,118 @@ def lds_ground_truth(
     seed: int,
     cache_dir: Path,
     prefix: str,
+    workers: int | None = None,
 ) -> LDSGroundTruth:
     """Retrain ``n_models`` models on seeded random subsets, reusing cached ones.
 
-    Model ``s`` draws ``subset_size`` of the ``n_train`` examples with a generator seeded
-    by ``subset_seed(seed, s)`` and is trained with that seed, so it depends only on
-    ``s`` and the recipe: raising ``n_models`` keeps the models already made. Each is
-    saved atomically to ``{cache_dir}/{prefix}-{s:04d}.pt``; an interrupted run resumes
-    where it stopped. ``prefix`` must identify the recipe (e.g. hold its cache key).
+    Model ``s`` keeps ``subset_size`` of the ``n_train`` examples drawn with a generator
+    seeded by ``derived_seed("lds", seed, s)`` and is trained with that seed, so it
+    depends only on ``s`` and the recipe: raising ``n_models`` keeps the models already
+    made. Each is saved to ``{cache_dir}/{prefix}-{s:04d}.pt``. ``prefix`` must identify
+    the recipe (e.g. hold its cache key).
 
     Args:
-        retrain: trains one model and returns its target values.
+        retrain: trains one model (picklable when ``workers`` > 1).
         n_train: size of the full training set.
         subset_size: examples per retrained model.
-        n_models: number of retrained models.
+        n_models: number of retrained models (even: half members, half LDS).
         seed: the setting's seed.
         cache_dir: folder of the cache files.
         prefix: file name prefix.
+        workers: processes (see :func:`~attrkit_bench.retraining.run_jobs`).
+    """
+    job = functools.partial(_lds_job, retrain, seed, n_train, subset_size)
+    paths = [cache_dir / f"{prefix}-{s:04d}.pt" for s in range(n_models)]
+    artifacts, created = run_jobs(job, paths, workers=workers, desc=f"LDS ground truth ({n_models} models)")
+    return LDSGroundTruth(
+        subsets=torch.stack([a["subset"] for a in artifacts]),
+        values=torch.stack([a["values"] for a in artifacts]),
+        states=[a["state_dict"] for a in artifacts],
+        seconds=sum(float(a["seconds"]) for a in artifacts),
+        created=created,
+    )
 
-    Returns:
-        The stacked subsets and values.
+
+@attrs.frozen(kw_only=True)
+class LOOGroundTruth:
+    """Leave-one-out effects on a fixed sample of training points, averaged over seeds.
+
+    Attributes:
+        indices: ``LongTensor[m]``, the removed training points (sorted).
+        values: ``Tensor[m, n_targets]``, target values without each point, mean over seeds.
+        base: ``Tensor[n_targets]``, target values of the full-data models, mean over seeds.
+        seed_agreement: mean over pairs of seeds of the Pearson correlation between their
+            effects ``values - base`` (all points and targets flattened): how much of the
+            LOO signal is reproducible rather than training noise (1 = identical).
+        seconds: summed wall seconds of the retrainings.
+        created: retrainings made by this call.
     """
 
-    def make(model: int) -> dict[str, Any]:
-        model_seed = subset_seed(seed, model)
-        generator = torch.Generator().manual_seed(model_seed)
-        indices = torch.randperm(n_train, generator=generator)[:subset_size].sort().values
-        start = time.perf_counter()
-        values = retrain(indices, model_seed)
-        subset = torch.zeros(n_train, dtype=torch.bool)
-        subset[indices] = True
-        return {"subset": subset, "values": values, "seconds": time.perf_counter() - start}
+    indices: torch.Tensor = attrs.field(repr=False)
+    values: torch.Tensor = attrs.field(repr=False)
+    base: torch.Tensor = attrs.field(repr=False)
+    seed_agreement: float
+    seconds: float
+    created: int
 
-    subsets, values, seconds, created = [], [], 0.0, 0
-    for model in progress(range(n_models), desc=f"LDS ground truth ({n_models} models)", total=n_models):
-        artifact, made = load_or_create(cache_dir / f"{prefix}-{model:04d}.pt", functools.partial(make, model))
-        subsets.append(artifact["subset"])
-        values.append(artifact["values"])
-        seconds += float(artifact["seconds"])
-        created += made
-    return LDSGroundTruth(subsets=torch.stack(subsets), values=torch.stack(values), seconds=seconds, created=created)
+    def as_mapping(self) -> dict[str, torch.Tensor]:
+        """``{"indices", "values", "base"}``, the ground truth the ``loo`` metric reads."""
+        return {"indices": self.indices, "values": self.values, "base": self.base}
+
+
+def _loo_job(retrain: Retrain, n_train: int, points: torch.Tensor, seeds: list[int], index: int) -> dict[str, Any]:
+    """Job ``index = j * len(seeds) + s``: seed ``s`` without point ``j - 1`` (``j = 0``: no removal)."""
+    j, s = divmod(index, len(seeds))
+    keep = torch.ones(n_train, dtype=torch.bool)
+    if j:
+        keep[points[j - 1]] = False
+    return {"values": retrain(keep, seeds[s])[0]}
+
+
+def _agreement(effects: torch.Tensor) -> float:
+    flat = effects.flatten(1).double()
+    flat = flat - flat.mean(1, keepdim=True)
+    flat = flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-300)
+    corr = flat @ flat.T
+    n = corr.shape[0]
+    return float((corr.sum() - corr.diagonal().sum()) / (n * (n - 1))) if n > 1 else float("nan")
+
+
+def loo_ground_truth(
+    retrain: Retrain,
+    *,
+    n_train: int,
+    n_points: int,
+    n_seeds: int,
+    seed: int,
+    cache_dir: Path,
+    prefix: str,
+    workers: int | None = None,
+) -> LOOGroundTruth:
+    """Retrain without each of ``n_points`` sampled training points, with ``n_seeds`` seeds.
+
+    The points are a seeded sample of the training set; seed ``s`` is
+    ``derived_seed("loo", seed, s)``. ``retrain`` should perturb training as little as
+    possible when one point goes (same initialisation, same order of the rest; see
+    :func:`~attrkit_bench.training.sgd_epochs`). Cost: ``(n_points + 1) · n_seeds``
+    retrainings, each cached in ``{cache_dir}/{prefix}-{index:05d}.pt``.
+    """
+    if n_points < 2 or n_points > n_train or n_seeds < 1:
+        raise ValueError(f"need 2 <= n_points <= n_train ({n_train}) and n_seeds >= 1, got {n_points}, {n_seeds}")
+    generator = torch.Generator().manual_seed(derived_seed("loo-points", seed))
+    points = torch.randperm(n_train, generator=generator)[:n_points].sort().values
+    seeds = [derived_seed("loo", seed, s) for s in range(n_seeds)]
+    job = functools.partial(_loo_job, retrain, n_train, points, seeds)
+    count = (n_points + 1) * n_seeds
+    paths = [cache_dir / f"{prefix}-{i:05d}.pt" for i in range(count)]
+    artifacts, created = run_jobs(job, paths, workers=workers, desc=f"LOO ground truth ({count} models)")
+    values = torch.stack([a["values"] for a in artifacts]).reshape(n_points + 1, n_seeds, -1)
+    effects = (values[1:] - values[:1]).transpose(0, 1)  # [n_seeds, m, n_targets]
+    return LOOGroundTruth(
+        indices=points,
+        values=values[1:].mean(1),
+        base=values[0].mean(0),
+        seed_agreement=_agreement(effects),
+        seconds=sum(float(a["seconds"]) for a in artifacts),
+        created=created,
+    )

@@ -26,7 +26,7 @@ from attrkit.targets import cross_entropy
 from attrkit_bench.cache import load_or_create, recipe_key
 from attrkit_bench.problem import Problem
 from attrkit_bench.settings.classifier import ClassifierConfig, ClassifierSetting
-from attrkit_bench.training import SGDRecipe, sgd_epochs, train_model
+from attrkit_bench.training import SGDRecipe, sgd_epochs, train_model, trajectory_states
 
 __all__ = ["LORA_RANK", "LORA_RECIPE", "Members", "independent", "lora", "trajectory"]
 
@@ -93,18 +93,9 @@ def trajectory(declaration: ClassifierSetting, config: ClassifierConfig, problem
     anyway is nothing extra.
     """
     x, y = _data(problem)
-    epochs = config.recipe.epochs
-    keep = sorted({round(epochs * (j + 1) / k) for j in range(k)})
 
     def produce() -> list[dict[str, torch.Tensor]]:
-        states: list[dict[str, torch.Tensor]] = []
-
-        def save(epoch: int, model: torch.nn.Module) -> None:
-            if epoch in keep:
-                states.append({n: t.detach().clone() for n, t in model.state_dict().items()})
-
-        train_model(declaration.constructor(problem), cross_entropy, x, y, config.recipe, config.seed, on_epoch=save)
-        return states
+        return trajectory_states(declaration.constructor(problem), cross_entropy, x, y, config.recipe, config.seed, k)
 
     artifact, cached = _cached(_path(cache_dir, problem, "trajectory", {"k": k}), produce)
     return Members(states=artifact["states"], seconds=float(artifact["seconds"]), cached=cached)

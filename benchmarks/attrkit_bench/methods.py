@@ -1,4 +1,4 @@
-"""Method choices from the command line: registered names, preset names, JSON files or JSON text."""
+"""Method and metric choices from the command line: registered names, preset names, JSON files or JSON text."""
 
 from __future__ import annotations
 
@@ -12,7 +12,17 @@ from attrkit.errors import SpecError
 from attrkit.registry import Registry
 from attrkit.spec import Spec
 
-__all__ = ["MethodChoice", "default_label", "parse_methods", "split_specs"]
+__all__ = [
+    "BENCH_METRIC_DEFAULTS", "MEMBERS_KEY", "MethodChoice", "MetricChoice", "default_label", "parse_methods",
+    "parse_metrics", "split_specs",
+]
+
+#: The bench-only key of a method spec naming the members it runs over: ``"KIND:COUNT"``,
+#: ``KIND`` one of :data:`attrkit_bench.problem.MEMBER_KINDS` (``"independent:10"``).
+MEMBERS_KEY = "members"
+#: Metric parameters the benchmark uses unless a ``--metrics`` spec sets them: brittleness
+#: retrains per target and ``k``, so it is judged on the first 20 targets.
+BENCH_METRIC_DEFAULTS: Mapping[str, Mapping[str, Any]] = {"brittleness": {"max_targets": 20}}
 
 
 @attrs.frozen(kw_only=True)
@@ -22,10 +32,26 @@ class MethodChoice:
     Attributes:
         label: its name in the table and the JSON file.
         spec: what is passed to :func:`attrkit.compose` (a spec dict).
+        members: ``(kind, count)`` of the ensemble members the setting produces for it
+            (the spec's ``"members": "KIND:COUNT"``), or ``None``: the trained model.
     """
 
     label: str
     spec: Mapping[str, Any]
+    members: tuple[str, int] | None = None
+
+
+@attrs.frozen(kw_only=True)
+class MetricChoice:
+    """One metric to evaluate every method with.
+
+    Attributes:
+        name: the registered metric (``"lds"``).
+        params: its config values (:data:`BENCH_METRIC_DEFAULTS` merged under the given ones).
+    """
+
+    name: str
+    params: Mapping[str, Any] = attrs.field(factory=dict)
 
 
 def split_specs(text: str) -> list[str]:
@@ -66,28 +92,41 @@ def default_label(spec: Spec) -> str:
     return "+".join(parts)
 
 
-def _parse_one(text: str, registry: Registry) -> MethodChoice:
-    if text.lstrip().startswith("{"):
-        data = Spec.loads(text)
-    elif Path(text).suffix == ".json" or "/" in text:
-        data = Spec.loads(Path(text).read_text())
-    elif text in registry.presets:
-        return MethodChoice(label=text, spec=dict(registry.presets[text][0]))
-    else:
-        return MethodChoice(label=text, spec={"method": text})
+def _members(text: str, value: Any) -> tuple[str, int]:
+    kind, _, count = str(value).partition(":")
+    if not count.isdigit() or int(count) < 1:
+        raise SpecError([f"{text}: '{MEMBERS_KEY}' must be 'KIND:COUNT' such as 'independent:10', got {value!r}"])
+    return kind, int(count)
+
+
+def _choice(text: str, data: Any) -> MethodChoice:
     if not isinstance(data, dict):
         raise SpecError([f"{text}: a spec must be a JSON object, got {type(data).__name__}"])
     label = data.pop("label", None)
-    return MethodChoice(label=label or default_label(Spec.from_dict(data)), spec=data)
+    members = data.pop(MEMBERS_KEY, None)
+    return MethodChoice(label=label or default_label(Spec.from_dict(data)), spec=data,
+                        members=None if members is None else _members(text, members))
+
+
+def _parse_one(text: str, registry: Registry) -> list[MethodChoice]:
+    if text.lstrip().startswith("{"):
+        return [_choice(text, Spec.loads(text))]
+    if Path(text).suffix == ".json" or "/" in text:
+        data = Spec.loads(Path(text).read_text())
+        return [_choice(text, item) for item in data] if isinstance(data, list) else [_choice(text, data)]
+    if text in registry.presets:
+        return [MethodChoice(label=text, spec=dict(registry.presets[text][0]))]
+    return [MethodChoice(label=text, spec={"method": text})]
 
 
 def parse_methods(texts: Iterable[str], registry: Registry) -> list[MethodChoice]:
     """Turn each method text into a :class:`MethodChoice`.
 
-    A text is JSON (``{"method": ...}``), a path to a JSON spec file (ending in ``.json``
-    or holding a ``/``), a preset name or a method name (``grad-dot`` means
-    ``{"method": "grad-dot"}``). A JSON spec may carry a ``"label"`` key, taken out
-    before composing. Repeated labels get ``#2``, ``#3``...
+    A text is JSON (``{"method": ...}``), a path to a JSON file (ending in ``.json`` or
+    holding a ``/``) of one spec or a list of specs, a preset name or a method name
+    (``grad-dot`` means ``{"method": "grad-dot"}``). A JSON spec may carry a ``"label"``
+    and a ``"members"`` key (see :data:`MEMBERS_KEY`), taken out before composing.
+    Repeated labels get ``#2``, ``#3``...
 
     Raises:
         SpecError: invalid JSON or a malformed spec dict.
@@ -96,9 +135,36 @@ def parse_methods(texts: Iterable[str], registry: Registry) -> list[MethodChoice
     choices: list[MethodChoice] = []
     seen: dict[str, int] = {}
     for text in texts:
-        choice = _parse_one(text, registry)
-        seen[choice.label] = seen.get(choice.label, 0) + 1
-        if seen[choice.label] > 1:
-            choice = attrs.evolve(choice, label=f"{choice.label}#{seen[choice.label]}")
-        choices.append(choice)
+        for choice in _parse_one(text, registry):
+            seen[choice.label] = seen.get(choice.label, 0) + 1
+            if seen[choice.label] > 1:
+                choice = attrs.evolve(choice, label=f"{choice.label}#{seen[choice.label]}")
+            choices.append(choice)
+    return choices
+
+
+def parse_metrics(texts: Iterable[str], registry: Registry) -> list[MetricChoice]:
+    """Turn each ``--metrics`` text (a metric name or JSON ``{"name": ..., params}``) into a choice.
+
+    Each is built once here, so an unknown name or a bad parameter fails before any data
+    is loaded.
+
+    Raises:
+        SpecError: an unknown metric, invalid JSON or an invalid parameter.
+    """
+    choices = []
+    for text in texts:
+        data = Spec.loads(text) if text.lstrip().startswith("{") else {"name": text}
+        if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+            raise SpecError([f"{text}: a metric is a name or a JSON object with a 'name', got {text!r}"])
+        name = data.pop("name")
+        if name not in registry.names("metric"):
+            raise SpecError([f"unknown metric {name!r}; registered: {', '.join(registry.names('metric'))}"])
+        params = {**BENCH_METRIC_DEFAULTS.get(name, {}), **data}
+        config = registry.get("metric", name).cls.Config
+        try:
+            config(**params)
+        except (TypeError, ValueError) as exc:
+            raise SpecError([f"metric {name!r}: {exc}"]) from exc
+        choices.append(MetricChoice(name=name, params=params))
     return choices

@@ -11,7 +11,16 @@ import torch
 
 from attrkit.task import AttributionTask, LossFn
 
-__all__ = ["NoisyLabels", "Problem", "Setting"]
+__all__ = ["MEMBER_KINDS", "Members", "NoisyLabels", "Problem", "Setting", "Truth"]
+
+#: ``truth() -> ground truth``: made (retrained) on first use, cached on disk.
+Truth = Callable[[], Mapping[str, Any]]
+#: ``members(kind, k) -> states``: ``k`` ensemble members' state dicts of the problem's model.
+Members = Callable[[str, int], list[dict[str, torch.Tensor]]]
+#: Member kinds a setting may produce: ``independent`` (models of the LDS protocol's first
+#: half, each trained on a random half), ``trajectory`` (evenly spaced epoch checkpoints of
+#: the main model's training run, for TracInCP).
+MEMBER_KINDS = ("independent", "trajectory")
 
 
 @attrs.frozen(kw_only=True)
@@ -49,6 +58,11 @@ class Problem:
         test: ``(x_test, y_test)`` of the whole test split (targets are its first rows),
             for retraining metrics that measure test accuracy; ``None`` if not kept.
         noisy: the noisy-label detection task, or ``None``.
+        truths: ground truth of further metrics by metric name (``"loo"``,
+            ``"brittleness"``, ``"retraining"``, ``"pruning"``), each made on first use
+            (it may retrain many models); ``"lds"`` is ``ground_truth``.
+        members: produces ensemble members (see :data:`Members`); ``None``: the setting
+            has none.
     """
 
     name: str
@@ -61,6 +75,21 @@ class Problem:
     summary: str = ""
     test: tuple[torch.Tensor, torch.Tensor] | None = attrs.field(default=None, repr=False)
     noisy: NoisyLabels | None = attrs.field(default=None, repr=False)
+    truths: Mapping[str, Truth] = attrs.field(factory=dict, repr=False)
+    members: Members | None = attrs.field(default=None, repr=False)
+
+    def truth(self, metric: str) -> Mapping[str, Any]:
+        """The ground truth of ``metric`` (``"lds"`` or a key of ``truths``).
+
+        Raises:
+            LookupError: the setting has no ground truth for ``metric``; the message lists those it has.
+        """
+        if metric == "lds":
+            return self.ground_truth
+        if metric not in self.truths:
+            known = ", ".join(["lds", *self.truths])
+            raise LookupError(f"setting {self.name!r} has no ground truth for metric {metric!r}; it has: {known}")
+        return self.truths[metric]()
 
     def task(self) -> AttributionTask:
         """A fresh :class:`attrkit.AttributionTask` of the model and its loss."""

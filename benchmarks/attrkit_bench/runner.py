@@ -1,4 +1,12 @@
-"""Run methods on a prepared problem: time, peak memory and LDS, as a table and a JSON file."""
+"""Run methods on a prepared problem: time, peak memory and every chosen metric, as JSON.
+
+Per method: an untimed warm-up, then ``fit`` + ``attribute`` on all targets timed under
+:class:`~attrkit_bench.memory.PeakMemory`; then each metric on the scores with the
+setting's ground truth (``auc`` refits the method on the noisy-label model and ranks the
+training points by self-influence). With ``compare``, dattri's counterpart
+(:mod:`attrkit_bench.dattri_counterparts`) runs on the same inputs and is scored with the
+score-based metrics (``lds``, ``loo``); the retraining metrics are not run for it.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +15,7 @@ import json
 import math
 import platform
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +23,34 @@ import attrs
 import torch
 
 import attrkit
-from attrkit.config import config_to_dict
-from attrkit.protocols import Metric
 from attrkit.registry import Registry
 from attrkit_bench.memory import PeakMemory
-from attrkit_bench.methods import MethodChoice
+from attrkit_bench.methods import MethodChoice, MetricChoice
 from attrkit_bench.problem import Problem
 
-__all__ = ["MethodRun", "format_table", "run_benchmark", "run_method"]
+__all__ = ["DattriRun", "MethodRun", "default_metrics", "run_benchmark", "run_method", "write_document"]
 
-METRIC = "lds"
+#: Metrics judged on the scores alone (run for dattri's counterparts too).
+SCORE_METRICS = ("lds", "loo")
+
+
+@attrs.frozen(kw_only=True)
+class DattriRun:
+    """dattri's counterpart of one method, run on the same inputs.
+
+    Attributes:
+        name: dattri's attributor, or ``None`` when there is no counterpart.
+        reason: why there is none, or the error it raised; ``None`` when it ran.
+        metrics: ``{metric: value}`` for the score-based metrics.
+        seconds: wall seconds of its cache + attribute.
+        peak_mib: peak RSS above the start, MiB.
+    """
+
+    name: str | None
+    reason: str | None = None
+    metrics: dict[str, float | None] = attrs.field(factory=dict)
+    seconds: float | None = None
+    peak_mib: float | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -35,49 +61,126 @@ class MethodRun:
         label: the method's label.
         spec: the full resolved spec, every default explicit (``resolved.spec.to_dict()``).
         provenance: ``{part: {"name", "plugin", "distribution", "version"}}``.
-        lds: mean Spearman correlation over targets, in [-1, 1] (higher is better).
-        lds_per_target: ``[n_targets]`` correlations; ``None`` where undefined.
-        auc: noisy-label detection ROC AUC: the method fitted on the model retrained with
-            10 % flipped labels ranks the training points by self-influence (``None``
-            when the setting has no noisy-label task).
+        members: ``"KIND:COUNT"`` of the members it ran over, or ``None``.
+        metrics: ``{metric: value}``, ``None`` where the setting has no ground truth for it.
+        per_target: ``{metric: [value per target]}`` where the metric has one (``None`` = undefined).
+        details: ``{metric: details}`` (e.g. brittleness's smallest ``k`` per target).
         seconds: wall seconds of ``fit`` + ``attribute``.
         peak_mib: peak process RSS above its level at the start, MiB.
         cuda_peak_mib: peak CUDA allocation above the start, MiB; ``None`` off CUDA.
         memory_source: how ``peak_mib`` was measured (``"statm"`` or ``"getrusage"``).
+        dattri: dattri's counterpart, when compared.
     """
 
     label: str
     spec: dict[str, Any]
     provenance: dict[str, dict[str, str]]
-    lds: float
-    lds_per_target: list[float | None] = attrs.field(repr=False)
-    auc: float | None
+    members: str | None
+    metrics: dict[str, float | None]
+    per_target: dict[str, list[float | None]] = attrs.field(repr=False)
+    details: dict[str, Any] = attrs.field(repr=False)
     seconds: float
     peak_mib: float
     cuda_peak_mib: float | None
     memory_source: str
+    dattri: DattriRun | None = None
+
+
+def default_metrics(problem: Problem) -> list[str]:
+    """``lds``, ``loo`` where the setting has LOO ground truth, ``auc`` where it has a noisy-label task."""
+    return ["lds", *(["loo"] if "loo" in problem.truths else []), *(["auc"] if problem.noisy is not None else [])]
 
 
 def _first(loader: Iterable[Any]) -> list[Any]:
     return [next(iter(loader))]
 
 
-def run_method(problem: Problem, choice: MethodChoice, metric: Metric, registry: Registry | None = None) -> MethodRun:
-    """Compose ``choice`` for ``problem``, time and measure fit + attribute, score it.
+def _clean(values: Iterable[float]) -> list[float | None]:
+    return [_number(v) for v in values]
+
+
+def _number(value: float) -> float | None:
+    """``value``, or ``None`` for NaN (JSON has no NaN)."""
+    return None if math.isnan(value) else value
+
+
+def _metric(choice: MetricChoice, registry: Registry) -> Any:
+    cls = registry.get("metric", choice.name).cls
+    return cls(cls.Config(**choice.params))
+
+
+def _evaluate(choice: MetricChoice, registry: Registry, problem: Problem, scores: torch.Tensor, groups: Any,
+              refit: Callable[[], torch.Tensor]) -> tuple[float | None, list[float | None] | None, Any]:
+    """``(value, per-target values, details)`` of one metric; ``(None, None, reason)`` without ground truth."""
+    if choice.name == "auc":
+        if problem.noisy is None:
+            return None, None, "the setting has no noisy-label task"
+        truth: dict[str, Any] = {"flipped": problem.noisy.flipped}
+        result = _metric(choice, registry).evaluate(refit(), truth)
+        return _number(result.value), None, result.details
+    try:
+        truth = dict(problem.truth(choice.name))
+    except LookupError as exc:
+        return None, None, str(exc)
+    if groups is not None:
+        truth["groups"] = groups
+    result = _metric(choice, registry).evaluate(scores, truth)
+    per_target = None if result.per_target is None else _clean(result.per_target.tolist())
+    return _number(result.value), per_target, result.details
+
+
+def _states(problem: Problem, choice: MethodChoice) -> list[dict[str, torch.Tensor]] | None:
+    if choice.members is None:
+        return None
+    if problem.members is None:
+        raise ValueError(f"method {choice.label!r} asks for members; setting {problem.name!r} produces none")
+    return problem.members(*choice.members)
+
+
+def _dattri(choice_spec: dict[str, Any], problem: Problem, states: list[dict[str, torch.Tensor]] | None,
+            metrics: Sequence[MetricChoice], registry: Registry) -> DattriRun:
+    from attrkit_bench.dattri_counterparts import counterpart
+
+    found = counterpart(choice_spec, problem, states or [problem.model.state_dict()])
+    if found.scores is None:
+        return DattriRun(name=None, reason=found.reason)
+    gc.collect()
+    try:
+        with PeakMemory() as memory:
+            start = time.perf_counter()
+            scores = found.scores()
+        seconds = time.perf_counter() - start
+    except Exception as exc:  # dattri's failures are reported in the table, not fatal to the run
+        return DattriRun(name=found.name, reason=f"{type(exc).__name__}: {exc}")
+    finite, values = bool(torch.isfinite(scores).all()), {}
+    for choice in metrics:
+        if choice.name in SCORE_METRICS and (choice.name == "lds" or choice.name in problem.truths):
+            truth = problem.truth(choice.name)
+            values[choice.name] = _number(_metric(choice, registry).evaluate(scores, truth).value) if finite else None
+    return DattriRun(name=found.name, metrics=values, seconds=seconds, peak_mib=memory.peak_mib)
+
+
+def run_method(problem: Problem, choice: MethodChoice, metrics: Sequence[MetricChoice], registry: Registry | None = None,
+               compare: bool = False) -> MethodRun:
+    """Compose ``choice`` for ``problem``, time fit + attribute, evaluate every metric.
 
     An untimed warm-up on the first batch of each loader comes first, so one-off
     start-up costs (first calls into ``torch.func``, lazy imports) fall on no method.
 
     Args:
         problem: the prepared setting.
-        choice: the method and its label.
-        metric: the ``lds`` metric (the ``auc`` one comes from ``registry``).
-        registry: where the spec's parts are looked up; defaults to every installed plugin.
+        choice: the method, its label and members.
+        metrics: the metrics to evaluate.
+        registry: where parts and metrics are looked up; defaults to every installed plugin.
+        compare: also run dattri's counterpart (dattri must be installed).
 
     Raises:
         SpecError: the spec cannot be composed.
+        ValueError: the method asks for members the setting cannot produce.
     """
-    task = problem.task()
+    registry = registry or attrkit.default_registry()
+    states = _states(problem, choice)
+    task = attrs.evolve(problem.task(), checkpoints=states)
     attrkit.compose(choice.spec, task, registry).fit(_first(problem.train)).attribute(_first(problem.targets))
     attributor = attrkit.compose(choice.spec, task, registry)
     gc.collect()
@@ -85,96 +188,90 @@ def run_method(problem: Problem, choice: MethodChoice, metric: Metric, registry:
         start = time.perf_counter()
         scores = attributor.fit(problem.train).attribute(problem.targets)
     seconds = time.perf_counter() - start
-    result = metric.evaluate(scores, problem.ground_truth)
-    per_target = [None if math.isnan(v) else v for v in result.per_target.tolist()]
-    auc = None
-    if problem.noisy is not None:
-        noisy_task = attrs.evolve(task, model=problem.noisy.model)
-        influence = attrkit.compose(choice.spec, noisy_task, registry).fit(problem.noisy.train)
-        entry = (registry or attrkit.default_registry()).get("metric", "auc")
-        detection = entry.cls(entry.cls.Config())
-        auc = detection.evaluate(influence.self_influence(problem.noisy.train), {"flipped": problem.noisy.flipped}).value
+    groups = getattr(attributor, "groups", None)
+    groups = None if groups is None or torch.equal(groups, torch.arange(groups.numel())) else groups
+
+    def refit() -> torch.Tensor:
+        assert problem.noisy is not None
+        noisy = attrs.evolve(task, model=problem.noisy.model)
+        return attrkit.compose(choice.spec, noisy, registry).fit(problem.noisy.train).self_influence(problem.noisy.train)
+
+    values, per_target, details = {}, {}, {}
+    for metric in metrics:
+        value, targets, detail = _evaluate(metric, registry, problem, scores, groups, refit)
+        values[metric.name], details[metric.name] = value, detail
+        if targets is not None:
+            per_target[metric.name] = targets
+    spec = attributor.resolved.spec.to_dict()
     return MethodRun(
         label=choice.label,
-        spec=attributor.resolved.spec.to_dict(),
+        spec=spec,
         provenance=attributor.resolved.provenance(),
-        lds=result.value,
-        lds_per_target=per_target,
-        auc=auc,
+        members=None if choice.members is None else f"{choice.members[0]}:{choice.members[1]}",
+        metrics=values,
+        per_target=per_target,
+        details=details,
         seconds=seconds,
         peak_mib=memory.peak_mib,
         cuda_peak_mib=memory.cuda_peak_mib,
         memory_source=memory.source,
+        dattri=_dattri(spec, problem, states, metrics, registry) if compare else None,
     )
-
-
-def format_table(runs: Sequence[MethodRun]) -> str:
-    """The results as a fixed-width text table: method, LDS, noisy-label AUC, time (s), peak mem (MiB)."""
-    header = ("method", "LDS", "noisy AUC", "time (s)", "peak mem (MiB)")
-    rows = [(r.label, f"{r.lds:.3f}", "–" if r.auc is None else f"{r.auc:.3f}", f"{r.seconds:.2f}",
-             f"{r.peak_mib:.1f}") for r in runs]
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        )
-
-    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
 def run_benchmark(
     problem: Problem,
     choices: Sequence[MethodChoice],
-    out_dir: Path,
+    metrics: Sequence[MetricChoice],
     *,
-    quick: bool = False,
+    compare: bool = False,
     registry: Registry | None = None,
-) -> tuple[list[MethodRun], Path]:
-    """Run every method on ``problem`` and write ``{out_dir}/{name}[-quick].json``.
+    on_run: Callable[[MethodRun], None] | None = None,
+) -> dict[str, Any]:
+    """Run every method on ``problem``; the JSON-able result document.
 
-    The file holds the setting's facts (sizes, training time and accuracy, ground-truth
-    time), the versions of torch and attrkit, the metric and its provenance, and one
-    entry per run (see :class:`MethodRun`).
+    The document holds the setting's facts (sizes, training time and accuracy,
+    ground-truth time), the versions of torch, attrkit (and dattri), every metric's
+    config and provenance, and one entry per run (see :class:`MethodRun`).
 
     Args:
         problem: the prepared setting.
         choices: the methods, in table order.
-        out_dir: folder of the JSON file (created when missing).
-        quick: the problem is a ``--quick`` one (recorded, and kept out of the full run's file).
-        registry: where methods and the metric are looked up; defaults to every installed plugin.
-
-    Returns:
-        ``(runs, path of the JSON file)``.
+        metrics: the metrics, in column order.
+        compare: also run dattri's counterpart of each method.
+        registry: where methods and metrics are looked up; defaults to every installed plugin.
+        on_run: called with each run as it finishes (e.g. to print progress).
     """
     registry = registry or attrkit.default_registry()
-    entry = registry.get("metric", METRIC)
-    metric = entry.cls(entry.cls.Config())
-    runs = [run_method(problem, choice, metric, registry) for choice in choices]
-    document = {
+    runs = []
+    for choice in choices:
+        runs.append(run_method(problem, choice, metrics, registry, compare))
+        if on_run is not None:
+            on_run(runs[-1])
+    entries = {m.name: registry.get("metric", m.name) for m in metrics}
+    info = {**problem.info, "torch": torch.__version__, "attrkit": attrkit.__version__,
+            "device": str(problem.task().device), "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(), "platform": platform.platform()}
+    if compare:
+        from attrkit_bench.dattri_compare import dattri_version
+
+        info["dattri"] = dattri_version()
+    return {
         "setting": problem.name,
-        "quick": quick,
-        "info": {
-            **problem.info,
-            "torch": torch.__version__,
-            "attrkit": attrkit.__version__,
-            "device": str(problem.task().device),
-            "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
-        "metric": {
-            "name": entry.name,
-            "config": config_to_dict(metric.config),
-            "provenance": {
-                "plugin": entry.plugin.name,
-                "distribution": entry.plugin.distribution,
-                "version": entry.plugin.version,
-            },
-        },
+        "info": info,
+        "metrics": [
+            {"name": m.name, "params": dict(m.params), "provenance": {
+                "plugin": entries[m.name].plugin.name, "distribution": entries[m.name].plugin.distribution,
+                "version": entries[m.name].plugin.version}}
+            for m in metrics
+        ],
         "runs": [attrs.asdict(run) for run in runs],
     }
+
+
+def write_document(document: dict[str, Any], out_dir: Path, quick: bool) -> Path:
+    """Write ``{out_dir}/{setting}[-quick].json`` (``quick`` is recorded in it) and return its path."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{problem.name}{'-quick' if quick else ''}.json"
-    path.write_text(json.dumps(document, indent=2) + "\n")
-    return runs, path
+    path = out_dir / f"{document['setting']}{'-quick' if quick else ''}.json"
+    path.write_text(json.dumps({**document, "quick": quick}, indent=2, default=str) + "\n")
+    return path

@@ -10,7 +10,10 @@ import torch
 
 from attrkit.task import LossFn
 
-__all__ = ["SGDRecipe", "accuracy", "per_example_loss", "sgd_epochs", "train_model"]
+__all__ = [
+    "SGDRecipe", "accuracy", "checkpoint_epochs", "per_example_loss", "retrain_targets", "sgd_epochs", "train_model",
+    "trajectory_states",
+]
 
 
 @attrs.frozen(kw_only=True)
@@ -49,6 +52,7 @@ def train_model(
     recipe: SGDRecipe,
     seed: int,
     on_epoch: Callable[[int, torch.nn.Module], None] | None = None,
+    keep: torch.Tensor | None = None,
 ) -> torch.nn.Module:
     """Train a fresh model; the same arguments always give the same weights.
 
@@ -65,6 +69,7 @@ def train_model(
         seed: fixes initialisation and batch order.
         on_epoch: called as ``on_epoch(epoch, model)`` after each epoch (1-based), e.g.
             to keep checkpoints.
+        keep: ``BoolTensor[n]``, train only on these examples (see :func:`sgd_epochs`).
 
     Returns:
         The trained model, in eval mode.
@@ -72,7 +77,7 @@ def train_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = make_model()
-    return sgd_epochs(model, loss_fn, x, y, recipe, seed, on_epoch)
+    return sgd_epochs(model, loss_fn, x, y, recipe, seed, on_epoch, keep)
 
 
 def sgd_epochs(
@@ -83,6 +88,7 @@ def sgd_epochs(
     recipe: SGDRecipe,
     seed: int,
     on_epoch: Callable[[int, torch.nn.Module], None] | None = None,
+    keep: torch.Tensor | None = None,
 ) -> torch.nn.Module:
     """Run ``recipe.epochs`` epochs of SGD on the parameters of ``model`` that require grad.
 
@@ -90,6 +96,12 @@ def sgd_epochs(
     intra-op thread: for benchmark-sized models, synchronising threads costs more than it
     saves (several times slower on a busy machine), and the weights do not depend on the
     machine's core count.
+
+    ``keep`` (``BoolTensor[n]``) removes examples from every epoch's order without
+    changing the order of the rest: the seeded permutation of all ``n`` examples is drawn
+    and the removed ones are dropped from it. Leaving one example out thus perturbs the
+    training run as little as possible (the leave-one-out ground truth relies on it), and
+    ``keep`` all ``True`` is the same run as no ``keep``.
 
     Returns:
         ``model``, trained in place, in eval mode.
@@ -101,6 +113,8 @@ def sgd_epochs(
     with _one_thread():
         for epoch in range(1, recipe.epochs + 1):
             order = torch.randperm(x.shape[0], generator=generator)
+            if keep is not None:
+                order = order[keep[order]]
             for batch in order.split(recipe.batch_size):
                 optimizer.zero_grad(set_to_none=True)
                 loss_fn(model, (x[batch], y[batch])).mean().backward()
@@ -124,3 +138,52 @@ def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     """Fraction of examples whose arg-max logit is the label, in [0, 1] (one thread)."""
     with _one_thread():
         return float((model(x).argmax(dim=1) == y).double().mean())
+
+
+def checkpoint_epochs(epochs: int, k: int) -> list[int]:
+    """``k`` evenly spaced epochs of ``1..epochs`` ending at the last (fewer if ``k > epochs``)."""
+    return sorted({round(epochs * (j + 1) / k) for j in range(k)})
+
+
+def trajectory_states(
+    make_model: Callable[[], torch.nn.Module], loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor, recipe: SGDRecipe,
+    seed: int, k: int,
+) -> list[dict[str, torch.Tensor]]:
+    """The state dicts at :func:`checkpoint_epochs` of the run ``train_model(make_model, ..., seed)``.
+
+    The last one is that run's final model (TracInCP's checkpoints of a training run).
+    """
+    keep = checkpoint_epochs(recipe.epochs, k)
+    states: list[dict[str, torch.Tensor]] = []
+
+    def save(epoch: int, model: torch.nn.Module) -> None:
+        if epoch in keep:
+            states.append({n: t.detach().clone() for n, t in model.state_dict().items()})
+
+    train_model(make_model, loss_fn, x, y, recipe, seed, on_epoch=save)
+    return states
+
+
+def retrain_targets(
+    keep: torch.Tensor,
+    seed: int,
+    *,
+    make_model: Callable[[], torch.nn.Module],
+    loss_fn: LossFn,
+    recipe: SGDRecipe,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_targets: torch.Tensor,
+    y_targets: torch.Tensor,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Train on the examples ``keep`` selects with ``seed``; the targets' loss and the weights.
+
+    A ground-truth ``retrain(keep, seed)`` once the keyword arguments are bound with
+    :func:`functools.partial` (picklable when ``make_model`` and ``loss_fn`` are
+    module-level functions or partials of them).
+
+    Returns:
+        ``(Tensor[n_targets] per-target loss, state_dict)``.
+    """
+    model = train_model(make_model, loss_fn, x, y, recipe, seed, keep=keep)
+    return per_example_loss(model, loss_fn, x_targets, y_targets), model.state_dict()

@@ -5,9 +5,13 @@ A setting is a :class:`ClassifierSetting`: a name, a model constructor and two r
 train and test (the first ``n_targets`` test points are the attribution targets), trains
 the model with seeded SGD on the per-example cross-entropy (also the attributed target),
 trains it again on the training set with 10 % of the labels flipped (noisy-label detection),
-and retrains ``n_models`` models on seeded random subsets for the LDS ground truth. The
-main model and every retrained model are cached in their own file, keyed by the recipe and
-the data's bytes, so a rerun loads them and an interrupted run resumes.
+and retrains ``n_models`` models on seeded random subsets (the LDS protocol: the first half
+are ensemble members, the second half score LDS). On request it also makes leave-one-out
+ground truth (``loo_points`` points, ``loo_seeds`` seeds) and answers the removal metrics'
+retrainings (:mod:`attrkit_bench.removal_truth`). Retraining runs in parallel processes
+(:mod:`attrkit_bench.retraining`). The main model and every retrained model are cached in
+their own file, keyed by the recipe and the data's bytes, so a rerun loads them and an
+interrupted run resumes.
 """
 
 from __future__ import annotations
@@ -25,9 +29,10 @@ from torch.utils.data import DataLoader, TensorDataset
 from attrkit.targets import cross_entropy
 from attrkit_bench.cache import fingerprint, load_or_create, recipe_key
 from attrkit_bench.data import load_mnist, stratified_split
-from attrkit_bench.ground_truth import lds_ground_truth
-from attrkit_bench.problem import NoisyLabels, Problem, Setting
-from attrkit_bench.training import SGDRecipe, accuracy, per_example_loss, train_model
+from attrkit_bench.ground_truth import LDSGroundTruth, lds_ground_truth, loo_ground_truth
+from attrkit_bench.problem import MEMBER_KINDS, NoisyLabels, Problem, Setting, Truth
+from attrkit_bench.removal_truth import RemovalTruth
+from attrkit_bench.training import SGDRecipe, accuracy, retrain_targets, train_model, trajectory_states
 
 __all__ = ["LOADER_BATCH_SIZE", "NOISY_FRACTION", "ClassifierConfig", "ClassifierSetting", "MakeModel", "flip_labels"]
 
@@ -35,19 +40,26 @@ __all__ = ["LOADER_BATCH_SIZE", "NOISY_FRACTION", "ClassifierConfig", "Classifie
 LOADER_BATCH_SIZE = 256
 #: Fraction of training labels flipped for the noisy-label detection task.
 NOISY_FRACTION = 0.1
-#: ``make_model(n_features, n_classes) -> nn.Module``: an untrained classifier of flat inputs.
+#: ``make_model(n_features, n_classes) -> nn.Module``: an untrained classifier of flat inputs;
+#: a module-level function (ground-truth jobs pickle it into worker processes).
 MakeModel = Callable[[int, int], torch.nn.Module]
+#: Config fields that do not change any trained model (kept out of the cache key).
+_COUNTS = ("n_models", "loo_points", "loo_seeds")
 
 
 @attrs.frozen(kw_only=True)
 class ClassifierConfig:
-    """A setting's recipe; everything but ``n_models`` goes into the cache key.
+    """A setting's recipe; everything but ``n_models``, ``loo_points`` and ``loo_seeds`` goes
+    into the cache key (retrained models do not depend on those counts).
 
     Attributes:
         n_train: training examples (stratified).
         n_test: test examples (stratified); test accuracy is measured on all of them.
         n_targets: attribution targets: the first ``n_targets`` test examples.
-        n_models: retrained models for LDS (model ``s`` does not depend on it).
+        n_models: retrained models of the LDS protocol (model ``s`` does not depend on it):
+            the first half are ensemble members, the second half score LDS.
+        loo_points: training points of the leave-one-out ground truth (0: none).
+        loo_seeds: training seeds averaged per removal.
         subset_fraction: fraction of the training set each retrained model sees.
         recipe: SGD settings, shared by the main and the retrained models.
         seed: fixes the split, the main model and (derived) every retrained model.
@@ -56,7 +68,9 @@ class ClassifierConfig:
     n_train: int = attrs.field(default=4000, validator=attrs.validators.ge(2))
     n_test: int = attrs.field(default=1000, validator=attrs.validators.ge(1))
     n_targets: int = attrs.field(default=500, validator=attrs.validators.ge(1))
-    n_models: int = attrs.field(default=50, validator=attrs.validators.ge(2))
+    n_models: int = attrs.field(default=100, validator=attrs.validators.ge(4))
+    loo_points: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+    loo_seeds: int = attrs.field(default=3, validator=attrs.validators.ge(1))
     subset_fraction: float = attrs.field(default=0.5, validator=[attrs.validators.gt(0), attrs.validators.lt(1)])
     recipe: SGDRecipe = attrs.field(factory=SGDRecipe)
     seed: int = 0
@@ -149,15 +163,17 @@ class ClassifierSetting:
 
         Args:
             cache_dir: folder of the cached main model and retrained models. File names
-                hold a key of ``config`` (without ``n_models``) and of the data's bytes.
+                hold a key of ``config`` (without the counts) and of the data's bytes.
             config: the recipe; defaults to ``full``.
             data: ``(X float32 [n, d] in [0, 1], y int64 [n])``; defaults to
                 ``load`` (tests pass synthetic data).
 
         Returns:
             The problem: the trained model (eval mode), loaders over the ``n_train``
-            training examples and the ``n_targets`` targets, LDS ground truth of
-            ``n_models`` models.
+            training examples and the ``n_targets`` targets, LDS ground truth of the
+            second half of ``n_models`` models, ``members`` (the first half, or the
+            main run's checkpoints), and ``truths`` for ``loo`` (when ``loo_points``)
+            and the removal metrics, made on first use.
 
         Raises:
             ImportError: ``data`` is not given and the package holding it is not installed.
@@ -167,52 +183,42 @@ class ClassifierSetting:
         train_idx, test_idx = stratified_split(y, config.n_train, config.n_test, config.seed)
         x_train, y_train, x_test, y_test = x[train_idx], y[train_idx], x[test_idx], y[test_idx]
         x_targets, y_targets = x_test[: config.n_targets], y_test[: config.n_targets]
-        recipe = attrs.asdict(config, filter=lambda a, _: a.name != "n_models")
+        recipe = attrs.asdict(config, filter=lambda a, _: a.name not in _COUNTS)
         key = recipe_key({"setting": self.name, "config": recipe, "data": fingerprint(x, y)})
         shape = (x.shape[1], int(y.max()) + 1)
         make = functools.partial(self.make_model, *shape)
-
-        def fit(xs: torch.Tensor, ys: torch.Tensor, seed: int) -> torch.nn.Module:
-            return train_model(make, cross_entropy, xs, ys, config.recipe, seed)
+        train = functools.partial(train_model, make, cross_entropy, x_train)
 
         def fit_main() -> dict[str, Any]:
             start = time.perf_counter()
-            state = fit(x_train, y_train, config.seed).state_dict()
+            state = train(y_train, config.recipe, config.seed).state_dict()
             return {"state_dict": state, "seconds": time.perf_counter() - start}
 
         main, model_made = load_or_create(cache_dir / f"{self.name}-model-{key}.pt", fit_main)
         model = _build(self.make_model, shape, main["state_dict"])
         y_noisy, flipped = flip_labels(y_train, shape[1], NOISY_FRACTION, config.seed)
-
-        def fit_noisy() -> dict[str, Any]:
-            return {"state_dict": fit(x_train, y_noisy, config.seed).state_dict()}
-
-        noisy_state, _ = load_or_create(cache_dir / f"{self.name}-noisy-{key}.pt", fit_noisy)
+        noisy_state, _ = load_or_create(
+            cache_dir / f"{self.name}-noisy-{key}.pt",
+            lambda: {"state_dict": train(y_noisy, config.recipe, config.seed).state_dict()},
+        )
         noisy = NoisyLabels(
             model=_build(self.make_model, shape, noisy_state["state_dict"]),
             train=DataLoader(TensorDataset(x_train, y_noisy), batch_size=LOADER_BATCH_SIZE, shuffle=False),
             flipped=flipped,
         )
-
-        def retrain(indices: torch.Tensor, seed: int) -> torch.Tensor:
-            return per_example_loss(fit(x_train[indices], y_train[indices], seed), cross_entropy, x_targets, y_targets)
-
+        retrain = functools.partial(retrain_targets, make_model=make, loss_fn=cross_entropy, recipe=config.recipe,
+                                    x=x_train, y=y_train, x_targets=x_targets, y_targets=y_targets)
         start = time.perf_counter()
-        truth = lds_ground_truth(
-            retrain,
-            n_train=config.n_train,
-            subset_size=config.subset_size,
-            n_models=config.n_models,
-            seed=config.seed,
-            cache_dir=cache_dir,
-            prefix=f"{self.name}-lds-{key}",
-        )
+        truth = lds_ground_truth(retrain, n_train=config.n_train, subset_size=config.subset_size,
+                                 n_models=config.n_models, seed=config.seed, cache_dir=cache_dir,
+                                 prefix=f"{self.name}-lds-{key}")
         info = {
             "data": self.source if data is None else "given",
             "n_train": config.n_train,
             "n_test": config.n_test,
             "n_targets": config.n_targets,
             "n_models": config.n_models,
+            "lds_models": config.n_models - truth.split,
             "subset_size": config.subset_size,
             "n_parameters": sum(p.numel() for p in model.parameters()),
             "config": attrs.asdict(config),
@@ -229,10 +235,25 @@ class ClassifierSetting:
             f"{self.name}: {config.n_train} train, {config.n_targets} targets; test accuracy "
             f"{info['test_accuracy']:.4f}, trained in {info['train_seconds']:.2f} s"
             f"{' (cached)' if info['model_from_cache'] else ''}\n"
-            f"LDS ground truth: {config.n_models} models on {config.subset_size} examples each, "
+            f"LDS ground truth: {config.n_models} models on {config.subset_size} examples each "
+            f"(first {truth.split} ensemble members, last {config.n_models - truth.split} score LDS), "
             f"{truth.seconds:.1f} s of retraining ({truth.created} retrained now, "
             f"{info['ground_truth_wall_seconds']:.1f} s wall)"
         )
+        with torch.no_grad():
+            labels = model(x_targets).argmax(dim=1)
+        removal = RemovalTruth(lambda keep: train(y_train, config.recipe, config.seed, keep=keep), x_targets,
+                               (x_test, y_test), labels, cache_dir, f"{self.name}-keep-{key}")
+        truths: dict[str, Truth] = removal.truths()
+        if config.loo_points:
+            truths["loo"] = _loo_truth(retrain, config, cache_dir, f"{self.name}-loo-{key}", info)
+
+        def members(kind: str, k: int) -> list[dict[str, torch.Tensor]]:
+            return _members(kind, k, truth, lambda: load_or_create(
+                cache_dir / f"{self.name}-trajectory{k}-{key}.pt",
+                lambda: {"states": trajectory_states(make, cross_entropy, x_train, y_train, config.recipe, config.seed, k)},
+            )[0]["states"])
+
         return Problem(
             name=self.name,
             model=model,
@@ -244,4 +265,37 @@ class ClassifierSetting:
             ground_truth=truth.as_mapping(),
             info=info,
             summary=summary,
+            truths=truths,
+            members=members,
         )
+
+
+def _loo_truth(retrain: Any, config: ClassifierConfig, cache_dir: Path, prefix: str, info: dict[str, Any]) -> Truth:
+    """The ``loo`` ground truth, made once on first use; its cost goes into ``info``."""
+
+    @functools.cache
+    def make() -> dict[str, torch.Tensor]:
+        start = time.perf_counter()
+        loo = loo_ground_truth(retrain, n_train=config.n_train, n_points=config.loo_points, n_seeds=config.loo_seeds,
+                               seed=config.seed, cache_dir=cache_dir, prefix=prefix)
+        info.update(loo_seconds=loo.seconds, loo_wall_seconds=time.perf_counter() - start, loo_retrained=loo.created,
+                    loo_seed_agreement=loo.seed_agreement)
+        return loo.as_mapping()
+
+    return make
+
+
+def _members(kind: str, k: int, truth: LDSGroundTruth,
+             trajectory: Callable[[], list[dict[str, torch.Tensor]]]) -> list[dict[str, torch.Tensor]]:
+    """``k`` members of ``kind`` (see :data:`~attrkit_bench.problem.MEMBER_KINDS`).
+
+    Raises:
+        ValueError: an unknown kind, or more independent members than the LDS protocol's first half.
+    """
+    if kind == "trajectory":
+        return trajectory()
+    if kind != "independent":
+        raise ValueError(f"unknown member kind {kind!r}; known: {', '.join(MEMBER_KINDS)}")
+    if not 1 <= k <= truth.split:
+        raise ValueError(f"{k} independent members asked, the setting has {truth.split} (the first half of n_models)")
+    return truth.members[:k]

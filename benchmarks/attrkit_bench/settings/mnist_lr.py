@@ -18,9 +18,10 @@ from attrkit_bench.training import SGDRecipe
 __all__ = ["DECLARATION", "FULL", "QUICK", "SETTING", "logistic_regression", "prepare"]
 
 #: The full benchmark.
-FULL = ClassifierConfig(recipe=SGDRecipe(epochs=20))
+FULL = ClassifierConfig(recipe=SGDRecipe(epochs=20), loo_points=100)
 #: Same code path, every size shrunk: for tests and smoke runs.
-QUICK = ClassifierConfig(n_train=600, n_test=100, n_targets=50, n_models=8, recipe=SGDRecipe(epochs=3))
+QUICK = ClassifierConfig(n_train=600, n_test=100, n_targets=50, n_models=8, recipe=SGDRecipe(epochs=3),
+                         loo_points=6)
 
 
 def logistic_regression(n_features: int, n_classes: int) -> torch.nn.Module:
