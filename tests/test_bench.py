@@ -368,3 +368,53 @@ def test_load_adult() -> None:
     x, y = load_adult()
     assert x.shape == (45222, 104) and x.dtype == torch.float32 and y.dtype == torch.int64
     assert 0.24 < float(y.double().mean()) < 0.25
+
+
+def test_first_targets_cuts_the_loader_and_every_ground_truth(tmp_path: Path, data: tuple[torch.Tensor, torch.Tensor]) -> None:
+    problem = mnist_lr.prepare(tmp_path, CONFIG, data=data)
+    cut = problem.first_targets(7)
+    assert sum(len(batch[0]) for batch in cut.targets) == 7 and cut.info["n_targets"] == 7
+    assert torch.equal(cut.ground_truth["values"], problem.ground_truth["values"][:, :7])
+    loo, whole = cut.truth("loo"), problem.truth("loo")
+    assert torch.equal(loo["values"], whole["values"][:, :7]) and torch.equal(loo["base"], whole["base"][:7])
+    assert torch.equal(cut.truth("brittleness")["labels"], problem.truth("brittleness")["labels"][:7])
+    with pytest.raises(ValueError, match="n_targets"):
+        problem.first_targets(CONFIG.n_targets + 1)
+    registry = attrkit.default_registry()
+    choices = parse_methods(['{"method": "grad-dot", "compare": false}'], registry)
+    assert not choices[0].compare
+    pytest.importorskip("dattri")
+    document = run_benchmark(cut, choices, parse_metrics(["lds", "loo"], registry), registry=registry, compare=True)
+    run = document["runs"][0]
+    assert len(run["per_target"]["lds"]) == 7 and "not run" in run["dattri"]["reason"]
+
+
+def test_dattri_counterparts_match_specs_or_say_why_not(tmp_path: Path, data: tuple[torch.Tensor, torch.Tensor]) -> None:
+    from attrkit_bench.dattri_counterparts import counterpart
+
+    problem = mnist_lr.prepare(tmp_path, CONFIG, data=data)
+    registry = attrkit.default_registry()
+    states = [problem.model.state_dict()]
+
+    def resolved(spec: dict) -> dict:
+        return attrkit.resolve(spec, registry).spec.to_dict()
+
+    assert counterpart(resolved({"method": "grad-cos"}), problem, states).name == "TracInAttributor(normalized_grad=True)"
+    assert counterpart(resolved({"method": "if", "solver": "ekfac"}), problem, states).name == "IFAttributor(ekfac)"
+    trak = counterpart(resolved({"method": "trak", "projector": {"name": "gaussian", "dim": 8}}), problem, states)
+    assert trak.name == "TRAKAttributor" and callable(trak.scores)
+    assert "relatif" in counterpart(resolved({"method": "relatif", "solver": "ekfac"}), problem, states).reason
+    grouped = counterpart(resolved({"method": "grad-dot", "grouper": {"name": "random", "group_size": 4}}), problem, states)
+    assert grouped.scores is None and "grouper 'random'" in grouped.reason
+    assert "kfac" in counterpart(resolved({"method": "if", "solver": "kfac"}), problem, states).reason
+
+
+def test_plots_are_written_for_each_metric(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from attrkit_bench.plots import write_plots
+
+    run = {"label": "a", "seconds": 1.0, "metrics": {"lds": 0.3, "auc": None}, "dattri": None}
+    document = {"setting": "s", "metrics": [{"name": "lds"}, {"name": "auc"}], "runs": [run, {**run, "label": "b"}]}
+    paths = write_plots(document, tmp_path, "s")
+    assert [p.name for p in paths] == ["s-vs-time.png", "s-bars.png"]
+    assert all(p.stat().st_size > 1000 for p in paths)

@@ -56,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
         "default: lds, loo (where the setting has it) and auc",
     )
     parser.add_argument("--compare", choices=["dattri"], help="also run dattri's counterpart of each method")
+    parser.add_argument("--targets", type=int, metavar="N",
+                        help="judge on the setting's first N targets only (default: all of them)")
     parser.add_argument("--out", type=Path, default=Path("bench-out"), metavar="DIR",
                         help="folder of the JSON result and the plots (default: ./bench-out)")
     parser.add_argument("--cache", type=Path, metavar="DIR",
@@ -182,6 +184,12 @@ def _run(args: argparse.Namespace, setting: Setting, choices: list[MethodChoice]
     except ImportError as exc:  # the setting's data needs an optional package
         print(f"attrkit bench: {exc}", file=sys.stderr)
         return 2
+    if args.targets is not None:
+        try:
+            problem = problem.first_targets(args.targets)
+        except ValueError as exc:
+            print(f"attrkit bench: --targets: {exc}", file=sys.stderr)
+            return 2
     if metrics is None:
         metrics = parse_metrics(default_metrics(problem), registry)
     say = print if rank == 0 else (lambda *_, **__: None)

@@ -34,11 +34,14 @@ class MethodChoice:
         spec: what is passed to :func:`attrkit.compose` (a spec dict).
         members: ``(kind, count)`` of the ensemble members the setting produces for it
             (the spec's ``"members": "KIND:COUNT"``), or ``None``: the trained model.
+        compare: whether ``--compare`` runs its counterpart (the spec's ``"compare":
+            false`` turns it off, e.g. where the counterpart would take hours).
     """
 
     label: str
     spec: Mapping[str, Any]
     members: tuple[str, int] | None = None
+    compare: bool = True
 
 
 @attrs.frozen(kw_only=True)
@@ -104,8 +107,11 @@ def _choice(text: str, data: Any) -> MethodChoice:
         raise SpecError([f"{text}: a spec must be a JSON object, got {type(data).__name__}"])
     label = data.pop("label", None)
     members = data.pop(MEMBERS_KEY, None)
+    compare = data.pop("compare", True)
+    if not isinstance(compare, bool):
+        raise SpecError([f"{text}: 'compare' must be true or false, got {compare!r}"])
     return MethodChoice(label=label or default_label(Spec.from_dict(data)), spec=data,
-                        members=None if members is None else _members(text, members))
+                        members=None if members is None else _members(text, members), compare=compare)
 
 
 def _parse_one(text: str, registry: Registry) -> list[MethodChoice]:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
 import torch
+from torch.utils.data import DataLoader, Subset
 
 from attrkit.task import AttributionTask, LossFn
 
@@ -21,6 +24,14 @@ Members = Callable[[str, int], list[dict[str, torch.Tensor]]]
 #: half, each trained on a random half), ``trajectory`` (evenly spaced epoch checkpoints of
 #: the main model's training run, for TracInCP).
 MEMBER_KINDS = ("independent", "trajectory")
+
+
+def _first_targets(make: Truth, n: int) -> dict[str, Any]:
+    truth = dict(make())
+    for key, axis in (("values", 1), ("base", 0), ("labels", 0)):
+        if isinstance(truth.get(key), torch.Tensor):
+            truth[key] = truth[key].narrow(axis, 0, n)
+    return truth
 
 
 @attrs.frozen(kw_only=True)
@@ -90,6 +101,25 @@ class Problem:
             known = ", ".join(["lds", *self.truths])
             raise LookupError(f"setting {self.name!r} has no ground truth for metric {metric!r}; it has: {known}")
         return self.truths[metric]()
+
+    def first_targets(self, n: int) -> Problem:
+        """This problem judged on its first ``n`` targets only (a cheaper run of the same setting).
+
+        The targets loader keeps its batch size; ground truth indexed by target is cut to
+        match: LDS ``values[:, :n]``, and in ``truths`` the entries ``values`` (axis 1),
+        ``base`` and ``labels`` (axis 0).
+
+        Raises:
+            ValueError: ``n`` is not in ``1..n_targets``, or the targets loader has no ``dataset``.
+        """
+        dataset = getattr(self.targets, "dataset", None)
+        if dataset is None or not 1 <= n <= len(dataset):
+            raise ValueError(f"first_targets needs 1 <= n <= n_targets and a DataLoader of targets, got n={n}")
+        loader = DataLoader(Subset(dataset, range(n)), batch_size=getattr(self.targets, "batch_size", None) or n)
+        truth = {**self.ground_truth, "values": self.ground_truth["values"][:, :n]}
+        truths = {name: functools.partial(_first_targets, make, n) for name, make in self.truths.items()}
+        info = {**self.info, "n_targets": n}
+        return attrs.evolve(self, targets=loader, ground_truth=truth, truths=truths, info=info)
 
     def task(self) -> AttributionTask:
         """A fresh :class:`attrkit.AttributionTask` of the model and its loss."""

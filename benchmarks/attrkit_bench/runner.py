@@ -215,7 +215,8 @@ def run_method(problem: Problem, choice: MethodChoice, metrics: Sequence[MetricC
         peak_mib=memory.peak_mib,
         cuda_peak_mib=memory.cuda_peak_mib,
         memory_source=memory.source,
-        dattri=_dattri(spec, problem, states, metrics, registry) if compare else None,
+        dattri=None if not compare else _dattri(spec, problem, states, metrics, registry) if choice.compare
+        else DattriRun(name=None, reason="not run (the spec says \"compare\": false)"),
     )
 
 
