@@ -11,6 +11,7 @@ import attrs
 if TYPE_CHECKING:
     import torch
 
+    from attrkit.feature_matrix import FeatureMatrix
     from attrkit.protocols import GradientSource
     from attrkit.task import AttributionTask
 
@@ -51,8 +52,16 @@ class FitContext:
         train: the (fixed-order) training batches.
         gradients: the spec's gradient source.
         dimension: ``p``, length of one raw gradient vector.
-        n_train: number of training examples.
-        features: ``Tensor[n_train, k]`` projected training features, once computed.
+        n_train: number of training examples (of groups, for a solver fitted on group features).
+        features: ``Tensor[n_train, k]`` projected training features, once computed, when
+            they are held whole in this process's memory; ``None`` when they are streamed
+            from disk (a ``memory_budget`` they exceed) or split over the ranks of a
+            distributed run. A feature-space solver that does not declare
+            ``streams_features`` is given them anyway, gathered (within the budget).
+        feature_matrix: the same features as a :class:`~attrkit.feature_matrix.FeatureMatrix`,
+            once computed, always: read it tile by tile (``tiles()``) or through its
+            reductions over every rank's rows (``gram()``, ``r_factor()``, ``sum_rows_by()``);
+            in distributed mode its tiles hold this rank's rows only (``partitioned``).
     """
 
     task: AttributionTask
@@ -62,3 +71,4 @@ class FitContext:
     dimension: int
     n_train: int
     features: torch.Tensor | None = attrs.field(default=None, repr=False)
+    feature_matrix: FeatureMatrix | None = attrs.field(default=None, repr=False)

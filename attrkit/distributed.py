@@ -5,33 +5,43 @@ It is on whenever a default process group with more than one rank is initialised
 Off, every function here is the identity, so single-process results are untouched.
 
 Sharding is by the index ``j`` of a batch of the fixed-order training loader: rank ``r``
-of ``size`` processes the batches with ``j % size == r``. Batch ``j`` holds the same
-examples whatever the number of ranks, so per-example features reassembled in batch
-order, and curvature sums reduced over ranks, equal those of one process up to the
-order of floating-point additions.
+of ``size`` processes the batches with ``j % size == r`` (every rank still iterates the
+loader, skipping the others' batches). Batch ``j`` holds the same examples whatever the
+number of ranks, so per-example results reassembled in batch order, and sums reduced
+over ranks, equal those of one process up to the order of floating-point additions.
 
-What is distributed:
+Split over the ranks (each rank does its shard; sums are all-reduced):
 
-- training features (``GradientAttributor.fit``): each rank computes its batches'
-  features, and every rank ends with the full ``Tensor[n_train, k]`` in batch order
-  (compute split, memory as one process); feature-space solvers, groupers and scoring
-  then run identically on every rank;
+- per-example training features (``GradientAttributor.fit``): each rank computes *and
+  keeps* only its batches' features (a store on disk may be shared: each chunk is
+  written by its owner); they are never gathered. Reductions over them are all-reduced:
+  ``ΦᵀΦ`` and ``R`` of ``Φ = QR`` for the ``gauss-newton`` solver, group sums for a
+  grouper (the ``[n_groups, k]`` group features are then held by every rank);
 - curvature statistics of parameter-space solvers: dataset Hessian / Gauss-Newton
-  products (CG, Arnoldi, explicit Hessians assembled from them) and K-FAC / EK-FAC
-  factors are summed over each rank's batches, then all-reduced.
+  products (CG iterations, Arnoldi, explicit Hessians assembled from them), K-FAC /
+  EK-FAC factors, LiSSA's sampled-batch products (each rank takes a part of every
+  sample) and DataInf's per-example sums (and its default damping);
+- scores: each rank scores its own training columns (its batches' examples, or a
+  contiguous block of the groups, :func:`columns`) against the query side, which every
+  rank computes whole, and the blocks are gathered (:func:`gather_columns`); ``top_k``
+  merges each rank's candidates (:func:`gather_top_k`);
+- ``self_influence``: each rank takes its batches when every solver solves locally
+  (no solver, feature-space solvers, ``explicit``, ``arnoldi``; a solver's
+  ``local_solve``) and the values are gathered; with groups, the group sums of
+  gradients and features are split and all-reduced.
 
-Anything else that reads the training set (LiSSA's sampled batches, DataInf, TRAK's
-``Q``, groupers, group gradients) reads all of it on every rank: correct, not split.
+Not split (every rank does it whole, with the same result):
 
-Scores are assembled by columns: each rank scores its contiguous block of training
-columns (:func:`columns`) against the query side, which every rank computes whole, and
-the blocks are gathered (:func:`gather_columns`); ``top_k`` merges each rank's candidates
-(:func:`gather_top_k`). ``self_influence`` is computed whole on every rank: its query side
-differs per example, and iterative solvers must run their dataset products in lock-step.
-Keeping only the owned columns' features (never gathering them) is the next step.
+- the query side (test gradients, properties, solves) — ranks must run collective
+  solves (CG, LiSSA, DataInf) on the same vectors in lock-step; for the same reason
+  ``self_influence`` with such a solver takes every batch on every rank;
+- TRAK's ``Q`` weights, groupers' assignments, LiSSA's gathered training set, and group
+  gradients (``group`` source: its ``group_gradients`` takes the whole loader);
+- ``rps``, which is not a ``GradientAttributor``: it runs whole on every rank.
 
 Every call is collective: all ranks must call ``fit``, ``attribute``, ``top_k`` and
-``self_influence`` with the same data, in the same order.
+``self_influence`` with the same data, in the same order, and the training loader must
+have at least as many batches as there are ranks.
 """
 
 from __future__ import annotations
@@ -43,7 +53,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["columns", "gather_chunks", "gather_columns", "gather_top_k", "owns", "shard", "sum_over_ranks", "world"]
+__all__ = [
+    "all_ranks", "columns", "gather_chunks", "gather_columns", "gather_top_k", "owns", "shard", "sum_over_ranks",
+    "world",
+]
 
 
 def world() -> tuple[int, int] | None:
@@ -114,8 +127,7 @@ def gather_chunks(local: Mapping[int, torch.Tensor], count: int) -> list[torch.T
     """
     merged: dict[int, torch.Tensor] = dict(local)
     if world() is not None:
-        parts: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(parts, {j: t.detach().cpu() for j, t in local.items()})
+        parts = all_ranks({j: t.detach().cpu() for j, t in local.items()})
         merged = {j: t for part in parts for j, t in part.items()}
     missing = [j for j in range(count) if j not in merged]
     if missing:
@@ -137,16 +149,38 @@ def columns(n: int) -> slice:
     return slice(rank * n // size, (rank + 1) * n // size)
 
 
-def gather_columns(block: torch.Tensor) -> torch.Tensor:
-    """``Tensor[m, n]``: every rank's ``Tensor[m, c_r]`` block of :func:`columns`, side by side.
+def gather_columns(block: torch.Tensor, spans: Sequence[tuple[int, int]], n: int) -> torch.Tensor:
+    """``Tensor[m, n]``: every rank's block of score columns, each put at its global columns.
 
-    ``block`` itself when off; else on the CPU, in ``block``'s dtype.
+    Args:
+        block: ``Tensor[m, c_r]``, this rank's columns, in the order of ``spans``.
+        spans: the global ``[start, stop)`` ranges of ``block``'s columns (lengths sum to ``c_r``).
+        n: the number of columns in all; every column is some rank's.
+
+    Returns:
+        ``block`` itself when off; else on the CPU, in ``block``'s dtype.
     """
     if world() is None:
         return block
+    out = torch.empty(block.shape[0], n, dtype=block.dtype)
+    for part, where in all_ranks((block.detach().cpu(), list(spans))):
+        start = 0
+        for a, b in where:
+            out[:, a:b] = part[:, start : start + b - a]
+            start += b - a
+    return out
+
+
+def all_ranks(value: Any) -> list[Any]:
+    """Every rank's ``value`` (any picklable object), in rank order; ``[value]`` when off.
+
+    Tensors should be on the CPU (they travel through ``all_gather_object``).
+    """
+    if world() is None:
+        return [value]
     parts: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, block.detach().cpu())
-    return torch.cat(parts, 1)
+    dist.all_gather_object(parts, value)
+    return parts
 
 
 def gather_top_k(
@@ -166,9 +200,7 @@ def gather_top_k(
     """
     if world() is None:
         return best
-    parts: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, None if best is None else (best[0].cpu(), best[1].cpu()))
-    found = [part for part in parts if part is not None]
+    found = [part for part in all_ranks(None if best is None else (best[0].cpu(), best[1].cpu())) if part is not None]
     if not found:
         return None
     values, index = torch.cat([v for v, _ in found], 1), torch.cat([i for _, i in found], 1)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 import attrs
@@ -24,36 +24,18 @@ from attrkit import capabilities, distributed
 from attrkit.context import FitContext, Member
 from attrkit.data import batch_size, check_fixed_order
 from attrkit.errors import DataLoaderError, NotFittedError, SpecError
-from attrkit.functional.scoring import normalize_rows, row_dots
-from attrkit.selection import TopK, check_partition, merge_top_k
+from attrkit.feature_matrix import FeatureMatrix, check_budget
+from attrkit.functional.scoring import normalize_rows
 from attrkit.parameter_gradients import restrict_gradients
 from attrkit.progress import progress
 from attrkit.properties import property_gradient
-from attrkit.store import DiskStore, FeatureStore, MemoryStore, fingerprint
+from attrkit.selection import TopK, check_partition
+from attrkit.self_influence import SelfInfluence
 from attrkit.task import AttributionTask
+from attrkit.tiled_scores import score_block, top_k_block
+from attrkit.train_features import TrainFeatures, count_examples
 
 __all__ = ["GradientAttributor"]
-
-
-def _count(batches: Iterable[Any]) -> int:
-    """Number of examples in ``batches``.
-
-    Raises:
-        DataLoaderError: no batch.
-    """
-    sizes = [batch_size(batch) for batch in batches]
-    if not sizes:
-        raise DataLoaderError("the train loader yielded no batch")
-    return sum(sizes)
-
-
-def _with_weights(batches: Iterable[Any], weights: torch.Tensor) -> Iterator[Any]:
-    """``(batch, weights[b])`` pairs: each batch with its examples' weights attached."""
-    offset = 0
-    for batch in batches:
-        b = batch_size(batch)
-        yield batch, weights[offset : offset + b]
-        offset += b
 
 
 @attrs.define
@@ -63,21 +45,25 @@ class _Fitted:
     member: Member
     projector: Any
     solver: Any
-    train: torch.Tensor  # [n_train or n_groups, k], train-side transform applied
+    train: FeatureMatrix  # [n_train or n_groups, k] (this rank's rows), train-side transforms applied
 
 
-class GradientAttributor:
+class GradientAttributor(TrainFeatures, SelfInfluence):
     """Base class implementing fit / attribute / self_influence for the score formula.
 
     Subclasses set ``name``, ``Config``, ``slots``, ``defaults`` and ``normalize``.
-    Memory: the training features of every member, ``Tensor[n_train, k]`` each.
+    Memory: the training features of every member, ``Tensor[n_train, k]`` each — or,
+    with a ``memory_budget`` they exceed, tiles of at most that many bytes read from an
+    on-disk store (see :meth:`fit`).
 
     With an initialised ``torch.distributed`` process group (:mod:`attrkit.distributed`),
     ``fit`` splits the per-example training features and the solvers' curvature passes
-    over the ranks by batch index, and every rank ends with the same fitted state;
-    ``attribute`` and ``top_k`` score each rank's block of training columns and gather
-    them (or merge the candidates), and ``self_influence`` is computed whole on every
-    rank. Every rank returns the same result; all must make the same calls on the same data.
+    over the ranks by batch index, and each rank keeps only its batches' features (the
+    solvers' reductions over them are all-reduced); ``attribute`` and ``top_k`` score each
+    rank's training columns and gather them (or merge the candidates), and
+    ``self_influence`` is split by batch where the solver allows (see
+    :class:`~attrkit.self_influence.SelfInfluence`). Every rank returns the same result;
+    all must make the same calls on the same data.
 
     Args:
         config: the method's config.
@@ -111,6 +97,7 @@ class GradientAttributor:
         self.groups: torch.Tensor | None = None
         self._fitted: list[_Fitted] | None = None
         self._weights: torch.Tensor | None = None
+        self._budget: int | None = None
 
     # -- the two sides of the formula -------------------------------------------------
 
@@ -148,6 +135,7 @@ class GradientAttributor:
         return normalize_rows(feats) if self.normalize else feats
 
     def _train_side(self, feats: torch.Tensor) -> torch.Tensor:
+        """The training side's transform of features ``[b, k]`` (unit rows for cosine)."""
         return normalize_rows(feats) if self.normalize else feats
 
     # -- public API -------------------------------------------------------------------
@@ -156,7 +144,9 @@ class GradientAttributor:
         """The ensemble members (the task's checkpoints when no ensemble is given)."""
         return self.ensemble.members(self.task) if self.ensemble is not None else self.task.members()
 
-    def fit(self, train: Iterable[Any], store: str | os.PathLike | None = None) -> GradientAttributor:
+    def fit(
+        self, train: Iterable[Any], store: str | os.PathLike | None = None, memory_budget: int | None = None
+    ) -> GradientAttributor:
         """Compute and keep the training features of every member.
 
         With a grouper whose partition is not the singletons and a gradient source that
@@ -173,15 +163,26 @@ class GradientAttributor:
                 (on the group-gradient path: each member's group features) are written
                 atomically, and a rerun after a kill computes only what is missing
                 (bit-identical results). ``None`` keeps them in memory.
+            memory_budget: bytes of training features this process may hold at once.
+                When every member's features (this rank's rows) fit, they are held in
+                memory; otherwise they stay in ``store`` (required then) and are streamed
+                in tiles of at most this many bytes — to fit the solver (``ΦᵀΦ``), to sum
+                groups and to score — so no ``[n_train, k]`` matrix is ever formed. Each
+                test batch then reads the features once: use large test batches. Results
+                equal the in-memory ones up to floating-point summation order. ``None``:
+                no budget (features in memory).
 
         Returns:
             ``self``.
 
         Raises:
-            DataLoaderError: a shuffling or empty loader.
-            StoreMismatchError: ``store`` holds features of another spec or model.
+            DataLoaderError: a shuffling or empty loader, or fewer batches than ranks.
+            StoreMismatchError: ``store`` holds features of another spec, model or batching.
+            MemoryBudgetError: a bad budget, one too small for a tile, or features over the
+                budget without an on-disk ``store``.
         """
         check_fixed_order(train, "train")
+        self._budget = check_budget(memory_budget)
         fitted = []
         members = self.members()
         chunks = self._open_store(store, members)
@@ -197,26 +198,40 @@ class GradientAttributor:
                 with member.applied(self.task.model):
                     projector.fit(context)
             if groups_first and self.groups is None:
-                self._assign(attrs.evolve(context, n_train=_count(train)))
+                self._assign(attrs.evolve(context, n_train=count_examples(train)))
             if groups_first and not self._pointwise():
-                plain, feats = self._grouped_features(index, member, projector, train, chunks, weights)
+                grouped = self._grouped_features(index, member, projector, train, chunks, weights)
+                plain, feats = (FeatureMatrix.whole(x, self._budget) for x in grouped)
             else:
                 feats = self._example_features(index, member, projector, train, chunks, len(members))
                 if self.groups is None:
-                    self._assign(attrs.evolve(context, n_train=feats.shape[0], features=feats))
+                    self._assign(attrs.evolve(context, n_train=feats.n, features=_whole(feats), feature_matrix=feats))
                 plain = self._group_sum(feats)
-                feats = plain if weights is None else self._group_sum(feats * weights.to(feats)[:, None])
+                feats = plain if weights is None else self._group_sum(feats.scaled(weights))
             solver = copy.deepcopy(self.solver)
             if solver is not None:
                 with member.applied(self.task.model):
-                    solver.fit(attrs.evolve(context, n_train=self.groups.numel(), features=plain))
-            fitted.append(_Fitted(member=member, projector=projector, solver=solver, train=self._train_side(feats)))
+                    solver.fit(self._solver_context(context, solver, plain))
+            side = feats.mapped(lambda tile, _: self._train_side(tile)) if self.normalize else feats
+            fitted.append(_Fitted(member=member, projector=projector, solver=solver, train=side))
         self._fitted = fitted
+        scale = self._column_scale(train)
+        for f in fitted:
+            f.train = (f.train if scale is None else f.train.scaled(scale)).baked()
         return self
 
-    def _has_group_gradients(self) -> bool:
-        """Whether the gradient source computes group gradients (``capabilities.GROUP``)."""
-        return capabilities.GROUP in self.gradients.provides and hasattr(self.gradients, "group_gradients")
+    def _column_scale(self, train: Iterable[Any]) -> torch.Tensor | None:
+        """``Tensor[n_columns]`` multiplying each training column once everything else is fitted
+        (RelatIF: ``1 / sqrt(self-influence)``), or ``None``. ``self._fitted`` is set when called."""
+        return None
+
+    def _solver_context(self, context: FitContext, solver: Any, plain: FeatureMatrix) -> FitContext:
+        """The solver's context: ``feature_matrix`` always; ``features`` when held whole here, or
+        gathered for a feature-space solver that does not stream (within the budget)."""
+        whole = _whole(plain)
+        if whole is None and solver.space == "feature" and not getattr(solver, "streams_features", False):
+            whole = plain.full()
+        return attrs.evolve(context, n_train=self.groups.numel(), features=whole, feature_matrix=plain)
 
     def _assign(self, context: FitContext) -> None:
         """Set ``self.groups`` from the grouper (singletons without one), checked."""
@@ -226,65 +241,6 @@ class GradientAttributor:
         with context.member.applied(self.task.model):
             groups = self.grouper.assign(context)
         self.groups = check_partition(groups.cpu(), context.n_train, f"grouper {getattr(self.grouper, 'name', '')!r}")
-
-    def _example_features(
-        self, index: int, member: Member, projector: Any, train: Iterable[Any], chunks: FeatureStore, n_members: int
-    ) -> torch.Tensor:
-        """``Tensor[n_train, k]``: projected per-example training gradients of one member.
-
-        In distributed mode each rank computes (and stores) the batches it owns and the
-        chunks are gathered, so every rank returns the whole matrix.
-        """
-        desc = f"{self.name}: train features ({member.label}, {index + 1}/{n_members})"
-        count = 0
-        for j, batch in enumerate(progress(train, desc)):
-            count = j + 1
-            if distributed.owns(j) and not chunks.has(index, j):
-                chunks.put(index, j, self._project(projector, self._gradients(member, batch, target=False)))
-        if not count:
-            raise DataLoaderError("the train loader yielded no batch")
-        mine = {j: chunks.get(index, j) for j in range(count) if distributed.owns(j)}
-        return torch.cat(distributed.gather_chunks(mine, count)).to(self.task.device)
-
-    def _grouped_features(
-        self,
-        index: int,
-        member: Member,
-        projector: Any,
-        train: Iterable[Any],
-        chunks: FeatureStore,
-        weights: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(Σ_{i∈g} Proj(∇f_i), Σ_{i∈g} q_i Proj(∇f_i))``, both ``Tensor[n_groups, k]``, from
-        group gradients (the second is the first when there are no example weights ``q``).
-        Stored as chunks 0 and 1 of the member."""
-        out = []
-        for j, w in enumerate([None] if weights is None else [None, weights]):
-            if not chunks.has(index, j):
-                chunks.put(index, j, self._project(projector, self._group_gradients(member, train, w)))
-            out.append(chunks.get(index, j).to(self.task.device))
-        return out[0], out[-1]
-
-    def _group_gradients(self, member: Member, train: Iterable[Any], weights: torch.Tensor | None) -> torch.Tensor:
-        """``Tensor[n_groups, p]``: each group's gradient of its summed (weighted) training-side value."""
-        fn = self.task.target if self.train_target else self.task.loss_fn
-        task = copy.copy(self.task)
-        task.loss_fn = fn
-        if weights is not None:  # the gradient of Σ_{i∈g} q_i f_i, q_i carried along in each batch
-
-            def weighted(model: torch.nn.Module, pair: Any) -> torch.Tensor:
-                value = fn(model, pair[0])
-                return pair[1].to(value) * value
-
-            task.loss_fn, train = weighted, _with_weights(train, weights)
-        with member.applied(self.task.model):
-            grads = self.gradients.group_gradients(task, member, train, self.groups)
-        expected = (int(self.groups.max()) + 1, self.dimension)
-        if tuple(grads.shape) != expected:
-            raise DataLoaderError(
-                f"gradient source {self.gradients.name!r} returned {tuple(grads.shape)} group gradients, expected {expected}"
-            )
-        return grads
 
     def _member_projector(self, index: int) -> Any:
         """A fresh copy of the projector for member ``index``, its ``seed`` (if any) shifted by
@@ -304,24 +260,6 @@ class GradientAttributor:
         the raw features and a group's column is the sum of its members' weighted columns.
         """
         return None
-
-    def _open_store(self, store: str | os.PathLike | None, members: list[Member]) -> FeatureStore:
-        if store is None:
-            return MemoryStore()
-        resolved = getattr(self, "resolved", None)
-        spec = resolved.spec.to_dict() if resolved is not None else {"method": self.name}
-        return DiskStore(store, fingerprint(spec, [m.state for m in members]))
-
-    def _pointwise(self) -> bool:
-        """Whether every group is the single example of the same index."""
-        return torch.equal(self.groups, torch.arange(self.groups.numel()))
-
-    def _group_sum(self, feats: torch.Tensor) -> torch.Tensor:
-        if self._pointwise():
-            return feats
-        n_groups = int(self.groups.max()) + 1
-        out = torch.zeros(n_groups, feats.shape[1], dtype=feats.dtype, device=feats.device)
-        return out.index_add_(0, self.groups.to(feats.device), feats)
 
     def _require_fit(self) -> list[_Fitted]:
         if self._fitted is None:
@@ -344,26 +282,25 @@ class GradientAttributor:
         Raises:
             DataLoaderError: ``test`` is ``None`` and the task declares no properties.
             SpecError: properties with a gradient source that does not name its parameters.
+            MemoryBudgetError: the budget cannot hold one tile row and its scores.
         """
         fitted = self._require_fit()
-        cols = distributed.columns(fitted[0].train.shape[0])
+        sides = [f.train.owned() for f in fitted]
         if test is None:
-            total = 0.0
-            for f in fitted:
-                query = self._query_side(f, self.property_gradients(f.member))
-                total = total + f.member.weight * (query @ f.train[cols].T)
-            return distributed.gather_columns(total.float().cpu())
+            queries = [(f.member.weight, self._query_side(f, self.property_gradients(f.member))) for f in fitted]
+            return distributed.gather_columns(score_block(queries, sides), sides[0].spans, sides[0].n)
         check_fixed_order(test, "test")
         rows = []
         for batch in progress(test, f"{self.name}: scoring"):
-            total = 0.0
-            for f in fitted:
-                query = self._query_side(f, self._gradients(f.member, batch, target=True))
-                total = total + f.member.weight * (query @ f.train[cols].T)
-            rows.append(distributed.gather_columns(total.float().cpu()))
+            queries = self._queries(fitted, batch)
+            rows.append(distributed.gather_columns(score_block(queries, sides), sides[0].spans, sides[0].n))
         if not rows:
             raise DataLoaderError("the test loader yielded no batch")
         return torch.cat(rows)
+
+    def _queries(self, fitted: list[_Fitted], batch: Any) -> list[tuple[float, torch.Tensor]]:
+        """Per member ``(w_m, Precond(Proj(∇ target)))`` of a test batch, ``Tensor[b, k]``."""
+        return [(f.member.weight, self._query_side(f, self._gradients(f.member, batch, target=True))) for f in fitted]
 
     def property_gradients(self, member: Member) -> torch.Tensor:
         """``Tensor[n_properties, p]``: the gradient of each of the task's properties at ``member``.
@@ -395,9 +332,10 @@ class GradientAttributor:
     def top_k(self, test: Iterable[Any], k: int, tile_rows: int = 65536) -> TopK:
         """The ``k`` strongest proponents and opponents of every test example.
 
-        Scores are computed in tiles of ``tile_rows`` training rows and merged, so the
-        full ``[n_test, n_train]`` matrix is never held (in distributed mode, over each
-        rank's columns, then the ranks' candidates are merged).
+        Scores are computed in tiles of at most ``tile_rows`` training rows (fewer when the
+        memory budget asks) and merged, so the full ``[n_test, n_train]`` matrix is never
+        held (in distributed mode, over each rank's columns, then the ranks' candidates
+        are merged).
 
         Returns:
             :class:`TopK` with ``[n_test, k]`` values (float32) and indices (int64), CPU.
@@ -407,19 +345,14 @@ class GradientAttributor:
         """
         fitted = self._require_fit()
         check_fixed_order(test, "test")
-        n = fitted[0].train.shape[0]
+        n = fitted[0].train.n
         if not 1 <= k <= n:
             raise ValueError(f"k must be in 1..{n} (the number of training columns), got {k}")
-        cols = distributed.columns(n)
+        sides = [f.train.owned() for f in fitted]
         parts = []
         for batch in progress(test, f"{self.name}: top-{k}"):
-            queries = [self._query_side(f, self._gradients(f.member, batch, target=True)) for f in fitted]
-            best = worst = None
-            for start in range(cols.start, cols.stop, tile_rows):
-                stop = min(cols.stop, start + tile_rows)
-                tile = sum(f.member.weight * (q @ f.train[start:stop].T) for f, q in zip(fitted, queries))
-                best = merge_top_k(best, tile.float().cpu(), start, k, largest=True)
-                worst = merge_top_k(worst, tile.float().cpu(), start, k, largest=False)
+            queries = self._queries(fitted, batch)
+            best, worst = top_k_block(queries, sides, k, tile_rows)
             parts.append((distributed.gather_top_k(best, k, True), distributed.gather_top_k(worst, k, False)))
         return TopK(
             proponent_scores=torch.cat([b[0] for b, _ in parts]),
@@ -428,26 +361,7 @@ class GradientAttributor:
             opponents=torch.cat([w[1] for _, w in parts]),
         )
 
-    def self_influence(self, train: Iterable[Any]) -> torch.Tensor:
-        """``Tensor[n]`` float32 CPU: each training example's score for itself (loss on both sides).
 
-        With a grouper, ``train`` must be the fitted training set and the result is per group.
-        """
-        fitted = self._require_fit()
-        check_fixed_order(train, "train")
-        total = 0.0
-        for f in fitted:
-            grads = [self._gradients(f.member, b, target=False) for b in progress(train, f"{self.name}: self-influence")]
-            raw = torch.cat([self._dense(g) for g in grads])
-            if self.groups.shape[0] != raw.shape[0] and (not self._pointwise() or self._weights is not None):
-                raise DataLoaderError(
-                    f"self_influence with groups or example weights needs the fitted training set "
-                    f"({self.groups.shape[0]} examples), got {raw.shape[0]}"
-                )
-            keys = self._project(f.projector, raw)
-            if self._weights is not None:
-                keys = keys * self._weights.to(keys)[:, None]
-            query = self._query_side(f, raw if self._pointwise() else self._group_sum(raw))
-            key = self._train_side(self._group_sum(keys))
-            total = total + f.member.weight * row_dots(query, key)
-        return total.float().cpu()
+def _whole(matrix: FeatureMatrix) -> torch.Tensor | None:
+    """``matrix`` as one tensor when every row of it is held in memory here, else ``None``."""
+    return matrix.tensor() if matrix.resident and not matrix.partitioned else None

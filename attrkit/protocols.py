@@ -99,6 +99,19 @@ class HessianSolver(Component, Protocol):
     ``space`` says where it works: ``"feature"`` solvers are fitted on the projected
     training features and applied to projected test features; ``"parameter"`` solvers
     need HVPs and are applied to raw test gradients before projection.
+
+    Two optional class attributes (absent means the default):
+
+    * ``streams_features`` (default ``False``): ``fit`` reads ``context.feature_matrix``
+      (tiles, or its ``gram()`` / ``r_factor()``, which reduce over every rank's rows), not
+      ``context.features``, so the training features need never be held whole. A
+      feature-space solver without it gets ``context.features`` gathered into memory,
+      which fails when they exceed the memory budget.
+    * ``local_solve`` (default: ``space == "feature"``): ``solve`` reads no training data
+      (the curvature is factorised at ``fit``), so in distributed mode each rank may
+      solve different vectors (``self_influence`` is then split by batch). A solver
+      whose ``solve`` runs passes over the training data (CG, LiSSA, DataInf) reduces
+      them over the ranks, which must then solve the same vectors in lock-step.
     """
 
     space: ClassVar[str]

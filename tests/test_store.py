@@ -1,5 +1,6 @@
 """Feature stores: resume after a real kill is bit-identical; top-k never needs the full matrix."""
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 import attrkit
-from attrkit.store import StoreMismatchError
+from attrkit.store import DiskStore, StoreMismatchError
 from attrkit.testing import toy_problem
 
 KILLED_FIT = textwrap.dedent(
@@ -78,3 +79,32 @@ def test_top_k_rejects_a_bad_k(toy):
     attributor = attrkit.compose({"method": "grad-dot"}, toy.task).fit(toy.train_loader())
     with pytest.raises(ValueError, match="k must be in 1..24"):
         attributor.top_k(toy.test_loader(), k=0)
+
+
+def test_processes_opening_one_store_at_once_agree_on_its_fingerprint(tmp_path):
+    """store.json is created once, atomically (os.link), and checked by everyone; no temporary file stays."""
+    import threading
+
+    start, errors = threading.Barrier(8), []
+
+    def open_store(key):
+        start.wait()
+        try:
+            DiskStore(tmp_path / "shared", key)
+        except StoreMismatchError:
+            errors.append(key)
+
+    threads = [threading.Thread(target=open_store, args=("ab"[i % 2],)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    winner = json.loads((tmp_path / "shared" / "store.json").read_text())["fingerprint"]
+    assert winner in "ab" and errors == [("b" if winner == "a" else "a")] * 4
+    assert [p.name for p in (tmp_path / "shared").iterdir()] == ["store.json"]
+
+
+def test_a_store_written_with_another_batching_is_refused(tmp_path, toy):
+    attrkit.compose({"method": "grad-dot"}, toy.task).fit(toy.train_loader(8), store=tmp_path)
+    with pytest.raises(StoreMismatchError, match="chunk 0 of member 0 holds 8 rows but batch 0 has 5"):
+        attrkit.compose({"method": "grad-dot"}, toy.task).fit(toy.train_loader(5), store=tmp_path)

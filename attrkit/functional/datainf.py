@@ -15,6 +15,11 @@ The default damping is the paper's (and its reference code's),
 
 The closed form needs every training gradient at solve time and none of them is kept, so
 each solve streams over the training batches again: solve as large a block as possible.
+
+In distributed mode (:mod:`attrkit.distributed`) each rank sums the terms of its shard of
+the batches (for the solve and for the default damping) and the sums are all-reduced:
+the result is one process's, up to the order of floating-point additions, and every rank
+must solve the same vectors in lock-step.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from typing import Any
 import attrs
 import torch
 
+from attrkit import distributed
 from attrkit.data import batch_size, to_device
 from attrkit.errors import DataLoaderError
 from attrkit.functional.gradients import per_example_gradients
@@ -86,14 +92,15 @@ class DataInfSolve:
         order = torch.cat(self.columns).to(like.device)
         sizes = [len(c) for c in self.columns]
         rows = vectors.to(dtype=like.dtype, device=like.device)[:, order].split(sizes, 1)
-        totals = [torch.zeros_like(v) for v in rows]
+        totals = [torch.zeros(v.shape, dtype=v.dtype, device=v.device) for v in rows]
         n = 0
-        for batch in self.batches:
+        for batch in distributed.shard(self.batches):
             batch = to_device(batch, like.device)
             grads = per_example_gradients(self.model, self.loss_fn, self.state, batch, self.names)[:, order]
             for v, total, g, lam in zip(rows, totals, grads.split(sizes, 1), self.damping, strict=True):
                 total += ((v @ g.T) / (lam + g.square().sum(1))) @ g
             n += batch_size(batch)
+        (n,) = distributed.sum_over_ranks(totals, [n])
         if n == 0:
             raise DataLoaderError("the training batches are empty; pass a re-iterable loader, not a one-shot generator")
         solved = torch.cat([(v - total / n) / lam for v, total, lam in zip(rows, totals, self.damping)], 1)
@@ -159,10 +166,11 @@ def _default_damping(model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str
     for index, cols in enumerate(columns):
         layer_of[cols] = index
     squares, n = like.new_zeros(len(columns)), 0
-    for batch in batches:
+    for batch in distributed.shard(batches):
         batch = to_device(batch, like.device)
         squares.index_add_(0, layer_of, per_example_gradients(model, loss_fn, state, batch, names).square().sum(0))
         n += batch_size(batch)
+    (n,) = distributed.sum_over_ranks([squares], [n])
     if n == 0:
         raise DataLoaderError("the training batches are empty; pass a re-iterable loader, not a one-shot generator")
     damping = _DAMPING * squares / (n * torch.tensor([len(c) for c in columns], dtype=like.dtype, device=like.device))

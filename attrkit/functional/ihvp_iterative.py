@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
+from attrkit import distributed
 from attrkit.data import batch_size as examples_in
 from attrkit.data import to_device
 from attrkit.errors import DataLoaderError
@@ -253,6 +254,13 @@ def lissa_ihvp_at(
     :func:`lissa_solve` for the recursion, its convergence (``scale > λ_max(H) + λ``)
     and its error ``(1 - μ/scale)^depth``.
 
+    In distributed mode (:mod:`attrkit.distributed`) every rank draws the same sample and
+    computes the curvature product of its part of it (the sample split in as many
+    consecutive parts as ranks); the parts are all-reduced, so every rank gets the product
+    of the whole sample — exactly what one process computes, up to the order of
+    floating-point additions. Every rank holds the whole training set (the sampling needs
+    it) and must solve the same vectors in lock-step.
+
     Args:
         model, loss_fn, state, names, batches, regularization, curvature: as
             :func:`~attrkit.functional.ihvp_direct.explicit_ihvp_at`.
@@ -278,15 +286,18 @@ def lissa_ihvp_at(
     if not 1 <= batch_size <= n:
         raise ValueError(f"batch_size (examples sampled per LiSSA step) must be between 1 and n={n}, got {batch_size}")
     product = CURVATURES[curvature]
+    world = distributed.world()
+    ranks = 1 if world is None else world[1]  # rank r takes part r of every sample
 
     def apply(vectors: torch.Tensor) -> torch.Tensor:
         generator = torch.Generator().manual_seed(seed)
 
         def sampled(rows: torch.Tensor) -> torch.Tensor:
             index = torch.randperm(n, generator=generator)[:batch_size]
-            sample = tree_map(lambda t: t[index.to(t.device)], data)
+            parts = [part for part in index.tensor_split(ranks) if part.numel()]
+            samples = [tree_map(lambda t, part=part: t[part.to(t.device)], data) for part in parts]
             meter.example_hvps += batch_size * rows.shape[0]
-            return product(model, loss_fn, state, names, [sample])(rows)
+            return product(model, loss_fn, state, names, samples)(rows)
 
         return lissa_solve(sampled, vectors, regularization=regularization, depth=depth, scale=scale, repeat=repeat)
 

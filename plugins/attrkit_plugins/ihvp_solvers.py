@@ -11,6 +11,11 @@ it would need). Gauss-Newton sees ``loss_fn`` only through the model's output: a
 written directly on the parameters (an L2 penalty) is not in it — add it through
 ``regularization``, or choose ``curvature="hessian"``. The maths is in :mod:`attrkit.functional.ihvp_direct` and
 :mod:`attrkit.functional.ihvp_iterative`; config fields are their keyword arguments.
+
+In distributed mode (:mod:`attrkit.distributed`) the curvature products are split over the
+ranks and all-reduced: at ``fit`` for ``explicit`` and ``arnoldi``, which then solve
+locally (``local_solve``), and at every solve for ``cg`` (each iteration's pass) and
+``lissa`` (each sampled batch), whose solves run in lock-step on every rank.
 """
 
 from __future__ import annotations
@@ -80,6 +85,7 @@ class ExplicitSolver(_HVPSolver):
 
     name: ClassVar[str] = "explicit"
     Config: ClassVar[type] = ExplicitConfig
+    local_solve: ClassVar[bool] = True
     build_at = staticmethod(explicit_ihvp_at)
 
 
@@ -172,6 +178,7 @@ class ArnoldiSolver(_HVPSolver):
 
     name: ClassVar[str] = "arnoldi"
     Config: ClassVar[type] = ArnoldiConfig
+    local_solve: ClassVar[bool] = True
     build_at = staticmethod(arnoldi_ihvp_at)
 
 

@@ -78,13 +78,10 @@ class RelatIF(GradientAttributor):
     slots: ClassVar[frozenset[str]] = SLOTS
     defaults: ClassVar[Mapping[str, str]] = DEFAULTS
 
-    def fit(self, train: Iterable[Any], store: Any = None) -> RelatIF:
-        """Fit as ``if``, then divide every training column by ``sqrt(IF(i, i))``."""
-        super().fit(train, store)
-        norms = super().self_influence(train).clamp_min(self.config.eps).sqrt()
-        for fitted in self._fitted:
-            fitted.train = fitted.train / norms.to(fitted.train)[:, None]
-        return self
+    def _column_scale(self, train: Iterable[Any]) -> torch.Tensor:
+        """``Tensor[n]``, ``1 / sqrt(IF(i, i))``: ``fit`` fits as ``if``, then divides every training column
+        by ``sqrt(IF(i, i))`` (one more pass over ``train``)."""
+        return super().self_influence(train).clamp_min(self.config.eps).rsqrt()
 
     def self_influence(self, train: Iterable[Any]) -> torch.Tensor:
         """``Tensor[n]``: ``IF(i, i) / sqrt(IF(i, i)) = sqrt(IF(i, i))``."""

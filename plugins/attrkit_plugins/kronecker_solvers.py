@@ -40,6 +40,8 @@ class KFACSolver(ParameterSolver):
     name: ClassVar[str] = "kfac"
     Config: ClassVar[type] = KroneckerConfig
     requires: ClassVar[frozenset[str]] = frozenset({capabilities.PER_EXAMPLE})
+    #: ``solve`` applies the (all-reduced) factors only: self-influence splits across ranks.
+    local_solve: ClassVar[bool] = True
     fit_factors: ClassVar[Callable[..., Any]] = staticmethod(fit_kfac)
     apply: ClassVar[Callable[..., torch.Tensor]] = staticmethod(kfac_solve)
 

@@ -10,6 +10,7 @@ import torch
 from attrkit import hookimpl
 from attrkit.context import FitContext
 from attrkit.errors import NotFittedError
+from attrkit.feature_matrix import FeatureMatrix
 
 
 @attrs.frozen(kw_only=True)
@@ -57,11 +58,16 @@ class GaussNewtonSolver:
     ``Φ`` are the projected training gradients (or group gradients): ``ΦᵀΦ`` is the
     Gauss-Newton / empirical Fisher matrix of the sum of training losses in feature space,
     accumulated over the whole training set and factorised once (Cholesky, ``k³/3`` flops).
+    It streams: ``ΦᵀΦ`` is summed tile by tile (in float64) from ``context.feature_matrix``
+    and all-reduced over the ranks of a distributed run, so ``Φ`` is never held whole.
 
     With ``λ = 0`` and a singular ``ΦᵀΦ`` (``k > n``, or repeated features) it applies the
-    pseudo-inverse ``(ΦᵀΦ)⁺`` (from the SVD of ``Φ``; singular values below
-    ``max(n, k) · eps · s_max`` dropped, ``eps`` of the features' dtype, as ``numpy.linalg.pinv``). Scores ``⟨(ΦᵀΦ)⁺ φ_t, φ_i⟩`` are then the ``λ → 0`` limit of the
-    damped ones, because every training-side feature lies in the row space of ``Φ``.
+    pseudo-inverse ``(ΦᵀΦ)⁺``, from the SVD of ``R`` in ``Φ = QR`` (tall-skinny QR over the
+    tiles: the singular values and right singular vectors of ``Φ``, without squaring its
+    condition number); singular values below ``max(n, k) · eps · s_max`` are dropped,
+    ``eps`` of the features' dtype, as ``numpy.linalg.pinv``. Scores ``⟨(ΦᵀΦ)⁺ φ_t, φ_i⟩``
+    are then the ``λ → 0`` limit of the damped ones, because every training-side feature
+    lies in the row space of ``Φ``.
 
     Raises:
         ValueError: at ``fit``, when ``λ > 0`` and ``ΦᵀΦ + λI`` is still not numerically
@@ -74,6 +80,8 @@ class GaussNewtonSolver:
     requires: ClassVar[frozenset[str]] = frozenset()
     provides: ClassVar[frozenset[str]] = frozenset()
     space: ClassVar[str] = "feature"
+    streams_features: ClassVar[bool] = True
+
     def __init__(self, config: GaussNewtonConfig):
         self.config = config
         self._factor: torch.Tensor | None = None
@@ -81,23 +89,26 @@ class GaussNewtonSolver:
         self._inverse_squares: torch.Tensor | None = None  # [r] 1 / s²
 
     def fit(self, context: FitContext) -> None:
-        """Factorise ``ΦᵀΦ + λI`` from ``context.features`` (``[n, k]``), or its pseudo-inverse at ``λ = 0``."""
-        phi = context.features.double()
-        rcond = max(phi.shape) * torch.finfo(context.features.dtype).eps
+        """Factorise ``ΦᵀΦ + λI`` from ``context.feature_matrix`` (else ``context.features``,
+        ``[n, k]``), or its pseudo-inverse at ``λ = 0``."""
+        phi = context.feature_matrix if context.feature_matrix is not None else FeatureMatrix.whole(context.features)
+        n, k = phi.n, phi.width
+        rcond = max(n, k) * torch.finfo(phi.dtype).eps
         lam = self.config.regularization
-        kernel = phi.T @ phi + lam * torch.eye(phi.shape[1], dtype=phi.dtype, device=phi.device)
+        gram = phi.gram(torch.float64)
+        kernel = gram + lam * torch.eye(k, dtype=gram.dtype, device=gram.device)
         factor, info = torch.linalg.cholesky_ex(kernel)
-        if not info.item() and (lam > 0 or phi.shape[1] <= phi.shape[0]):
+        if not info.item() and (lam > 0 or k <= n):
             self._factor, self._basis, self._inverse_squares = factor, None, None
             return
         if lam > 0:
             smallest = torch.linalg.eigvalsh(kernel)[0].item()
             raise ValueError(
                 f"gauss-newton: ΦᵀΦ + λI is not positive definite (smallest eigenvalue {smallest:.3g} with "
-                f"{phi.shape[0]} training rows and k = {phi.shape[1]} features); set solver.regularization > "
+                f"{n} training rows and k = {k} features); set solver.regularization > "
                 f"{max(-smallest, 0.0) + lam:.3g}"
             )
-        _, values, vh = torch.linalg.svd(phi, full_matrices=False)
+        _, values, vh = torch.linalg.svd(phi.r_factor(torch.float64), full_matrices=False)
         keep = values > rcond * values.max().clamp_min(torch.finfo(values.dtype).tiny)
         self._factor, self._basis, self._inverse_squares = None, vh[keep].T, values[keep] ** -2
 

@@ -1,0 +1,167 @@
+"""Out-of-core benchmark: TRAK on a synthetic training set replicated to n examples, its features
+on disk and streamed under a memory budget.
+
+    python -m attrkit_bench.out_of_core [--n 1000000] [--dim 512] [--budget-mib 1024] [--out DIR]
+
+A seeded MLP (32-64-10, p = 2826) is trained on ``--base`` Gaussian-blob examples; example
+``i`` of the training set is base example ``i mod base``. TRAK (``--projector`` at ``--dim``,
+``gauss-newton``) is fitted with an on-disk store and ``memory_budget``, then scores
+``--targets`` test examples (``attribute``, one test batch) and finds their top 10
+(``top_k``). Each phase's wall time and peak RSS rise are recorded, and the scores are
+checked against an in-memory TRAK on the base set: with ``λ = 0`` and ``n`` a multiple of
+``base``, ``ΦᵀΦ`` is ``n / base`` times the base set's, so
+``score[t, i] = score_base[t, i mod base] · base / n``. Writes ``{out}/out_of_core.json`` and
+a markdown page (``--markdown``, default ``{out}/OUT_OF_CORE.md``) with an extrapolation to
+``10^8`` examples on N GPUs (see :mod:`attrkit_bench.out_of_core_report`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import attrkit
+from attrkit_bench.memory import PeakMemory
+from attrkit_bench.out_of_core_report import markdown
+from attrkit_bench.output import environment, write_results
+
+__all__ = ["Replicated", "main", "run"]
+
+_MIB = 2**20
+#: Training columns whose scores are checked against the in-memory base-set run.
+_CHECKED = 20_000
+
+
+class Replicated:
+    """Fixed-order batches ``(x, y)`` of ``n`` examples, example ``i`` being base example ``i mod base``.
+
+    Records when each pass over it starts and ends (``passes``: ``[start, end]`` in
+    ``time.perf_counter`` seconds), which times the phases of ``fit``.
+
+    Args:
+        x: ``Tensor[base, d]`` inputs; y: ``LongTensor[base]`` labels.
+        n: examples in all.
+        batch: examples per batch (the last may be short).
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, n: int, batch: int):
+        self.x, self.y, self.n, self.batch = x, y, n, batch
+        self.passes: list[list[float]] = []
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.batch)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self.passes.append([time.perf_counter(), math.nan])
+        for start in range(0, self.n, self.batch):
+            index = torch.arange(start, min(self.n, start + self.batch)) % self.x.shape[0]
+            yield self.x[index], self.y[index]
+        self.passes[-1][1] = time.perf_counter()
+
+
+def _problem(base: int, targets: int, seed: int = 0) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, tuple]:
+    """A trained 32-64-10 tanh MLP, its ``base`` training examples and ``targets`` test examples."""
+    gen = torch.Generator().manual_seed(seed)
+    centers = torch.randn(10, 32, generator=gen) * 0.4
+    y = torch.randint(0, 10, (base + targets,), generator=gen)
+    x = centers[y] + torch.randn(base + targets, 32, generator=gen)
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.Tanh(), torch.nn.Linear(64, 10))
+    params = list(model.parameters())
+    for _ in range(5):  # plain SGD epochs
+        for start in range(0, base, 128):
+            loss = torch.nn.functional.cross_entropy(model(x[start : start + 128]), y[start : start + 128])
+            with torch.no_grad():
+                for param, grad in zip(params, torch.autograd.grad(loss, params)):
+                    param -= 0.3 * grad
+    return model.eval(), x[:base], y[:base], (x[base:], y[base:])
+
+
+def _timed(fn: Any) -> tuple[Any, float, float]:
+    """``(fn(), seconds, peak RSS rise in MiB)``."""
+    with PeakMemory() as memory:
+        start = time.perf_counter()
+        out = fn()
+        seconds = time.perf_counter() - start
+    return out, seconds, memory.peak_mib
+
+
+def run(n: int, dim: int, budget: int, folder: Path, projector: str, batch: int, base: int, targets: int) -> dict:
+    """Fit, attribute and top-k under the budget; the numbers of the JSON document's ``run``.
+
+    Raises:
+        ValueError: ``n`` is not a multiple of ``base`` (the score check needs it).
+    """
+    if n % base:
+        raise ValueError(f"--n ({n}) must be a multiple of --base ({base}) for the score check")
+    model, x, y, test = _problem(base, targets)
+    task = attrkit.AttributionTask(model=model, loss_fn=attrkit.cross_entropy)
+    spec = {"method": "trak", "projector": {"name": projector, "dim": dim}, "solver": "gauss-newton"}
+    train, store = Replicated(x, y, n, batch), folder / "store"
+    shutil.rmtree(store, ignore_errors=True)
+    trak, fit_s, fit_mib = _timed(lambda: attrkit.compose(spec, task).fit(train, store=store, memory_budget=budget))
+    fit_end = time.perf_counter()
+    q_pass, feature_pass = train.passes[0], train.passes[1]
+    side = trak._fitted[0].train
+    test_batches = [test]
+    scores, attr_s, attr_mib = _timed(lambda: trak.attribute(test_batches))
+    top, top_s, top_mib = _timed(lambda: trak.top_k(test_batches, k=10))
+    reference = attrkit.compose(spec, task).fit(Replicated(x, y, base, batch)).attribute(test_batches)
+    columns = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:_CHECKED]
+    expected = reference[:, columns % base] * (base / n)
+    error = float((scores[:, columns] - expected).abs().max() / expected.abs().max())
+    top_ok = torch.allclose(top.proponent_scores, scores.topk(10, dim=1).values, rtol=1e-5, atol=0.0)
+    stored = sum(p.stat().st_size for p in store.rglob("*.npy"))
+    shutil.rmtree(store)
+    return {
+        "streamed": not side.resident, "feature_bytes": side.n * side.width * side.dtype.itemsize,
+        "store_bytes": stored,
+        "fit": {"seconds": fit_s, "peak_mib": fit_mib, "q_pass_s": q_pass[1] - q_pass[0],
+                "features_pass_s": feature_pass[1] - feature_pass[0], "solver_s": fit_end - feature_pass[1]},
+        "attribute": {"seconds": attr_s, "peak_mib": attr_mib, "output_mib": scores.numel() * 4 / _MIB},
+        "top_k": {"seconds": top_s, "peak_mib": top_mib, "k": 10},
+        "check": {"columns": min(n, _CHECKED), "max_rel_error_vs_in_memory_base": error,
+                  "top_k_matches_attribute": top_ok},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; writes the JSON document and the markdown page, prints the page."""
+    parser = argparse.ArgumentParser(prog="python -m attrkit_bench.out_of_core", description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=1_000_000, help="training examples (a multiple of --base)")
+    parser.add_argument("--dim", type=int, default=512, help="projection dimension k")
+    parser.add_argument("--budget-mib", type=float, default=1024.0, help="fit's memory_budget, MiB")
+    parser.add_argument("--out", type=Path, default=Path("bench-out"), metavar="DIR",
+                        help="folder of the JSON result and of the feature store (removed after)")
+    parser.add_argument("--markdown", type=Path, metavar="FILE", help="the markdown page (default: DIR/OUT_OF_CORE.md)")
+    parser.add_argument("--projector", default="sjlt", help="projector name (default: sjlt, the fastest on CPU here)")
+    parser.add_argument("--batch", type=int, default=2000, help="training examples per batch (= per stored chunk)")
+    parser.add_argument("--base", type=int, default=10_000, help="distinct training examples")
+    parser.add_argument("--targets", type=int, default=100, help="test examples scored (one test batch)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    budget = int(args.budget_mib * _MIB)
+    numbers = run(args.n, args.dim, budget, args.out, args.projector, args.batch, args.base, args.targets)
+    document = {
+        "quick": False, "environment": environment(with_dattri=False),
+        "settings": {"n": args.n, "dim": args.dim, "budget_bytes": budget, "projector": args.projector,
+                     "batch": args.batch, "base": args.base, "targets": args.targets,
+                     "command": " ".join(["python -m attrkit_bench.out_of_core",
+                                          *(sys.argv[1:] if argv is None else argv)])},
+        "run": numbers,
+    }
+    write_results(document, args.out, "out_of_core", markdown, args.markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
