@@ -9,8 +9,10 @@ same model, members, loaders and hyper-parameters, or says why there is none:
 * ``trak`` → ``TRAKAttributor`` over the same members, same projection dimension and λ;
 * ``rps`` → ``RPSAttributor`` with the same L2 strength;
 * ``if`` with solver ``explicit``, ``cg``, ``lissa``, ``arnoldi``, ``ekfac`` or ``datainf``
-  → the matching ``IFAttributor*`` (:mod:`attrkit_bench.dattri_compare`), cached on the
-  whole training set as one batch, so that its per-batch curvature is the whole set's.
+  → the matching ``IFAttributor*`` (:mod:`attrkit_bench.dattri_compare`), cached on and
+  attributing to the whole training set as one batch: its per-batch curvature is then the
+  whole set's, and its ``attribute``, which redoes the test side (inverse-HVPs included)
+  for every training batch, does it once.
 
 A spec with a projector (other than TRAK's), a grouper, a non-default gradient source or
 an ensemble other than the members has no counterpart. Where dattri computes something
@@ -114,5 +116,5 @@ def counterpart(spec: Mapping[str, Any], problem: Problem, states: Sequence[dict
         full = DataLoader(train.dataset, batch_size=n_train, shuffle=False)  # type: ignore[attr-defined]
         lam = float(solver_params.get("regularization", 0.0))
         return Counterpart(name=f"IFAttributor({solver})",
-                           scores=dattri_scores(solver, model, full, train, targets, lam, solver_params))
+                           scores=dattri_scores(solver, model, full, full, targets, lam, solver_params))
     return Counterpart(reason=f"dattri has no counterpart of {method!r}")
