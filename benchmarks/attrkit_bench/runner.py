@@ -11,6 +11,7 @@ score-based metrics (``lds``, ``loo``); the retraining metrics are not run for i
 from __future__ import annotations
 
 import gc
+import itertools
 import json
 import math
 import platform
@@ -23,6 +24,7 @@ import attrs
 import torch
 
 import attrkit
+from attrkit import distributed
 from attrkit.registry import Registry
 from attrkit_bench.memory import PeakMemory
 from attrkit_bench.methods import MethodChoice, MetricChoice
@@ -92,7 +94,9 @@ def default_metrics(problem: Problem) -> list[str]:
 
 
 def _first(loader: Iterable[Any]) -> list[Any]:
-    return [next(iter(loader))]
+    """The loader's first batch, or first batch per rank in distributed mode (each needs one)."""
+    ranks = distributed.world()
+    return list(itertools.islice(loader, 1 if ranks is None else ranks[1]))
 
 
 def _clean(values: Iterable[float]) -> list[float | None]:
