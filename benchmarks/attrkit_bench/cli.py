@@ -65,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
                         "ATTRKIT_CACHE defaulting to ~/.cache/attrkit)")
     parser.add_argument("--workers", type=int, metavar="N",
                         help="processes retraining ground truth (default: $ATTRKIT_BENCH_WORKERS, else every core)")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="torch intra-op threads of the attribution runs (default: torch's, every core)")
     parser.add_argument("--no-plots", action="store_true", help="write no PNG plots")
     parser.add_argument("--quick", action="store_true", help="every size shrunk: a smoke run of the same code")
     return parser
@@ -166,6 +168,8 @@ def main(argv: list[str]) -> int:
             return 2
     if args.workers is not None:
         os.environ["ATTRKIT_BENCH_WORKERS"] = str(args.workers)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     with _process_group() as rank:
         return _run(args, setting, choices, metrics, registry, rank)
 

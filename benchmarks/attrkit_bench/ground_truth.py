@@ -22,6 +22,7 @@ from typing import Any
 import attrs
 import torch
 
+from attrkit_bench.problem import MEMBER_KINDS
 from attrkit_bench.retraining import run_jobs
 
 __all__ = ["LDSGroundTruth", "LOOGroundTruth", "Retrain", "derived_seed", "lds_ground_truth", "loo_ground_truth"]
@@ -69,6 +70,22 @@ class LDSGroundTruth:
     def as_mapping(self) -> dict[str, torch.Tensor]:
         """``{"subsets", "values"}`` of the second half, the ground truth the ``lds`` metric reads."""
         return {"subsets": self.subsets[self.split:], "values": self.values[self.split:]}
+
+    def members_of(self, kind: str, k: int, trajectory: Callable[[], list[dict[str, torch.Tensor]]]) -> list[
+            dict[str, torch.Tensor]]:
+        """``k`` ensemble members of ``kind`` (see :data:`~attrkit_bench.problem.MEMBER_KINDS`):
+        ``independent``, the first ``k`` of :attr:`members`; ``trajectory``, ``trajectory()``.
+
+        Raises:
+            ValueError: an unknown kind, or more independent members than the first half holds.
+        """
+        if kind == "trajectory":
+            return trajectory()
+        if kind != "independent":
+            raise ValueError(f"unknown member kind {kind!r}; known: {', '.join(MEMBER_KINDS)}")
+        if not 1 <= k <= self.split:
+            raise ValueError(f"{k} independent members asked, the setting has {self.split} (the first half of n_models)")
+        return self.members[:k]
 
 
 def _lds_job(retrain: Retrain, seed: int, n_train: int, subset_size: int, model: int) -> dict[str, Any]:

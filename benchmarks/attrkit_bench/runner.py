@@ -114,11 +114,14 @@ def _metric(choice: MetricChoice, registry: Registry) -> Any:
 
 
 def _evaluate(choice: MetricChoice, registry: Registry, problem: Problem, scores: torch.Tensor, groups: Any,
-              refit: Callable[[], torch.Tensor]) -> tuple[float | None, list[float | None] | None, Any]:
-    """``(value, per-target values, details)`` of one metric; ``(None, None, reason)`` without ground truth."""
+              refit: Callable[[], torch.Tensor], members: bool) -> tuple[float | None, list[float | None] | None, Any]:
+    """``(value, per-target values, details)`` of one metric; ``(None, None, reason)`` without ground truth
+    (``auc`` also for a method over members: the setting has no members trained on the noisy labels)."""
     if choice.name == "auc":
         if problem.noisy is None:
             return None, None, "the setting has no noisy-label task"
+        if members:
+            return None, None, "not computed: the members are trained on the clean labels, none on the noisy ones"
         truth: dict[str, Any] = {"flipped": problem.noisy.flipped}
         result = _metric(choice, registry).evaluate(refit(), truth)
         return _number(result.value), None, result.details
@@ -194,6 +197,9 @@ def run_method(problem: Problem, choice: MethodChoice, metrics: Sequence[MetricC
     seconds = time.perf_counter() - start
     groups = getattr(attributor, "groups", None)
     groups = None if groups is None or torch.equal(groups, torch.arange(groups.numel())) else groups
+    spec, provenance = attributor.resolved.spec.to_dict(), attributor.resolved.provenance()
+    del attributor  # its training features may be most of the memory; the noisy-label refit needs as much
+    gc.collect()
 
     def refit() -> torch.Tensor:
         assert problem.noisy is not None
@@ -202,15 +208,14 @@ def run_method(problem: Problem, choice: MethodChoice, metrics: Sequence[MetricC
 
     values, per_target, details = {}, {}, {}
     for metric in metrics:
-        value, targets, detail = _evaluate(metric, registry, problem, scores, groups, refit)
+        value, targets, detail = _evaluate(metric, registry, problem, scores, groups, refit, states is not None)
         values[metric.name], details[metric.name] = value, detail
         if targets is not None:
             per_target[metric.name] = targets
-    spec = attributor.resolved.spec.to_dict()
     return MethodRun(
         label=choice.label,
         spec=spec,
-        provenance=attributor.resolved.provenance(),
+        provenance=provenance,
         members=None if choice.members is None else f"{choice.members[0]}:{choice.members[1]}",
         metrics=values,
         per_target=per_target,

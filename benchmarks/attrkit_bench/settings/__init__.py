@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 from attrkit_bench.problem import Setting
-from attrkit_bench.settings import adult, mnist_lr, mnist_mlp
+from attrkit_bench.settings import adult, bach_music, fmnist_cnn, mnist_lr, mnist_mlp, shakespeare_gpt
 
 __all__ = ["SETTINGS", "get_setting"]
 
 #: Every setting ``attrkit bench`` can run, by name.
 SETTINGS: dict[str, Setting] = {
-    s.name: s for s in (mnist_lr.SETTING, mnist_mlp.SETTING, adult.LR.setting(), adult.MLP.setting())
+    s.name: s
+    for s in (
+        mnist_lr.SETTING,
+        mnist_mlp.SETTING,
+        fmnist_cnn.SETTING,
+        adult.LR.setting(),
+        adult.MLP.setting(),
+        shakespeare_gpt.SETTING,
+        bach_music.SETTING,
+    )
 }
 
 

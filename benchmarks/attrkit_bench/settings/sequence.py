@@ -1,0 +1,298 @@
+"""What the sequence settings share: document split, windows, GPT training, caching, LDS.
+
+A setting is a :class:`SequenceSetting`: a name, a corpus loader and two recipes (full and
+quick). Its :meth:`~SequenceSetting.prepare` holds out a seeded ``held_out_fraction`` of
+the corpus's documents (plays, chorales), cuts every document into non-overlapping windows
+of ``block + 1`` tokens (a window never spans two documents), and draws ``n_train``
+training windows from the other documents and ``n_targets`` target windows from the
+held-out ones, both seeded. An example is a window: inputs its first ``block`` tokens,
+labels its last ``block``. A :class:`~attrkit_bench.gpt.GPT` is trained with seeded AdamW
+(:func:`~attrkit_bench.adamw_training.train_adamw`) on the mean next-token cross-entropy
+:func:`~attrkit_bench.gpt.sequence_loss`, which is also the attributed target: the loss of
+held-out continuations. The LDS ground truth retrains ``n_models`` models on seeded random
+subsets (the first half are ensemble members, the second half score LDS), in parallel
+processes (:mod:`attrkit_bench.retraining`); the main model and every retrained one are
+cached in their own file, keyed by the recipe and the corpus's tokens, so a rerun loads
+them and an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from attrkit_bench.adamw_training import AdamWRecipe, train_adamw
+from attrkit_bench.cache import load_or_create, recipe_key
+from attrkit_bench.corpus import Corpus, split_windows, unigram_loss
+from attrkit_bench.gpt import GPT, GPTConfig, sequence_loss
+from attrkit_bench.ground_truth import lds_ground_truth
+from attrkit_bench.problem import Problem, Setting
+from attrkit_bench.training import checkpoint_epochs, per_example_loss
+
+__all__ = [
+    "DEFAULT_METHODS", "LOADER_BATCH_SIZE", "SequenceConfig", "SequenceSetting", "fit_gpt", "retrain_losses",
+    "trajectory",
+]
+
+#: Methods the sequence settings run by default: those that compose with an embedding + attention
+#: model and a per-sequence loss. TRAK attributes the task's loss (its default, the classification
+#: margin, needs ``(x, y)`` class labels) without the classification re-weighting; ``rps`` and
+#: ``last-layer`` gradients do not apply (the head sees ``[b, T, d]``, not one vector per example).
+DEFAULT_METHODS = (
+    "grad-dot",
+    "grad-cos",
+    '{"method": "if", "solver": {"name": "ekfac"}}',
+    '{"method": {"name": "trak", "target": "task", "reweight": false}, "projector": {"name": "gaussian", "dim": 1024}}',
+    '{"method": "tracin", "members": "trajectory:3"}',
+)
+#: Windows per batch of the attribution loaders (never changes scores; bounds per-example gradient memory).
+LOADER_BATCH_SIZE = 64
+
+
+@attrs.frozen(kw_only=True)
+class SequenceConfig:
+    """A sequence setting's recipe; everything but ``n_models`` goes into the cache key.
+
+    Attributes:
+        n_train: training windows, drawn from the training documents.
+        n_targets: target windows, drawn from the held-out documents.
+        n_models: retrained models of the LDS protocol (model ``s`` does not depend on it):
+            the first half are ensemble members, the second half score LDS.
+        subset_fraction: fraction of the training windows each retrained model sees.
+        held_out_fraction: fraction of the documents held out (at least one, and one kept).
+        block: tokens of context per window (a window holds ``block + 1`` tokens).
+        layers: transformer blocks.
+        heads: attention heads.
+        width: model width.
+        recipe: AdamW settings, shared by the main and the retrained models.
+        seed: fixes the split, the windows drawn, the main model and every retrained model.
+    """
+
+    n_train: int = attrs.field(default=4000, validator=attrs.validators.ge(2))
+    n_targets: int = attrs.field(default=200, validator=attrs.validators.ge(1))
+    n_models: int = attrs.field(default=100, validator=attrs.validators.ge(4))
+    subset_fraction: float = attrs.field(default=0.5, validator=[attrs.validators.gt(0), attrs.validators.lt(1)])
+    held_out_fraction: float = attrs.field(default=0.15, validator=[attrs.validators.gt(0), attrs.validators.lt(1)])
+    block: int = attrs.field(default=64, validator=attrs.validators.ge(1))
+    layers: int = attrs.field(default=2, validator=attrs.validators.ge(1))
+    heads: int = attrs.field(default=4, validator=attrs.validators.ge(1))
+    width: int = attrs.field(default=64, validator=attrs.validators.ge(1))
+    recipe: AdamWRecipe = attrs.field(factory=AdamWRecipe)
+    seed: int = 0
+
+    @property
+    def subset_size(self) -> int:
+        """Training windows per retrained model."""
+        return round(self.subset_fraction * self.n_train)
+
+    def gpt(self, vocab_size: int) -> GPTConfig:
+        """The model's shape for a vocabulary of ``vocab_size`` tokens."""
+        return GPTConfig(vocab_size=vocab_size, block=self.block, layers=self.layers, heads=self.heads,
+                         width=self.width)
+
+
+def fit_gpt(
+    model: GPTConfig,
+    recipe: AdamWRecipe,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    seed: int,
+    on_epoch: Callable[[int, torch.nn.Module], None] | None = None,
+    keep: torch.Tensor | None = None,
+) -> GPT:
+    """A :class:`GPT` of shape ``model`` trained on inputs ``x`` and labels ``y`` (``LongTensor[n, block]``).
+
+    See :func:`~attrkit_bench.adamw_training.train_adamw` for ``seed``, ``on_epoch`` and ``keep``.
+    """
+    return train_adamw(functools.partial(GPT, model), sequence_loss, x, y, recipe, seed, on_epoch, keep)
+
+
+def retrain_losses(
+    keep: torch.Tensor,
+    seed: int,
+    *,
+    model: GPTConfig,
+    recipe: AdamWRecipe,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    target_x: torch.Tensor,
+    target_y: torch.Tensor,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Train on the windows ``keep`` (``BoolTensor[n_train]``) selects, with ``seed``.
+
+    The ground truth's ``retrain(keep, seed)`` once the keyword arguments are bound with
+    :func:`functools.partial`: picklable, so retraining jobs can run in worker processes.
+
+    Returns:
+        ``(Tensor[n_targets] the held-out windows' losses, state_dict)``.
+    """
+    trained = fit_gpt(model, recipe, x, y, seed, keep=keep)
+    return per_example_loss(trained, sequence_loss, target_x, target_y), trained.state_dict()
+
+
+def trajectory(model: GPTConfig, recipe: AdamWRecipe, x: torch.Tensor, y: torch.Tensor, seed: int,
+               k: int) -> list[dict[str, torch.Tensor]]:
+    """State dicts at :func:`~attrkit_bench.training.checkpoint_epochs` of the run ``fit_gpt(..., seed)``.
+
+    The last one is that run's final model (TracInCP's checkpoints of a training run).
+    """
+    wanted = checkpoint_epochs(recipe.epochs, k)
+    states: list[dict[str, torch.Tensor]] = []
+
+    def save(epoch: int, trained: torch.nn.Module) -> None:
+        if epoch in wanted:
+            states.append({n: t.detach().clone() for n, t in trained.state_dict().items()})
+
+    fit_gpt(model, recipe, x, y, seed, on_epoch=save)
+    return states
+
+
+@attrs.frozen(kw_only=True)
+class SequenceSetting:
+    """A benchmark setting: a small GPT trained on windows of a tokenised corpus.
+
+    Attributes:
+        name: the setting's name (``"shakespeare-gpt"``); prefixes its cache files.
+        load: ``load(cache_dir) -> Corpus``, the whole corpus (may cache its parse there).
+        full: the full benchmark's recipe.
+        quick: the same code path with every size shrunk (tests, smoke runs).
+        description: one line for ``attrkit bench --list``.
+        size: one line giving the full run's sizes and times.
+        default_methods: method specs ``attrkit bench NAME`` runs by default.
+        source: names the data in the report.
+    """
+
+    name: str
+    load: Callable[[Path], Corpus] = attrs.field(repr=False)
+    full: SequenceConfig
+    quick: SequenceConfig
+    description: str
+    size: str
+    default_methods: tuple[str, ...]
+    source: str
+
+    def setting(self) -> Setting:
+        """This setting as ``attrkit bench`` lists and runs it."""
+        return Setting(
+            name=self.name,
+            description=self.description,
+            size=self.size,
+            default_methods=self.default_methods,
+            prepare=lambda cache_dir, quick: self.prepare(cache_dir, self.quick if quick else self.full),
+        )
+
+    def prepare(self, cache_dir: Path, config: SequenceConfig | None = None, corpus: Corpus | None = None) -> Problem:
+        """Train (or load) the model and make (or load) the LDS ground truth.
+
+        Args:
+            cache_dir: folder of the cached main model and retrained models (and of the
+                corpus's parse, for loaders that cache one). File names hold a key of
+                ``config`` (without ``n_models``) and of the corpus's tokens.
+            config: the recipe; defaults to ``full``.
+            corpus: the documents; defaults to ``load(cache_dir)`` (tests pass synthetic text).
+
+        Returns:
+            The problem: the trained model (eval mode), loaders over the ``n_train``
+            training windows and the ``n_targets`` held-out windows as ``(inputs, labels)``
+            batches of ``LongTensor[b, block]``, LDS ground truth of the second half of
+            ``n_models`` models, and ``members`` (the first half, or the main run's epochs).
+
+        Raises:
+            ImportError: ``corpus`` is not given and the package holding the data is not installed.
+            ValueError: the corpus is too small for ``config`` (see :func:`~attrkit_bench.corpus.split_windows`).
+        """
+        config = config or self.full
+        source = self.source if corpus is None else "given"
+        corpus = corpus if corpus is not None else self.load(cache_dir)
+        train, targets, held_out = split_windows(corpus, block=config.block, n_train=config.n_train,
+                                                 n_targets=config.n_targets,
+                                                 held_out_fraction=config.held_out_fraction, seed=config.seed)
+        x, y = train[:, :-1].contiguous(), train[:, 1:].contiguous()
+        target_x, target_y = targets[:, :-1].contiguous(), targets[:, 1:].contiguous()
+        recipe = attrs.asdict(config, filter=lambda a, _: a.name != "n_models")
+        key = recipe_key({"setting": self.name, "config": recipe, "data": corpus.fingerprint()})
+        shape = config.gpt(corpus.vocab_size)
+
+        def fit_main() -> dict[str, Any]:
+            start = time.perf_counter()
+            state = fit_gpt(shape, config.recipe, x, y, config.seed).state_dict()
+            return {"state_dict": state, "seconds": time.perf_counter() - start}
+
+        main, model_made = load_or_create(cache_dir / f"{self.name}-model-{key}.pt", fit_main)
+        with torch.random.fork_rng(devices=[]):
+            model = GPT(shape)
+        model.load_state_dict(main["state_dict"])
+        model.eval()
+
+        start = time.perf_counter()
+        retrain = functools.partial(retrain_losses, model=shape, recipe=config.recipe, x=x, y=y,
+                                    target_x=target_x, target_y=target_y)
+        truth = lds_ground_truth(retrain, n_train=config.n_train, subset_size=config.subset_size,
+                                 n_models=config.n_models, seed=config.seed, cache_dir=cache_dir,
+                                 prefix=f"{self.name}-lds-{key}")
+        ground_truth_wall = time.perf_counter() - start
+        held_out_loss = float(per_example_loss(model, sequence_loss, target_x, target_y).mean())
+        info = {
+            "data": source,
+            "documents": len(corpus.documents),
+            "held_out_documents": held_out,
+            "vocab_size": corpus.vocab_size,
+            "n_train": config.n_train,
+            "n_targets": config.n_targets,
+            "block": config.block,
+            "n_models": config.n_models,
+            "lds_models": config.n_models - truth.split,
+            "subset_size": config.subset_size,
+            "n_parameters": sum(p.numel() for p in model.parameters()),
+            "config": attrs.asdict(config),
+            "cache_key": key,
+            "cache_dir": str(cache_dir),
+            "train_seconds": float(main["seconds"]),
+            "model_from_cache": not model_made,
+            "train_loss": float(per_example_loss(model, sequence_loss, x, y).mean()),
+            "held_out_loss": held_out_loss,
+            "held_out_perplexity": math.exp(held_out_loss),
+            "unigram_loss": unigram_loss(y, target_y, corpus.vocab_size),
+            "ground_truth_seconds": truth.seconds,
+            "retrain_seconds": truth.seconds / config.n_models,
+            "ground_truth_wall_seconds": ground_truth_wall,
+            "ground_truth_retrained": truth.created,
+        }
+        summary = (
+            f"{self.name}: {config.n_train} train / {config.n_targets} held-out windows of {config.block} tokens, "
+            f"{info['n_parameters']:,} params; held-out loss {held_out_loss:.3f} nats/token (perplexity "
+            f"{info['held_out_perplexity']:.2f}; unigram {info['unigram_loss']:.3f}), trained in "
+            f"{info['train_seconds']:.1f} s{' (cached)' if info['model_from_cache'] else ''}\n"
+            f"LDS ground truth: {config.n_models} models on {config.subset_size} windows each "
+            f"(first {truth.split} ensemble members, last {config.n_models - truth.split} score LDS), "
+            f"{truth.seconds:.1f} s of retraining, {info['retrain_seconds']:.1f} s per model "
+            f"({truth.created} retrained now, {ground_truth_wall:.1f} s wall)"
+        )
+
+        def members(kind: str, k: int) -> list[dict[str, torch.Tensor]]:
+            def run() -> dict[str, Any]:
+                return {"states": trajectory(shape, config.recipe, x, y, config.seed, k)}
+
+            return truth.members_of(kind, k, lambda: load_or_create(
+                cache_dir / f"{self.name}-trajectory{k}-{key}.pt", run)[0]["states"])
+
+        return Problem(
+            name=self.name,
+            model=model,
+            loss_fn=sequence_loss,
+            train=DataLoader(TensorDataset(x, y), batch_size=LOADER_BATCH_SIZE, shuffle=False),
+            targets=DataLoader(TensorDataset(target_x, target_y), batch_size=LOADER_BATCH_SIZE, shuffle=False),
+            ground_truth=truth.as_mapping(),
+            info=info,
+            summary=summary,
+            members=members,
+        )
+
