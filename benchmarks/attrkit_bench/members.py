@@ -95,7 +95,10 @@ def trajectory(declaration: ClassifierSetting, config: ClassifierConfig, problem
     x, y = _data(problem)
 
     def produce() -> list[dict[str, torch.Tensor]]:
-        return trajectory_states(declaration.constructor(problem), cross_entropy, x, y, config.recipe, config.seed, k)
+        make = declaration.constructor(problem)
+        return trajectory_states(
+            lambda save: train_model(make, cross_entropy, x, y, config.recipe, config.seed, on_epoch=save),
+            config.recipe.epochs, k)
 
     artifact, cached = _cached(_path(cache_dir, problem, "trajectory", {"k": k}), produce)
     return Members(states=artifact["states"], seconds=float(artifact["seconds"]), cached=cached)

@@ -145,22 +145,22 @@ def checkpoint_epochs(epochs: int, k: int) -> list[int]:
     return sorted({round(epochs * (j + 1) / k) for j in range(k)})
 
 
-def trajectory_states(
-    make_model: Callable[[], torch.nn.Module], loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor, recipe: SGDRecipe,
-    seed: int, k: int,
-) -> list[dict[str, torch.Tensor]]:
-    """The state dicts at :func:`checkpoint_epochs` of the run ``train_model(make_model, ..., seed)``.
+def trajectory_states(run: Callable[[Callable[[int, torch.nn.Module], None]], object], epochs: int,
+                      k: int) -> list[dict[str, torch.Tensor]]:
+    """The state dicts at :func:`checkpoint_epochs` of the training run ``run(on_epoch)``.
 
-    The last one is that run's final model (TracInCP's checkpoints of a training run).
+    ``run`` trains a model of ``epochs`` epochs, calling ``on_epoch(epoch, model)`` after
+    each (as :func:`train_model` does); the last state is the run's final model (TracInCP's
+    checkpoints of a training run).
     """
-    keep = checkpoint_epochs(recipe.epochs, k)
+    keep = checkpoint_epochs(epochs, k)
     states: list[dict[str, torch.Tensor]] = []
 
     def save(epoch: int, model: torch.nn.Module) -> None:
         if epoch in keep:
             states.append({n: t.detach().clone() for n, t in model.state_dict().items()})
 
-    train_model(make_model, loss_fn, x, y, recipe, seed, on_epoch=save)
+    run(save)
     return states
 
 

@@ -251,7 +251,8 @@ class ClassifierSetting:
         def members(kind: str, k: int) -> list[dict[str, torch.Tensor]]:
             return truth.members_of(kind, k, lambda: load_or_create(
                 cache_dir / f"{self.name}-trajectory{k}-{key}.pt",
-                lambda: {"states": trajectory_states(make, cross_entropy, x_train, y_train, config.recipe, config.seed, k)},
+                lambda: {"states": trajectory_states(lambda save: train(y_train, config.recipe, config.seed, on_epoch=save),
+                                                     config.recipe.epochs, k)},
             )[0]["states"])
 
         return Problem(

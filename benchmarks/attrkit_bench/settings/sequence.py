@@ -35,11 +35,10 @@ from attrkit_bench.corpus import Corpus, split_windows, unigram_loss
 from attrkit_bench.gpt import GPT, GPTConfig, sequence_loss
 from attrkit_bench.ground_truth import lds_ground_truth
 from attrkit_bench.problem import Problem, Setting
-from attrkit_bench.training import checkpoint_epochs, per_example_loss
+from attrkit_bench.training import per_example_loss, trajectory_states
 
 __all__ = [
     "DEFAULT_METHODS", "LOADER_BATCH_SIZE", "SequenceConfig", "SequenceSetting", "fit_gpt", "retrain_losses",
-    "trajectory",
 ]
 
 #: Methods the sequence settings run by default: those that compose with an embedding + attention
@@ -136,23 +135,6 @@ def retrain_losses(
     """
     trained = fit_gpt(model, recipe, x, y, seed, keep=keep)
     return per_example_loss(trained, sequence_loss, target_x, target_y), trained.state_dict()
-
-
-def trajectory(model: GPTConfig, recipe: AdamWRecipe, x: torch.Tensor, y: torch.Tensor, seed: int,
-               k: int) -> list[dict[str, torch.Tensor]]:
-    """State dicts at :func:`~attrkit_bench.training.checkpoint_epochs` of the run ``fit_gpt(..., seed)``.
-
-    The last one is that run's final model (TracInCP's checkpoints of a training run).
-    """
-    wanted = checkpoint_epochs(recipe.epochs, k)
-    states: list[dict[str, torch.Tensor]] = []
-
-    def save(epoch: int, trained: torch.nn.Module) -> None:
-        if epoch in wanted:
-            states.append({n: t.detach().clone() for n, t in trained.state_dict().items()})
-
-    fit_gpt(model, recipe, x, y, seed, on_epoch=save)
-    return states
 
 
 @attrs.frozen(kw_only=True)
@@ -279,7 +261,8 @@ class SequenceSetting:
 
         def members(kind: str, k: int) -> list[dict[str, torch.Tensor]]:
             def run() -> dict[str, Any]:
-                return {"states": trajectory(shape, config.recipe, x, y, config.seed, k)}
+                fit = functools.partial(fit_gpt, shape, config.recipe, x, y, config.seed)
+                return {"states": trajectory_states(lambda save: fit(on_epoch=save), config.recipe.epochs, k)}
 
             return truth.members_of(kind, k, lambda: load_or_create(
                 cache_dir / f"{self.name}-trajectory{k}-{key}.pt", run)[0]["states"])
