@@ -111,9 +111,10 @@ def dattri_scores(
     Returns:
         ``scores() -> Tensor[n_targets, n_train]`` float32 CPU.
     """
-    from dattri.task import AttributionTask
 
     def run() -> torch.Tensor:
+        from dattri.task import AttributionTask
+
         copied = torch.nn.Sequential(copy.deepcopy(model))  # dattri's EK-FAC finds no layer in a bare Linear
         task = AttributionTask(loss_func=_loss(copied), model=copied, checkpoints=copied.state_dict())
         attributor = _attributor(kind, task, regularization, params)

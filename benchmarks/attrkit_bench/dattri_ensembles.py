@@ -77,9 +77,10 @@ def _transpose(run: Callable[[], torch.Tensor]) -> Scores:
 def dattri_trak(model: torch.nn.Module, states: Sequence[dict[str, torch.Tensor]], train: DataLoader,
                 targets: DataLoader, dim: int, regularization: float) -> Scores:
     """dattri's ``TRAKAttributor`` over the members ``states`` with projection dimension ``dim``."""
-    from dattri.algorithm.trak import TRAKAttributor
 
     def run() -> torch.Tensor:
+        from dattri.algorithm.trak import TRAKAttributor
+
         copied = _wrapped(copy.deepcopy(model))
 
         def correct_probability(params: dict[str, torch.Tensor], data: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -101,9 +102,10 @@ def dattri_tracin(model: torch.nn.Module, states: Sequence[dict[str, torch.Tenso
                   train: DataLoader, targets: DataLoader, normalized: bool = False) -> Scores:
     """dattri's ``TracInAttributor`` (no projection) over checkpoints ``states``; ``normalized``
     divides each gradient by its norm (one checkpoint, weight 1: grad-cos; unnormalised: grad-dot)."""
-    from dattri.algorithm.tracin import TracInAttributor
 
     def run() -> torch.Tensor:
+        from dattri.algorithm.tracin import TracInAttributor
+
         copied = _wrapped(copy.deepcopy(model))
         task = _task(copied, _loss(copied), _states(model, states))
         attributor = TracInAttributor(task, weight_list=torch.tensor(list(rates)), normalized_grad=normalized,
@@ -121,9 +123,10 @@ def _soft_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def dattri_rps(model: torch.nn.Module, layer: str, train: DataLoader, targets: DataLoader,
                regularization: float) -> Scores:
     """dattri's ``RPSAttributor`` on the last ``nn.Linear`` named ``layer`` of ``model``."""
-    from dattri.algorithm.rps import RPSAttributor
 
     def run() -> torch.Tensor:
+        from dattri.algorithm.rps import RPSAttributor
+
         copied = _wrapped(copy.deepcopy(model))
         name = layer if isinstance(model, torch.nn.Sequential) else "0"
         task = _task(copied, _loss(copied), [copied.state_dict()],

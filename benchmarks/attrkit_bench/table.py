@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["format_table", "markdown_table", "table_rows"]
+__all__ = ["format_table", "main", "markdown_table", "table_rows"]
 
 #: Column titles of the metrics.
 TITLES = {"lds": "LDS", "loo": "LOO", "auc": "noisy AUC", "brittleness": "brittleness",
@@ -58,3 +58,21 @@ def markdown_table(document: Mapping[str, Any]) -> str:
     header, rows = table_rows(document)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m attrkit_bench.table FILE.json...``: print each result file as a markdown table."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(prog="python -m attrkit_bench.table", description=main.__doc__)
+    parser.add_argument("files", nargs="+", type=Path, help="JSON files written by attrkit bench SETTING")
+    for path in parser.parse_args(argv).files:
+        document = json.loads(path.read_text())
+        print(f"{document['setting']}{' (quick)' if document.get('quick') else ''}:\n\n{markdown_table(document)}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
