@@ -174,6 +174,11 @@ def main(argv: list[str]) -> int:
         return _run(args, setting, choices, metrics, registry, rank)
 
 
+def _values(metrics: dict[str, float | None]) -> str:
+    """``lds=0.312 auc=0.97`` (``–`` where undefined): a finished run in the log."""
+    return " ".join(f"{k}={'–' if v is None else f'{v:.3f}'}" for k, v in metrics.items())
+
+
 def _run(args: argparse.Namespace, setting: Setting, choices: list[MethodChoice], metrics: list[MetricChoice] | None,
          registry: Registry, rank: int) -> int:
     """Prepare the setting (rank 0 first), run the methods, print and write (rank 0)."""
@@ -205,7 +210,9 @@ def _run(args: argparse.Namespace, setting: Setting, choices: list[MethodChoice]
             f"{info['loo_seconds']:.1f} s of retraining ({info['loo_retrained']} retrained now); "
             f"seed agreement of the effects {info['loo_seed_agreement']:.3f}")
     document = run_benchmark(problem, choices, metrics, compare=bool(args.compare), registry=registry,
-                             on_run=lambda run: say(f"  done: {run.label} ({run.seconds:.1f} s)", flush=True))
+                             on_run=lambda run: say(f"  done: {run.label} ({run.seconds:.1f} s) {_values(run.metrics)}"
+                                                    f"{'' if run.dattri is None else ' dattri ' + _values(run.dattri.metrics)}",
+                                                    flush=True))
     if rank != 0:
         return 0
     print(format_table(document))
