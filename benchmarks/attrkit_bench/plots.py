@@ -45,7 +45,7 @@ def write_plots(document: Mapping[str, Any], out_dir: Path, stem: str) -> list[P
     figure, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
     for axis, metric in zip(axes[0], metrics, strict=True):
         for i, run in enumerate(runs):
-            color = f"C{i % 10}"
+            color = plt.cm.tab20(i % 20)
             if run["metrics"].get(metric) is not None:
                 axis.scatter(run["seconds"], run["metrics"][metric], color=color, label=run["label"])
             theirs = run.get("dattri") or {}
@@ -53,8 +53,8 @@ def write_plots(document: Mapping[str, Any], out_dir: Path, stem: str) -> list[P
                 axis.scatter(theirs["seconds"], theirs["metrics"][metric], facecolors="none", edgecolors=color)
         axis.set(xscale="log", xlabel="wall time (s)", ylabel=TITLES.get(metric, metric), title=document["setting"])
         axis.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    figure.tight_layout()
+    figure.legend(*axes[0][0].get_legend_handles_labels(), loc="center right", fontsize=7)
+    figure.tight_layout(rect=(0, 0, 0.87, 1))
     scatter = out_dir / f"{stem}-vs-time.png"
     figure.savefig(scatter, dpi=120)
     plt.close(figure)
