@@ -15,7 +15,7 @@ import attrs
 import torch
 
 from attrkit.task import LossFn
-from attrkit_bench.training import _one_thread
+from attrkit_bench.training import _one_thread, epoch_order, seeded_model
 
 __all__ = ["AdamWRecipe", "learning_rate", "train_adamw"]
 
@@ -89,9 +89,7 @@ def train_adamw(
     Returns:
         The trained model, in eval mode.
     """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = make_model()
+    model = seeded_model(make_model, seed)
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=recipe.betas,
                                   weight_decay=recipe.weight_decay)
@@ -101,10 +99,7 @@ def train_adamw(
     model.train()
     with _one_thread():
         for epoch in range(1, recipe.epochs + 1):
-            order = torch.randperm(x.shape[0], generator=generator)
-            if keep is not None:
-                order = order[keep[order]]
-            for batch in order.split(recipe.batch_size):
+            for batch in epoch_order(x.shape[0], generator, keep).split(recipe.batch_size):
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(recipe, step, total)
                 optimizer.zero_grad(set_to_none=True)

@@ -11,8 +11,8 @@ import torch
 from attrkit.task import LossFn
 
 __all__ = [
-    "SGDRecipe", "accuracy", "checkpoint_epochs", "per_example_loss", "retrain_targets", "sgd_epochs", "train_model",
-    "trajectory_states",
+    "SGDRecipe", "accuracy", "checkpoint_epochs", "epoch_order", "per_example_loss", "retrain_targets", "seeded_model",
+    "sgd_epochs", "train_model", "trajectory_states",
 ]
 
 
@@ -31,6 +31,22 @@ class SGDRecipe:
     momentum: float = attrs.field(default=0.9, validator=[attrs.validators.ge(0), attrs.validators.lt(1)])
     batch_size: int = attrs.field(default=64, validator=attrs.validators.ge(1))
     epochs: int = attrs.field(default=20, validator=attrs.validators.ge(1))
+
+
+def seeded_model(make_model: Callable[[], torch.nn.Module], seed: int) -> torch.nn.Module:
+    """``make_model()`` under ``torch.manual_seed(seed)`` inside :func:`torch.random.fork_rng`
+    (the caller's global RNG is untouched): the same seed always gives the same weights."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return make_model()
+
+
+def epoch_order(n: int, generator: torch.Generator, keep: torch.Tensor | None) -> torch.Tensor:
+    """``LongTensor``: one epoch's seeded permutation of all ``n`` examples, without those
+    ``keep`` (``BoolTensor[n]``) drops; the others keep their relative order, so leaving one
+    example out perturbs a training run as little as possible."""
+    order = torch.randperm(n, generator=generator)
+    return order if keep is None else order[keep[order]]
 
 
 @contextlib.contextmanager
@@ -74,10 +90,7 @@ def train_model(
     Returns:
         The trained model, in eval mode.
     """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = make_model()
-    return sgd_epochs(model, loss_fn, x, y, recipe, seed, on_epoch, keep)
+    return sgd_epochs(seeded_model(make_model, seed), loss_fn, x, y, recipe, seed, on_epoch, keep)
 
 
 def sgd_epochs(
@@ -112,10 +125,7 @@ def sgd_epochs(
     model.train()
     with _one_thread():
         for epoch in range(1, recipe.epochs + 1):
-            order = torch.randperm(x.shape[0], generator=generator)
-            if keep is not None:
-                order = order[keep[order]]
-            for batch in order.split(recipe.batch_size):
+            for batch in epoch_order(x.shape[0], generator, keep).split(recipe.batch_size):
                 optimizer.zero_grad(set_to_none=True)
                 loss_fn(model, (x[batch], y[batch])).mean().backward()
                 optimizer.step()
