@@ -84,7 +84,8 @@ def test_ground_truth_is_cached_and_resumes(tmp_path: Path, data: tuple[torch.Te
 def test_more_models_reuse_and_a_new_recipe_does_not(tmp_path: Path, data: tuple[torch.Tensor, torch.Tensor]) -> None:
     base = mnist_lr.prepare(tmp_path, CONFIG, data=data)
     more = mnist_lr.prepare(tmp_path, attrs.evolve(CONFIG, n_models=CONFIG.n_models + 2), data=data)
-    assert more.info["ground_truth_retrained"] == 2
+    assert more.info["ground_truth_retrained"] == 3  # 2 new models, and model n/2 (now a member) for its weights
+    assert more.members("independent", CONFIG.n_models // 2 + 1)[-1]["weight"].shape == base.model.weight.shape
     assert more.info["cache_key"] == base.info["cache_key"]
     overlap = CONFIG.n_models // 2 - 1  # LDS models n/2+1 .. n-1 score both
     assert torch.equal(more.ground_truth["values"][:overlap], base.ground_truth["values"][-overlap:])
@@ -150,6 +151,19 @@ def test_members_run_over_the_ground_truth_models_and_the_trajectory(
     assert all(run["metrics"]["lds"] > 0 for run in document["runs"])
     with pytest.raises(SpecError, match="KIND:COUNT"):
         parse_methods(['{"method": "trak", "members": "independent"}'], registry)
+
+
+def test_a_spec_may_skip_a_metric(tmp_path: Path, data: tuple[torch.Tensor, torch.Tensor]) -> None:
+    problem = mnist_lr.prepare(tmp_path, CONFIG, data=data)
+    registry = attrkit.default_registry()
+    choices = parse_methods(['{"method": "grad-dot", "skip": ["auc"]}', "grad-dot"], registry)
+    assert choices[0].skip == ("auc",) and choices[1].skip == ()
+    document = run_benchmark(problem, choices, parse_metrics(["lds", "auc"], registry), registry=registry)
+    skipped, whole = document["runs"]
+    assert skipped["metrics"]["auc"] is None and "skip" in skipped["details"]["auc"]
+    assert whole["metrics"]["auc"] > 0.5 and skipped["metrics"]["lds"] == whole["metrics"]["lds"]
+    with pytest.raises(SpecError, match="'skip' must be a list"):
+        parse_methods(['{"method": "grad-dot", "skip": "auc"}'], registry)
 
 
 def test_metrics_are_checked_before_anything_runs(registry) -> None:
@@ -407,6 +421,12 @@ def test_dattri_counterparts_match_specs_or_say_why_not(tmp_path: Path, data: tu
     grouped = counterpart(resolved({"method": "grad-dot", "grouper": {"name": "random", "group_size": 4}}), problem, states)
     assert grouped.scores is None and "grouper 'random'" in grouped.reason
     assert "kfac" in counterpart(resolved({"method": "if", "solver": "kfac"}), problem, states).reason
+    pytest.importorskip("dattri")
+    for method in ("grad-dot", "grad-cos"):  # the same exact dot products (dattri's default projection is off)
+        theirs = counterpart(resolved({"method": method}), problem, states).scores()
+        attributor = attrkit.compose({"method": method}, problem.task(), registry).fit(problem.train)
+        ours = attributor.attribute(problem.targets)
+        torch.testing.assert_close(theirs, ours.float(), rtol=1e-4, atol=1e-4 * float(ours.abs().max()))
 
 
 def test_plots_are_written_for_each_metric(tmp_path: Path) -> None:

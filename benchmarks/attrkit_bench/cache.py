@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["default_cache_dir", "fingerprint", "load_or_create", "recipe_key"]
+__all__ = ["default_cache_dir", "fingerprint", "load_or_create", "recipe_key", "save_atomic"]
 
 #: Bumped whenever the code that makes a cached artifact changes its result.
 CACHE_VERSION = 2
@@ -45,8 +45,8 @@ def recipe_key(recipe: Any) -> str:
 def load_or_create(path: Path, create: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], bool]:
     """Load the dict saved at ``path``, or make it with ``create()`` and save it.
 
-    The file is written to a temporary name and moved into place with ``os.replace``,
-    so an interrupted run leaves either a whole file or none, and a rerun resumes.
+    The file is written by :func:`save_atomic`, so an interrupted run leaves either a
+    whole file or none, and a rerun resumes.
 
     Args:
         path: the cache file (its folder is created when missing).
@@ -58,6 +58,13 @@ def load_or_create(path: Path, create: Callable[[], dict[str, Any]]) -> tuple[di
     if path.exists():
         return torch.load(path, map_location="cpu", weights_only=True), False
     artifact = create()
+    save_atomic(path, artifact)
+    return artifact, True
+
+
+def save_atomic(path: Path, artifact: dict[str, Any]) -> None:
+    """``torch.save(artifact, path)`` through a temporary name and ``os.replace``: a reader
+    (or a rerun after a kill) sees a whole file or none. Creates the folder when missing."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -65,4 +72,3 @@ def load_or_create(path: Path, create: Callable[[], dict[str, Any]]) -> tuple[di
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return artifact, True

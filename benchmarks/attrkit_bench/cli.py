@@ -45,7 +45,8 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         metavar="SPEC,SPEC...",
         help="methods to run: registered method or preset names, JSON specs, or JSON files of one spec or a list "
-        "(a spec may add \"label\" and \"members\": \"independent:10\" or \"trajectory:5\"), comma-separated, "
+        "(a spec may add \"label\", \"members\": \"independent:10\" or \"trajectory:5\", \"compare\": false and "
+        "\"skip\": [\"auc\"]), comma-separated, "
         "repeatable; default: the setting's own list",
     )
     parser.add_argument(

@@ -4,7 +4,7 @@
 same model, members, loaders and hyper-parameters, or says why there is none:
 
 * ``grad-dot`` / ``grad-cos`` → ``TracInAttributor`` with one checkpoint, weight 1,
-  ``normalized_grad`` off / on;
+  ``normalized_grad`` off / on, dattri's default projection off (exact products, as attrkit's);
 * ``tracin`` → ``TracInAttributor`` over the same checkpoints and learning rates;
 * ``trak`` → ``TRAKAttributor`` over the same members, same projection dimension and λ;
 * ``rps`` → ``RPSAttributor`` with the same L2 strength;

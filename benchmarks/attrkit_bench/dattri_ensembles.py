@@ -7,6 +7,10 @@ so that every layer has a module path. What dattri computes differently:
 * TRAK: gradients scaled by ``1/sqrt(p)`` (a constant factor), its own random projector,
   ``Q = 1 − p(correct)`` averaged over checkpoints like attrkit's;
 * TracIn: per-example gradient dot products per checkpoint, weighted by the learning rates;
+  dattri 0.3.0's ``TracInAttributor`` projects every gradient to 512 dimensions whatever
+  ``projector_kwargs`` says (its defaults are always merged in), so the runner turns the
+  projection off to compute the exact products that attrkit's grad-dot, grad-cos and
+  TracIn compute;
 * RPS: fine-tunes the last layer's *weight* (no bias) with ``epoch`` steps of gradient
   descent towards the model's own predictions, attrkit by L-BFGS to a stationary point.
 """
@@ -110,6 +114,7 @@ def dattri_tracin(model: torch.nn.Module, states: Sequence[dict[str, torch.Tenso
         task = _task(copied, _loss(copied), _states(model, states))
         attributor = TracInAttributor(task, weight_list=torch.tensor(list(rates)), normalized_grad=normalized,
                                       device="cpu")
+        attributor.projector_kwargs = None  # dattri 0.3.0 always projects to 512 dims; the exact dot products
         return attributor.attribute(train, targets)
 
     return _transpose(run)

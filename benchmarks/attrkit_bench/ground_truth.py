@@ -45,7 +45,8 @@ class LDSGroundTruth:
     Attributes:
         subsets: ``BoolTensor[n_models, n_train]``, the training subset of each model.
         values: ``Tensor[n_models, n_targets]``, each model's target values (loss-like).
-        states: each model's ``state_dict``, in model order.
+        members: the ``state_dict`` of each of the first ``n_models // 2`` models (the
+            second half's weights are not kept: only their values score LDS).
         seconds: wall seconds of all retrainings, summed over the jobs that made them
             (cached files keep their own time), i.e. single-process cost.
         created: how many models this call retrained (the rest came from the cache).
@@ -53,7 +54,7 @@ class LDSGroundTruth:
 
     subsets: torch.Tensor = attrs.field(repr=False)
     values: torch.Tensor = attrs.field(repr=False)
-    states: list[dict[str, torch.Tensor]] = attrs.field(repr=False)
+    members: list[dict[str, torch.Tensor]] = attrs.field(repr=False)
     seconds: float
     created: int
 
@@ -61,11 +62,6 @@ class LDSGroundTruth:
     def split(self) -> int:
         """Models ``0..split-1`` are members, ``split..n_models-1`` score LDS."""
         return self.subsets.shape[0] // 2
-
-    @property
-    def members(self) -> list[dict[str, torch.Tensor]]:
-        """The first half's states: models trained on random halves, for ensembles (TRAK-M)."""
-        return self.states[: self.split]
 
     def as_mapping(self) -> dict[str, torch.Tensor]:
         """``{"subsets", "values"}`` of the second half, the ground truth the ``lds`` metric reads."""
@@ -88,13 +84,15 @@ class LDSGroundTruth:
         return self.members[:k]
 
 
-def _lds_job(retrain: Retrain, seed: int, n_train: int, subset_size: int, model: int) -> dict[str, Any]:
+def _lds_job(retrain: Retrain, seed: int, n_train: int, subset_size: int, n_members: int, model: int) -> dict[
+        str, Any]:
+    """Model ``model`` of the protocol; its ``state_dict`` is kept only if it is one of the ``n_members`` members."""
     model_seed = derived_seed("lds", seed, model)
     generator = torch.Generator().manual_seed(model_seed)
     keep = torch.zeros(n_train, dtype=torch.bool)
     keep[torch.randperm(n_train, generator=generator)[:subset_size]] = True
     values, state = retrain(keep, model_seed)
-    return {"subset": keep, "values": values, "state_dict": state}
+    return {"subset": keep, "values": values, **({"state_dict": state} if model < n_members else {})}
 
 
 def lds_ground_truth(
@@ -113,7 +111,8 @@ def lds_ground_truth(
     Model ``s`` keeps ``subset_size`` of the ``n_train`` examples drawn with a generator
     seeded by ``derived_seed("lds", seed, s)`` and is trained with that seed, so it
     depends only on ``s`` and the recipe: raising ``n_models`` keeps the models already
-    made. Each is saved to ``{cache_dir}/{prefix}-{s:04d}.pt``. ``prefix`` must identify
+    made (those that become members are retrained once more, for their weights: only
+    members' weights are saved). Each is saved to ``{cache_dir}/{prefix}-{s:04d}.pt``. ``prefix`` must identify
     the recipe (e.g. hold its cache key).
 
     Args:
@@ -126,13 +125,20 @@ def lds_ground_truth(
         prefix: file name prefix.
         workers: processes (see :func:`~attrkit_bench.retraining.run_jobs`).
     """
-    job = functools.partial(_lds_job, retrain, seed, n_train, subset_size)
+    n_members = n_models // 2
+    job = functools.partial(_lds_job, retrain, seed, n_train, subset_size, n_members)
     paths = [cache_dir / f"{prefix}-{s:04d}.pt" for s in range(n_models)]
     artifacts, created = run_jobs(job, paths, workers=workers, desc=f"LDS ground truth ({n_models} models)")
+    stateless = [paths[s] for s in range(n_members) if "state_dict" not in artifacts[s]]
+    if stateless:  # LDS models of a smaller n_models, members now: retrain them for their weights
+        for path in stateless:
+            path.unlink()
+        artifacts, more = run_jobs(job, paths, workers=workers, desc=f"LDS members' weights ({len(stateless)} models)")
+        created += more
     return LDSGroundTruth(
         subsets=torch.stack([a["subset"] for a in artifacts]),
         values=torch.stack([a["values"] for a in artifacts]),
-        states=[a["state_dict"] for a in artifacts],
+        members=[a["state_dict"] for a in artifacts[:n_members]],
         seconds=sum(float(a["seconds"]) for a in artifacts),
         created=created,
     )

@@ -36,12 +36,15 @@ class MethodChoice:
             (the spec's ``"members": "KIND:COUNT"``), or ``None``: the trained model.
         compare: whether ``--compare`` runs its counterpart (the spec's ``"compare":
             false`` turns it off, e.g. where the counterpart would take hours).
+        skip: metrics not evaluated for this method (the spec's ``"skip": ["auc"]``, e.g.
+            where its self-influence would take hours); the run records why.
     """
 
     label: str
     spec: Mapping[str, Any]
     members: tuple[str, int] | None = None
     compare: bool = True
+    skip: tuple[str, ...] = ()
 
 
 @attrs.frozen(kw_only=True)
@@ -110,8 +113,12 @@ def _choice(text: str, data: Any) -> MethodChoice:
     compare = data.pop("compare", True)
     if not isinstance(compare, bool):
         raise SpecError([f"{text}: 'compare' must be true or false, got {compare!r}"])
+    skip = data.pop("skip", [])
+    if not isinstance(skip, list) or not all(isinstance(name, str) for name in skip):
+        raise SpecError([f"{text}: 'skip' must be a list of metric names such as [\"auc\"], got {skip!r}"])
     return MethodChoice(label=label or default_label(Spec.from_dict(data)), spec=data,
-                        members=None if members is None else _members(text, members), compare=compare)
+                        members=None if members is None else _members(text, members), compare=compare,
+                        skip=tuple(skip))
 
 
 def _parse_one(text: str, registry: Registry) -> list[MethodChoice]:
@@ -130,8 +137,9 @@ def parse_methods(texts: Iterable[str], registry: Registry) -> list[MethodChoice
 
     A text is JSON (``{"method": ...}``), a path to a JSON file (ending in ``.json`` or
     holding a ``/``) of one spec or a list of specs, a preset name or a method name
-    (``grad-dot`` means ``{"method": "grad-dot"}``). A JSON spec may carry a ``"label"``
-    and a ``"members"`` key (see :data:`MEMBERS_KEY`), taken out before composing.
+    (``grad-dot`` means ``{"method": "grad-dot"}``). A JSON spec may carry the bench keys
+    ``"label"``, ``"members"`` (see :data:`MEMBERS_KEY`), ``"compare"`` and ``"skip"`` (see
+    :class:`MethodChoice`), taken out before composing.
     Repeated labels get ``#2``, ``#3``...
 
     Raises:

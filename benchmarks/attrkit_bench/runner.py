@@ -208,6 +208,9 @@ def run_method(problem: Problem, choice: MethodChoice, metrics: Sequence[MetricC
 
     values, per_target, details = {}, {}, {}
     for metric in metrics:
+        if metric.name in choice.skip:
+            values[metric.name], details[metric.name] = None, "not computed: the spec says \"skip\""
+            continue
         value, targets, detail = _evaluate(metric, registry, problem, scores, groups, refit, states is not None)
         values[metric.name], details[metric.name] = value, detail
         if targets is not None:

@@ -11,7 +11,8 @@ ground truth (``loo_points`` points, ``loo_seeds`` seeds) and answers the remova
 retrainings (:mod:`attrkit_bench.removal_truth`). Retraining runs in parallel processes
 (:mod:`attrkit_bench.retraining`). The main model and every retrained model are cached in
 their own file, keyed by the recipe and the data's bytes, so a rerun loads them and an
-interrupted run resumes.
+interrupted run resumes; a full run whose files ship with the repository
+(:mod:`attrkit_bench.shipped`) starts from those.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from attrkit_bench.data import load_mnist, stratified_split
 from attrkit_bench.ground_truth import lds_ground_truth, loo_ground_truth
 from attrkit_bench.problem import NoisyLabels, Problem, Setting, Truth
 from attrkit_bench.removal_truth import RemovalTruth
+from attrkit_bench.shipped import unpack
 from attrkit_bench.training import SGDRecipe, accuracy, retrain_targets, train_model, trajectory_states
 
 __all__ = ["LOADER_BATCH_SIZE", "NOISY_FRACTION", "ClassifierConfig", "ClassifierSetting", "MakeModel", "flip_labels"]
@@ -185,6 +187,7 @@ class ClassifierSetting:
         x_targets, y_targets = x_test[: config.n_targets], y_test[: config.n_targets]
         recipe = attrs.asdict(config, filter=lambda a, _: a.name not in _COUNTS)
         key = recipe_key({"setting": self.name, "config": recipe, "data": fingerprint(x, y)})
+        unpack(self.name, key, cache_dir)
         shape = (x.shape[1], int(y.max()) + 1)
         make = functools.partial(self.make_model, *shape)
         train = functools.partial(train_model, make, cross_entropy, x_train)
