@@ -31,6 +31,9 @@ def test_a_packed_bundle_spares_every_retraining(tmp_path: Path, monkeypatch: py
     assert {p.name for p in (tmp_path / "b").iterdir()} == {p.name for p in (tmp_path / "a").iterdir()} - {"unrelated.pt"}
 
     assert shipped.unpack("mnist-lr", key, tmp_path / "b") == 0  # present files are never rewritten
+    monkeypatch.setenv("ATTRKIT_BENCH_SHIPPED", "0")
+    assert shipped.unpack("mnist-lr", key, tmp_path / "d") == 0 and not (tmp_path / "d").exists()
+    monkeypatch.delenv("ATTRKIT_BENCH_SHIPPED")
     other = mnist_lr.prepare(tmp_path / "c", CONFIG, data=synthetic(seed=1))  # another data set: another key
     assert other.info["ground_truth_retrained"] == CONFIG.n_models
 
@@ -54,7 +57,7 @@ def test_the_shipped_mnist_lr_ground_truth_is_current_and_reproducible(tmp_path:
     remade = ["lds-{key}-0000", "lds-{key}-0099", "loo-{key}-00003"]  # a member, an LDS model, one removal
     for name in remade:
         (tmp_path / f"mnist-lr-{name.format(key=key)}.pt").unlink()
-    monkeypatch.setattr(shipped, "SHIPPED_DIR", tmp_path / "none")  # so they are retrained, not unpacked
+    monkeypatch.setenv("ATTRKIT_BENCH_SHIPPED", "0")  # so they are retrained, not unpacked
     again = mnist_lr.SETTING.prepare(tmp_path, False)
     assert again.info["ground_truth_retrained"] == 2
     member, shipped_member = again.members("independent", 1)[0], problem.members("independent", 1)[0]

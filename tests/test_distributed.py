@@ -85,6 +85,7 @@ def _rank(rank: int, size: int, folder: str) -> None:
     try:
         assert distributed.world() == (rank, size)
         torch.save(_results(folder), f"{folder}/rank{rank}.pt")
+        dist.barrier()  # neither rank tears the group down while the other still talks to it
     finally:
         dist.destroy_process_group()
 

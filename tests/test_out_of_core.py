@@ -155,6 +155,7 @@ def _rank(rank, size, folder, phase):
             train = TOY.train_loader(3)
             fitted = attrkit.compose(GRAD_DOT, TOY.task).fit(train, store=f"{folder}/store", memory_budget=BUDGET)
             torch.save(_outputs(fitted, TOY, train), f"{folder}/resumed-{rank}.pt")
+            dist.barrier()  # neither rank tears the group down while the other still talks to it
     finally:
         dist.destroy_process_group()
 

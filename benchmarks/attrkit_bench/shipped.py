@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import io
 import lzma
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -67,13 +68,15 @@ def unpack(setting: str, key: str, cache_dir: Path) -> int:
     """Write the shipped artifacts of ``setting`` and ``key`` that ``cache_dir`` lacks.
 
     Each file is written atomically (:func:`~attrkit_bench.cache.save_atomic`), so an
-    interrupted unpack leaves whole files only. No bundle for ``key``: nothing happens.
+    interrupted unpack leaves whole files only. No bundle for ``key``, or
+    ``$ATTRKIT_BENCH_SHIPPED`` set to ``0`` (to retrain, e.g. to time the ground truth):
+    nothing happens.
 
     Returns:
         How many files were written.
     """
     path = bundle_path(setting, key)
-    if not path.exists():
+    if not path.exists() or os.environ.get("ATTRKIT_BENCH_SHIPPED") == "0":
         return 0
     artifacts: dict[str, dict[str, Any]] = torch.load(io.BytesIO(lzma.decompress(path.read_bytes())),
                                                       map_location="cpu", weights_only=True)
@@ -84,7 +87,8 @@ def unpack(setting: str, key: str, cache_dir: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m attrkit_bench.shipped SETTING``: run the setting's ground truth, then bundle it."""
+    """``python -m attrkit_bench.shipped SETTING``: make the setting's ground truth (what the cache
+    lacks, by retraining), then bundle it; ``$ATTRKIT_CACHE`` picks the cache."""
     from attrkit_bench.cache import default_cache_dir
     from attrkit_bench.settings import get_setting
 
@@ -92,6 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("setting")
     args = parser.parse_args(argv)
     cache_dir = default_cache_dir(args.setting)
+    os.environ["ATTRKIT_BENCH_SHIPPED"] = "0"  # made by retraining, never from the bundle it replaces
     problem = get_setting(args.setting).prepare(cache_dir, False)
     if "loo" in problem.truths:
         problem.truth("loo")
