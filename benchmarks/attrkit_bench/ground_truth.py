@@ -112,8 +112,8 @@ def lds_ground_truth(
     seeded by ``derived_seed("lds", seed, s)`` and is trained with that seed, so it
     depends only on ``s`` and the recipe: raising ``n_models`` keeps the models already
     made (those that become members are retrained once more, for their weights: only
-    members' weights are saved). Each is saved to ``{cache_dir}/{prefix}-{s:04d}.pt``. ``prefix`` must identify
-    the recipe (e.g. hold its cache key).
+    members' weights are saved). Each is saved to ``{cache_dir}/{prefix}-{s:04d}.pt``;
+    ``prefix`` must identify the recipe (e.g. hold its cache key).
 
     Args:
         retrain: trains one model (picklable when ``workers`` > 1).
