@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ class LDSGroundTruth:
         seconds: wall seconds of all retrainings, summed over the jobs that made them
             (cached files keep their own time), i.e. single-process cost.
         created: how many models this call retrained (the rest came from the cache).
+        wall_seconds: wall time of this call (loading included).
     """
 
     subsets: torch.Tensor = attrs.field(repr=False)
@@ -57,6 +59,7 @@ class LDSGroundTruth:
     members: list[dict[str, torch.Tensor]] = attrs.field(repr=False)
     seconds: float
     created: int
+    wall_seconds: float
 
     @property
     def split(self) -> int:
@@ -66,6 +69,26 @@ class LDSGroundTruth:
     def as_mapping(self) -> dict[str, torch.Tensor]:
         """``{"subsets", "values"}`` of the second half, the ground truth the ``lds`` metric reads."""
         return {"subsets": self.subsets[self.split:], "values": self.values[self.split:]}
+
+    def facts(self) -> dict[str, Any]:
+        """The report's facts: model counts, subset size, cost (summed, per model, wall), models retrained now."""
+        n = self.subsets.shape[0]
+        return {
+            "n_models": n,
+            "lds_models": n - self.split,
+            "subset_size": int(self.subsets[0].sum()),
+            "ground_truth_seconds": self.seconds,
+            "retrain_seconds": self.seconds / n,
+            "ground_truth_wall_seconds": self.wall_seconds,
+            "ground_truth_retrained": self.created,
+        }
+
+    def summary(self, unit: str) -> str:
+        """One line for the terminal; ``unit`` names the training examples (``"windows"``)."""
+        n = self.subsets.shape[0]
+        return (f"LDS ground truth: {n} models on {int(self.subsets[0].sum())} {unit} each (first {self.split} "
+                f"ensemble members, last {n - self.split} score LDS), {self.seconds:.1f} s of retraining, "
+                f"{self.seconds / n:.2f} s per model ({self.created} retrained now, {self.wall_seconds:.1f} s wall)")
 
     def members_of(self, kind: str, k: int, trajectory: Callable[[], list[dict[str, torch.Tensor]]]) -> list[
             dict[str, torch.Tensor]]:
@@ -125,6 +148,7 @@ def lds_ground_truth(
         prefix: file name prefix.
         workers: processes (see :func:`~attrkit_bench.retraining.run_jobs`).
     """
+    start = time.perf_counter()
     n_members = n_models // 2
     job = functools.partial(_lds_job, retrain, seed, n_train, subset_size, n_members)
     paths = [cache_dir / f"{prefix}-{s:04d}.pt" for s in range(n_models)]
@@ -141,6 +165,7 @@ def lds_ground_truth(
         members=[a["state_dict"] for a in artifacts[:n_members]],
         seconds=sum(float(a["seconds"]) for a in artifacts),
         created=created,
+        wall_seconds=time.perf_counter() - start,
     )
 
 

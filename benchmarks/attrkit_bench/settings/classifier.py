@@ -211,7 +211,6 @@ class ClassifierSetting:
         )
         retrain = functools.partial(retrain_targets, make_model=make, loss_fn=cross_entropy, recipe=config.recipe,
                                     x=x_train, y=y_train, x_targets=x_targets, y_targets=y_targets)
-        start = time.perf_counter()
         truth = lds_ground_truth(retrain, n_train=config.n_train, subset_size=config.subset_size,
                                  n_models=config.n_models, seed=config.seed, cache_dir=cache_dir,
                                  prefix=f"{self.name}-lds-{key}")
@@ -220,9 +219,7 @@ class ClassifierSetting:
             "n_train": config.n_train,
             "n_test": config.n_test,
             "n_targets": config.n_targets,
-            "n_models": config.n_models,
-            "lds_models": config.n_models - truth.split,
-            "subset_size": config.subset_size,
+            **truth.facts(),
             "n_parameters": sum(p.numel() for p in model.parameters()),
             "config": attrs.asdict(config),
             "cache_key": key,
@@ -230,18 +227,11 @@ class ClassifierSetting:
             "train_seconds": float(main["seconds"]),
             "model_from_cache": not model_made,
             "test_accuracy": accuracy(model, x_test, y_test),
-            "ground_truth_seconds": truth.seconds,
-            "ground_truth_wall_seconds": time.perf_counter() - start,
-            "ground_truth_retrained": truth.created,
         }
         summary = (
             f"{self.name}: {config.n_train} train, {config.n_targets} targets; test accuracy "
             f"{info['test_accuracy']:.4f}, trained in {info['train_seconds']:.2f} s"
-            f"{' (cached)' if info['model_from_cache'] else ''}\n"
-            f"LDS ground truth: {config.n_models} models on {config.subset_size} examples each "
-            f"(first {truth.split} ensemble members, last {config.n_models - truth.split} score LDS), "
-            f"{truth.seconds:.1f} s of retraining ({truth.created} retrained now, "
-            f"{info['ground_truth_wall_seconds']:.1f} s wall)"
+            f"{' (cached)' if info['model_from_cache'] else ''}\n{truth.summary('examples')}"
         )
         with torch.no_grad():
             labels = model(x_targets).argmax(dim=1)

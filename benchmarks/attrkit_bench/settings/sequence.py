@@ -214,13 +214,11 @@ class SequenceSetting:
         model.load_state_dict(main["state_dict"])
         model.eval()
 
-        start = time.perf_counter()
         retrain = functools.partial(retrain_losses, model=shape, recipe=config.recipe, x=x, y=y,
                                     target_x=target_x, target_y=target_y)
         truth = lds_ground_truth(retrain, n_train=config.n_train, subset_size=config.subset_size,
                                  n_models=config.n_models, seed=config.seed, cache_dir=cache_dir,
                                  prefix=f"{self.name}-lds-{key}")
-        ground_truth_wall = time.perf_counter() - start
         held_out_loss = float(per_example_loss(model, sequence_loss, target_x, target_y).mean())
         info = {
             "data": source,
@@ -230,9 +228,7 @@ class SequenceSetting:
             "n_train": config.n_train,
             "n_targets": config.n_targets,
             "block": config.block,
-            "n_models": config.n_models,
-            "lds_models": config.n_models - truth.split,
-            "subset_size": config.subset_size,
+            **truth.facts(),
             "n_parameters": sum(p.numel() for p in model.parameters()),
             "config": attrs.asdict(config),
             "cache_key": key,
@@ -243,20 +239,13 @@ class SequenceSetting:
             "held_out_loss": held_out_loss,
             "held_out_perplexity": math.exp(held_out_loss),
             "unigram_loss": unigram_loss(y, target_y, corpus.vocab_size),
-            "ground_truth_seconds": truth.seconds,
-            "retrain_seconds": truth.seconds / config.n_models,
-            "ground_truth_wall_seconds": ground_truth_wall,
-            "ground_truth_retrained": truth.created,
         }
         summary = (
             f"{self.name}: {config.n_train} train / {config.n_targets} held-out windows of {config.block} tokens, "
             f"{info['n_parameters']:,} params; held-out loss {held_out_loss:.3f} nats/token (perplexity "
             f"{info['held_out_perplexity']:.2f}; unigram {info['unigram_loss']:.3f}), trained in "
             f"{info['train_seconds']:.1f} s{' (cached)' if info['model_from_cache'] else ''}\n"
-            f"LDS ground truth: {config.n_models} models on {config.subset_size} windows each "
-            f"(first {truth.split} ensemble members, last {config.n_models - truth.split} score LDS), "
-            f"{truth.seconds:.1f} s of retraining, {info['retrain_seconds']:.1f} s per model "
-            f"({truth.created} retrained now, {ground_truth_wall:.1f} s wall)"
+            f"{truth.summary('windows')}"
         )
 
         def members(kind: str, k: int) -> list[dict[str, torch.Tensor]]:
