@@ -244,6 +244,12 @@ def test_cli_quick_run(
     assert len(list(cache.iterdir())) == mnist_lr.QUICK.n_models + 2 + loo
     assert {p.name for p in out.iterdir()} >= {"mnist-lr-quick.json"}
 
+    assert main(["mnist-lr", "--quick", "--methods", "grad-dot", "--targets", "7", "--cache", str(cache),
+                 "--out", str(out)]) == 0  # --targets keeps the LOO facts (made before the cut)
+    document = json.loads((out / "mnist-lr-quick.json").read_text())
+    assert document["info"]["n_targets"] == 7 and "loo_seed_agreement" in document["info"]
+    assert len(document["runs"][0]["per_target"]["loo"]) == 7
+
 
 def test_cli_says_what_to_install_without_mlxtend(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]

@@ -195,22 +195,22 @@ def _run(args: argparse.Namespace, setting: Setting, choices: list[MethodChoice]
     except ImportError as exc:  # the setting's data needs an optional package
         print(f"attrkit bench: {exc}", file=sys.stderr)
         return 2
+    if metrics is None:
+        metrics = parse_metrics(default_metrics(problem), registry)
+    say = print if rank == 0 else (lambda *_, **__: None)
+    say(problem.summary)
+    if any(m.name == "loo" for m in metrics) and "loo" in problem.truths:
+        problem.truth("loo")  # made before any method is timed, and before --targets copies the facts
+        info = problem.info
+        say(f"LOO ground truth: {info['config']['loo_points']} points x {info['config']['loo_seeds']} seeds, "
+            f"{info['loo_seconds']:.1f} s of retraining ({info['loo_retrained']} retrained now); "
+            f"seed agreement of the effects {info['loo_seed_agreement']:.3f}")
     if args.targets is not None:
         try:
             problem = problem.first_targets(args.targets)
         except ValueError as exc:
             print(f"attrkit bench: --targets: {exc}", file=sys.stderr)
             return 2
-    if metrics is None:
-        metrics = parse_metrics(default_metrics(problem), registry)
-    say = print if rank == 0 else (lambda *_, **__: None)
-    say(problem.summary)
-    if any(m.name == "loo" for m in metrics) and "loo" in problem.truths:
-        problem.truth("loo")  # made before any method is timed
-        info = problem.info
-        say(f"LOO ground truth: {info['config']['loo_points']} points x {info['config']['loo_seeds']} seeds, "
-            f"{info['loo_seconds']:.1f} s of retraining ({info['loo_retrained']} retrained now); "
-            f"seed agreement of the effects {info['loo_seed_agreement']:.3f}")
     document = run_benchmark(problem, choices, metrics, compare=bool(args.compare), registry=registry,
                              on_run=lambda run: say(f"  done: {run.label} ({run.seconds:.1f} s) {_values(run.metrics)}"
                                                     f"{'' if run.dattri is None else ' dattri ' + _values(run.dattri.metrics)}",
