@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["default_cache_dir", "fingerprint", "load_or_create", "recipe_key", "save_atomic"]
+__all__ = ["cached_fit", "default_cache_dir", "fingerprint", "load_or_create", "recipe_key", "save_atomic"]
 
 #: Bumped whenever the code that makes a cached artifact changes its result.
 CACHE_VERSION = 2
@@ -60,6 +61,17 @@ def load_or_create(path: Path, create: Callable[[], dict[str, Any]]) -> tuple[di
     artifact = create()
     save_atomic(path, artifact)
     return artifact, True
+
+
+def cached_fit(path: Path, fit: Callable[[], torch.nn.Module]) -> tuple[dict[str, Any], bool]:
+    """:func:`load_or_create` of ``{"state_dict", "seconds"}``: the weights ``fit()`` trains and its wall time."""
+
+    def timed() -> dict[str, Any]:
+        start = time.perf_counter()
+        state = fit().state_dict()
+        return {"state_dict": state, "seconds": time.perf_counter() - start}
+
+    return load_or_create(path, timed)
 
 
 def save_atomic(path: Path, artifact: dict[str, Any]) -> None:

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Subset
 
 from attrkit.task import AttributionTask, LossFn
 
-__all__ = ["MEMBER_KINDS", "Members", "NoisyLabels", "Problem", "Setting", "Truth"]
+__all__ = ["MEMBER_KINDS", "Declaration", "Members", "NoisyLabels", "Problem", "Setting", "Truth"]
 
 #: ``truth() -> ground truth``: made (retrained) on first use, cached on disk.
 Truth = Callable[[], Mapping[str, Any]]
@@ -145,3 +145,21 @@ class Setting:
     size: str
     default_methods: tuple[str, ...]
     prepare: Callable[[Path, bool], Problem] = attrs.field(repr=False)
+
+
+class Declaration:
+    """Mixin of a setting's declaration: :meth:`setting` from its ``name``, ``description``,
+    ``size``, ``default_methods``, ``full`` and ``quick`` configs and ``prepare(cache_dir, config)``."""
+
+    __slots__ = ()
+
+    def setting(self) -> Setting:
+        """This declaration as ``attrkit bench`` lists and runs it (``quick`` picks the quick config)."""
+        declared: Any = self
+        return Setting(
+            name=declared.name,
+            description=declared.description,
+            size=declared.size,
+            default_methods=declared.default_methods,
+            prepare=lambda cache_dir, quick: declared.prepare(cache_dir, declared.quick if quick else declared.full),
+        )

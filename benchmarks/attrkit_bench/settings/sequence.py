@@ -20,22 +20,20 @@ from __future__ import annotations
 
 import functools
 import math
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import attrs
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from attrkit_bench.adamw_training import AdamWRecipe, train_adamw
-from attrkit_bench.cache import load_or_create, recipe_key
+from attrkit_bench.cache import cached_fit, recipe_key
 from attrkit_bench.corpus import Corpus, split_windows, unigram_loss
 from attrkit_bench.gpt import GPT, GPTConfig, sequence_loss
 from attrkit_bench.ground_truth import lds_ground_truth
-from attrkit_bench.problem import Problem, Setting
-from attrkit_bench.training import per_example_loss, trajectory_states
+from attrkit_bench.problem import Declaration, Problem
+from attrkit_bench.training import cached_trajectory, per_example_loss
 
 __all__ = [
     "DEFAULT_METHODS", "LOADER_BATCH_SIZE", "SequenceConfig", "SequenceSetting", "fit_gpt", "retrain_losses",
@@ -138,7 +136,7 @@ def retrain_losses(
 
 
 @attrs.frozen(kw_only=True)
-class SequenceSetting:
+class SequenceSetting(Declaration):
     """A benchmark setting: a small GPT trained on windows of a tokenised corpus.
 
     Attributes:
@@ -160,16 +158,6 @@ class SequenceSetting:
     size: str
     default_methods: tuple[str, ...]
     source: str
-
-    def setting(self) -> Setting:
-        """This setting as ``attrkit bench`` lists and runs it."""
-        return Setting(
-            name=self.name,
-            description=self.description,
-            size=self.size,
-            default_methods=self.default_methods,
-            prepare=lambda cache_dir, quick: self.prepare(cache_dir, self.quick if quick else self.full),
-        )
 
     def prepare(self, cache_dir: Path, config: SequenceConfig | None = None, corpus: Corpus | None = None) -> Problem:
         """Train (or load) the model and make (or load) the LDS ground truth.
@@ -203,12 +191,8 @@ class SequenceSetting:
         key = recipe_key({"setting": self.name, "config": recipe, "data": corpus.fingerprint()})
         shape = config.gpt(corpus.vocab_size)
 
-        def fit_main() -> dict[str, Any]:
-            start = time.perf_counter()
-            state = fit_gpt(shape, config.recipe, x, y, config.seed).state_dict()
-            return {"state_dict": state, "seconds": time.perf_counter() - start}
-
-        main, model_made = load_or_create(cache_dir / f"{self.name}-model-{key}.pt", fit_main)
+        main, model_made = cached_fit(cache_dir / f"{self.name}-model-{key}.pt",
+                                      lambda: fit_gpt(shape, config.recipe, x, y, config.seed))
         with torch.random.fork_rng(devices=[]):
             model = GPT(shape)
         model.load_state_dict(main["state_dict"])
@@ -249,12 +233,9 @@ class SequenceSetting:
         )
 
         def members(kind: str, k: int) -> list[dict[str, torch.Tensor]]:
-            def run() -> dict[str, Any]:
-                fit = functools.partial(fit_gpt, shape, config.recipe, x, y, config.seed)
-                return {"states": trajectory_states(lambda save: fit(on_epoch=save), config.recipe.epochs, k)}
-
-            return truth.members_of(kind, k, lambda: load_or_create(
-                cache_dir / f"{self.name}-trajectory{k}-{key}.pt", run)[0]["states"])
+            return truth.members_of(kind, k, lambda: cached_trajectory(
+                cache_dir / f"{self.name}-trajectory{k}-{key}.pt",
+                lambda save: fit_gpt(shape, config.recipe, x, y, config.seed, on_epoch=save), config.recipe.epochs, k))
 
         return Problem(
             name=self.name,
