@@ -1,8 +1,9 @@
-"""attrkit's exceptions.
+"""attrkit's exceptions and warnings, all in this one module.
 
 Every exception subclasses :class:`AttrkitError` *and* the builtin a caller would
-catch without knowing attrkit (``ValueError``, ``LookupError``, ``ImportError``).
-Messages name the field, the value and what is allowed.
+catch without knowing attrkit (``ValueError``, ``LookupError``, ``ImportError``,
+``MemoryError``). Messages name the problem, where it is (field, batch, example,
+file, plugin) and the fix. Every warning subclasses :class:`AttrkitWarning`.
 """
 
 from __future__ import annotations
@@ -12,14 +13,28 @@ from collections.abc import Iterable, Mapping
 
 __all__ = [
     "AttrkitError",
+    "AttrkitWarning",
     "CheckpointError",
     "ComponentUnavailableError",
+    "ConvergenceWarning",
+    "CurvatureError",
     "DataLoaderError",
+    "FactorisationError",
+    "GroundTruthError",
+    "InsufficientMemoryError",
+    "LossFunctionError",
     "LossShapeError",
+    "MemoryBudgetError",
+    "MissingGroundTruthError",
+    "ModelChangedError",
+    "NonFiniteError",
+    "NonFiniteWarning",
     "NotFittedError",
     "PluginConflictError",
     "PluginValidationError",
     "SpecError",
+    "StoreCorruptError",
+    "StoreMismatchError",
     "UnknownComponentError",
 ]
 
@@ -110,3 +125,68 @@ class CheckpointError(AttrkitError, ValueError):
 
 class NotFittedError(AttrkitError, RuntimeError):
     """``attribute`` or ``self_influence`` called before ``fit``."""
+
+
+class StoreMismatchError(AttrkitError, ValueError):
+    """A disk store that holds features of another spec, model, loss, data or batching."""
+
+
+class StoreCorruptError(StoreMismatchError):
+    """A disk store whose files are damaged, missing or unreadable (names the file)."""
+
+
+class MemoryBudgetError(AttrkitError, ValueError):
+    """A memory budget too small for what must be held at once."""
+
+
+class InsufficientMemoryError(AttrkitError, MemoryError):
+    """An allocation attrkit is about to make exceeds the memory this machine has available."""
+
+
+class CurvatureError(AttrkitError, ValueError):
+    """The damped curvature ``H + λI`` cannot be inverted as asked: not positive definite,
+    a diverging LiSSA recursion, or a matrix too large to build."""
+
+
+class FactorisationError(AttrkitError, ValueError):
+    """A layer's factors do not reproduce its gradient (its weight is used elsewhere)."""
+
+
+class NonFiniteError(AttrkitError, ValueError):
+    """A NaN or infinite value where a finite one is needed: checkpoint weights, inputs,
+    losses, gradients, features, solver outputs or scores. Names where it is."""
+
+
+class ModelChangedError(AttrkitError, RuntimeError):
+    """The model's weights changed since ``fit`` (or during it): the fitted state no
+    longer describes the model. Names the parameters that changed."""
+
+
+class LossFunctionError(AttrkitError, RuntimeError):
+    """The user's ``loss_fn`` / ``target_fn`` (or the model it calls) failed; the message adds
+    the batch, the dtypes and shapes of its tensors and the likely fix. The original
+    exception is the ``__cause__``."""
+
+
+class GroundTruthError(AttrkitError, ValueError):
+    """Ground truth (or scores) a metric cannot use: shapes that do not line up, a wrong
+    dtype, values out of range, or a retraining callable that returned the wrong thing."""
+
+
+class MissingGroundTruthError(GroundTruthError, KeyError):
+    """Ground truth that lacks entries a metric ``needs``; also a ``KeyError``."""
+
+    def __str__(self) -> str:  # KeyError would print the message in quotes
+        return str(self.args[0]) if self.args else ""
+
+
+class AttrkitWarning(UserWarning):
+    """Base class of every warning attrkit issues."""
+
+
+class ConvergenceWarning(AttrkitWarning):
+    """An iterative solver stopped before reaching its tolerance (the residual is named)."""
+
+
+class NonFiniteWarning(AttrkitWarning):
+    """Non-finite examples were skipped, as ``nonfinite="skip"`` asked (their indices are named)."""

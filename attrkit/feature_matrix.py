@@ -24,7 +24,7 @@ from typing import NamedTuple
 import torch
 
 from attrkit import distributed
-from attrkit.errors import AttrkitError
+from attrkit.errors import MemoryBudgetError
 from attrkit.store import FeatureStore
 
 __all__ = ["FeatureMatrix", "MemoryBudgetError", "Tile", "check_budget", "tile_rows"]
@@ -35,10 +35,6 @@ Transform = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 #: Bytes per tile row of its global index (``Tile.index``, int64).
 _INDEX_BYTES = 8
-
-
-class MemoryBudgetError(AttrkitError, ValueError):
-    """A memory budget too small for what must be held at once."""
 
 
 class Tile(NamedTuple):

@@ -32,13 +32,9 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from attrkit.errors import AttrkitError
+from attrkit.errors import StoreMismatchError
 
 __all__ = ["DiskStore", "FeatureStore", "MemoryStore", "StoreMismatchError", "fingerprint"]
-
-
-class StoreMismatchError(AttrkitError, ValueError):
-    """A disk store that holds features of another spec, model or batching."""
 
 
 def fingerprint(spec: Mapping[str, Any], states: list[Mapping[str, torch.Tensor]]) -> str:

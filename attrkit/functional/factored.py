@@ -29,7 +29,7 @@ from torch.nn import functional as F
 from torch.utils._pytree import tree_map
 
 from attrkit.data import batch_size
-from attrkit.errors import AttrkitError, LossShapeError
+from attrkit.errors import FactorisationError, LossShapeError
 from attrkit.functional.gradients import BoundLoss, eval_mode, per_example_gradients
 
 __all__ = [
@@ -42,10 +42,6 @@ __all__ = [
 ]
 
 _CONV = (torch.nn.Conv1d, torch.nn.Conv2d)
-
-
-class FactorisationError(AttrkitError, ValueError):
-    """A layer's factors do not reproduce its gradient (its weight is used elsewhere)."""
 
 
 @attrs.frozen(kw_only=True, eq=False)

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from attrkit.errors import AttrkitError
+from attrkit.errors import GroundTruthError, MissingGroundTruthError
 
 __all__ = [
     "GroundTruthError",
@@ -21,18 +21,6 @@ __all__ = [
     "require_entries",
     "shape_mismatch",
 ]
-
-
-class GroundTruthError(AttrkitError, ValueError):
-    """Ground truth (or scores) a metric cannot use: shapes that do not line up, a wrong
-    dtype, values out of range, or a retraining callable that returned the wrong thing."""
-
-
-class MissingGroundTruthError(GroundTruthError, KeyError):
-    """Ground truth that lacks entries a metric ``needs``; also a ``KeyError``."""
-
-    def __str__(self) -> str:  # KeyError would print the message in quotes
-        return str(self.args[0]) if self.args else ""
 
 
 def require_entries(metric: str, needs: Iterable[str], ground_truth: Mapping[str, Any]) -> None:

@@ -38,7 +38,7 @@ from torch.func import vmap
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from attrkit.data import batch_size, check_fixed_order
-from attrkit.errors import AttrkitError, DataLoaderError
+from attrkit.errors import CurvatureError, DataLoaderError
 from attrkit.functional.curvature import MatVec, dataset_gnvp, dataset_hvp, hvp
 from attrkit.task import LossFn
 
@@ -46,11 +46,6 @@ __all__ = ["CURVATURES", "Cost", "CurvatureError", "IHVPStats", "InverseHVP"]
 
 #: ``curvature=`` names and the dataset products they use.
 CURVATURES: Mapping[str, Callable[..., MatVec]] = {"hessian": dataset_hvp, "gauss-newton": dataset_gnvp}
-
-
-class CurvatureError(AttrkitError, ValueError):
-    """The damped curvature ``H + λI`` cannot be inverted as asked: not positive definite,
-    a diverging LiSSA recursion, or a matrix too large to build."""
 
 
 @attrs.define
