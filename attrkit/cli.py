@@ -6,13 +6,16 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from attrkit.plugins import BLOCK_ENV
 from attrkit.registry import default_registry
 
 __all__ = ["main", "plugins_table"]
 
 
 def plugins_table() -> str:
-    """Every component by kind with its plugin, distribution and version, and failed plugins."""
+    """Every component by kind with its plugin, distribution and version, then the presets,
+    the names refused because several plugins give them, and the plugins that failed to
+    import, are broken or are blocked, each with the fix."""
     registry = default_registry()
     lines = []
     for kind, named in registry.components().items():
@@ -28,8 +31,20 @@ def plugins_table() -> str:
         lines.append("presets:")
         for name, (_, info) in sorted(registry.presets.items()):
             lines.append(f"  {name}  {info.name} ({info.distribution} {info.version})")
-    for name, why in sorted(registry.failed.items()):
+    if registry.conflicts:
+        lines.append(f"conflicts (registered for none; uninstall one plugin or block one with {BLOCK_ENV}=name):")
+        for (kind, name), providers in registry.conflicts.items():
+            lines.append(f"  {kind} {name!r}: {' and '.join(map(str, providers))}")
+    imported = {n: i.error for n, i in registry.plugins.items() if i.error is not None}
+    for name, why in sorted(imported.items()):
         lines.append(f"plugin {name!r} failed to load: {why}")
+    for name, why in registry.broken.items():
+        lines.append(
+            f"plugin {registry.plugins[name]} is broken, none of its components or presets are registered: "
+            f"{why}. Fix it, uninstall it or block it ({BLOCK_ENV}={name})."
+        )
+    for name, how in registry.blocked.items():
+        lines.append(f"plugin {registry.plugins[name]} is blocked by {how}, so it is not loaded")
     return "\n".join(lines)
 
 

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 __all__ = [
     "AttrkitError",
     "AttrkitWarning",
+    "BrokenPluginError",
     "CheckpointError",
     "ComponentUnavailableError",
     "ConvergenceWarning",
@@ -32,6 +33,7 @@ __all__ = [
     "NotFittedError",
     "PluginConflictError",
     "PluginValidationError",
+    "PluginWarning",
     "SpecError",
     "StoreCorruptError",
     "StoreMismatchError",
@@ -190,3 +192,17 @@ class ConvergenceWarning(AttrkitWarning):
 
 class NonFiniteWarning(AttrkitWarning):
     """Non-finite examples were skipped, as ``nonfinite="skip"`` asked (their indices are named)."""
+
+
+class BrokenPluginError(AttrkitError, LookupError):
+    """A component or preset asked for by name whose plugin is broken.
+
+    A plugin is broken when one of its hooks raised or returned something invalid;
+    none of its components or presets is registered then (the other plugins are not
+    affected). The message names the plugin, what is wrong with it and the fix.
+    """
+
+
+class PluginWarning(AttrkitWarning):
+    """Something about the installed plugins needs attention, e.g. a name in
+    ``ATTRKIT_BLOCK_PLUGINS`` (or ``block=``) that matches no installed plugin."""

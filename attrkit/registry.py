@@ -1,31 +1,32 @@
 """The registry: ``(kind, name) -> component class``, with provenance.
 
-Built from the plugin manager's hooks. Conflicts fail at start-up naming both
-providers; an unknown name raises :class:`~attrkit.errors.UnknownComponentError`,
-whose message lists what exists.
+Built from what each plugin's hooks return (:func:`attrkit.plugins.collect`). One bad
+plugin never takes the others down, and nothing is resolved silently:
+
+* a *broken* plugin (a hook raised or returned something invalid) registers nothing;
+  looking up a name it returned raises :class:`~attrkit.errors.BrokenPluginError`;
+* a name given by two plugins is registered for neither; looking it up raises
+  :class:`~attrkit.errors.PluginConflictError` naming both (their other names work);
+* an unknown name raises :class:`~attrkit.errors.UnknownComponentError`, whose
+  message lists what exists, the plugins that failed or are broken, and the blocked ones.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import attrs
 import pluggy
 
-from attrkit.errors import (
-    ComponentUnavailableError,
-    PluginConflictError,
-    PluginValidationError,
-    UnknownComponentError,
-)
-from attrkit.plugins import PluginInfo, load_plugins
+from attrkit.errors import BrokenPluginError, ComponentUnavailableError, PluginConflictError, UnknownComponentError
+from attrkit.plugins import BLOCK_ENV, PRESET, Contribution, PluginInfo, collect, describe_exception, load_plugins
 from attrkit.protocols import KINDS
 
-__all__ = ["Entry", "Registry", "components", "default_registry", "reset_registry"]
+__all__ = ["Entry", "Presets", "Registry", "components", "default_registry", "reset_registry"]
 
-_NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+#: ``(error class, message)`` raised when a refused name is looked up.
+_Refusal = tuple[type[Exception], str]
 
 
 @attrs.frozen
@@ -41,7 +42,12 @@ class Entry:
     def unavailable(self) -> str | None:
         """``None`` when usable on this machine, else the reason and the fix."""
         check = getattr(self.cls, "availability", None)
-        return check() if check is not None else None
+        if check is None:
+            return None
+        try:
+            return check()
+        except Exception as exc:  # a faulty check must not take `attrkit plugins` down
+            return f"its availability() check raised {describe_exception(exc)}; report it to {self.plugin}"
 
     def require_available(self) -> None:
         """Raise :class:`ComponentUnavailableError` when the component cannot run here."""
@@ -53,85 +59,141 @@ class Entry:
         return f"{self.plugin.name} ({self.plugin.distribution} {self.plugin.version})"
 
 
-def _validate(cls: Any, plugin: str) -> None:
-    where = f"plugin {plugin!r} returned {cls!r}"
-    if not isinstance(cls, type):
-        raise PluginValidationError(f"{where}: attrkit_components must return classes")
-    kind = getattr(cls, "kind", None)
-    if kind not in KINDS:
-        raise PluginValidationError(f"{where}: kind must be one of {list(KINDS)}, got {kind!r}")
-    name = getattr(cls, "name", None)
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise PluginValidationError(f"{where}: name must be lowercase words joined by hyphens, got {name!r}")
-    config = getattr(cls, "Config", None)
-    if not attrs.has(config):
-        raise PluginValidationError(f"{where}: Config must be a frozen attrs class")
-    for attr in ("requires", "provides"):
-        if not isinstance(getattr(cls, attr, None), frozenset):
-            raise PluginValidationError(f"{where}: {attr} must be a frozenset of capability names")
+class Presets(Mapping[str, tuple[Mapping[str, Any], PluginInfo]]):
+    """The registered presets, ``{preset name: (spec, PluginInfo)}``.
+
+    Iterating gives the usable presets. A *refused* name (given by two plugins, or by a
+    broken plugin) is still ``in`` it, and looking it up raises the error that says why.
+    """
+
+    def __init__(self, usable: Mapping[str, tuple[Mapping[str, Any], PluginInfo]], refused: Mapping[str, _Refusal]):
+        self._usable, self._refused = dict(usable), dict(refused)
+
+    def __getitem__(self, name: str) -> tuple[Mapping[str, Any], PluginInfo]:
+        if name in self._refused:
+            error, message = self._refused[name]
+            raise error(message)
+        return self._usable[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._usable or name in self._refused
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._usable)
+
+    def __len__(self) -> int:
+        return len(self._usable)
+
+
+def _what(kind: str, name: str) -> str:
+    return f"{kind} {name!r}"
+
+
+def _conflict(kind: str, name: str, providers: Iterable[PluginInfo]) -> str:
+    providers = list(providers)
+    blocks = " or ".join(f"{BLOCK_ENV}={p.name}" for p in providers)
+    return (
+        f"{_what(kind, name)} is provided by {len(providers)} plugins: {' and '.join(map(str, providers))}. "
+        f"attrkit does not choose between them, so {_what(kind, name)} is not registered (everything "
+        f"else they give still works). Fix: uninstall one of them, or block one with {blocks}."
+    )
+
+
+def _broken(kind: str, name: str, plugin: PluginInfo, why: str) -> str:
+    return (
+        f"{_what(kind, name)} comes from plugin {plugin}, which is broken, so none of its components or "
+        f"presets are registered: {why}. Fix the plugin (or upgrade or uninstall it); blocking it with "
+        f"{BLOCK_ENV}={plugin.name} silences this."
+    )
 
 
 class Registry:
     """Components and presets contributed by a set of plugins.
 
+    Never raises on a bad plugin: broken plugins, conflicting names and blocked plugins
+    are recorded (:attr:`broken`, :attr:`conflicts`, :attr:`blocked`) and reported when
+    one of their names is looked up and by ``attrkit plugins``.
+
     Args:
         pm: a pluggy manager with the attrkit hookspecs and plugins registered.
-        plugins: ``{plugin name: PluginInfo}``, including plugins that failed to load.
+        plugins: ``{plugin name: PluginInfo}``, including failed and blocked plugins.
 
-    Raises:
-        PluginConflictError: two plugins give the same (kind, name) or preset name.
-        PluginValidationError: a plugin returned something that is not a component class.
+    Attributes:
+        plugins: ``{plugin name: PluginInfo}`` as given.
+        presets: the :class:`Presets`.
+        broken: ``{plugin name: what is wrong}`` of plugins whose hooks raised or
+            returned something invalid; none of their names is registered.
+        conflicts: ``{(kind, name): providers}`` of names given by several plugins,
+            registered for none (presets have kind ``"preset"``).
+        blocked: ``{plugin name: how it was blocked}``.
     """
 
     def __init__(self, pm: pluggy.PluginManager, plugins: Mapping[str, PluginInfo]):
         self.plugins = dict(plugins)
+        found = collect(pm, self.plugins)
+        self.broken = {n: "; ".join(c.problems) for n, c in sorted(found.items()) if c.problems}
+        self.blocked = {n: i.blocked for n, i in sorted(self.plugins.items()) if i.blocked is not None}
         self._entries: dict[tuple[str, str], Entry] = {}
-        self.presets: dict[str, tuple[Mapping[str, Any], PluginInfo]] = {}
-        for impl in pm.hook.attrkit_components.get_hookimpls():
-            info = self.plugins[impl.plugin_name]
-            for cls in impl.function():
-                _validate(cls, impl.plugin_name)
-                self._add(Entry(cls.kind, cls.name, cls, info))
-        for impl in pm.hook.attrkit_presets.get_hookimpls():
-            info = self.plugins[impl.plugin_name]
-            for name, spec in impl.function().items():
-                if name in self.presets:
-                    other = self.presets[name][1].name
-                    raise PluginConflictError(f"preset {name!r} is given by both {other!r} and {info.name!r}")
-                self.presets[name] = (spec, info)
-
-    def _add(self, entry: Entry) -> None:
-        key = (entry.kind, entry.name)
-        if key in self._entries:
-            other = self._entries[key].plugin
-            raise PluginConflictError(
-                f"{entry.kind} {entry.name!r} is registered by both {other.name!r} ({other.distribution}) "
-                f"and {entry.plugin.name!r} ({entry.plugin.distribution}); uninstall or block one "
-                "(ATTRKIT_BLOCK_PLUGINS=name)"
-            )
-        self._entries[key] = entry
+        self.conflicts: dict[tuple[str, str], tuple[PluginInfo, ...]] = {}
+        self._refused: dict[tuple[str, str], _Refusal] = {}
+        presets: dict[str, tuple[Mapping[str, Any], PluginInfo]] = {}
+        offers = _offers(c for c in found.values() if not c.problems)
+        for (kind, name), given in sorted(offers.items()):
+            if len(given) > 1:  # never first-wins: refused for all, and said so
+                providers = tuple(sorted((info for info, _ in given), key=lambda info: info.name))
+                self.conflicts[(kind, name)] = providers
+                self._refused[(kind, name)] = (PluginConflictError, _conflict(kind, name, providers))
+            elif kind == PRESET:
+                presets[name] = (given[0][1], given[0][0])
+            else:
+                self._entries[(kind, name)] = Entry(kind, name, given[0][1], given[0][0])
+        for plugin, why in self.broken.items():  # a name a usable plugin also gives stays that plugin's
+            for kind, name in found[plugin].claimed:
+                if (kind, name) not in offers:
+                    refusal = (BrokenPluginError, _broken(kind, name, found[plugin].plugin, why))
+                    self._refused.setdefault((kind, name), refusal)
+        refused_presets = {name: r for (kind, name), r in self._refused.items() if kind == PRESET}
+        self.presets = Presets(presets, refused_presets)
 
     @property
     def failed(self) -> dict[str, str]:
-        """``{plugin name: reason}`` of plugins that could not be loaded."""
-        return {n: i.error for n, i in self.plugins.items() if i.error is not None}
+        """``{plugin name: reason}`` of plugins that failed to import or are broken."""
+        failed = {n: i.error for n, i in self.plugins.items() if i.error is not None}
+        return {**failed, **self.broken}
 
     def names(self, kind: str) -> list[str]:
-        """Sorted registered names of ``kind``."""
+        """Sorted registered names of ``kind`` (refused names are not among them)."""
         return sorted(n for k, n in self._entries if k == kind)
 
     def get(self, kind: str, name: str) -> Entry:
         """The entry for ``(kind, name)``.
 
         Raises:
-            UnknownComponentError: with the available names, close matches and plugins.
+            PluginConflictError: several plugins give this name; names them and the fix.
+            BrokenPluginError: the name comes from a broken plugin; says what is wrong.
+            UnknownComponentError: with the available names, close matches, the
+                plugins that are installed, failed or broken, and the blocked ones.
         """
-        try:
-            return self._entries[(kind, name)]
-        except KeyError:
-            available = {n: str(e.plugin.name) for (k, n), e in self._entries.items() if k == kind}
-            loaded = [n for n, i in self.plugins.items() if i.error is None]
-            raise UnknownComponentError(kind, name, available, loaded, self.failed) from None
+        key = (kind, name)
+        if key in self._entries:
+            return self._entries[key]
+        if key in self._refused:
+            error, message = self._refused[key]
+            raise error(message)
+        available = {n: e.plugin.name for (k, n), e in self._entries.items() if k == kind}
+        usable = [n for n, i in self.plugins.items() if i.error is None and i.blocked is None and n not in self.broken]
+        fixes = {n: f"{why}. Fix it, uninstall it or block it ({BLOCK_ENV}={n})." for n, why in self.failed.items()}
+        exc = UnknownComponentError(kind, name, available, usable, fixes)
+        if self.blocked:  # the name may come from a blocked plugin: say which, and how to unblock
+            exc.args = (f"{exc} {self._blocked_note(kind)}",)
+        raise exc
+
+    def _blocked_note(self, kind: str) -> str:
+        plugins = ", ".join(f"{self.plugins[n]} by {how}" for n, how in self.blocked.items())
+        return (
+            f"Blocked plugins, not loaded, so this {kind} may come from one of them: {plugins}. "
+            f"Fix: remove the plugin from {BLOCK_ENV} (or from block=) to load it."
+        )
 
     def components(self) -> dict[str, dict[str, Entry]]:
         """``{kind: {name: Entry}}`` for every kind (kinds with nothing map to ``{}``)."""
@@ -139,6 +201,17 @@ class Registry:
         for (kind, name), entry in sorted(self._entries.items()):
             out[kind][name] = entry
         return out
+
+
+def _offers(usable: Iterable[Contribution]) -> dict[tuple[str, str], list[tuple[PluginInfo, Any]]]:
+    """``{(kind, name): [(plugin, class or preset spec), ...]}`` of what usable plugins give."""
+    offers: dict[tuple[str, str], list[tuple[PluginInfo, Any]]] = {}
+    for contribution in usable:
+        for cls in contribution.components:
+            offers.setdefault((cls.kind, cls.name), []).append((contribution.plugin, cls))
+        for name, spec in contribution.presets.items():
+            offers.setdefault((PRESET, name), []).append((contribution.plugin, spec))
+    return offers
 
 
 _DEFAULT: Registry | None = None
@@ -153,7 +226,15 @@ def default_registry() -> Registry:
 
 
 def reset_registry(block: Iterable[str] = (), extra: Iterable[tuple[str, Any]] = ()) -> Registry:
-    """Rebuild the default registry (after installing plugins, or to block some)."""
+    """Rebuild the default registry (after installing plugins, or to block some).
+
+    Args:
+        block: plugin names not to load, added to those in ``$ATTRKIT_BLOCK_PLUGINS``.
+        extra: ``(name, module_or_object)`` plugins registered directly.
+
+    Returns:
+        The new default registry.
+    """
     global _DEFAULT
     _DEFAULT = Registry(*load_plugins(block=block, extra=extra))
     return _DEFAULT

@@ -67,10 +67,14 @@ def test_a_broken_plugin_is_reported_and_the_others_still_load():
         registry.get("method", "trak")
 
 
-def test_conflicts_fail_at_start_up_naming_both_plugins():
-    pm, infos = load_plugins(entry_points=[], extra=[("one", _plugin(_component("projector", "dup"))), ("two", _plugin(_component("projector", "dup")))])
-    with pytest.raises(attrkit.PluginConflictError, match="'one'.*'two'"):
-        Registry(pm, infos)
+def test_conflicts_are_refused_at_lookup_naming_both_plugins():
+    one = _plugin(_component("projector", "dup"), _component("projector", "only-one"))
+    two = _plugin(_component("projector", "dup"))
+    registry = Registry(*load_plugins(entry_points=[], extra=[("one", one), ("two", two)]))
+    assert registry.names("projector") == ["only-one"]  # neither wins "dup"; one's other name works
+    assert [p.name for p in registry.conflicts[("projector", "dup")]] == ["one", "two"]
+    with pytest.raises(attrkit.PluginConflictError, match="'one'.*'two'.*ATTRKIT_BLOCK_PLUGINS=one"):
+        registry.get("projector", "dup")
 
 
 def test_blocking_a_first_party_plugin_by_name(monkeypatch):
@@ -81,17 +85,24 @@ def test_blocking_a_first_party_plugin_by_name(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "bad, match",
+    "bad, name, error, match",
     [
-        (_component("projector", "Bad_Name"), "lowercase"),
-        (_component("widget", "fine"), "kind must be one of"),
-        (type("NoConfig", (), {"name": "x", "kind": "projector", "requires": frozenset(), "provides": frozenset()}), "Config"),
+        (_component("projector", "Bad_Name"), "Bad_Name", attrkit.BrokenPluginError, "lowercase"),
+        (_component("widget", "fine"), "fine", attrkit.UnknownComponentError, "kind must be one of"),
+        (
+            type("NoConfig", (), {"name": "x", "kind": "projector", "requires": frozenset(), "provides": frozenset()}),
+            "x",
+            attrkit.BrokenPluginError,
+            "Config",
+        ),
     ],
 )
-def test_invalid_component_classes_are_refused(bad, match):
-    pm, infos = load_plugins(entry_points=[], extra=[("bad", _plugin(bad))])
-    with pytest.raises(attrkit.PluginValidationError, match=match):
-        Registry(pm, infos)
+def test_invalid_component_classes_are_refused(bad, name, error, match):
+    registry = Registry(*load_plugins(entry_points=[], extra=[("bad", _plugin(bad, _component("projector", "ok")))]))
+    assert match in registry.broken["bad"]
+    assert registry.names("projector") == []  # nothing of a broken plugin is registered
+    with pytest.raises(error, match=f"'bad'.*{match}"):
+        registry.get("projector", name)
 
 
 def test_presets_are_registered_and_composable(toy):

@@ -1,0 +1,1 @@
+"""Fault-injection tests: each one feeds attrkit a failure and checks the message."""
