@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import difflib
+import json
 from collections.abc import Mapping
 from typing import Any
 
 import attrs
 
 from attrkit.config import build_config, config_to_dict
-from attrkit.errors import SpecError, UnknownComponentError
+from attrkit.errors import AttrkitError, BrokenPluginError, PluginConflictError, SpecError, UnknownComponentError
 from attrkit.protocols import SLOTS, Attributor
 from attrkit.registry import Entry, Registry, default_registry
-from attrkit.spec import ComponentSpec, Spec
+from attrkit.spec import ComponentSpec, Spec, not_an_object
 from attrkit.task import AttributionTask
 
 __all__ = ["Resolved", "compose", "resolve"]
@@ -44,18 +46,58 @@ class Resolved:
         }
 
 
+#: First characters of text meant as JSON (a registered name starts with a letter).
+_JSON_START = tuple('{["-0123456789')
+
+
+def _unknown_name(name: str, registry: Registry) -> str:
+    """The menu for a bare name that is neither a preset nor a method: close matches,
+    the presets and the methods (with their plugins)."""
+    presets = sorted(registry.presets)
+    methods = registry.components()["method"]
+    close = difflib.get_close_matches(name, [*presets, *methods], n=3)
+    lines = [f"spec: {name!r} is neither a preset nor a registered method name (nor JSON text)."]
+    if close:
+        lines.append(f"Did you mean: {', '.join(repr(c) for c in close)}?")
+    lines.append(f"Presets: {', '.join(presets) or 'none'}.")
+    menu = ", ".join(f"{n} ({e.plugin.name})" for n, e in methods.items())
+    lines.append(f"Methods: {menu or 'none'}.")
+    lines.append('A spec is a dict, JSON text like {"method": "grad-dot"}, a preset name or a method name.')
+    return " ".join(lines)
+
+
+def _text_parts(text: str, registry: Registry) -> tuple[dict[str, ComponentSpec], list[str]]:
+    """``({key: ComponentSpec}, problems)`` of JSON text, a preset name or a method name.
+
+    Text that parses as JSON must be an object; text that fails to parse but starts like
+    JSON (``{``, ``[``, ``"``, a digit, ``-``) gets the parser's error; anything else is a
+    name: a preset, else a method's bare name (``"trak"`` means ``{"method": "trak"}``).
+    """
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if text.lstrip().startswith(_JSON_START):
+            return {}, [f"spec: not valid JSON ({exc})"]
+    else:
+        return Spec.collect(data) if isinstance(data, Mapping) else ({}, [not_an_object(data)])
+    name = text.strip()
+    if name in registry.presets:
+        return Spec.collect(registry.presets[name][0])
+    try:
+        registry.get("method", name)
+    except UnknownComponentError:
+        return {}, [_unknown_name(name, registry)]
+    except AttrkitError:  # a name the registry refuses (two plugins give it...): the lookup says why
+        pass
+    return Spec.collect({"method": name})
+
+
 def _spec_parts(spec: Spec | Mapping[str, Any] | str, registry: Registry) -> tuple[dict[str, ComponentSpec], list[str]]:
-    """``({key: ComponentSpec}, problems)`` of a Spec, dict, JSON text or preset name."""
+    """``({key: ComponentSpec}, problems)`` of a Spec, dict, JSON text, preset name or method name."""
     if isinstance(spec, Spec):
         return {"method": spec.method, **spec.slots()}, []
     if isinstance(spec, str):
-        if spec.lstrip().startswith("{"):
-            spec = Spec.loads(spec)
-        elif spec in registry.presets:
-            spec = registry.presets[spec][0]
-        else:
-            presets = ", ".join(sorted(registry.presets)) or "none"
-            return {}, [f"spec: {spec!r} is neither JSON nor a preset name; presets: {presets}"]
+        return _text_parts(spec, registry)
     return Spec.collect(spec)
 
 
@@ -67,17 +109,21 @@ def resolve(spec: Spec | Mapping[str, Any] | str, registry: Registry | None = No
         registry: defaults to every installed plugin.
 
     Raises:
-        SpecError: listing every problem: unknown names (with the menu), slots the
+        SpecError: listing every problem: unknown names (with the menu), names
+            refused because two plugins give them or their plugin is broken, slots the
             method does not use, unknown or invalid parameters, capabilities that
             no part provides, and components unavailable on this machine.
     """
     registry = registry or default_registry()
-    given, problems = _spec_parts(spec, registry)
+    try:
+        given, problems = _spec_parts(spec, registry)
+    except (PluginConflictError, BrokenPluginError) as exc:  # a preset name that is refused
+        raise SpecError([f"spec: {exc}"]) from None
 
     def lookup(kind: str, part: str, name: str) -> Entry | None:
         try:
             entry = registry.get(kind, name)
-        except UnknownComponentError as exc:
+        except (UnknownComponentError, PluginConflictError, BrokenPluginError) as exc:
             problems.append(f"{part}: {exc}")
             return None
         why = entry.unavailable
@@ -152,7 +198,8 @@ def compose(
 
     Args:
         spec: a dict (``{"method": "grad-dot", "projector": {"name": "gaussian", "dim": 256}}``),
-            a JSON string, a preset name or a :class:`Spec`.
+            JSON text of such an object, a preset name, a method's bare name (``"trak"``
+            means ``{"method": "trak"}``) or a :class:`Spec`.
         task: the :class:`AttributionTask`.
         registry: defaults to every installed plugin.
 

@@ -25,8 +25,12 @@ class ParameterGradients:
     """Exact per-example gradients w.r.t. the parameters matching ``config.params``.
 
     Subclasses set ``name``, ``Config`` (with a ``params`` field, see
-    :func:`attrkit.config.params_field`) and ``provides``; they may override ``_grads``
+    :func:`attrkit.config.params_field`, and optionally a ``frozen`` one,
+    :func:`attrkit.config.frozen_field`) and ``provides``; they may override ``_grads``
     to return another representation of the same gradients (e.g. factored).
+
+    Only trainable parameters (``requires_grad=True``) are selected unless
+    ``config.frozen`` is true (see :func:`attrkit.functional.gradients.select_parameters`).
     """
 
     kind: ClassVar[str] = "gradients"
@@ -41,10 +45,11 @@ class ParameterGradients:
         """The selected parameter names, in model order.
 
         Raises:
-            ValueError: no parameter matches ``config.params``.
-            SpecError: none of those also matches the restriction of :func:`restrict_gradients`.
+            SpecError: no parameter matches ``config.params``, or only frozen ones do
+                (``requires_grad=False``, and ``config.frozen`` is false), or none of those
+                also matches the restriction of :func:`restrict_gradients`.
         """
-        names = select_parameters(task.model, self.config.params)
+        names = select_parameters(task.model, self.config.params, frozen=getattr(self.config, "frozen", False))
         if self.only is None:
             return names
         kept = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in self.only)]

@@ -19,7 +19,7 @@ import attrs
 from attrkit.errors import SpecError
 from attrkit.protocols import SLOTS
 
-__all__ = ["ComponentSpec", "FrozenDict", "Spec"]
+__all__ = ["ComponentSpec", "FrozenDict", "Spec", "not_an_object"]
 
 KEYS = ("method", *SLOTS)
 
@@ -50,6 +50,21 @@ class FrozenDict(Mapping[str, Any]):
 
     def __repr__(self) -> str:
         return f"FrozenDict({self._data!r})"
+
+
+_JSON_TYPES = {list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number", type(None): "null"}
+
+
+def not_an_object(data: Any) -> str:
+    """The problem line for JSON text that parses to something other than an object.
+
+    >>> not_an_object([1, 2])
+    'spec: JSON text must be an object like {"method": ...}, got a list'
+    """
+    line = f'spec: JSON text must be an object like {{"method": ...}}, got {_JSON_TYPES.get(type(data), type(data).__name__)}'
+    if isinstance(data, str):
+        line += f"; to name a preset or a method, pass the name without JSON quotes: {data!r}"
+    return line
 
 
 def _freeze(value: Any) -> Any:
@@ -152,8 +167,16 @@ class Spec:
 
     @classmethod
     def from_json(cls, text: str) -> Spec:
-        """Parse a JSON document (see :meth:`from_dict`)."""
-        return cls.from_dict(cls.loads(text))
+        """Parse a JSON document, which must be an object (see :meth:`from_dict`).
+
+        Raises:
+            SpecError: invalid JSON, JSON that is not an object (``[1, 2]``, ``"trak"``),
+                or any problem :meth:`from_dict` finds.
+        """
+        data = cls.loads(text)
+        if not isinstance(data, Mapping):
+            raise SpecError([not_an_object(data)])
+        return cls.from_dict(data)
 
     @classmethod
     def parse(cls, spec: Spec | Mapping[str, Any] | str) -> Spec:

@@ -13,7 +13,12 @@ from attrkit.registry import Registry
 def test_defaults_are_filled_and_recorded(toy):
     attributor = attrkit.compose({"method": "grad-dot"}, toy.task)
     full = attributor.resolved.spec.to_dict()
-    assert full == {"method": "grad-dot", "gradients": {"name": "per-example", "params": ["*"]}, "projector": "identity", "grouper": "singleton"}
+    assert full == {
+        "method": "grad-dot",
+        "gradients": {"name": "per-example", "params": ["*"], "frozen": False},
+        "projector": "identity",
+        "grouper": "singleton",
+    }
     assert attributor.resolved.provenance()["projector"]["plugin"] == "attrkit-projectors"
     assert attrkit.Spec.from_dict(full) == attributor.resolved.spec
 
@@ -93,5 +98,5 @@ def test_task_must_be_an_attribution_task():
 
 
 def test_unknown_preset_or_text(toy):
-    with pytest.raises(attrkit.SpecError, match="neither JSON nor a preset"):
+    with pytest.raises(attrkit.SpecError, match="neither a preset nor a registered method name"):
         attrkit.compose("grad-dot-fast", toy.task)

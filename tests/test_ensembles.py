@@ -48,9 +48,11 @@ def test_fixed_masks_act_in_eval_mode_and_are_removed_on_exit() -> None:
             masked = model(x)
             again = model(x[:2])
         after = model(x)
-        with fixed_dropout_masks(model, seed=5):
-            model.train()  # training mode: the fixed mask replaces the random one
-            assert torch.equal(model(x), masked)
+    was = model.training
+    with torch.no_grad(), fixed_dropout_masks(model, seed=5):  # outside eval_mode, which refuses a switch to training
+        model.train()  # training mode: the fixed mask replaces the random one
+        assert torch.equal(model(x), masked)
+    model.train(was)
     hidden = torch.tanh(model[0](x))
     expected = model[3](hidden * dropout_mask((6,), 0.3, seed=5).double())
     torch.testing.assert_close(masked, expected)

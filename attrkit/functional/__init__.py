@@ -87,6 +87,7 @@ from attrkit.functional.kmeans import (
 from attrkit.functional.last_layer import (
     last_layer_features,
     last_layer_gradients,
+    last_layer_parameters,
     resolve_linear_layer,
 )
 from attrkit.functional.projection import (
@@ -184,6 +185,7 @@ __all__ = [
     "lanczos",
     "last_layer_features",
     "last_layer_gradients",
+    "last_layer_parameters",
     "lissa_ihvp_at",
     "lissa_solve",
     "lora_parameter_names",

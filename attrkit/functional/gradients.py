@@ -16,22 +16,63 @@ from torch.func import functional_call, grad, vmap
 from torch.utils._pytree import tree_map
 
 from attrkit.data import batch_size
-from attrkit.errors import LossShapeError
+from attrkit.errors import LossFunctionError, LossShapeError, SpecError
+from attrkit.memory import require
 
 __all__ = ["BoundLoss", "eval_mode", "evaluate", "flat_dimension", "per_example_gradients", "select_parameters"]
 
 
-def select_parameters(model: torch.nn.Module, patterns: Sequence[str]) -> list[str]:
-    """Names of the model's parameters matching any ``fnmatch`` pattern, in model order.
+def select_parameters(model: torch.nn.Module, patterns: Sequence[str], frozen: bool = False) -> list[str]:
+    """Names of the model's trainable parameters matching any ``fnmatch`` pattern, in model order.
+
+    attrkit differentiates the *trainable* parameters (``requires_grad=True``) by default:
+    a fine-tuned head on a frozen backbone is attributed through the head only, as it was
+    trained. ``patterns`` choose among those; with ``frozen=True`` they choose among every
+    parameter, frozen ones (``requires_grad=False``) included.
+
+    Args:
+        model: the network.
+        patterns: ``fnmatch`` patterns of parameter names (``("*",)``: all of them).
+        frozen: also select parameters with ``requires_grad=False``.
+
+    Returns:
+        The selected names, in ``model.named_parameters()`` order.
 
     Raises:
-        ValueError: no parameter matches (the message lists the model's parameters).
+        SpecError: the patterns match no parameter (the message lists the model's
+            parameters); they match only frozen ones; or the model has no trainable
+            parameter at all. Each message says how to include frozen parameters.
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+        >>> _ = model[0].requires_grad_(False)
+        >>> select_parameters(model, ["*"])
+        ['1.weight', '1.bias']
+        >>> select_parameters(model, ["*"], frozen=True)
+        ['0.weight', '0.bias', '1.weight', '1.bias']
     """
-    names = [n for n, _ in model.named_parameters() if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
-    if not names:
-        available = ", ".join(n for n, _ in model.named_parameters()) or "none"
-        raise ValueError(f"parameter patterns {list(patterns)} match no parameter of the model; it has: {available}")
-    return names
+    params = list(model.named_parameters())
+    matched = [(n, p) for n, p in params if any(fnmatch.fnmatchcase(n, pattern) for pattern in patterns)]
+    if not matched:
+        available = ", ".join(n for n, _ in params) or "none"
+        raise SpecError([f"gradients.params: patterns {list(patterns)} match no parameter of the model; it has: {available}"])
+    names = [n for n, p in matched if frozen or p.requires_grad]
+    if names:
+        return names
+    fix = (
+        "attrkit differentiates trainable parameters by default; set gradients.frozen=true to include frozen "
+        "ones, or unfreeze them with requires_grad_(True)"
+    )
+    trainable = [n for n, p in params if p.requires_grad]
+    if not trainable:
+        raise SpecError([
+            f"gradients.params: the model has no trainable parameter: all {len(params)} have "
+            f"requires_grad=False (frozen); {fix}"
+        ])
+    raise SpecError([
+        f"gradients.params: patterns {list(patterns)} match only parameters with requires_grad=False (frozen): "
+        f"{', '.join(n for n, _ in matched)}; {fix}; the trainable parameters are: {', '.join(trainable)}"
+    ])
 
 
 def flat_dimension(model: torch.nn.Module, names: Sequence[str]) -> int:
@@ -42,11 +83,24 @@ def flat_dimension(model: torch.nn.Module, names: Sequence[str]) -> int:
 
 @contextlib.contextmanager
 def eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    """Put ``model`` in eval mode (dropout off, batch-norm running statistics) and restore it."""
+    """Put ``model`` in eval mode (dropout off, batch-norm running statistics) and restore it.
+
+    Raises:
+        LossFunctionError: the block switched a module back to training mode (``model.train()``
+            inside ``loss_fn``), which would make gradients random (dropout) and update
+            batch-norm statistics in place.
+    """
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         yield
+        training = [name or type(model).__name__ for name, m in model.named_modules() if m.training]
+        if training:
+            raise LossFunctionError(
+                f"loss_fn switched the model to training mode (modules {', '.join(training[:5])}): do not call "
+                "model.train() inside loss_fn; attrkit evaluates the model in eval mode (dropout off, batch-norm "
+                "running statistics), and training mode would update batch-norm statistics in place"
+            )
     finally:
         for module, training in modes:
             module.training = training
@@ -127,6 +181,12 @@ def per_example_gradients(
         return out[0]
 
     trainable = {n: state[n] for n in names}
+    p = sum(t.numel() for t in trainable.values())
+    require(2 * b * p * next(iter(trainable.values())).element_size(),
+            f"per-example gradients of {b} examples over {p} parameters (the gradients and their concatenation)",
+            "use smaller batches, select fewer parameters (gradients.params), or a gradient source that does not "
+            "form them ('factored' with the 'kronecker' projector, 'last-layer')",
+            next(iter(trainable.values())).device)
     with eval_mode(model):
         grads = vmap(grad(one), in_dims=(None, 0))(trainable, batch)
     return torch.cat([grads[n].reshape(b, -1) for n in names], dim=1)

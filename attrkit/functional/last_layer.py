@@ -17,10 +17,10 @@ import torch
 from torch.func import functional_call
 
 from attrkit.data import batch_size
-from attrkit.errors import LossShapeError
+from attrkit.errors import LossShapeError, SpecError
 from attrkit.functional.gradients import BoundLoss, eval_mode
 
-__all__ = ["last_layer_features", "last_layer_gradients", "resolve_linear_layer"]
+__all__ = ["last_layer_features", "last_layer_gradients", "last_layer_parameters", "resolve_linear_layer"]
 
 
 def resolve_linear_layer(model: torch.nn.Module, layer: str | None = None) -> str:
@@ -49,6 +49,36 @@ def resolve_linear_layer(model: torch.nn.Module, layer: str | None = None) -> st
     if layer not in linears:
         raise ValueError(f"layer {layer!r} is not an nn.Linear module of the model; its nn.Linear layers are: {', '.join(linears)}")
     return layer
+
+
+def last_layer_parameters(model: torch.nn.Module, layer: str, frozen: bool = False) -> list[str]:
+    """The parameters of ``layer`` to differentiate: its trainable ``weight`` and ``bias``.
+
+    As everywhere in attrkit (:func:`attrkit.functional.gradients.select_parameters`),
+    parameters with ``requires_grad=False`` are left out unless ``frozen=True``.
+
+    Args:
+        model: the network.
+        layer: module name of an ``nn.Linear`` (see :func:`resolve_linear_layer`).
+        frozen: include frozen parameters.
+
+    Returns:
+        ``["<layer>.weight", "<layer>.bias"]``, or the part of it selected.
+
+    Raises:
+        SpecError: every parameter of the layer is frozen (and ``frozen`` is false).
+    """
+    module = model.get_submodule(layer)
+    params = [(f"{layer}.{n}", p) for n, p in module.named_parameters(recurse=False)]
+    names = [n for n, p in params if frozen or p.requires_grad]
+    if names:
+        return names
+    raise SpecError([
+        f"gradients: 'last-layer' differentiates layer {layer!r} ({', '.join(n for n, _ in params)}), whose parameters "
+        "all have requires_grad=False (frozen); attrkit differentiates trainable parameters by default; set "
+        "gradients.frozen=true to include frozen ones, unfreeze them with requires_grad_(True), or name a trainable "
+        "nn.Linear with gradients.layer"
+    ])
 
 
 def last_layer_features(
@@ -122,18 +152,21 @@ def last_layer_features(
     return h, dz
 
 
-def last_layer_gradients(h: torch.Tensor, dz: torch.Tensor, bias: bool = True) -> torch.Tensor:
+def last_layer_gradients(h: torch.Tensor, dz: torch.Tensor, bias: bool = True, weight: bool = True) -> torch.Tensor:
     """Per-example gradients of a Linear layer's ``weight`` then ``bias``, flattened.
 
     Args:
         h: ``Tensor[b, d]``, the layer's inputs.
         dz: ``Tensor[b, C]``, the loss gradients w.r.t. its outputs.
-        bias: whether the layer has a bias (appends ``dz`` itself).
+        bias: include the bias gradient (``dz`` itself); false when the layer has no
+            bias or it is not differentiated.
+        weight: include the weight gradient; false when it is not differentiated (frozen).
 
     Returns:
-        ``Tensor[b, C*d + C]`` (``[b, C*d]`` without bias): row ``i`` is
-        ``vec(dz_i h_iᵀ)`` (row-major, as ``weight.reshape(-1)``) followed by ``dz_i``,
+        ``Tensor[b, C*d + C]`` (``[b, C*d]`` without bias, ``[b, C]`` without weight): row
+        ``i`` is ``vec(dz_i h_iᵀ)`` (row-major, as ``weight.reshape(-1)``) followed by ``dz_i``,
         the order the ``per-example`` source uses for ``[layer.weight, layer.bias]``.
     """
-    weight = (dz.unsqueeze(2) * h.unsqueeze(1)).reshape(dz.shape[0], -1)
-    return torch.cat([weight, dz], dim=1) if bias else weight
+    parts = [(dz.unsqueeze(2) * h.unsqueeze(1)).reshape(dz.shape[0], -1)] if weight else []
+    parts += [dz] if bias else []
+    return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]

@@ -56,7 +56,8 @@ def _dense(grads: Any) -> torch.Tensor:
 
 
 def check_gradients(entry: Entry) -> None:
-    """Per-example gradients equal a plain autograd loop and do not depend on batching."""
+    """Per-example gradients equal a plain autograd loop, do not depend on batching, and
+    leave frozen parameters (``requires_grad=False``) out by default."""
     toy = toy_problem()
     source = entry.cls(example_config(entry.cls))
     member = toy.task.members()[0]
@@ -70,6 +71,28 @@ def check_gradients(entry: Entry) -> None:
         for s in (slice(0, 5), slice(5, None))
     ]
     _close(torch.cat(halves), grads, f"{entry.name}: batch-size independence")
+    _check_frozen_left_out(entry)
+
+
+def _check_frozen_left_out(entry: Entry) -> None:
+    """With the toy's first layer frozen, the default config differentiates at most the
+    trainable parameters (exactly them, when it differentiates as many entries)."""
+    toy = toy_problem()
+    toy.task.model[0].requires_grad_(False)
+    source = entry.cls(example_config(entry.cls))
+    if getattr(source.config, "frozen", False):
+        return
+    trainable = sum(p.numel() for p in toy.task.model.parameters() if p.requires_grad)
+    p = source.dimension(toy.task)
+    assert p <= trainable, (
+        f"{entry.name}: differentiates {p} entries, but the model has only {trainable} trainable ones: parameters "
+        "with requires_grad=False must be left out unless the config asks for them (frozen=True)"
+    )
+    if p == trainable:
+        batch = (toy.x_train[:6], toy.y_train[:6])
+        grads = _dense(source.loss_gradients(toy.task, toy.task.members()[0], batch))
+        brute = autograd_gradients(toy.task.model, toy.task.loss_fn, *batch, frozen=False)
+        _close(grads, brute, f"{entry.name} vs autograd of the trainable parameters")
 
 
 def _factored_inputs(toy: ToyProblem) -> tuple[Any, Any, int]:

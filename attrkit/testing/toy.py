@@ -58,7 +58,8 @@ def toy_problem(
 
     Args:
         dropout: add an ``nn.Dropout(dropout)`` after the hidden layer (needs ``hidden``).
-        lora_rank: wrap the output layer in a LoRA layer of this rank (0: none).
+        lora_rank: wrap the output layer in a LoRA layer of this rank (0: none). Every
+            parameter stays trainable (the ``lora`` ensemble restricts gradients to the adapters).
         checkpoints: give the task this many checkpoints: the weights (with LoRA, the
             adapters only) perturbed by seeded noise of scale 0.3.
     """
@@ -77,6 +78,7 @@ def toy_problem(
     model = model.to(dtype)
     if lora_rank:
         add_lora(model, rank=lora_rank, targets=[str(len(model) - 1)], seed=seed)
+        model.requires_grad_(True)  # add_lora freezes the base; the toy keeps every parameter trainable
         with torch.no_grad():  # as if trained: a zero lora_B would zero every lora_A gradient
             model[-1].lora_B.weight.normal_(0.0, 0.3, generator=gen)
     states = []
@@ -90,23 +92,30 @@ def toy_problem(
 
 
 def autograd_gradients(
-    model: torch.nn.Module, fn: Callable[[torch.nn.Module, Any], torch.Tensor], x: torch.Tensor, y: torch.Tensor
+    model: torch.nn.Module,
+    fn: Callable[[torch.nn.Module, Any], torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    frozen: bool = True,
 ) -> torch.Tensor:
     """``Tensor[n, p]``: per-example gradients by a plain ``backward`` loop (the brute force).
 
-    Every parameter is differentiated, frozen ones too, in ``model.parameters()`` order.
+    By default every parameter is differentiated, frozen ones (``requires_grad=False``)
+    too — switched on for the loop and off again — in ``model.parameters()`` order: what
+    a gradient source gives with ``frozen=True``. With ``frozen=False`` only the trainable
+    parameters are, as a gradient source does by default.
     """
     rows = []
-    params = list(model.parameters())
-    frozen = [p for p in params if not p.requires_grad]
+    params = [p for p in model.parameters() if frozen or p.requires_grad]
+    switched = [p for p in params if not p.requires_grad]
     try:
-        for p in frozen:
+        for p in switched:
             p.requires_grad_(True)
         for i in range(len(y)):
             value = fn(model, (x[i : i + 1], y[i : i + 1])).sum()
             grads = torch.autograd.grad(value, params)
             rows.append(torch.cat([g.reshape(-1) for g in grads]))
     finally:
-        for p in frozen:
+        for p in switched:
             p.requires_grad_(False)
     return torch.stack(rows)

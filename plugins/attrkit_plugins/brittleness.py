@@ -9,7 +9,7 @@ import attrs
 import torch
 
 from attrkit import hookimpl
-from attrkit.config import seed_field
+from attrkit.config import as_int, int_field, seed_field
 from attrkit.functional.ground_truth import GroundTruthError, require_entries, shape_mismatch
 from attrkit.functional.removal import importance_order, keep_mask
 from attrkit.results import MetricResult
@@ -19,7 +19,9 @@ RetrainPredict = Callable[[torch.Tensor, torch.Tensor], Any]
 
 
 def _sizes(value: Any) -> tuple[int, ...]:
-    return tuple(sorted({int(v) for v in value}))
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise TypeError(f"ks must be a list of ints, got {value!r}")
+    return tuple(sorted({as_int(v, f"ks[{i}]") for i, v in enumerate(value)}))
 
 
 def _positive(_instance: Any, attribute: attrs.Attribute, value: tuple[int, ...]) -> None:
@@ -45,11 +47,7 @@ class BrittlenessConfig:
         validator=[attrs.validators.min_len(1), _positive],
         metadata={"examples": ((2, 4, 8),)},
     )
-    max_targets: int | None = attrs.field(
-        default=None,
-        validator=attrs.validators.optional([attrs.validators.instance_of(int), attrs.validators.ge(1)]),
-        metadata={"examples": (None, 3)},
-    )
+    max_targets: int | None = int_field(None, ge=1, optional=True, examples=(None, 3))
     seed: int = seed_field()
 
 

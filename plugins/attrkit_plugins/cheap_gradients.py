@@ -9,11 +9,16 @@ import attrs
 import torch
 
 from attrkit import capabilities, hookimpl
-from attrkit.config import params_field
+from attrkit.config import frozen_field, params_field
 from attrkit.context import Member
 from attrkit.data import to_device
 from attrkit.functional.group_gradients import group_gradients
-from attrkit.functional.last_layer import last_layer_features, last_layer_gradients, resolve_linear_layer
+from attrkit.functional.last_layer import (
+    last_layer_features,
+    last_layer_gradients,
+    last_layer_parameters,
+    resolve_linear_layer,
+)
 from attrkit.parameter_gradients import ParameterGradients
 from attrkit.task import AttributionTask
 
@@ -25,6 +30,9 @@ class LastLayerConfig:
     Attributes:
         layer: module name of the last ``nn.Linear`` (``"fc2"``); default: the last
             ``nn.Linear`` in ``model.named_modules()``.
+        frozen: include the layer's parameters that have ``requires_grad=False``. By
+            default only its trainable ones are differentiated (a frozen bias is left
+            out), and a layer whose parameters are all frozen is refused.
     """
 
     layer: str | None = attrs.field(
@@ -32,6 +40,7 @@ class LastLayerConfig:
         validator=attrs.validators.optional([attrs.validators.instance_of(str), attrs.validators.min_len(1)]),
         metadata={"examples": (None,)},
     )
+    frozen: bool = frozen_field()
 
 
 class LastLayerGradients:
@@ -41,6 +50,8 @@ class LastLayerGradients:
     the penultimate features ``h [b, d]`` and logit gradients ``dz [b, C]``; the
     gradients are the outer products ``dz ⊗ h`` then ``dz``, ``Tensor[b, C*d + C]``,
     equal to ``per-example`` with ``params=["<layer>.weight", "<layer>.bias"]``.
+    As there, parameters with ``requires_grad=False`` are left out unless ``frozen``
+    is set (:func:`~attrkit.functional.last_layer.last_layer_parameters`).
     Assumes examples do not interact in eval mode (see
     :func:`attrkit.functional.last_layer.last_layer_features`).
 
@@ -62,13 +73,18 @@ class LastLayerGradients:
         return resolve_linear_layer(task.model, self.config.layer)
 
     def names(self, task: AttributionTask) -> list[str]:
-        """The layer's parameter names, in the order of the gradient vectors (weight, then bias)."""
-        layer = self.layer(task)
-        return [f"{layer}.{n}" for n, _ in task.model.get_submodule(layer).named_parameters(recurse=False)]
+        """The layer's differentiated parameter names, in the order of the gradient vectors
+        (weight, then bias; trainable ones only unless ``frozen``).
+
+        Raises:
+            SpecError: every parameter of the layer is frozen and ``frozen`` is false.
+        """
+        return last_layer_parameters(task.model, self.layer(task), frozen=self.config.frozen)
 
     def dimension(self, task: AttributionTask) -> int:
-        """``p = C*d + C`` (``C*d`` without bias) for a layer ``Linear(d, C)``."""
-        return sum(p.numel() for p in task.model.get_submodule(self.layer(task)).parameters(recurse=False))
+        """``p = C*d + C`` (``C*d`` without bias, ``C`` with a frozen weight) for a layer ``Linear(d, C)``."""
+        params = dict(task.model.named_parameters())
+        return sum(params[n].numel() for n in self.names(task))
 
     def last_layer_features(
         self, task: AttributionTask, member: Member, batch: Any, *, target: bool = False
@@ -79,8 +95,9 @@ class LastLayerGradients:
         return last_layer_features(task.model, fn, member.state, to_device(batch, task.device), self.layer(task))
 
     def _grads(self, task: AttributionTask, member: Member, batch: Any, target: bool) -> torch.Tensor:
+        names = self.names(task)
         h, dz = self.last_layer_features(task, member, batch, target=target)
-        return last_layer_gradients(h, dz, bias=task.model.get_submodule(self.layer(task)).bias is not None)
+        return last_layer_gradients(h, dz, bias=names[-1].endswith(".bias"), weight=names[0].endswith(".weight"))
 
     def loss_gradients(self, task: AttributionTask, member: Member, batch: Any) -> torch.Tensor:
         """``Tensor[b, p]``: last-layer gradients of ``task.loss_fn`` for each example."""
@@ -96,10 +113,14 @@ class GroupConfig:
     """Config of ``group``.
 
     Attributes:
-        params: ``fnmatch`` patterns of parameter names to differentiate; default all.
+        params: ``fnmatch`` patterns of parameter names to differentiate; default all the
+            trainable ones.
+        frozen: include parameters with ``requires_grad=False`` (frozen); by default only
+            the trainable parameters are differentiated, and ``params`` chooses among them.
     """
 
     params: tuple[str, ...] = params_field()
+    frozen: bool = frozen_field()
 
 
 class GroupGradients(ParameterGradients):

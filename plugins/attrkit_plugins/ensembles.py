@@ -14,7 +14,7 @@ import attrs
 import torch
 
 from attrkit import hookimpl
-from attrkit.config import positive_int, seed_field
+from attrkit.config import float_field, floats_field, positive_int, seed_field
 from attrkit.context import Member
 from attrkit.errors import SpecError
 from attrkit.functional.dropout_masks import dropout_modules, fixed_dropout_masks
@@ -23,12 +23,11 @@ from attrkit.task import AttributionTask
 
 
 def _weights_field() -> attrs.Attribute:
-    def check(instance: object, attribute: attrs.Attribute, value: tuple[float, ...] | None) -> None:
-        if value is not None and (not value or any(not w > 0 for w in value)):
+    def check(instance: object, attribute: attrs.Attribute, value: tuple[float, ...]) -> None:
+        if any(not w > 0 for w in value):
             raise ValueError(f"'{attribute.name}' must be a non-empty list of positive numbers, got {list(value)}")
 
-    return attrs.field(default=None, converter=lambda v: None if v is None else tuple(float(w) for w in v),
-                       validator=check)
+    return floats_field(None, validator=check, optional=True)
 
 
 def _checkpoint_members(task: AttributionTask, weights: tuple[float, ...] | None, who: str) -> list[Member]:
@@ -92,12 +91,7 @@ class DropoutConfig:
     """
 
     members: int = positive_int(10, examples=(2, 3))
-    p: float | None = attrs.field(
-        default=None,
-        validator=attrs.validators.optional(
-            [attrs.validators.instance_of((int, float)), attrs.validators.ge(0), attrs.validators.lt(1)]
-        ),
-    )
+    p: float | None = float_field(None, ge=0.0, lt=1.0, optional=True)
     seed: int = seed_field()
 
 

@@ -9,7 +9,7 @@ import attrs
 import torch
 
 from attrkit import capabilities, hookimpl
-from attrkit.config import params_field, positive_int, seed_field
+from attrkit.config import frozen_field, int_field, params_field, positive_int, seed_field
 from attrkit.context import FitContext, Member
 from attrkit.data import to_device
 from attrkit.functional.factored import FactoredGradients, FactorPlan, LayerFactors, factored_gradients, plan_factors
@@ -24,10 +24,14 @@ class FactoredConfig:
     """Config of ``factored``.
 
     Attributes:
-        params: ``fnmatch`` patterns of parameter names to differentiate; default all.
+        params: ``fnmatch`` patterns of parameter names to differentiate; default all the
+            trainable ones.
+        frozen: include parameters with ``requires_grad=False`` (frozen); by default only
+            the trainable parameters are differentiated, and ``params`` chooses among them.
     """
 
     params: tuple[str, ...] = params_field()
+    frozen: bool = frozen_field()
 
 
 class FactoredGradientSource(ParameterGradients):
@@ -84,11 +88,7 @@ class KroneckerConfig:
 
     dim_in: int = positive_int(16, (2, 4))
     dim_out: int = positive_int(16, (3, 2))
-    fallback_dim: int | None = attrs.field(
-        default=None,
-        validator=attrs.validators.optional([attrs.validators.instance_of(int), attrs.validators.ge(1)]),
-        metadata={"examples": (None, 8)},
-    )
+    fallback_dim: int | None = int_field(None, ge=1, optional=True, examples=(None, 8))
     seed: int = seed_field()
 
 

@@ -16,6 +16,7 @@ import attrs
 import torch
 
 from attrkit import hookimpl
+from attrkit.config import int_field
 from attrkit.context import FitContext
 from attrkit.errors import ComponentUnavailableError
 
@@ -48,8 +49,8 @@ class FastJLConfig:
         dtype: ``"float32"`` or ``"float16"`` input to the kernel.
     """
 
-    dim: int = attrs.field(default=2048, validator=[attrs.validators.instance_of(int), attrs.validators.ge(512)])
-    seed: int = attrs.field(default=0, validator=[attrs.validators.instance_of(int), attrs.validators.ge(0)])
+    dim: int = int_field(2048, ge=512)
+    seed: int = int_field(0, ge=0)
     distribution: str = attrs.field(default="rademacher", validator=attrs.validators.in_(("rademacher", "normal")))
     dtype: str = attrs.field(default="float32", validator=attrs.validators.in_(("float32", "float16")))
 

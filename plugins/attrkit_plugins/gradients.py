@@ -7,7 +7,7 @@ from typing import ClassVar
 import attrs
 
 from attrkit import capabilities, hookimpl
-from attrkit.config import params_field
+from attrkit.config import frozen_field, params_field
 from attrkit.parameter_gradients import ParameterGradients
 
 
@@ -17,10 +17,14 @@ class PerExampleConfig:
 
     Attributes:
         params: ``fnmatch`` patterns of parameter names to differentiate
-            (``["fc2.*"]`` for the last layer of a model with ``fc2``); default all.
+            (``["fc2.*"]`` for the last layer of a model with ``fc2``); default all the
+            trainable ones.
+        frozen: include parameters with ``requires_grad=False`` (frozen); by default only
+            the trainable parameters are differentiated, and ``params`` chooses among them.
     """
 
     params: tuple[str, ...] = params_field()
+    frozen: bool = frozen_field()
 
 
 class PerExampleGradients(ParameterGradients):

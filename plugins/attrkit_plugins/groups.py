@@ -25,7 +25,7 @@ import attrs
 import torch
 
 from attrkit import hookimpl
-from attrkit.config import positive_int, seed_field
+from attrkit.config import float_field, int_field, not_bool, positive_int, seed_field
 from attrkit.context import FitContext
 from attrkit.data import batch_size, to_device
 from attrkit.errors import SpecError
@@ -64,15 +64,15 @@ def _element(batch: Any, key: int | str, who: str) -> torch.Tensor:
 
 
 def _key_field(default: int | str) -> Any:
-    return attrs.field(default=default, validator=attrs.validators.instance_of((int, str)), metadata={"examples": (default,)})
+    return attrs.field(
+        default=default,
+        validator=[not_bool("an int or a str"), attrs.validators.instance_of((int, str))],
+        metadata={"examples": (default,)},
+    )
 
 
 def _optional_count(examples: tuple[int | None, ...]) -> Any:
-    return attrs.field(
-        default=None,
-        validator=attrs.validators.optional([attrs.validators.instance_of(int), attrs.validators.ge(1)]),
-        metadata={"examples": examples},
-    )
+    return int_field(None, ge=1, optional=True, examples=examples)
 
 
 @attrs.frozen(kw_only=True)
@@ -196,7 +196,7 @@ class KMeansConfig(SizedConfig):
 
     key: int | str = _key_field(0)
     max_iter: int = positive_int(100, (20,))
-    tol: float = attrs.field(default=1e-4, converter=float, validator=attrs.validators.ge(0.0), metadata={"examples": (1e-4,)})
+    tol: float = float_field(1e-4, ge=0.0)
 
 
 class KMeansGrouper(_Grouper):
@@ -237,7 +237,7 @@ class LastLayerKMeansConfig(SizedConfig):
         metadata={"examples": (None,)},
     )
     max_iter: int = positive_int(100, (20,))
-    tol: float = attrs.field(default=1e-4, converter=float, validator=attrs.validators.ge(0.0), metadata={"examples": (1e-4,)})
+    tol: float = float_field(1e-4, ge=0.0)
 
 
 class RepresentationKMeansGrouper(KMeansGrouper):

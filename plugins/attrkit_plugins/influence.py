@@ -27,6 +27,7 @@ import attrs
 import torch
 
 from attrkit import hookimpl
+from attrkit.config import float_field
 from attrkit.gradient_method import GradientAttributor
 
 SLOTS = frozenset({"gradients", "projector", "solver", "grouper", "ensemble"})
@@ -61,7 +62,7 @@ class RelatIFConfig:
             non-positive-definite curvature).
     """
 
-    eps: float = attrs.field(default=1e-12, converter=float, validator=attrs.validators.gt(0.0))
+    eps: float = float_field(1e-12, gt=0.0)
 
 
 class RelatIF(GradientAttributor):

@@ -9,13 +9,10 @@ import attrs
 import torch
 
 from attrkit import hookimpl
+from attrkit.config import float_field, floats_field
 from attrkit.functional.detection import detection_curve, group_labels, roc_auc
 from attrkit.functional.ground_truth import GroundTruthError, check_groups, require_entries, shape_mismatch
 from attrkit.results import MetricResult
-
-
-def _fractions(value: Any) -> tuple[float, ...]:
-    return tuple(float(v) for v in value)
 
 
 def _in_unit(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -35,18 +32,8 @@ class AUCConfig:
             fraction of its members is flipped; ``None``: when any member is.
     """
 
-    fractions: tuple[float, ...] = attrs.field(
-        default=(0.1, 0.2, 0.3),
-        converter=_fractions,
-        validator=[attrs.validators.min_len(1), _in_unit],
-        metadata={"examples": ((0.1, 0.2, 0.3),)},
-    )
-    group_threshold: float | None = attrs.field(
-        default=None,
-        converter=attrs.converters.optional(float),
-        validator=attrs.validators.optional(_in_unit),
-        metadata={"examples": (None, 0.5)},
-    )
+    fractions: tuple[float, ...] = floats_field((0.1, 0.2, 0.3), validator=_in_unit)
+    group_threshold: float | None = float_field(None, validator=_in_unit, optional=True, examples=(None, 0.5))
 
 
 class AUC:

@@ -12,6 +12,7 @@ from typing import ClassVar
 import attrs
 
 from attrkit import hookimpl
+from attrkit.config import as_float
 from attrkit.context import Member
 from attrkit.errors import SpecError
 from attrkit.gradient_method import GradientAttributor
@@ -51,9 +52,12 @@ class GradCos(GradientAttributor):
 def _learning_rates(value: object) -> tuple[float, ...] | None:
     if value is None:
         return None
-    rates = (float(value),) if isinstance(value, (int, float)) else tuple(float(v) for v in value)  # type: ignore[union-attr]
-    if not rates or any(not r > 0 for r in rates):
-        raise ValueError(f"learning rates must be positive numbers, got {list(rates)}")
+    if isinstance(value, str) or not hasattr(value, "__iter__"):  # one rate for every checkpoint
+        rates = (as_float(value, "learning_rates"),)  # refuses a bool
+    else:
+        rates = tuple(as_float(v, f"learning_rates[{i}]") for i, v in enumerate(value))  # type: ignore[union-attr]
+    if not rates or any(not 0 < r < float("inf") for r in rates):
+        raise ValueError(f"learning rates must be positive finite numbers, got {list(rates)}")
     return rates
 
 

@@ -9,7 +9,7 @@ import attrs
 import torch
 
 from attrkit import hookimpl
-from attrkit.config import positive_int, seed_field
+from attrkit.config import float_field, positive_int, seed_field
 from attrkit.context import FitContext
 from attrkit.errors import NotFittedError
 from attrkit.functional.projection import SeededMatrix, gaussian_sampler, rademacher_sampler
@@ -61,9 +61,7 @@ class DenseConfig:
     dim: int = positive_int(512, (8, 32))
     seed: int = seed_field()
     chunk_rows: int = positive_int(8192, (1024, 8192))
-    cache_mb: float = attrs.field(
-        default=256.0, converter=float, validator=attrs.validators.ge(0.0), metadata={"examples": (0.0, 256.0)}
-    )
+    cache_mb: float = float_field(256.0, ge=0.0, examples=(0.0, 256.0))
     # low precision may change the last bits with the batch size, so property tests draw
     # float32 only; tests/test_projection.py checks the low-precision error bound
     dtype: str = attrs.field(

@@ -16,14 +16,10 @@ import attrs
 import torch
 
 from attrkit import hookimpl
-from attrkit.config import seed_field
+from attrkit.config import floats_field, seed_field
 from attrkit.functional.ground_truth import GroundTruthError, check_groups, require_entries, shape_mismatch
 from attrkit.functional.removal import AGGREGATES, importance, importance_order, keep_mask, top_count
 from attrkit.results import MetricResult
-
-
-def _fractions(value: Any) -> tuple[float, ...]:
-    return tuple(float(v) for v in value)
 
 
 def _open_unit(_instance: Any, attribute: attrs.Attribute, value: tuple[float, ...]) -> None:
@@ -32,12 +28,7 @@ def _open_unit(_instance: Any, attribute: attrs.Attribute, value: tuple[float, .
 
 
 def _fractions_field(default: tuple[float, ...]) -> Any:
-    return attrs.field(
-        default=default,
-        converter=_fractions,
-        validator=[attrs.validators.min_len(1), _open_unit],
-        metadata={"examples": ((0.1, 0.2),)},
-    )
+    return floats_field(default, validator=_open_unit, examples=((0.1, 0.2),))
 
 
 def _aggregate_field() -> Any:
