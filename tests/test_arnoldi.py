@@ -182,8 +182,9 @@ def test_clear_errors():
     toy = toy_problem(n_train=12)
     with pytest.raises(attrkit.SpecError, match="max_iter must be >= dim"):
         _grad_dot(toy, {"dim": 8, "max_iter": 4})
-    with pytest.raises(attrkit.SpecError, match="projector.dim: 100 exceeds"):
-        _grad_dot(toy, {"dim": 100})
+    p = sum(q.numel() for q in toy.task.model.parameters())
+    assert _grad_dot(toy, {"dim": 100, "curvature": "gauss-newton", "regularization": 0.1}).isfinite().all()
+    assert _fitted(toy, dim=100, curvature="gauss-newton").basis.shape == (p, p)  # dim > p is clamped to p: exact
     linear = toy_problem(n_train=12, hidden=0)
     concave = attrs.evolve(linear.task, loss_fn=lambda model, batch: -(model(batch[0]) ** 2).sum(1))  # H < 0
     with pytest.raises(attrkit.SpecError, match="raise regularization above"):

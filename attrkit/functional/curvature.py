@@ -19,7 +19,7 @@ from attrkit import distributed
 from attrkit.data import batch_size, to_device
 from attrkit.errors import DataLoaderError, LossShapeError
 from attrkit.functional.gradients import BoundLoss, eval_mode
-from attrkit.task import LossFn
+from attrkit.types import LossFn
 
 __all__ = ["dataset_gnvp", "dataset_hvp", "gnvp", "hvp", "lanczos"]
 

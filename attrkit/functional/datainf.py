@@ -33,9 +33,10 @@ import torch
 
 from attrkit import distributed
 from attrkit.data import batch_size, to_device
-from attrkit.errors import DataLoaderError
+from attrkit.errors import CurvatureError, DataLoaderError
 from attrkit.functional.gradients import per_example_gradients
-from attrkit.task import LossFn
+from attrkit.functional.ihvp import check_finite_solve
+from attrkit.types import LossFn
 
 __all__ = ["DataInfSolve", "datainf_ihvp_at"]
 
@@ -84,6 +85,8 @@ class DataInfSolve:
         Raises:
             ValueError: ``vectors`` is not ``[m, p]``.
             DataLoaderError: the batches yield no example.
+            NonFiniteError: finite vectors gave NaN or infinite values (non-finite training
+                gradients, or ``1/λ_l`` overflowing).
         """
         p = sum(len(c) for c in self.columns)
         if vectors.dim() != 2 or vectors.shape[1] != p:
@@ -106,7 +109,7 @@ class DataInfSolve:
         solved = torch.cat([(v - total / n) / lam for v, total, lam in zip(rows, totals, self.damping)], 1)
         out = torch.empty_like(solved)
         out[:, order] = solved
-        return out.to(dtype=vectors.dtype, device=vectors.device)
+        return check_finite_solve("datainf", vectors, out.to(dtype=vectors.dtype, device=vectors.device))
 
 
 def datainf_ihvp_at(
@@ -133,7 +136,8 @@ def datainf_ihvp_at(
         per call.
 
     Raises:
-        ValueError: ``regularization <= 0``, or a layer whose default damping is 0 (every
+        ValueError: ``regularization <= 0``.
+        CurvatureError: (a ``ValueError``) a layer whose default damping is 0 (every
             training gradient vanishes there).
         DataLoaderError: the default damping is asked for and ``batches`` is empty.
     """
@@ -176,6 +180,7 @@ def _default_damping(model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str
     damping = _DAMPING * squares / (n * torch.tensor([len(c) for c in columns], dtype=like.dtype, device=like.device))
     zero = [", ".join(layer) for layer, lam in zip(layers, damping.tolist()) if not lam > 0]
     if zero:
-        raise ValueError(f"DataInf's default damping is 0 for layer(s) {zero}: every training gradient vanishes "
-                         "there; leave those parameters out of `names` or pass regularization > 0")
+        raise CurvatureError(f"datainf: the default damping is 0 for layer(s) {zero}: every training gradient vanishes "
+                             "there, so its curvature is 0; leave those parameters out of `names` or pass "
+                             "regularization > 0")
     return damping

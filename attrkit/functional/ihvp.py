@@ -38,9 +38,9 @@ from torch.func import vmap
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from attrkit.data import batch_size, check_fixed_order
-from attrkit.errors import CurvatureError, DataLoaderError
+from attrkit.errors import CurvatureError, DataLoaderError, NonFiniteError
 from attrkit.functional.curvature import MatVec, dataset_gnvp, dataset_hvp, hvp
-from attrkit.task import LossFn
+from attrkit.types import LossFn
 
 __all__ = ["CURVATURES", "Cost", "CurvatureError", "IHVPStats", "InverseHVP"]
 
@@ -115,10 +115,13 @@ class InverseHVP:
     Attributes:
         p: dimension of the vectors (number of selected parameter entries).
         stats: :class:`IHVPStats`.
+        name: the solver's name, used in error messages (``"cg"``).
     """
 
-    def __init__(self, apply: MatVec, p: int, meter: _Meter, started: float, info: dict[str, float]):
-        self._apply, self._meter, self.p = apply, meter, p
+    def __init__(
+        self, apply: MatVec, p: int, meter: _Meter, started: float, info: dict[str, float], name: str = "inverse-HVP"
+    ):
+        self._apply, self._meter, self.p, self.name = apply, meter, p, name
         build = Cost(meter.passes, meter.example_hvps, time.perf_counter() - started)
         self.stats = IHVPStats(build=build, info=info)
 
@@ -134,10 +137,11 @@ class InverseHVP:
 
         Raises:
             ValueError: ``vectors`` is not a floating ``Tensor[m, p]``.
+            NonFiniteError: finite ``vectors`` gave a NaN or an infinity (see :func:`check_finite_solve`).
         """
         check_block(vectors, self.p)
         started, passes, hvps = time.perf_counter(), self._meter.passes, self._meter.example_hvps
-        out = self._apply(vectors)
+        out = check_finite_solve(self.name, vectors, self._apply(vectors))
         cost = self.stats.solve
         cost.passes += self._meter.passes - passes
         cost.example_hvps += self._meter.example_hvps - hvps
@@ -156,6 +160,34 @@ def check_block(vectors: torch.Tensor, p: int | None = None) -> None:
                          f"v[None]); got {got}")
     if not vectors.is_floating_point():
         raise ValueError(f"vectors must be floating point, got {vectors.dtype}")
+
+
+def check_finite_solve(solver: str, vectors: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out``, after checking that a solver kept finite ``vectors`` finite.
+
+    A backstop behind each solver's own checks of its curvature: a NaN or an infinity out
+    of finite input means non-finite curvature (weights, data or loss) or an overflow of the
+    inverse (a damping too small for the curvature's scale). Rows of ``vectors`` that are not
+    finite themselves are not the solver's doing and are let through (the gradient checks
+    report them).
+
+    Args:
+        solver: the solver's name, for the message.
+        vectors: ``Tensor[m, p]``, the input.
+        out: ``Tensor[m, p]``, the solver's result.
+
+    Raises:
+        NonFiniteError: a finite row of ``vectors`` with a non-finite result.
+    """
+    bad = ~out.isfinite().all(1) & vectors.isfinite().all(1).to(out.device)
+    if bool(bad.any()):
+        rows = bad.nonzero().squeeze(1).tolist()
+        raise NonFiniteError(
+            f"solver {solver!r} returned NaN or infinite values for {len(rows)} of {len(vectors)} finite vectors (rows "
+            f"{rows[:10]}{'...' if len(rows) > 10 else ''}): the curvature is not finite (check the model's weights, "
+            "the training data and the loss scale) or its inverse overflowed; raise regularization (the damping λ)"
+        )
+    return out
 
 
 def check_regularization(regularization: float) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from attrkit.errors import NonFiniteError
 from attrkit.functional.curvature import MatVec, lanczos
 from attrkit.functional.ihvp import (
     CurvatureError,
@@ -23,7 +24,7 @@ from attrkit.functional.ihvp import (
     function_matvec,
     prepare_at,
 )
-from attrkit.task import LossFn
+from attrkit.types import LossFn
 
 __all__ = ["arnoldi_ihvp_at", "explicit_ihvp_at", "explicit_solve", "ihvp_arnoldi", "ihvp_explicit"]
 
@@ -37,20 +38,61 @@ def _factor(damped: torch.Tensor, regularization: float) -> torch.Tensor:
     """Lower Cholesky factor of ``A + λI``, or a ``CurvatureError`` saying how much λ is needed.
 
     ``damped`` holds the symmetric ``A`` and is overwritten with ``A + λI`` (no extra ``p²``).
+    A factorisation that succeeds is not enough: on a numerically singular ``A + λI`` it
+    often does, and its solves are then round-off divided by round-off. So the smallest
+    eigenvalue is estimated by inverse iteration on the factor (:func:`_looks_singular`,
+    a few solves, ``O(p²)``); when it is within a factor 10 of ``p · eps · ‖A + λI‖₁``
+    (``eps`` of the matrix's dtype) the spectrum is computed (``eigvalsh``) and ``A + λI``
+    is refused when its smallest eigenvalue is at most ``p · eps · λ_max``.
     """
     damped.diagonal().add_(regularization)
     factor, info = torch.linalg.cholesky_ex(damped)
+    p, eps = damped.shape[0], torch.finfo(damped.dtype).eps
     if int(info) == 0:
-        return factor
-    values = torch.linalg.eigvalsh(damped) - regularization
-    low, high = float(values[0]), float(values[-1].abs())
-    if low + regularization <= 0:
-        fix = f"set regularization > {-low:.3g}"
+        if not _looks_singular(factor, damped, 10 * p * eps):
+            return factor
+        values = torch.linalg.eigvalsh(damped)
+        if float(values[0]) > p * eps * float(values[-1]):
+            return factor
     else:
-        fix = f"it is numerically singular (condition number {high / (low + regularization):.3g}); raise regularization"
-    raise CurvatureError(f"H + λI is not positive definite: the smallest eigenvalue of the curvature H is {low:.3g}, "
-                         f"so with regularization={regularization:g} that of H + λI is {low + regularization:.3g}; "
-                         f"{fix} (or use a positive semi-definite curvature such as Gauss-Newton)")
+        values = torch.linalg.eigvalsh(damped)
+    if not bool(values.isfinite().all()):
+        raise NonFiniteError("H + λI holds NaN or infinite entries: the curvature products are not finite (check the "
+                             "model's weights, the training data and the loss scale)")
+    values = values - regularization
+    low, high = float(values[0]), float(values[-1].abs())
+    noise = p * eps * high  # eigenvalues within this of 0 are round-off
+    needed = max(-low, 0.0) + noise
+    if low < -noise:
+        fix = f"set regularization > {needed:.3g}"
+    else:
+        fix = (f"it is numerically singular (its smallest eigenvalue is within the round-off p·eps·λ_max = "
+               f"{noise:.3g} of 0); set regularization > {needed:.3g} (e.g. {1e-3 * high:.3g}, 1e-3 of the largest "
+               "eigenvalue)")
+    raise CurvatureError(f"explicit solver: H + λI is not positive definite: the smallest eigenvalue of the curvature "
+                         f"H is {low:.3g}, so with regularization={regularization:g} that of H + λI is "
+                         f"{low + regularization:.3g}; {fix} (or use a positive semi-definite curvature such as "
+                         "Gauss-Newton)")
+
+
+def _looks_singular(factor: torch.Tensor, matrix: torch.Tensor, threshold: float, steps: int = 4) -> bool:
+    """Whether ``matrix = L Lᵀ`` (``Tensor[p, p]``) may have ``λ_min <= threshold · ‖matrix‖₁``.
+
+    Inverse iteration from a seeded random start: ``steps`` solves with the factor. Its
+    estimate of ``λ_min`` is an upper bound that a (numerically) null direction reaches at
+    the first step (it is amplified by ``1/λ_min`` there), so a singular matrix is never
+    missed; a ``True`` is to be confirmed by the spectrum. ``‖·‖₁ >= λ_max``.
+    """
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(matrix.shape[0], 1, generator=gen, dtype=matrix.dtype).to(matrix.device)
+    for _ in range(steps):
+        x = torch.cholesky_solve(x, factor)
+        size = x.norm()
+        if not bool(size.isfinite()) or float(size) == 0.0:
+            return True
+        x = x / size
+    smallest = 1.0 / float(torch.cholesky_solve(x, factor).norm())
+    return not smallest > threshold * float(matrix.abs().sum(0).max())
 
 
 def _factored(factor: torch.Tensor) -> MatVec:
@@ -182,18 +224,29 @@ def explicit_ihvp_at(
     matrix = _assemble(matvec, p, chunk_size, dtype, state[names[0]].device)
     factor = _factor(matrix, regularization)
     del matrix
-    return InverseHVP(_factored(factor), p, meter, started, {})
+    return InverseHVP(_factored(factor), p, meter, started, {}, name="explicit")
 
 
-def _low_rank(values: torch.Tensor, vectors: torch.Tensor, regularization: float) -> MatVec:
-    """``V -> V U diag(1/(λ_i + λ)) Uᵀ`` (rows), or a ``CurvatureError`` when some ``λ_i + λ <= 0``."""
+def _low_rank(values: torch.Tensor, vectors: torch.Tensor, regularization: float, eps: float) -> MatVec:
+    """``V -> V U diag(1/(λ_i + λ)) Uᵀ`` (rows) on the kept eigenpairs (pseudo-inverse on the numerically null ones).
+
+    An eigenpair whose damped value ``|λ_i + λ|`` is at most ``len(U) · eps · max|λ_j|``
+    (the round-off of eigenvalues from products computed with machine epsilon ``eps``) is
+    numerically null: it is dropped like the orthogonal complement of ``U`` (mapped to 0),
+    never inverted (``1/round-off`` would swamp the result).
+
+    Raises:
+        CurvatureError: some ``λ_i + λ`` below ``-`` that round-off (an indefinite ``H + λI``).
+    """
     damped = values + regularization
-    if (damped <= 0).any():
+    noise = max(len(vectors), len(values)) * eps * float(values.abs().max()) if len(values) else 0.0
+    if (damped < -noise).any():
         worst = float(values.min())
         raise CurvatureError(f"eigenvalue + regularization = {worst + regularization:.3g} <= 0 among the {len(values)} "
                              f"kept eigenpairs, which cannot be inverted: set regularization > {-worst:.3g}, keep a "
                              "smaller rank, or use a positive semi-definite curvature such as Gauss-Newton")
-    inverse = 1.0 / damped
+    kept = damped > noise
+    inverse = torch.where(kept, 1.0 / torch.where(kept, damped, 1.0), 0.0)
 
     def apply(rows: torch.Tensor) -> torch.Tensor:
         coefficients = rows.to(device=vectors.device, dtype=vectors.dtype) @ vectors
@@ -202,11 +255,18 @@ def _low_rank(values: torch.Tensor, vectors: torch.Tensor, regularization: float
     return apply
 
 
-def _check_rank(rank: int, max_iter: int, p: int) -> None:
-    """Refuse a rank Lanczos cannot deliver."""
-    if not 1 <= rank <= min(max_iter, p):
-        raise ValueError(f"rank must be between 1 and min(max_iter, p) = {min(max_iter, p)} (one Lanczos step per "
-                         f"eigenpair at least), got rank={rank} with max_iter={max_iter}, p={p}")
+def _clamped_rank(rank: int, max_iter: int, p: int) -> tuple[int, int]:
+    """``(min(rank, p), min(max_iter, p))``: what Lanczos can deliver on ``p`` coordinates.
+
+    At ``rank >= p`` every eigenpair is kept and the low-rank inverse is the exact one.
+
+    Raises:
+        ValueError: ``rank < 1`` or ``rank > max_iter`` (one Lanczos step per eigenpair at least).
+    """
+    if not 1 <= rank <= max_iter:
+        raise ValueError(f"rank must be between 1 and max_iter = {max_iter} (one Lanczos step per eigenpair at "
+                         f"least), got rank={rank} with max_iter={max_iter}, p={p}")
+    return min(rank, p), min(max_iter, p)
 
 
 def ihvp_arnoldi(
@@ -221,23 +281,25 @@ def ihvp_arnoldi(
         vectors: ``Tensor[m, p]``.
         regularization: damping ``λ >= 0``.
         rank: eigenpairs kept (largest eigenvalues); the rest of the space is dropped.
-        max_iter: Lanczos iterations (HVPs), ``>= rank``; ``p`` makes them exact.
+            Clamped to ``p``: ``rank >= p`` keeps them all, the exact inverse.
+        max_iter: Lanczos iterations (HVPs), ``>= rank``; clamped to ``p``, which makes them exact.
         seed: fixes the Lanczos start vector.
 
     Returns:
         ``Tensor[m, p]`` in the dtype of ``vectors``. Cost: ``min(max_iter, p)`` HVPs.
 
     Raises:
-        CurvatureError: a kept eigenvalue with ``λ_i + λ <= 0``.
-        ValueError: ``rank`` outside ``[1, min(max_iter, p)]``.
+        CurvatureError: a kept eigenvalue with ``λ_i + λ < 0`` beyond round-off (numerically
+            null ones are dropped: the pseudo-inverse, see :func:`arnoldi_ihvp_at`).
+        ValueError: ``rank`` outside ``[1, max_iter]``.
     """
     matvec, theta = function_matvec(fn, params)
     p = theta.numel()
     check_block(vectors, p)
     check_regularization(regularization)
-    _check_rank(rank, max_iter, p)
+    rank, max_iter = _clamped_rank(rank, max_iter, p)
     values, basis = lanczos(lambda v: matvec(v[None])[0], p, rank, max_iter, seed, device=theta.device)
-    return _low_rank(values, basis, regularization)(vectors)
+    return _low_rank(values, basis, regularization, torch.finfo(theta.dtype).eps)(vectors)
 
 
 def arnoldi_ihvp_at(
@@ -252,29 +314,43 @@ def arnoldi_ihvp_at(
     in the Arnoldi influence-function paper, the orthogonal complement of ``U`` is dropped
     (mapped to 0, not to ``v/λ``): exact only at ``rank = p``.
 
+    ``rank`` and ``max_iter`` are clamped to ``p`` without a warning, so that the default
+    (rank 50, 100 iterations) runs on any model: on a model with ``p <= rank`` parameters
+    every eigenpair is kept and the result is the exact ``(H + λI)⁻¹`` on the full space
+    (what the user asked for, only better), equal to
+    :func:`~attrkit.functional.ihvp_direct.explicit_ihvp_at`'s up to round-off.
+
+    Kept eigenpairs whose damped value ``λ_i + λ`` is numerically zero (within
+    ``max(p, rank) · eps · max|λ_j|``, ``eps`` of the parameters' dtype: e.g. the null space
+    of a Gauss-Newton matrix at ``λ = 0``) are dropped like the complement: the
+    pseudo-inverse, never ``1/round-off``.
+
     Args:
         model, loss_fn, state, names, batches, regularization, curvature: as
             :func:`~attrkit.functional.ihvp_direct.explicit_ihvp_at`.
-        rank: eigenpairs kept, ``1 <= rank <= min(max_iter, p)``.
-        max_iter: Lanczos iterations (``2 rank + 20`` is usual; ``p`` gives exact pairs).
+        rank: eigenpairs kept, ``1 <= rank <= max_iter``; clamped to ``p``.
+        max_iter: Lanczos iterations (``2 rank + 20`` is usual; ``p`` gives exact pairs);
+            clamped to ``p``.
         seed: fixes the Lanczos start vector.
 
     Returns:
         :class:`InverseHVP`; ``stats.info`` holds the ``largest_eigenvalue`` (a safe
-        LiSSA ``scale`` exceeds it plus ``λ``) and ``smallest_eigenvalue`` kept, undamped.
-        Build: ``min(max_iter, p)`` passes of one vector (``n`` example-HVPs each) and
-        ``max_iter × p`` float64 memory. Solve: ``4 m p rank`` flops, no pass.
+        LiSSA ``scale`` exceeds it plus ``λ``) and ``smallest_eigenvalue`` kept, undamped,
+        and the ``rank`` used (after clamping). Build: ``min(max_iter, p)`` passes of one
+        vector (``n`` example-HVPs each) and ``min(max_iter, p) × p`` float64 memory.
+        Solve: ``4 m p rank`` flops, no pass.
 
     Raises:
-        CurvatureError: a kept ``λ_i + λ <= 0`` (the message gives the ``regularization`` needed).
-        ValueError: ``rank`` outside ``[1, min(max_iter, p)]``.
+        CurvatureError: a kept ``λ_i + λ < 0`` beyond round-off (the message gives the
+            ``regularization`` needed).
+        ValueError: ``rank`` outside ``[1, max_iter]``.
         DataLoaderError: ``batches`` empty or a one-shot iterator.
     """
     started = time.perf_counter()
     meter, p = prepare_at(state, names, batches, regularization, curvature)
-    _check_rank(rank, max_iter, p)
+    rank, max_iter = _clamped_rank(rank, max_iter, p)
     matvec = dataset_matvec(meter, model, loss_fn, state, names, curvature)
     values, basis = lanczos(matvec, p, rank, max_iter, seed, device=state[names[0]].device)
-    apply = _low_rank(values, basis, regularization)
-    info = {"largest_eigenvalue": float(values.max()), "smallest_eigenvalue": float(values.min())}
-    return InverseHVP(apply, p, meter, started, info)
+    apply = _low_rank(values, basis, regularization, torch.finfo(state[names[0]].dtype).eps)
+    info = {"largest_eigenvalue": float(values.max()), "smallest_eigenvalue": float(values.min()), "rank": rank}
+    return InverseHVP(apply, p, meter, started, info, name="arnoldi")

@@ -8,6 +8,7 @@ family, the forms and the cost units.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -17,7 +18,7 @@ from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 from attrkit import distributed
 from attrkit.data import batch_size as examples_in
 from attrkit.data import to_device
-from attrkit.errors import DataLoaderError
+from attrkit.errors import ConvergenceWarning, DataLoaderError
 from attrkit.functional.curvature import MatVec
 from attrkit.functional.ihvp import (
     CURVATURES,
@@ -29,7 +30,7 @@ from attrkit.functional.ihvp import (
     function_matvec,
     prepare_at,
 )
-from attrkit.task import LossFn
+from attrkit.types import LossFn
 
 __all__ = ["cg_ihvp_at", "cg_solve", "ihvp_cg", "lissa_ihvp_at", "lissa_solve"]
 
@@ -39,8 +40,13 @@ _BLOW_UP = 100.0
 
 def _block_cg(
     matvec: MatVec, vectors: torch.Tensor, regularization: float, max_iter: int, tol: float
-) -> tuple[torch.Tensor, int, float]:
-    """Block CG; returns ``(solutions, iterations, max relative residual)``."""
+) -> tuple[torch.Tensor, int, float, int]:
+    """Block CG; returns ``(solutions, iterations, max relative residual, rows not converged)``.
+
+    A row has converged when its (recursively updated) residual is at most ``tol`` times
+    its right-hand side's norm; the rows still above it when ``max_iter`` is reached count
+    as not converged.
+    """
     x = torch.zeros_like(vectors)
     residual, direction = vectors.clone(), vectors.clone()
     squares = residual.square().sum(1)
@@ -69,7 +75,16 @@ def _block_cg(
         iterations += 1
     norms = vectors.norm(dim=1)
     relative = torch.where(norms > 0, squares.sqrt() / norms.clamp_min(torch.finfo(norms.dtype).tiny), 0.0)
-    return x, iterations, float(relative.max()) if len(relative) else 0.0
+    return x, iterations, float(relative.max()) if len(relative) else 0.0, int(active.sum())
+
+
+def _not_converged(where: str, max_iter: int, tol: float, regularization: float, residual: float, rows: int,
+                   total: int) -> str:
+    """The :class:`ConvergenceWarning` message of a CG solve stopped at ``max_iter``."""
+    return (f"{where} stopped at max_iter={max_iter} with {rows} of {total} vectors above tol={tol:g}: max relative "
+            f"residual ‖v - (H + λI)x‖/‖v‖ = {residual:.3g}, so the inverse-HVPs (and the scores built on them) are "
+            f"approximate. Raise max_iter, raise regularization (now {regularization:g}; a better-conditioned "
+            "H + λI converges in fewer iterations), or use a direct solver: explicit, arnoldi or ekfac")
 
 
 def _check_cg(max_iter: int, tol: float) -> None:
@@ -79,7 +94,8 @@ def _check_cg(max_iter: int, tol: float) -> None:
 
 
 def cg_solve(
-    matvec: MatVec, vectors: torch.Tensor, *, regularization: float = 0.0, max_iter: int = 100, tol: float = 1e-6
+    matvec: MatVec, vectors: torch.Tensor, *, regularization: float = 0.0, max_iter: int = 100, tol: float = 1e-6,
+    warn: bool = True,
 ) -> torch.Tensor:
     """``(A + λI)⁻¹ v`` for every row of ``vectors`` by conjugate gradients, all rows at once.
 
@@ -94,6 +110,8 @@ def cg_solve(
         regularization: damping ``λ >= 0``.
         max_iter: most iterations (``matvec`` calls).
         tol: relative residual at which a row stops.
+        warn: issue a :class:`~attrkit.errors.ConvergenceWarning` when some row is still
+            above ``tol`` after ``max_iter`` iterations (one per call).
 
     Returns:
         ``Tensor[m, p]``, in the dtype of ``vectors`` (CG runs in it). Cost: at most
@@ -101,16 +119,31 @@ def cg_solve(
 
     Raises:
         CurvatureError: a direction with ``dᵀ(A + λI)d <= 0`` (not positive definite).
+
+    Warns:
+        ConvergenceWarning: ``warn`` and a row not converged; the message gives
+            ``max_iter``, ``tol``, the largest relative residual reached and the fixes.
     """
+    return _warned_cg("cg_solve", matvec, vectors, regularization, max_iter, tol, warn)
+
+
+def _warned_cg(
+    where: str, matvec: MatVec, vectors: torch.Tensor, regularization: float, max_iter: int, tol: float, warn: bool
+) -> torch.Tensor:
+    """Check the arguments, run :func:`_block_cg`, warn (as the caller's caller) when a row did not converge."""
     check_block(vectors)
     check_regularization(regularization)
     _check_cg(max_iter, tol)
-    return _block_cg(matvec, vectors, regularization, max_iter, tol)[0]
+    x, _, residual, rows = _block_cg(matvec, vectors, regularization, max_iter, tol)
+    if warn and rows:
+        message = _not_converged(where, max_iter, tol, regularization, residual, rows, len(vectors))
+        warnings.warn(message, ConvergenceWarning, stacklevel=3)
+    return x
 
 
 def ihvp_cg(
     fn: Callable[[Any], torch.Tensor], params: Any, vectors: torch.Tensor, *, regularization: float = 0.0,
-    max_iter: int = 100, tol: float = 1e-6,
+    max_iter: int = 100, tol: float = 1e-6, warn: bool = True,
 ) -> torch.Tensor:
     """``(∇²fn(params) + λI)⁻¹ v`` for every row of ``vectors`` by block CG on HVPs.
 
@@ -118,17 +151,20 @@ def ihvp_cg(
         fn: scalar function (``Tensor[]``) of ``params``, written with ``vmap``-able ops.
         params: a tensor or pytree of tensors (``p`` entries, in ``tree_flatten`` order).
         vectors: ``Tensor[m, p]``.
-        regularization, max_iter, tol: as :func:`cg_solve`.
+        regularization, max_iter, tol, warn: as :func:`cg_solve`.
 
     Returns:
         ``Tensor[m, p]``. Cost: at most ``max_iter`` ``vmap``-ed HVP blocks.
 
     Raises:
         CurvatureError: ``∇²fn + λI`` is not positive definite along a CG direction.
+
+    Warns:
+        ConvergenceWarning: as :func:`cg_solve`.
     """
     matvec, theta = function_matvec(fn, params)
     check_block(vectors, theta.numel())
-    return cg_solve(matvec, vectors, regularization=regularization, max_iter=max_iter, tol=tol)
+    return _warned_cg("ihvp_cg", matvec, vectors, regularization, max_iter, tol, warn)
 
 
 def cg_ihvp_at(
@@ -150,25 +186,37 @@ def cg_ihvp_at(
 
     Returns:
         :class:`InverseHVP`; ``stats.info`` holds the last solve's ``iterations`` and
-        ``max_relative_residual``. Build: nothing. Solve of ``m`` vectors: at most
-        ``max_iter`` passes, at most ``max_iter n m`` example-HVPs.
+        ``max_relative_residual``, and ``unconverged_solves``, the number of solves so far
+        that stopped at ``max_iter`` above ``tol``. Build: nothing. Solve of ``m`` vectors:
+        at most ``max_iter`` passes, at most ``max_iter n m`` example-HVPs.
 
     Raises:
         CurvatureError: ``H + λI`` is not positive definite along a CG direction.
         DataLoaderError: ``batches`` empty or a one-shot iterator.
+
+    Warns:
+        ConvergenceWarning: at the first solve that stops at ``max_iter`` with a vector
+            above ``tol`` (naming ``max_iter``, ``tol``, the residual reached and the
+            fixes); later solves of the same :class:`InverseHVP` only update ``stats.info``.
     """
     started = time.perf_counter()
     meter, p = prepare_at(state, names, batches, regularization, curvature)
     _check_cg(max_iter, tol)
     matvec = dataset_matvec(meter, model, loss_fn, state, names, curvature)
-    info: dict[str, float] = {}
+    info: dict[str, float] = {"unconverged_solves": 0}
 
     def apply(vectors: torch.Tensor) -> torch.Tensor:
-        x, iterations, residual = _block_cg(matvec, vectors, regularization, max_iter, tol)
+        x, iterations, residual, rows = _block_cg(matvec, vectors, regularization, max_iter, tol)
         info.update(iterations=iterations, max_relative_residual=residual)
+        if rows:
+            if not info["unconverged_solves"]:
+                message = _not_converged("solver cg", max_iter, tol, regularization, residual, rows, len(vectors))
+                warnings.warn(message + " (warned once per fitted solver; see its stats.info)", ConvergenceWarning,
+                              stacklevel=3)
+            info["unconverged_solves"] += 1
         return x
 
-    return InverseHVP(apply, p, meter, started, info)
+    return InverseHVP(apply, p, meter, started, info, name="cg")
 
 
 def lissa_solve(
@@ -200,15 +248,30 @@ def lissa_solve(
         CurvatureError: the iterates diverge: a non-finite value, or a norm above 100 ×
             ``(j + 1) ‖v‖`` (on convergent problems ``‖v_j‖ <= (j + 1) ‖v‖``).
     """
+    return _lissa(sample_matvec, vectors, regularization, depth, scale, repeat)[0]
+
+
+def _lissa(
+    sample_matvec: MatVec, vectors: torch.Tensor, regularization: float, depth: int, scale: float, repeat: int
+) -> tuple[torch.Tensor, float]:
+    """:func:`lissa_solve`, also returning the largest relative size of the last step,
+    ``max_rows ‖v_depth - v_{depth-1}‖ / ‖v_depth‖`` over the runs (0 for zero rows).
+
+    With exact curvature that step is ``‖(I - (H + λI)/scale)^depth v‖``-sized, the error's
+    own scale; with sampled curvature it does not go to 0 (it holds the sampling noise),
+    so it is reported, never tested against a tolerance (LiSSA has none).
+    """
     check_block(vectors)
     check_regularization(regularization)
     if depth < 1 or repeat < 1 or not scale > 0:
         raise ValueError(f"LiSSA needs depth >= 1, repeat >= 1 and scale > 0, got {depth}, {repeat}, {scale}")
     norms = vectors.norm(dim=1)
     total = torch.zeros_like(vectors)
+    last_step = 0.0
     for run in range(repeat):
         current = vectors
         for step in range(depth):
+            previous = current
             current = vectors + current - (sample_matvec(current) + regularization * current) / scale
             size = current.norm(dim=1)
             if not bool(size.isfinite().all()) or bool((size > _BLOW_UP * (step + 2) * norms).any()):
@@ -218,8 +281,10 @@ def lissa_solve(
                     f"regularization on every sample and H + λI is positive definite; scale={scale:g} is too small: "
                     "increase it (e.g. 10x, or above the top eigenvalue from lanczos), or raise regularization"
                 )
+        change = (current - previous).norm(dim=1) / size.clamp_min(torch.finfo(size.dtype).tiny)
+        last_step = max(last_step, float(change.max()) if len(change) else 0.0)
         total += current / scale
-    return total / repeat
+    return total / repeat, last_step
 
 
 def _gather(batches: Iterable[Any]) -> tuple[Any, int]:
@@ -271,8 +336,12 @@ def lissa_ihvp_at(
         repeat: independent runs averaged.
 
     Returns:
-        :class:`InverseHVP`. Build: one pass to gather the data. Solve of ``m`` vectors:
-        no pass, ``depth × repeat × batch_size × m`` example-HVPs.
+        :class:`InverseHVP`; ``stats.info`` holds the last solve's ``last_relative_step``,
+        the largest ``‖v_depth - v_{depth-1}‖ / ‖v_depth‖`` (see :func:`lissa_solve`: with
+        ``batch_size = n`` about the relative error times ``μ/scale``; with sampling it
+        stays at the sampling noise, so no convergence warning is derived from it). Build:
+        one pass to gather the data. Solve of ``m`` vectors: no pass,
+        ``depth × repeat × batch_size × m`` example-HVPs.
 
     Raises:
         CurvatureError: the iterates diverge (``scale`` too small, or ``H + λI`` indefinite).
@@ -288,6 +357,7 @@ def lissa_ihvp_at(
     product = CURVATURES[curvature]
     world = distributed.world()
     ranks = 1 if world is None else world[1]  # rank r takes part r of every sample
+    info: dict[str, float] = {}
 
     def apply(vectors: torch.Tensor) -> torch.Tensor:
         generator = torch.Generator().manual_seed(seed)
@@ -299,6 +369,8 @@ def lissa_ihvp_at(
             meter.example_hvps += batch_size * rows.shape[0]
             return product(model, loss_fn, state, names, samples)(rows)
 
-        return lissa_solve(sampled, vectors, regularization=regularization, depth=depth, scale=scale, repeat=repeat)
+        out, step = _lissa(sampled, vectors, regularization, depth, scale, repeat)
+        info["last_relative_step"] = step
+        return out
 
-    return InverseHVP(apply, p, meter, started, {})
+    return InverseHVP(apply, p, meter, started, info, name="lissa")

@@ -30,7 +30,10 @@ Damping is added to the approximated block, ``(F_l + λI)⁻¹``, applied to ``V
 layer slice as ``[d_out, d_in + 1]``) as ``Q_G [(Q_Gᵀ V Q_A) / (λ_G λ_Aᵀ + λ)] Q_Aᵀ`` for
 K-FAC and with ``Λ`` in the denominator for EK-FAC — damping of the product, not the
 factored ``(G + √λ I) ⊗ (A + √λ I)``. Fallback parameters use the diagonal empirical
-Fisher ``d = (1/n) Σ_i g_i²`` and ``v / (d + λ)``.
+Fisher ``d = (1/n) Σ_i g_i²`` and ``v / (d + λ)``. A denominator is never numerically
+zero: eigenvalues within the round-off of a layer's ``eigh`` (``max(d_out, d_in + 1) · eps``
+times its largest) with a ``λ`` no larger raise a ``CurvatureError`` naming the layer and the
+``regularization`` needed, instead of dividing by round-off.
 
 Factors are kept in the parameters' dtype and device; sums are accumulated batch by batch,
 so the result does not depend on how the training set is batched. In distributed mode
@@ -49,9 +52,10 @@ import torch
 
 from attrkit import distributed
 from attrkit.data import batch_size, to_device
-from attrkit.errors import DataLoaderError
+from attrkit.errors import CurvatureError, DataLoaderError
 from attrkit.functional.factored import FactoredGradients, FactorPlan, LayerFactors, factored_gradients, plan_factors
-from attrkit.task import LossFn
+from attrkit.functional.ihvp import check_finite_solve
+from attrkit.types import LossFn
 
 __all__ = ["EKFACFactors", "KFACFactors", "KroneckerLayer", "ekfac_solve", "fit_ekfac", "fit_kfac", "kfac_solve"]
 
@@ -244,7 +248,7 @@ def fit_ekfac(model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str, torch
 
 
 def _apply(factors: KFACFactors, vectors: torch.Tensor, regularization: float,
-           eigenvalues: Sequence[torch.Tensor]) -> torch.Tensor:
+           eigenvalues: Sequence[torch.Tensor], solver: str) -> torch.Tensor:
     """``vectors`` through each layer's ``Q [(Qᵀ V) / (eigenvalues + λ)] Qᵀ`` and the fallback diagonal."""
     p = sum(factors.sizes[n] for n in factors.names)
     if vectors.dim() != 2 or vectors.shape[1] != p:
@@ -257,10 +261,18 @@ def _apply(factors: KFACFactors, vectors: torch.Tensor, regularization: float,
     starts = dict(zip(factors.names, itertools.accumulate((factors.sizes[n] for n in factors.names), initial=0)))
     cols = lambda name: slice(starts[name], starts[name] + factors.sizes[name])  # noqa: E731
 
-    def denominator(values: torch.Tensor, where: str) -> torch.Tensor:
-        if regularization == 0 and bool((values <= 0).any()):
-            raise ValueError(f"regularization=0 but the curvature of {where} is singular; use regularization > 0 "
-                             "(damping λ added as λI)")
+    eps = torch.finfo(like.dtype).eps
+
+    def denominator(values: torch.Tensor, where: str, noise: float) -> torch.Tensor:
+        """``values + λ``, refused where ``values`` is numerically zero (``<= noise``) and ``λ`` is too."""
+        null = values <= noise
+        if bool(null.any()) and not regularization > noise:
+            raise CurvatureError(
+                f"{solver}: regularization={regularization:g} but the curvature of {where} is singular: {int(null.sum())} of its "
+                f"{values.numel()} eigenvalues are numerically 0 (<= {noise:.3g}, round-off of the largest, "
+                f"{float(values.max()):.3g}), and dividing by them gives inf or round-off noise; use regularization > "
+                f"{noise:.3g} (damping λ added as λI; e.g. {1e-3 * float(values.max()):.3g}, 1e-3 of the largest)"
+            )
         return values + regularization
 
     for layer, values in zip(factors.layers, eigenvalues, strict=True):
@@ -268,7 +280,8 @@ def _apply(factors: KFACFactors, vectors: torch.Tensor, regularization: float,
         parts = [rows[:, cols(layer.weight)].reshape(m, d_out, -1)] if layer.weight else []
         parts += [rows[:, cols(layer.bias)].reshape(m, d_out, 1)] if layer.bias else []
         q_g, q_a = layer.output_basis, layer.input_basis
-        scale = denominator(values, f"layer {layer.module or '<root>'!r}")
+        noise = max(q_g.shape[0], q_a.shape[0]) * eps * float(values.max()) if values.numel() else 0.0
+        scale = denominator(values, f"layer {layer.module or '<root>'!r}", noise)
         solved = q_g @ ((q_g.T @ torch.cat(parts, 2) @ q_a) / scale) @ q_a.T
         if layer.weight:
             out[:, cols(layer.weight)] = solved[..., : q_a.shape[0] - (layer.bias is not None)].reshape(m, -1)
@@ -276,10 +289,11 @@ def _apply(factors: KFACFactors, vectors: torch.Tensor, regularization: float,
             out[:, cols(layer.bias)] = solved[..., -1]
     if factors.fallback:
         flat = torch.cat([rows[:, cols(name)] for name in factors.fallback], 1)
-        solved = flat / denominator(factors.fallback_diagonal, f"the fallback parameters {list(factors.fallback)}")
+        # a mean of squares: no cancellation, so only an exact 0 is singular
+        solved = flat / denominator(factors.fallback_diagonal, f"the fallback parameters {list(factors.fallback)}", 0.0)
         for name, part in zip(factors.fallback, solved.split([factors.sizes[n] for n in factors.fallback], 1)):
             out[:, cols(name)] = part
-    return out.to(dtype=vectors.dtype, device=vectors.device)
+    return check_finite_solve(solver, vectors, out.to(dtype=vectors.dtype, device=vectors.device))
 
 
 def kfac_solve(factors: KFACFactors, vectors: torch.Tensor, regularization: float) -> torch.Tensor:
@@ -296,10 +310,14 @@ def kfac_solve(factors: KFACFactors, vectors: torch.Tensor, regularization: floa
         factors'). Cost: ``O(m (d_out + d_in) d_out d_in)`` per layer, no pass over the data.
 
     Raises:
-        ValueError: ``vectors`` is not ``[m, p]``, ``λ < 0``, or ``λ = 0`` with a singular curvature.
+        ValueError: ``vectors`` is not ``[m, p]`` or ``λ < 0``.
+        CurvatureError: (a ``ValueError``) a layer with numerically zero eigenvalues
+            (``<= max(d_out, d_in + 1) · eps · max``, the round-off of its ``eigh``) and a
+            ``λ`` not above that level, or a fallback parameter with a zero Fisher diagonal
+            and ``λ = 0``: the message names the layer and the ``regularization`` needed.
     """
     products = [x.output_eigenvalues[:, None] * x.input_eigenvalues for x in factors.layers]
-    return _apply(factors, vectors, regularization, products)
+    return _apply(factors, vectors, regularization, products, "kfac")
 
 
 def ekfac_solve(factors: EKFACFactors, vectors: torch.Tensor, regularization: float) -> torch.Tensor:
@@ -316,4 +334,4 @@ def ekfac_solve(factors: EKFACFactors, vectors: torch.Tensor, regularization: fl
     Raises:
         ValueError: as :func:`kfac_solve`.
     """
-    return _apply(factors.kfac, vectors, regularization, factors.eigenvalues)
+    return _apply(factors.kfac, vectors, regularization, factors.eigenvalues, "ekfac")

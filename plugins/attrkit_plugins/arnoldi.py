@@ -9,7 +9,7 @@ import attrs
 import torch
 
 from attrkit import capabilities, hookimpl
-from attrkit.config import positive_int, seed_field
+from attrkit.config import float_field, int_field, positive_int, seed_field
 from attrkit.context import FitContext
 from attrkit.errors import NotFittedError, SpecError
 from attrkit.functional.curvature import dataset_gnvp, dataset_hvp, lanczos
@@ -40,14 +40,8 @@ class ArnoldiConfig:
         validator=attrs.validators.in_(("hessian", "gauss-newton")),
         metadata={"examples": ("gauss-newton", "hessian")},
     )
-    max_iter: int | None = attrs.field(
-        default=None,
-        validator=attrs.validators.optional([attrs.validators.instance_of(int), attrs.validators.ge(1)]),
-        metadata={"examples": (None,)},
-    )
-    regularization: float = attrs.field(
-        default=0.0, converter=float, validator=attrs.validators.ge(0.0), metadata={"examples": (0.01, 0.0)}
-    )
+    max_iter: int | None = int_field(None, ge=1, optional=True, examples=(None,))
+    regularization: float = float_field(0.0, ge=0.0, examples=(0.01, 0.0))
     seed: int = seed_field()
     scale: bool = attrs.field(
         default=True, validator=attrs.validators.instance_of(bool), metadata={"examples": (True, False)}
@@ -66,11 +60,20 @@ class ArnoldiProjector:
     over dataset Hessian- (or Gauss-Newton-) vector products: ``max_iter`` passes over the
     training data, each one HVP per batch (about 2-3 gradient evaluations); the Krylov
     basis takes ``max_iter * p * 8`` bytes. Eigenvectors are those of the largest *algebraic*
-    eigenvalues. After fitting, ``eigenvalues`` (``Tensor[dim]`` float64, of the undamped
-    curvature, descending) and ``basis`` (``Tensor[p, dim]`` in the parameters' dtype,
+    eigenvalues. After fitting, ``eigenvalues`` (``Tensor[min(dim, p)]`` float64, of the undamped
+    curvature, descending) and ``basis`` (``Tensor[p, min(dim, p)]`` in the parameters' dtype,
     scaled when ``scale``) are kept; projections are returned as float32.
     With ``scale=True`` and a grad-dot method, scores are influence functions restricted to
     the top eigenspace (with ``dim = p``: exactly ``gᵀ (H + λI)⁻¹ g'``).
+
+    ``dim`` (and ``max_iter``) larger than the number ``p`` of selected parameters is
+    clamped to ``p``, without a warning: every eigenpair is then kept, the projection is
+    exact (an orthogonal change of basis, scaled), and the features are ``p`` wide instead of
+    ``dim``. So the default ``dim = 64`` runs on any model. With ``scale=True``, an eigenpair
+    whose damped eigenvalue ``λ_i + λ`` is numerically zero (within ``max(p, dim) · eps ·
+    max|λ_j|``, ``eps`` of the parameters' dtype: the null space of the curvature at
+    ``λ = 0``) is projected onto 0, the pseudo-inverse, rather than scaled by
+    ``1/sqrt(round-off)``; the width does not change.
 
     Example:
         >>> attrkit.compose({"method": "grad-dot", "projector": {"name": "arnoldi", "dim": 64, "regularization": 1e-3}}, task)  # doctest: +SKIP
@@ -93,10 +96,12 @@ class ArnoldiProjector:
         The parameters are those the gradient source selects (``names(task)``), all of
         them when ``context.gradients`` is ``None``.
 
+        ``dim`` and ``max_iter`` are clamped to ``p`` (then ``basis`` is ``Tensor[p, p]``).
+
         Raises:
-            SpecError: ``dim`` larger than ``p``, a gradient dimension that is not the
-                selected parameters' size, or (``scale=True``) a kept eigenvalue with
-                ``λ_i + regularization <= 0``.
+            SpecError: a gradient dimension that is not the selected parameters' size, or
+                (``scale=True``) a kept eigenvalue with ``λ_i + regularization < 0`` beyond
+                round-off.
         """
         c, task = self.config, context.task
         gradients = context.gradients
@@ -107,28 +112,30 @@ class ArnoldiProjector:
                 f"projector: arnoldi works on the parameters {names} ({p} entries) but the gradient source "
                 f"gives vectors of dimension {context.dimension}; use a gradient source of plain parameter gradients"
             ])
-        if c.dim > p:
-            raise SpecError([f"projector.dim: {c.dim} exceeds the number of selected parameters p={p}; use dim <= {p}"])
+        dim = min(c.dim, p)  # dim >= p: every eigenpair, the exact (scaled) change of basis
         product = dataset_gnvp if c.curvature == "gauss-newton" else dataset_hvp
         matvec = product(task.model, task.loss_fn, context.member.state, names, context.train)
-        max_iter = c.max_iter if c.max_iter is not None else 2 * c.dim + 20
-        values, vectors = lanczos(matvec, p, c.dim, max_iter, c.seed, device=task.device)
+        max_iter = min(c.max_iter if c.max_iter is not None else 2 * dim + 20, p)
+        values, vectors = lanczos(matvec, p, dim, max_iter, c.seed, device=task.device)
+        dtype = context.member.state[names[0]].dtype
         if c.scale:
             damped = values + c.regularization
-            if (damped <= 0).any():
+            noise = max(p, dim) * torch.finfo(dtype).eps * float(values.abs().max())
+            if (damped < -noise).any():
                 worst = float(damped.min())
                 raise SpecError([
-                    f"projector.regularization: eigenvalue + regularization = {worst:.3g} <= 0 among the top {c.dim} "
+                    f"projector.regularization: eigenvalue + regularization = {worst:.3g} <= 0 among the top {dim} "
                     f"of the {c.curvature}, so 1/sqrt cannot scale it; raise regularization above "
                     f"{c.regularization - worst:.3g}, lower dim, use curvature='gauss-newton' (positive semi-definite) "
                     "or scale=false"
                 ])
-            vectors = vectors / damped.sqrt()
+            kept = damped > noise  # numerically null directions: projected to 0 (the pseudo-inverse)
+            vectors = vectors * torch.where(kept, torch.where(kept, damped, 1.0).rsqrt(), 0.0)
         self.eigenvalues = values
-        self.basis = vectors.to(context.member.state[names[0]].dtype)
+        self.basis = vectors.to(dtype)
 
     def project(self, vectors: torch.Tensor) -> torch.Tensor:
-        """``Tensor[b, p] -> Tensor[b, dim]`` float32, on the input's device.
+        """``Tensor[b, p] -> Tensor[b, min(dim, p)]`` float32, on the input's device.
 
         Raises:
             NotFittedError: before ``fit``.

@@ -27,16 +27,14 @@ import attrs
 import torch
 
 from attrkit import capabilities, hookimpl
-from attrkit.config import positive_int, seed_field
+from attrkit.config import float_field, positive_int, seed_field
 from attrkit.functional.ihvp_direct import arnoldi_ihvp_at, explicit_ihvp_at
 from attrkit.functional.ihvp_iterative import cg_ihvp_at, lissa_ihvp_at
 from attrkit.parameter_solver import ParameterSolver, Solve
 
 
 def _regularization(default: float = 1e-3) -> Any:
-    return attrs.field(
-        default=default, converter=float, validator=attrs.validators.ge(0.0), metadata={"examples": (1e-2, 1e-1)}
-    )
+    return float_field(default, ge=0.0, examples=(1e-2, 1e-1))
 
 
 def _curvature() -> Any:
@@ -103,14 +101,19 @@ class CGConfig:
     regularization: float = _regularization()
     curvature: str = _curvature()
     max_iter: int = positive_int(10, (5,))
-    tol: float = attrs.field(default=1e-6, converter=float, validator=attrs.validators.gt(0.0))
+    tol: float = float_field(1e-6, gt=0.0)
 
 
 class CGSolver(_HVPSolver):
     """Block conjugate gradients on the dataset curvature: all test vectors of a batch together.
 
     Truncated before convergence, CG's result is not a linear function of its right-hand
-    side (the Krylov space depends on it), hence ``linear = False``.
+    side (the Krylov space depends on it), hence ``linear = False``. A solve that stops at
+    ``max_iter`` with a vector above ``tol`` issues one
+    :class:`~attrkit.errors.ConvergenceWarning` per fitted solver (per member), with the
+    residual reached and the fixes; every solve records ``iterations``,
+    ``max_relative_residual`` and ``unconverged_solves`` in the fitted ``InverseHVP``'s
+    ``stats.info``. See :func:`~attrkit.functional.ihvp_iterative.cg_ihvp_at`.
     """
 
     name: ClassVar[str] = "cg"
@@ -136,7 +139,7 @@ class LiSSAConfig:
     regularization: float = _regularization()
     curvature: str = _curvature()
     depth: int = positive_int(500, (20,))
-    scale: float = attrs.field(default=10.0, converter=float, validator=attrs.validators.gt(0.0), metadata={"examples": (50.0,)})
+    scale: float = float_field(10.0, gt=0.0, examples=(50.0,))
     batch_size: int = positive_int(10, (10, 4))
     seed: int = seed_field()
     repeat: int = positive_int(1)
@@ -174,7 +177,14 @@ class ArnoldiConfig:
 
 
 class ArnoldiSolver(_HVPSolver):
-    """Low-rank ``U (Λ + λI)⁻¹ Uᵀ`` on the top Lanczos eigenpairs (Schioppa et al., 2022)."""
+    """Low-rank ``U (Λ + λI)⁻¹ Uᵀ`` on the top Lanczos eigenpairs (Schioppa et al., 2022).
+
+    ``rank`` and ``max_iter`` are clamped to the number ``p`` of selected parameters, so
+    the default spec runs on any model: with ``p <= rank`` every eigenpair is kept and the
+    result is the exact ``(H + λI)⁻¹`` on the full space, as the ``explicit`` solver's (no
+    warning: nothing is lost). Eigenpairs with a numerically zero ``λ_i + λ`` are dropped
+    (pseudo-inverse). See :func:`~attrkit.functional.ihvp_direct.arnoldi_ihvp_at`.
+    """
 
     name: ClassVar[str] = "arnoldi"
     Config: ClassVar[type] = ArnoldiConfig

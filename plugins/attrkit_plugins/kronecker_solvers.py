@@ -13,6 +13,7 @@ import attrs
 import torch
 
 from attrkit import capabilities, hookimpl
+from attrkit.config import float_field
 from attrkit.functional.datainf import datainf_ihvp_at
 from attrkit.functional.kfac import ekfac_solve, fit_ekfac, fit_kfac, kfac_solve
 from attrkit.parameter_solver import ParameterSolver, Solve
@@ -25,9 +26,7 @@ class KroneckerConfig:
         regularization: damping ``λ >= 0`` added to the factored curvature as ``λI``.
     """
 
-    regularization: float = attrs.field(
-        default=1e-3, converter=float, validator=attrs.validators.ge(0.0), metadata={"examples": (1e-3, 0.1)}
-    )
+    regularization: float = float_field(1e-3, ge=0.0, examples=(1e-3, 0.1))
 
 
 class KFACSolver(ParameterSolver):
@@ -76,12 +75,7 @@ class DataInfConfig:
             ``0.1 × mean squared gradient entry`` of each layer.
     """
 
-    regularization: float | None = attrs.field(
-        default=None,
-        converter=attrs.converters.optional(float),
-        validator=attrs.validators.optional(attrs.validators.gt(0.0)),
-        metadata={"examples": (None, 0.1)},
-    )
+    regularization: float | None = float_field(None, gt=0.0, optional=True, examples=(None, 0.1))
 
 
 class DataInfSolver(ParameterSolver):

@@ -66,7 +66,8 @@ class SJLTProjector:
         self.dimension = context.dimension
 
     def project(self, vectors: torch.Tensor) -> torch.Tensor:
-        """``Tensor[b, p] -> Tensor[b, dim]`` float32.
+        """``Tensor[b, p] -> Tensor[b, dim]``: float64 for float64 vectors (kept exact, as the dense
+        projectors do), float32 otherwise.
 
         Raises:
             NotFittedError: before ``fit``.
@@ -77,7 +78,8 @@ class SJLTProjector:
         if vectors.shape[-1] != self.dimension:
             raise ValueError(f"sjlt was fitted for dimension {self.dimension}, got vectors of {vectors.shape[-1]}")
         c = self.config
-        return sjlt_project(vectors.float(), c.dim, c.seed, c.nnz, c.chunk_rows)
+        x = vectors if vectors.dtype == torch.float64 else vectors.float()
+        return sjlt_project(x, c.dim, c.seed, c.nnz, c.chunk_rows)
 
 
 @hookimpl

@@ -8,9 +8,11 @@ import attrs
 import torch
 
 from attrkit import hookimpl
+from attrkit.config import float_field
 from attrkit.context import FitContext
-from attrkit.errors import NotFittedError
+from attrkit.errors import CurvatureError, NonFiniteError, NotFittedError
 from attrkit.feature_matrix import FeatureMatrix
+from attrkit.functional.ihvp import check_finite_solve
 
 
 @attrs.frozen(kw_only=True)
@@ -47,9 +49,7 @@ class GaussNewtonConfig:
         regularization: damping ``λ >= 0`` added as ``λI`` to ``ΦᵀΦ``.
     """
 
-    regularization: float = attrs.field(
-        default=0.0, converter=float, validator=attrs.validators.ge(0.0), metadata={"examples": (1e-3, 0.1)}
-    )
+    regularization: float = float_field(0.0, ge=0.0, examples=(1e-3, 0.1))
 
 
 class GaussNewtonSolver:
@@ -61,7 +61,8 @@ class GaussNewtonSolver:
     It streams: ``ΦᵀΦ`` is summed tile by tile (in float64) from ``context.feature_matrix``
     and all-reduced over the ranks of a distributed run, so ``Φ`` is never held whole.
 
-    With ``λ = 0`` and a singular ``ΦᵀΦ`` (``k > n``, or repeated features) it applies the
+    With ``λ = 0`` and a singular ``ΦᵀΦ`` (``k > n``, repeated features, or the null
+    directions every softmax classifier's margin gradients share) it applies the
     pseudo-inverse ``(ΦᵀΦ)⁺``, from the SVD of ``R`` in ``Φ = QR`` (tall-skinny QR over the
     tiles: the singular values and right singular vectors of ``Φ``, without squaring its
     condition number); singular values below ``max(n, k) · eps · s_max`` are dropped,
@@ -69,9 +70,21 @@ class GaussNewtonSolver:
     are then the ``λ → 0`` limit of the damped ones, because every training-side feature
     lies in the row space of ``Φ``.
 
+    Whether ``ΦᵀΦ`` is singular is read from its spectrum, never from whether a Cholesky
+    factorisation happens to succeed (on a numerically singular matrix it often does, and
+    ``1/σ²`` of round-off then swamps the scores). At ``λ = 0`` Cholesky is used only when
+    every eigenvalue of the float64 gram exceeds ``τ · e_max`` with
+    ``τ = max(rcond², max(n, k) · eps₆₄)``, ``rcond = max(n, k) · eps`` (the pinv rule
+    above, squared, since ``e = s²``; ``max(n, k) · eps₆₄`` is the round-off of the gram
+    itself, below which its eigenvalues say nothing). Otherwise the pseudo-inverse path
+    decides the rank with the pinv rule on ``R``: it keeps every direction of a full-rank,
+    merely ill-conditioned ``Φ``, so it is the inverse then. The spectrum costs one
+    ``eigvalsh`` of the ``k × k`` gram (about ``4k³/3`` flops) at ``fit``.
+
     Raises:
-        ValueError: at ``fit``, when ``λ > 0`` and ``ΦᵀΦ + λI`` is still not numerically
-            positive definite; the message says how large ``regularization`` must be.
+        CurvatureError: at ``fit`` (a ``ValueError``), when ``λ > 0`` and ``ΦᵀΦ + λI`` is still
+            not numerically positive definite; the message says how large ``regularization`` must be.
+        NonFiniteError: at ``fit``, when ``ΦᵀΦ`` is not finite (features that overflowed).
     """
 
     name: ClassVar[str] = "gauss-newton"
@@ -90,30 +103,51 @@ class GaussNewtonSolver:
 
     def fit(self, context: FitContext) -> None:
         """Factorise ``ΦᵀΦ + λI`` from ``context.feature_matrix`` (else ``context.features``,
-        ``[n, k]``), or its pseudo-inverse at ``λ = 0``."""
+        ``[n, k]``), or, at ``λ = 0`` with a numerically singular ``ΦᵀΦ``, its pseudo-inverse.
+
+        Raises:
+            CurvatureError: ``λ > 0`` and ``ΦᵀΦ + λI`` is not numerically positive definite.
+            NonFiniteError: ``ΦᵀΦ`` holds a NaN or an infinity.
+        """
         phi = context.feature_matrix if context.feature_matrix is not None else FeatureMatrix.whole(context.features)
         n, k = phi.n, phi.width
         rcond = max(n, k) * torch.finfo(phi.dtype).eps
         lam = self.config.regularization
         gram = phi.gram(torch.float64)
-        kernel = gram + lam * torch.eye(k, dtype=gram.dtype, device=gram.device)
-        factor, info = torch.linalg.cholesky_ex(kernel)
-        if not info.item() and (lam > 0 or k <= n):
-            self._factor, self._basis, self._inverse_squares = factor, None, None
-            return
+        if not bool(gram.isfinite().all()):
+            raise NonFiniteError(
+                f"gauss-newton: ΦᵀΦ of the {n} training features (k = {k}) holds NaN or infinite entries: some "
+                "features are not finite or their squares overflow float64; check the training gradients"
+            )
         if lam > 0:
+            kernel = gram + lam * torch.eye(k, dtype=gram.dtype, device=gram.device)
+            factor, info = torch.linalg.cholesky_ex(kernel)
+            if not info.item():
+                self._factor, self._basis, self._inverse_squares = factor, None, None
+                return
             smallest = torch.linalg.eigvalsh(kernel)[0].item()
-            raise ValueError(
+            raise CurvatureError(
                 f"gauss-newton: ΦᵀΦ + λI is not positive definite (smallest eigenvalue {smallest:.3g} with "
                 f"{n} training rows and k = {k} features); set solver.regularization > "
-                f"{max(-smallest, 0.0) + lam:.3g}"
+                f"{max(-smallest, 0.0) + lam:.3g}, or 0 for the pseudo-inverse"
             )
+        threshold = max(rcond**2, max(n, k) * torch.finfo(torch.float64).eps)
+        if k <= n and _full_rank(gram, threshold):
+            factor, info = torch.linalg.cholesky_ex(gram)
+            if not info.item():
+                self._factor, self._basis, self._inverse_squares = factor, None, None
+                return
         _, values, vh = torch.linalg.svd(phi.r_factor(torch.float64), full_matrices=False)
         keep = values > rcond * values.max().clamp_min(torch.finfo(values.dtype).tiny)
         self._factor, self._basis, self._inverse_squares = None, vh[keep].T, values[keep] ** -2
 
     def solve(self, vectors: torch.Tensor) -> torch.Tensor:
-        """``Tensor[b, k] -> Tensor[b, k]``, in the input's dtype."""
+        """``Tensor[b, k] -> Tensor[b, k]``, in the input's dtype.
+
+        Raises:
+            NotFittedError: before ``fit``.
+            NonFiniteError: finite vectors gave NaN or infinite values (an overflow).
+        """
         if self._factor is None and self._basis is None:
             raise NotFittedError("gauss-newton solver used before fit(context)")
         v = vectors.double().to((self._factor if self._factor is not None else self._basis).device)
@@ -121,7 +155,19 @@ class GaussNewtonSolver:
             out = torch.cholesky_solve(v.T, self._factor).T
         else:
             out = ((v @ self._basis) * self._inverse_squares) @ self._basis.T
-        return out.to(device=vectors.device, dtype=vectors.dtype)
+        return check_finite_solve(self.name, vectors, out.to(device=vectors.device, dtype=vectors.dtype))
+
+
+def _full_rank(gram: torch.Tensor, threshold: float) -> bool:
+    """Whether every eigenvalue of the PSD ``gram`` (``Tensor[k, k]``) exceeds ``threshold · e_max``.
+
+    Args:
+        gram: ``ΦᵀΦ``, symmetric positive semi-definite up to round-off.
+        threshold: relative eigenvalue below which a direction counts as null (dimensionless).
+    """
+    values = torch.linalg.eigvalsh(gram)
+    top = float(values[-1])
+    return top > 0 and float(values[0]) > threshold * top
 
 
 @hookimpl
