@@ -1,8 +1,8 @@
 """``self_influence``: each training example's (or group's) score for itself, streamed over the batches.
 
 Mixed into :class:`~attrkit.gradient_method.GradientAttributor`, whose fitted members,
-``groups``, ``normalize``, ``_weights``, ``_gradients``, ``_dense``, ``_project`` and
-``_query_side`` it uses.
+``groups``, ``normalize``, ``_weights``, ``_guard``, ``_train``, ``_nonfinite``, ``_gradients``,
+``_dense``, ``_project``, ``_explainer`` and ``_query_side`` it uses.
 """
 
 from __future__ import annotations
@@ -13,9 +13,11 @@ from typing import Any
 import torch
 
 from attrkit import distributed
-from attrkit.data import batch_size, check_fixed_order
+from attrkit.data import batch_size
 from attrkit.errors import DataLoaderError
+from attrkit.finite import check_rows
 from attrkit.functional.scoring import row_dots
+from attrkit.loaders import checked
 from attrkit.progress import progress
 
 __all__ = ["SelfInfluence"]
@@ -42,7 +44,8 @@ class SelfInfluence:
         lock-step); group sums are always split and all-reduced.
         """
         fitted = self._require_fit()
-        check_fixed_order(train, "train")
+        self._guard.check(self.task)
+        train = self._train if self._train is not None and train is self._train.loader else checked(train, "train")
         if not self._pointwise():
             return self._group_self_influence(fitted, train)
         split = all(_local_solve(f.solver) for f in fitted)
@@ -54,12 +57,10 @@ class SelfInfluence:
                 self._check_fitted(offset + size)
                 weights = self._weights[offset : offset + size]
             if distributed.owns(j) or not split:
-                values[j] = self._batch_self_influence(fitted, batch, weights)
+                values[j] = self._batch_self_influence(fitted, batch, weights, j, offset)
             offset += size
         if self._weights is not None:
             self._check_fitted(offset, whole=True)
-        if not count:
-            raise DataLoaderError("the train loader yielded no batch")
         return torch.cat(distributed.gather_chunks(values, count) if split else [values[j] for j in range(count)])
 
     def _check_fitted(self, seen: int, whole: bool = False) -> None:
@@ -75,11 +76,21 @@ class SelfInfluence:
                 f"got {'more' if seen > n else seen}"
             )
 
-    def _batch_self_influence(self, fitted: list[Any], batch: Any, weights: torch.Tensor | None) -> torch.Tensor:
-        """``Tensor[b]`` float32 CPU: self-influence of each example of one batch (pointwise)."""
+    def _batch_self_influence(
+        self, fitted: list[Any], batch: Any, weights: torch.Tensor | None, index: int, offset: int
+    ) -> torch.Tensor:
+        """``Tensor[b]`` float32 CPU: self-influence of each example of training batch ``index`` (pointwise).
+
+        Non-finite examples are refused (``nonfinite="raise"``) or score 0 (``"skip"``).
+        """
         total = 0.0
         for f in fitted:
-            raw = self._dense(self._gradients(f.member, batch, target=False))
+            raw = self._dense(self._gradients(f.member, batch, target=False, where=f"training batch {index}"))
+            fn = self.task.target if self.train_target else self.task.loss_fn
+            bad = check_rows(raw, side="training", batch=index, offset=offset, member=f.member.label,
+                             explain=self._explainer(f.member, batch, fn), policy=self._nonfinite)
+            if len(bad):
+                raw = raw.index_fill(0, bad.to(raw.device), 0.0)
             keys = self._project(f.projector, raw)
             if weights is not None:
                 keys = keys * weights.to(keys)[:, None]
@@ -97,7 +108,9 @@ class SelfInfluence:
                 size = batch_size(batch)
                 self._check_fitted(offset + size)
                 if distributed.owns(j):
-                    grads = self._dense(self._gradients(f.member, batch, target=False))
+                    grads = self._dense(self._gradients(f.member, batch, target=False, where=f"training batch {j}"))
+                    check_rows(grads, side="training", batch=j, offset=offset, member=f.member.label,
+                               explain=self._explainer(f.member, batch, self.task.loss_fn))
                     feats = self._project(f.projector, grads)
                     if self._weights is not None:
                         feats = feats * self._weights[offset : offset + size].to(feats)[:, None]

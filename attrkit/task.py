@@ -11,14 +11,14 @@ import torch
 
 from attrkit.context import Member
 from attrkit.errors import CheckpointError
+from attrkit.finite import check_state
+from attrkit.types import LossFn
 
 if TYPE_CHECKING:
     from attrkit.properties import Property
 
 __all__ = ["AttributionTask", "LossFn"]
 
-#: ``loss_fn(model, batch) -> Tensor[b]``: one loss-like value per example.
-LossFn = Callable[[torch.nn.Module, Any], torch.Tensor]
 Checkpoint = Union[Mapping[str, torch.Tensor], str, os.PathLike]
 
 
@@ -104,24 +104,29 @@ class AttributionTask:
         """Full state of checkpoint ``index``, checked against the model.
 
         Buffers the checkpoint does not hold (non-persistent ones) come from the model.
+        Files are read with ``torch.load(weights_only=True)``: a file holding pickled objects
+        (a whole model, an optimizer) is refused, never executed. Tensors given in memory
+        are copied, so later changes to the caller's state dict do not reach the member.
 
         Raises:
-            CheckpointError: missing or unexpected keys, or mismatched shapes.
+            CheckpointError: an unreadable file, something other than a state dict, missing
+                or unexpected keys, non-tensor values or mismatched shapes.
+            NonFiniteError: NaN or infinite weights.
         """
         raw = self.checkpoints[index]
         where = f"checkpoints[{index}]"
-        if not isinstance(raw, Mapping):
-            try:
-                raw = torch.load(raw, map_location="cpu", weights_only=True)
-            except (OSError, RuntimeError) as exc:
-                raise CheckpointError(f"{where}: cannot load {raw!s}: {exc}") from exc
-            if not isinstance(raw, Mapping):
-                raise CheckpointError(f"{where}: file holds a {type(raw).__name__}, expected a state_dict")
+        if isinstance(raw, (str, os.PathLike)):
+            raw = _load(raw, where)
+        elif not isinstance(raw, Mapping):
+            raise CheckpointError(f"{where} is a {type(raw).__name__}; expected a state_dict (model.state_dict()) or "
+                                  "the path of a file saved with torch.save(model.state_dict(), path)")
+        else:
+            raw = {k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in raw.items()}
         expected = self.model.state_dict()
         missing = sorted(set(expected) - set(raw))
         unexpected = sorted(set(raw) - set(expected))
         wrong = [
-            f"{k}: checkpoint {tuple(raw[k].shape)} vs model {tuple(v.shape)}"
+            f"{k}: checkpoint {_shape(raw[k])} vs model {tuple(v.shape)}"
             for k, v in expected.items()
             if k in raw and (not isinstance(raw[k], torch.Tensor) or raw[k].shape != v.shape)
         ]
@@ -133,10 +138,14 @@ class AttributionTask:
                 parts.append(f"unexpected keys {unexpected}")
             if wrong:
                 parts.append(f"shape mismatch {wrong}")
-            raise CheckpointError("; ".join(parts) + " (was it saved from a different architecture?)")
+            nested = [k for k in ("state_dict", "model", "model_state_dict") if isinstance(raw.get(k), Mapping)]
+            hint = (f"; it nests a state dict under {nested[0]!r}: pass checkpoint[{nested[0]!r}]" if nested
+                    else " (was it saved from a different architecture?)")
+            raise CheckpointError("; ".join(parts) + hint)
         state = self.current_state()
         device = self.device
         state.update({k: v.detach().to(device=device, dtype=state[k].dtype) for k, v in raw.items()})
+        check_state(state, where)
         return state
 
     def members(self) -> list[Member]:
@@ -147,3 +156,29 @@ class AttributionTask:
             Member(state=self.checkpoint_state(i), weight=1.0, label=f"checkpoint {i}")
             for i in range(len(self.checkpoints))
         ]
+
+
+def _shape(value: Any) -> str:
+    return str(tuple(value.shape)) if isinstance(value, torch.Tensor) else f"a {type(value).__name__}, not a tensor"
+
+
+def _load(path: str | os.PathLike, where: str) -> Mapping[str, Any]:
+    """The state dict saved at ``path``, read without executing code.
+
+    Raises:
+        CheckpointError: unreadable, holding pickled objects, or not a mapping.
+    """
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as exc:
+        raise CheckpointError(f"{where}: cannot load {path!s}: {exc}") from exc
+    except Exception as exc:  # pickle's errors advise weights_only=False, which would run the file's code
+        raise CheckpointError(
+            f"{where}: {path!s} is not a plain state_dict file ({type(exc).__name__}); attrkit loads checkpoints "
+            "with torch.load(weights_only=True) and never runs code from a file. Save the weights alone: "
+            "torch.save(model.state_dict(), path)"
+        ) from exc
+    if not isinstance(raw, Mapping):
+        raise CheckpointError(f"{where}: {path!s} holds a {type(raw).__name__}, expected a state_dict "
+                              "(torch.save(model.state_dict(), path))")
+    return raw

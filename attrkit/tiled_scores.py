@@ -70,7 +70,8 @@ def score_block(queries: Sequence[Query], matrices: Sequence[FeatureMatrix]) -> 
 
 
 def top_k_block(
-    queries: Sequence[Query], matrices: Sequence[FeatureMatrix], k: int, rows: int
+    queries: Sequence[Query], matrices: Sequence[FeatureMatrix], k: int, rows: int,
+    excluded: torch.Tensor | None = None,
 ) -> tuple[Candidates | None, Candidates | None]:
     """This rank's best ``k`` proponent and opponent candidates, from one pass over the tiles.
 
@@ -78,19 +79,24 @@ def top_k_block(
         queries, matrices: as :func:`score_block`.
         k: how many to keep of each.
         rows: most training rows per tile (the budget may allow fewer).
+        excluded: ``BoolTensor[n]`` over the global columns: never return these (or ``None``).
 
     Returns:
         ``(proponents, opponents)``, each ``(Tensor[b, c] float32, LongTensor[b, c] global
         columns)`` with ``c <= k``, CPU, sorted by strength; ``None`` when this rank holds no row.
     """
     step = min(rows, tile_rows(matrices, _score_bytes(queries)))
+    index = matrices[0].global_index
     best = worst = None
     for start, scores in _tiles(queries, matrices, step):
         scores = scores.float().cpu()
-        best = merge_top_k(best, scores, start, k, largest=True)
-        worst = merge_top_k(worst, scores, start, k, largest=False)
-        del scores
+        high = low = scores
+        if excluded is not None:
+            out = excluded[index(torch.arange(start, start + scores.shape[1]))]
+            high, low = scores.masked_fill(out, float("-inf")), scores.masked_fill(out, float("inf"))
+        best = merge_top_k(best, high, start, k, largest=True)
+        worst = merge_top_k(worst, low, start, k, largest=False)
+        del scores, high, low
     if best is None:
         return None, None
-    index = matrices[0].global_index
     return (best[0], index(best[1])), (worst[0], index(worst[1]))

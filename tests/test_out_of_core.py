@@ -101,7 +101,8 @@ KILLED_FIT = textwrap.dedent(
     import attrkit
     from test_out_of_core import DyingLoader, TOY, TRAK
 
-    loader = DyingLoader(TOY.train_loader(5), passes=2, batch=3)  # TRAK: pass 1 is Q, pass 2 the features
+    # TRAK: pass 1 is the order check's first batch, pass 2 is Q, pass 3 the features
+    loader = DyingLoader(TOY.train_loader(5), passes=3, batch=3)
     attrkit.compose(TRAK, TOY.task).fit(loader, store=sys.argv[1], memory_budget=int(sys.argv[2]))
     """
 )
@@ -149,7 +150,7 @@ def _rank(rank, size, folder, phase):
     dist.init_process_group("gloo", init_method=f"file://{folder}/pg-{phase}", rank=rank, world_size=size)
     try:
         if phase == "killed":  # rank 1 dies before its third batch (batch 5): its chunks 1 and 3 are on disk
-            loader = DyingLoader(TOY.train_loader(3), passes=1, batch=5, rank=1)
+            loader = DyingLoader(TOY.train_loader(3), passes=2, batch=5, rank=1)  # pass 1: the order check's
             attrkit.compose(GRAD_DOT, TOY.task).fit(loader, store=f"{folder}/store")
         else:
             train = TOY.train_loader(3)

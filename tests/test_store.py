@@ -1,6 +1,7 @@
 """Feature stores: resume after a real kill is bit-identical; top-k never needs the full matrix."""
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -14,21 +15,13 @@ from attrkit.testing import toy_problem
 
 KILLED_FIT = textwrap.dedent(
     """
-    import os, signal, sys
+    import sys
     import attrkit
+    import killable
     from attrkit.testing import toy_problem
 
     toy = toy_problem(n_train=40)
-    calls = 0
-
-    def dying_loss(model, batch):
-        global calls
-        calls += 1
-        if calls == 4:  # the 4th batch: chunks 0-2 are on disk
-            os.kill(os.getpid(), signal.SIGKILL)
-        return attrkit.cross_entropy(model, batch)
-
-    task = attrkit.AttributionTask(model=toy.task.model, loss_fn=dying_loss)
+    task = attrkit.AttributionTask(model=toy.task.model, loss_fn=killable.loss)
     spec = {"method": "grad-dot", "projector": {"name": "gaussian", "dim": 16}}
     attrkit.compose(spec, task).fit(toy.train_loader(8), store=sys.argv[1])
     """
@@ -36,30 +29,29 @@ KILLED_FIT = textwrap.dedent(
 
 
 def test_resume_after_kill_is_bit_identical(tmp_path):
+    import killable
+
     store = tmp_path / "store"
-    killed = subprocess.run([sys.executable, "-c", KILLED_FIT, str(store)], capture_output=True)
-    assert killed.returncode == -9, killed.stderr.decode()
+    here = os.path.dirname(__file__)
+    env = {**os.environ, "ATTRKIT_TEST_KILL_AT": "4", "PYTHONPATH": os.pathsep.join([here, os.environ.get("PYTHONPATH", "")])}
+    killed = subprocess.run([sys.executable, "-c", KILLED_FIT, str(store)], capture_output=True, env=env)
+    assert killed.returncode == -9, killed.stderr.decode()  # the 4th batch: chunks 0-2 are on disk
     done = sorted(p.name for p in (store / "member-0").glob("chunk-*.npy"))
     assert done == ["chunk-0000000.npy", "chunk-0000001.npy", "chunk-0000002.npy"]
 
     toy = toy_problem(n_train=40)
-    calls = []
-
-    def counting_loss(model, batch):
-        calls.append(1)
-        return attrkit.cross_entropy(model, batch)
-
-    task = attrkit.AttributionTask(model=toy.task.model, loss_fn=counting_loss)
+    killable.calls.clear()
+    task = attrkit.AttributionTask(model=toy.task.model, loss_fn=killable.loss)  # the same loss function
     spec = {"method": "grad-dot", "projector": {"name": "gaussian", "dim": 16}}
     resumed = attrkit.compose(spec, task).fit(toy.train_loader(8), store=store)
-    assert len(calls) == 2  # only batches 3 and 4 of 5 were computed
+    assert len(killable.calls) == 2  # only batches 3 and 4 of 5 were computed
     fresh = attrkit.compose(spec, toy.task).fit(toy.train_loader(8))
     assert torch.equal(resumed.attribute(toy.test_loader()), fresh.attribute(toy.test_loader()))
 
 
 def test_a_store_of_another_spec_is_refused(tmp_path, toy):
     attrkit.compose({"method": "grad-dot"}, toy.task).fit(toy.train_loader(), store=tmp_path)
-    with pytest.raises(StoreMismatchError, match="another spec or model"):
+    with pytest.raises(StoreMismatchError, match="another spec, model or loss function"):
         attrkit.compose({"method": "grad-cos"}, toy.task).fit(toy.train_loader(), store=tmp_path)
 
 

@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 import torch
 
+from attrkit.memory import require
+
 __all__ = ["BLOCK_ROWS", "SeededMatrix", "block_generator", "gaussian_sampler", "rademacher_sampler"]
 
 #: Rows of ``P`` per seeded block. Changing it changes every projection: keep it fixed.
@@ -101,6 +103,10 @@ class SeededMatrix:
         """
         if x.shape[-1] != self.p:
             raise ValueError(f"projector was fitted for dimension {self.p}, got vectors of dimension {x.shape[-1]}")
+        rows = self.p if self.cacheable else min(self.p, self.chunk_rows)
+        require((x.shape[0] + 2 * rows) * self.k * 8, f"projecting {x.shape[0]} vectors of dimension {self.p} to "
+                f"dim={self.k} (the output and a block of the matrix)", "lower the projector's dim (or chunk_rows)",
+                x.device)
         if dtype == torch.float32:
             full = torch.float64 if x.dtype == torch.float64 else torch.float32  # float64 stays exact
             return self._matmul(x.to(full), full, full).div_(math.sqrt(self.k)).to(x.dtype)

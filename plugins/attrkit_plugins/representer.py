@@ -24,12 +24,17 @@ import attrs
 import torch
 
 from attrkit import hookimpl
+from attrkit.config import float_field, positive_int
 from attrkit.context import Member
-from attrkit.data import batch_size, check_fixed_order, to_device
+from attrkit.data import batch_size, to_device
 from attrkit.errors import DataLoaderError, NotFittedError
+from attrkit.finite import cause, check_rows, check_scores
+from attrkit.fit_guard import FitGuard
 from attrkit.functional.last_layer import last_layer_features, resolve_linear_layer
+from attrkit.loaders import checked
 from attrkit.progress import progress
 from attrkit.task import AttributionTask
+from attrkit.user_code import user_code
 
 
 class _Logits(torch.nn.Module):
@@ -79,13 +84,12 @@ class RPSConfig:
         tol: stop when the objective's gradient norm is below ``tol``.
     """
 
-    regularization: float = attrs.field(default=3e-3, converter=float, validator=attrs.validators.gt(0.0),
-                                        metadata={"examples": (3e-3, 0.1)})
+    regularization: float = float_field(3e-3, gt=0.0, examples=(3e-3, 0.1))
     normalize: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool),
                                   metadata={"examples": (False, True)})
     layer: str | None = None
-    max_iter: int = attrs.field(default=1000, validator=attrs.validators.ge(1))
-    tol: float = attrs.field(default=1e-10, converter=float, validator=attrs.validators.gt(0.0))
+    max_iter: int = positive_int(1000)
+    tol: float = float_field(1e-10, gt=0.0)
 
 
 @attrs.frozen
@@ -130,6 +134,7 @@ class RepresenterPoints:
         self.ensemble = parts.get("ensemble")
         self.layer = resolve_linear_layer(task.model, config.layer)
         self.heads: list[_Head] | None = None
+        self._guard: FitGuard | None = None
         #: ``LongTensor[n_train]``, after ``fit``: ``arange`` (RPS scores single examples).
         self.groups: torch.Tensor | None = None
 
@@ -142,10 +147,19 @@ class RepresenterPoints:
         """Per member, ``‖∇ objective(W*)‖``: near 0 when the representer identity holds."""
         return [h.gradient_norm for h in self._require_fit()]
 
-    def _features(self, member: Member, batch: Any, fn: Any) -> torch.Tensor:
-        """``h̃ = [h, 1]`` (``h`` normalised if asked), ``Tensor[b, d+1]`` float64."""
-        with member.applied(self.task.model):
-            h, _ = last_layer_features(self.task.model, fn, member.state, to_device(batch, self.task.device), self.layer)
+    def _features(self, member: Member, batch: Any, fn: Any, where: str = "a batch", offset: int = 0) -> torch.Tensor:
+        """``h̃ = [h, 1]`` (``h`` normalised if asked), ``Tensor[b, d+1]`` float64, checked to be finite.
+
+        Raises:
+            LossFunctionError: ``fn`` failed on the batch (explained).
+            NonFiniteError: an example's features are not finite.
+        """
+        batch = to_device(batch, self.task.device)
+        with member.applied(self.task.model), user_code(self.task.model, fn, member.state, batch, where):
+            h, _ = last_layer_features(self.task.model, fn, member.state, batch, self.layer)
+        side, _, index = where.partition(" batch ")
+        check_rows(h, side=side, batch=int(index) if index.isdigit() else 0, offset=offset, member=member.label,
+                   explain=lambda row: cause(self.task.model, fn, member.state, batch, row), skippable=False)
         h = h.double()
         if self.config.normalize:
             h = h / h.norm(dim=1, keepdim=True).clamp_min(1e-12)
@@ -183,19 +197,28 @@ class RepresenterPoints:
         Returns:
             ``self``.
 
+        Checks as :meth:`attrkit.GradientAttributor.fit` does with ``nonfinite="raise"``: a
+        fixed order, finite weights and features, weights unchanged during the fit (and, when
+        they are the model's own, until it attributes).
+
         Raises:
-            DataLoaderError: a shuffling or empty loader, or batches without labels.
+            DataLoaderError: a shuffling, dropping, changing or empty loader, or batches without labels.
+            NonFiniteError: a non-finite weight or training example.
+            LossFunctionError: ``loss_fn`` failed on a batch (explained).
+            ModelChangedError: weights changed in place while fitting.
         """
-        check_fixed_order(train, "train")
+        train = checked(train, "train")
         heads = []
-        for member in self.members():
-            feats, labels = [], []
-            for batch in progress(train, f"rps: features ({member.label})"):
-                feats.append(self._features(member, batch, self.task.loss_fn))
+        members = self.members()
+        self._guard = guard = FitGuard(self.task, members)
+        for member in members:
+            feats, labels, offset = [], [], 0
+            for j, batch in enumerate(progress(train, f"rps: features ({member.label})")):
+                feats.append(self._features(member, batch, self.task.loss_fn, f"training batch {j}", offset))
                 labels.append(_labels_only(to_device(batch, self.task.device)))
-            if not feats:
-                raise DataLoaderError("the train loader yielded no batch")
+                offset += batch_size(batch)
             heads.append(self._refit(member, torch.cat(feats), _concat(labels)))
+        guard.finished()
         self.heads = heads
         self.groups = torch.arange(heads[0].features.shape[0])
         return self
@@ -205,25 +228,27 @@ class RepresenterPoints:
             raise NotFittedError("call RepresenterPoints.fit(train_loader) before attributing")
         return self.heads
 
-    def _test_side(self, head: _Head, batch: Any, fn: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def _test_side(
+        self, head: _Head, batch: Any, fn: Any, where: str = "a batch", offset: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(h̃_t [b, d+1], −∂fn_t/∂z_t [b, C])`` at the refit layer."""
-        feats = self._features(head.member, batch, fn)
+        feats = self._features(head.member, batch, fn, where, offset)
         _, dz = _dlogits(fn, feats @ head.weight.T, _labels_only(to_device(batch, self.task.device)))
         return feats, -dz.double()
 
     def attribute(self, test: Iterable[Any]) -> torch.Tensor:
         """``Tensor[n_test, n_train]`` float32 CPU: ``Σ_m w_m ⟨−∂target_t/∂z_t, α_i⟩ h̃_iᵀ h̃_t``."""
         heads = self._require_fit()
-        check_fixed_order(test, "test")
-        rows = []
-        for batch in progress(test, "rps: scoring"):
+        self._guard.check(self.task)
+        rows, offset = [], 0
+        for j, batch in enumerate(progress(checked(test, "test"), "rps: scoring")):
             total = 0.0
             for head in heads:
-                feats, push = self._test_side(head, batch, self.task.target)
+                feats, push = self._test_side(head, batch, self.task.target, f"test batch {j}", offset)
                 total = total + head.member.weight * (push @ head.alpha.T) * (feats @ head.features.T)
             rows.append(total.float().cpu())
-        if not rows:
-            raise DataLoaderError("the test loader yielded no batch")
+            check_scores(rows[-1], first_row=offset)
+            offset += batch_size(batch)
         return torch.cat(rows)
 
     def representer_values(self, test: Iterable[Any]) -> torch.Tensor:
@@ -233,17 +258,20 @@ class RepresenterPoints:
         Memory ``n_test · n_train · C``: for inspection on small sets.
         """
         head = self._require_fit()[0]
-        check_fixed_order(test, "test")
-        feats = torch.cat([self._features(head.member, b, self.task.target) for b in test])
+        self._guard.check(self.task)
+        feats = torch.cat([self._features(head.member, b, self.task.target, f"test batch {j}")
+                           for j, b in enumerate(checked(test, "test"))])
         return (feats @ head.features.T)[:, :, None] * head.alpha[None]
 
     def self_influence(self, train: Iterable[Any]) -> torch.Tensor:
         """``Tensor[n]`` float32 CPU: each example's score for itself with its loss as target."""
         heads = self._require_fit()
-        check_fixed_order(train, "train")
+        self._guard.check(self.task)
+        train = checked(train, "train")
         total = 0.0
         for head in heads:
-            parts = [self._test_side(head, b, self.task.loss_fn) for b in progress(train, "rps: self-influence")]
+            parts = [self._test_side(head, b, self.task.loss_fn, f"training batch {j}")
+                     for j, b in enumerate(progress(train, "rps: self-influence"))]
             feats, push = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
             if feats.shape[0] != head.features.shape[0]:
                 raise DataLoaderError(f"self_influence needs the fitted training set ({head.features.shape[0]} "

@@ -1,0 +1,150 @@
+"""Checked passes over the user's batches: the same examples, in the same order, on every pass.
+
+Scores are indexed by position in the loader, and many methods read the training data
+several times (TRAK's ``Q``, curvature passes, CG iterations, self-influence). A loader
+that yields another order, other values (random augmentation) or fewer batches on a later
+pass would scramble columns silently. :class:`CheckedLoader` wraps the user's loader:
+
+* before the first pass, :func:`attrkit.data.check_fixed_order` refuses what can be seen
+  without loading data (shuffling, ``drop_last``, random samplers, a ``Dataset``);
+* the first complete pass records each batch's size and digest
+  (:func:`attrkit.fingerprint.batch_digest`) — the data fingerprint a feature store keeps;
+  a re-iterable that is not a plain ``DataLoader`` or list has its first batch drawn once
+  more from a second iterator and compared (a random order shows at once);
+* every later pass checks the number and sizes of the batches, the digest of the first
+  batch and of one more batch (a different one on each pass, so that many passes cover
+  them all), and says so when a one-shot iterator (a generator) is exhausted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from torch.utils.data import DataLoader
+
+from attrkit import checks
+from attrkit.data import batch_size, check_fixed_order
+from attrkit.errors import DataLoaderError
+from attrkit.fingerprint import batch_digest
+
+__all__ = ["CheckedLoader", "checked"]
+
+
+def checked(loader: Iterable[Any], role: str) -> CheckedLoader:
+    """``loader`` wrapped in a :class:`CheckedLoader` (itself when it already is one).
+
+    Raises:
+        DataLoaderError: what :func:`attrkit.data.check_fixed_order` refuses.
+    """
+    if isinstance(loader, CheckedLoader):
+        return loader
+    return CheckedLoader(loader, role)
+
+
+class CheckedLoader:
+    """A re-iterable view of ``loader`` that refuses a changing order; see the module docstring.
+
+    Args:
+        loader: a ``DataLoader`` with a fixed order, a list of batches, or any re-iterable
+            (a one-shot iterator serves a single pass).
+        role: ``"train"`` or ``"test"``, for messages.
+
+    Attributes:
+        sizes: examples per batch, after the first complete pass (else ``None``).
+    """
+
+    def __init__(self, loader: Iterable[Any], role: str):
+        self._checking = checks.enabled()
+        if self._checking:
+            check_fixed_order(loader, role)
+        self.loader, self.role = loader, role
+        self.sizes: list[int] | None = None
+        self._digests: list[str] = []
+        self._passes = 0
+        self._one_shot = iter(loader) is loader if not isinstance(loader, (list, tuple, DataLoader)) else False
+
+    @property
+    def n_examples(self) -> int | None:
+        """Examples in a pass, once one pass is complete."""
+        return None if self.sizes is None else sum(self.sizes)
+
+    def digest(self, index: int) -> str | None:
+        """Digest of batch ``index`` (of the first pass; during it, once that batch has been read);
+        ``None`` with the checks off (:func:`attrkit.checks.disabled`)."""
+        return self._digests[index] if self._checking else None
+
+    def data_digest(self) -> str:
+        """Digest of every batch of a complete pass, in order.
+
+        Raises:
+            DataLoaderError: no pass has completed yet.
+        """
+        if self.sizes is None:
+            raise DataLoaderError(f"the {self.role} loader has not been read through yet")
+        return hashlib.sha256("".join(self._digests).encode()).hexdigest()
+
+    def __iter__(self) -> Iterator[Any]:
+        self._passes += 1
+        if self.sizes is None:
+            return self._first_pass()
+        return self._later_pass(self._passes)
+
+    def _first_pass(self) -> Iterator[Any]:
+        digests, sizes = [], []
+        self._digests = digests
+        probe = self._probe()
+        for j, batch in enumerate(self.loader):
+            digests.append(batch_digest(batch) if self._checking else "")
+            sizes.append(batch_size(batch))
+            if j == 0 and probe is not None and probe != digests[0]:
+                raise DataLoaderError(
+                    f"the {self.role} loader yields another first batch each time it is iterated (a random order, or "
+                    "random augmentation); scores are indexed by position, so iterate in a fixed order and without "
+                    "random transforms"
+                )
+            yield batch
+        if not sizes:
+            raise DataLoaderError(f"the {self.role} loader yielded no batch")
+        self.sizes = sizes
+
+    def _probe(self) -> str | None:
+        """Digest of the first batch of a separate iterator, for re-iterables whose order nothing else shows."""
+        if self._one_shot or not self._checking or isinstance(self.loader, (list, tuple)):
+            return None
+        if isinstance(self.loader, DataLoader) and (self.loader.num_workers > 0 or self.loader.batch_sampler is None):
+            return None  # workers are costly to start; the sampler itself was checked
+        first = next(iter(self.loader), None)
+        return None if first is None else batch_digest(first)
+
+    def _later_pass(self, number: int) -> Iterator[Any]:
+        sizes, count = self.sizes, len(self.sizes)
+        spot = (number - 1) % count
+        seen = 0
+        for j, batch in enumerate(self.loader):
+            seen = j + 1
+            if not self._checking:
+                yield batch
+                continue
+            if j >= count:
+                raise DataLoaderError(self._changed(number, f"more than the {count} batches of pass 1"))
+            if batch_size(batch) != sizes[j]:
+                raise DataLoaderError(self._changed(number, f"a batch {j} of {batch_size(batch)} examples (pass 1: "
+                                                            f"{sizes[j]})"))
+            if j in (0, spot) and batch_digest(batch) != self._digests[j]:
+                raise DataLoaderError(self._changed(number, f"other values in batch {j} than pass 1 (a random order, "
+                                                            "or random augmentation?)"))
+            yield batch
+        if seen == 0 and self._one_shot and self._checking:
+            raise DataLoaderError(
+                f"the {self.role} data is a one-shot iterator (a generator?), exhausted after its first pass, but this "
+                f"method reads it {number} times; pass a re-iterable: a DataLoader or a list of batches"
+            )
+        if seen != count and self._checking:
+            raise DataLoaderError(self._changed(number, f"{seen} batches (pass 1: {count})"))
+
+    def _changed(self, number: int, what: str) -> str:
+        return (f"the {self.role} loader changed between passes: pass {number} yielded {what}; scores are indexed "
+                "by position, so every pass must yield the same batches in the same order (shuffle=False, no random "
+                "transforms, no drop_last)")

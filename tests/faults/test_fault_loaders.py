@@ -1,0 +1,133 @@
+"""Loaders never lose or scramble examples silently: every pass yields the same batches in the same order."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.utils.data import DataLoader, Sampler, TensorDataset
+
+import attrkit
+from attrkit.testing import toy_problem
+
+TOY = toy_problem()
+DATA = TensorDataset(TOY.x_train, TOY.y_train)
+GRAD_DOT = {"method": "grad-dot"}
+TRAK = {"method": "trak", "projector": {"name": "gaussian", "dim": 8}}
+
+
+class RandomOrder(Sampler):
+    """A custom sampler (not one torch marks as random) that shuffles on every pass."""
+
+    def __init__(self, n, seed=0):
+        self.n, self.gen = n, torch.Generator().manual_seed(seed)
+
+    def __iter__(self):
+        return iter(torch.randperm(self.n, generator=self.gen).tolist())
+
+    def __len__(self):
+        return self.n
+
+
+class ReIterable:
+    """Batches in a new random order at every iteration (no DataLoader involved)."""
+
+    def __init__(self, seed=0):
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def __iter__(self):
+        order = torch.randperm(24, generator=self.gen)
+        for start in range(0, 24, 8):
+            rows = order[start : start + 8]
+            yield TOY.x_train[rows], TOY.y_train[rows]
+
+
+class Augmenting:
+    """The same order, with random noise added on every pass (random augmentation)."""
+
+    def __init__(self):
+        self.gen = torch.Generator().manual_seed(0)
+
+    def __iter__(self):
+        for start in range(0, 24, 8):
+            noise = 0.1 * torch.randn(8, 5, generator=self.gen)
+            yield TOY.x_train[start : start + 8] + noise, TOY.y_train[start : start + 8]
+
+
+def _fit(spec, train):
+    return attrkit.compose(spec, TOY.task).fit(train)
+
+
+@pytest.mark.parametrize("role", ["train", "test"])
+def test_drop_last_that_drops_examples_is_refused(role):
+    loader = DataLoader(DATA, batch_size=5, drop_last=True)
+    with pytest.raises(attrkit.DataLoaderError, match=rf"{role} loader has drop_last=True, which drops the last 4 of 24"):
+        if role == "train":
+            _fit(GRAD_DOT, loader)
+        else:
+            _fit(GRAD_DOT, TOY.train_loader()).attribute(loader)
+
+
+def test_drop_last_that_drops_nothing_is_accepted():
+    scores = _fit(GRAD_DOT, DataLoader(DATA, batch_size=8, drop_last=True)).attribute(TOY.test_loader())
+    assert scores.shape == (6, 24)
+
+
+@pytest.mark.parametrize("spec", [GRAD_DOT, TRAK], ids=["grad-dot", "trak"])
+def test_a_custom_random_sampler_is_refused(spec):
+    with pytest.raises(attrkit.DataLoaderError, match=r"sampler \(RandomOrder\) yields another order on every pass"):
+        _fit(spec, DataLoader(DATA, batch_size=5, sampler=RandomOrder(24)))
+
+
+@pytest.mark.parametrize("spec", [GRAD_DOT, TRAK], ids=["grad-dot", "trak"])
+def test_a_re_iterable_in_random_order_is_refused(spec):
+    with pytest.raises(attrkit.DataLoaderError, match="yields another first batch each time it is iterated"):
+        _fit(spec, ReIterable())
+
+
+def test_random_augmentation_is_refused():
+    with pytest.raises(attrkit.DataLoaderError, match="another first batch|other values in batch"):
+        _fit(TRAK, Augmenting())
+
+
+def test_a_random_test_order_is_refused():
+    fitted = _fit(GRAD_DOT, TOY.train_loader())
+    with pytest.raises(attrkit.DataLoaderError, match="test loader"):
+        fitted.attribute(DataLoader(TensorDataset(TOY.x_test, TOY.y_test), batch_size=2, sampler=RandomOrder(6)))
+
+
+def _generator():
+    for start in range(0, 24, 8):
+        yield TOY.x_train[start : start + 8], TOY.y_train[start : start + 8]
+
+
+def test_a_generator_for_a_multi_pass_method_is_named():
+    with pytest.raises(attrkit.DataLoaderError, match=r"one-shot iterator \(a generator\?\), exhausted after its first pass"):
+        _fit(TRAK, _generator())
+
+
+def test_a_generator_for_a_one_pass_method_works():
+    scores = _fit(GRAD_DOT, _generator()).attribute(TOY.test_loader())
+    assert torch.equal(scores, _fit(GRAD_DOT, TOY.train_loader()).attribute(TOY.test_loader()))
+
+
+@pytest.mark.parametrize(
+    "data, kind",
+    [(DATA, "TensorDataset"), (TOY.x_train, "Tensor"), (None, "None"), ({"x": TOY.x_train}, "dict")],
+    ids=["dataset", "tensor", "none", "dict"],
+)
+def test_a_dataset_or_tensor_where_a_loader_belongs_is_named(data, kind):
+    with pytest.raises(attrkit.DataLoaderError, match=rf"{kind}.*pass a DataLoader\(dataset, batch_size=..., shuffle=False\)"):
+        _fit(GRAD_DOT, data)
+
+
+def test_self_influence_with_the_fitted_loader_checks_it_against_fit():
+    loader = Augmenting()
+    with pytest.raises(attrkit.DataLoaderError):
+        _fit(GRAD_DOT, loader).self_influence(loader)
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), batch=st.sampled_from([3, 5, 8]), spec=st.sampled_from([GRAD_DOT, TRAK]))
+def test_random_orders_are_always_refused(seed, batch, spec):
+    with pytest.raises(attrkit.DataLoaderError):
+        _fit(spec, DataLoader(DATA, batch_size=batch, sampler=RandomOrder(24, seed)))
