@@ -25,6 +25,7 @@ from attrkit import checks
 from attrkit.data import batch_size, to_device
 from attrkit.errors import NonFiniteError
 from attrkit.functional.gradients import evaluate
+from attrkit.functional.nonfinite import nonfinite_rows
 
 __all__ = ["POLICIES", "cause", "check_policy", "check_rows", "check_scores", "check_state", "locate", "nonfinite_rows"]
 
@@ -61,13 +62,6 @@ def check_state(state: Mapping[str, torch.Tensor], where: str) -> None:
             f"{where} has non-finite weights: {', '.join(bad[:5])}{' …' if len(bad) > 5 else ''}; the checkpoint is "
             "damaged or its training diverged: use another checkpoint (scores at these weights would be NaN)"
         )
-
-
-def nonfinite_rows(values: torch.Tensor) -> torch.Tensor:
-    """``LongTensor[r]``: the rows of ``values`` (``[b, ...]``) holding any NaN or infinite entry."""
-    if values.dim() == 1:
-        return (~torch.isfinite(values)).nonzero().squeeze(1)
-    return (~torch.isfinite(values.reshape(values.shape[0], -1))).any(1).nonzero().squeeze(1)
 
 
 def cause(model: torch.nn.Module, fn: Callable[..., torch.Tensor], state: Mapping[str, torch.Tensor], batch: Any,
@@ -156,12 +150,13 @@ def check_scores(scores: torch.Tensor, *, first_row: int, skipped_rows: torch.Te
     """
     if not checks.enabled():
         return
-    bad = ~torch.isfinite(scores)
+    rows = nonfinite_rows(scores)
     if skipped_rows is not None and len(skipped_rows):
-        bad[skipped_rows] = False
-    if not bool(bad.any()):
+        rows = rows[~torch.isin(rows, skipped_rows.cpu())]
+    if not len(rows):
         return
-    t, i = (int(v) for v in bad.nonzero()[0])
+    t = int(rows[0])
+    i = int((~torch.isfinite(scores[t])).nonzero()[0])
     finite = scores[torch.isfinite(scores)]
     largest = f"; the largest finite |score| is {float(finite.abs().max()):.3g}" if finite.numel() else ""
     raise NonFiniteError(

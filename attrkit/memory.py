@@ -16,6 +16,9 @@ from attrkit.errors import InsufficientMemoryError
 
 __all__ = ["available_bytes", "format_bytes", "require"]
 
+#: Allocations below this size are not checked (reading the free memory costs more than they risk).
+_ALWAYS_AVAILABLE = 256 * 2**20
+
 
 def format_bytes(nbytes: float) -> str:
     """``nbytes`` in B, KiB, MiB, GiB or TiB, three significant digits."""
@@ -56,9 +59,13 @@ def require(nbytes: int, what: str, fix: str, device: torch.device | str = "cpu"
         fix: how to need less (``"lower projector.dim"``).
         device: where they would be allocated.
 
+    Allocations under 256 MiB are let through without reading the free memory.
+
     Raises:
         InsufficientMemoryError: ``nbytes`` is more than is available.
     """
+    if nbytes < _ALWAYS_AVAILABLE:
+        return
     free = available_bytes(device)
     if free is not None and nbytes > free:
         raise InsufficientMemoryError(

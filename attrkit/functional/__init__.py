@@ -57,6 +57,7 @@ from attrkit.functional.ihvp import (
     InverseHVP,
 )
 from attrkit.functional.ihvp_direct import (
+    cholesky_solve_columns,
     arnoldi_ihvp_at,
     explicit_ihvp_at,
     explicit_solve,
@@ -132,6 +133,7 @@ from attrkit.functional.removal import (
 )
 
 __all__ = [
+    "cholesky_solve_columns",
     "BLOCK_ROWS",
     "BoundLoss",
     "CURVATURES",

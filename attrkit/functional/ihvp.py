@@ -40,6 +40,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 from attrkit.data import batch_size, check_fixed_order
 from attrkit.errors import CurvatureError, DataLoaderError, NonFiniteError
 from attrkit.functional.curvature import MatVec, dataset_gnvp, dataset_hvp, hvp
+from attrkit.functional.nonfinite import nonfinite_rows
 from attrkit.types import LossFn
 
 __all__ = ["CURVATURES", "Cost", "CurvatureError", "IHVPStats", "InverseHVP"]
@@ -179,9 +180,9 @@ def check_finite_solve(solver: str, vectors: torch.Tensor, out: torch.Tensor) ->
     Raises:
         NonFiniteError: a finite row of ``vectors`` with a non-finite result.
     """
-    bad = ~out.isfinite().all(1) & vectors.isfinite().all(1).to(out.device)
-    if bool(bad.any()):
-        rows = bad.nonzero().squeeze(1).tolist()
+    rows = nonfinite_rows(out)
+    rows = [int(r) for r in rows if bool(torch.isfinite(vectors[r]).all())]
+    if rows:
         raise NonFiniteError(
             f"solver {solver!r} returned NaN or infinite values for {len(rows)} of {len(vectors)} finite vectors (rows "
             f"{rows[:10]}{'...' if len(rows) > 10 else ''}): the curvature is not finite (check the model's weights, "

@@ -26,7 +26,7 @@ from attrkit.functional.ihvp import (
 )
 from attrkit.types import LossFn
 
-__all__ = ["arnoldi_ihvp_at", "explicit_ihvp_at", "explicit_solve", "ihvp_arnoldi", "ihvp_explicit"]
+__all__ = ["arnoldi_ihvp_at", "cholesky_solve_columns", "explicit_ihvp_at", "explicit_solve", "ihvp_arnoldi", "ihvp_explicit"]
 
 #: Default largest ``p`` for which the explicit ``p × p`` matrix is built (3.2 GB in float64; the build holds two).
 MAX_DIM = 20000
@@ -41,7 +41,7 @@ def _factor(damped: torch.Tensor, regularization: float) -> torch.Tensor:
     A factorisation that succeeds is not enough: on a numerically singular ``A + λI`` it
     often does, and its solves are then round-off divided by round-off. So the smallest
     eigenvalue is estimated by inverse iteration on the factor (:func:`_looks_singular`,
-    a few solves, ``O(p²)``); when it is within a factor 10 of ``p · eps · ‖A + λI‖₁``
+    a few solves, ``O(p²)``); when it is within a factor 10 of ``p · eps · ‖A + λI‖_F``
     (``eps`` of the matrix's dtype) the spectrum is computed (``eigvalsh``) and ``A + λI``
     is refused when its smallest eigenvalue is at most ``p · eps · λ_max``.
     """
@@ -75,24 +75,36 @@ def _factor(damped: torch.Tensor, regularization: float) -> torch.Tensor:
                          "Gauss-Newton)")
 
 
+def cholesky_solve_columns(factor: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """``(L Lᵀ)⁻¹ B`` for the lower Cholesky factor ``L`` (``Tensor[p, p]``) and ``B`` (``Tensor[p, m]``).
+
+    Two triangular solves. Unlike ``torch.cholesky_solve``, which copies the factor into
+    column-major order at every call (``p²`` more memory, and time), these read ``L`` and
+    its transposed view in place.
+    """
+    return torch.linalg.solve_triangular(factor.mT, torch.linalg.solve_triangular(factor, columns, upper=False),
+                                         upper=True)
+
+
 def _looks_singular(factor: torch.Tensor, matrix: torch.Tensor, threshold: float, steps: int = 4) -> bool:
-    """Whether ``matrix = L Lᵀ`` (``Tensor[p, p]``) may have ``λ_min <= threshold · ‖matrix‖₁``.
+    """Whether ``matrix = L Lᵀ`` (``Tensor[p, p]``) may have ``λ_min <= threshold · ‖matrix‖_F``.
 
     Inverse iteration from a seeded random start: ``steps`` solves with the factor. Its
     estimate of ``λ_min`` is an upper bound that a (numerically) null direction reaches at
     the first step (it is amplified by ``1/λ_min`` there), so a singular matrix is never
-    missed; a ``True`` is to be confirmed by the spectrum. ``‖·‖₁ >= λ_max``.
+    missed; a ``True`` is to be confirmed by the spectrum. The scale is the Frobenius norm
+    (``>= λ_max``), taken without a ``p²`` temporary.
     """
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(matrix.shape[0], 1, generator=gen, dtype=matrix.dtype).to(matrix.device)
     for _ in range(steps):
-        x = torch.cholesky_solve(x, factor)
+        x = cholesky_solve_columns(factor, x)
         size = x.norm()
         if not bool(size.isfinite()) or float(size) == 0.0:
             return True
         x = x / size
-    smallest = 1.0 / float(torch.cholesky_solve(x, factor).norm())
-    return not smallest > threshold * float(matrix.abs().sum(0).max())
+    smallest = 1.0 / float(cholesky_solve_columns(factor, x).norm())
+    return not smallest > threshold * float(torch.linalg.vector_norm(matrix))  # Frobenius, no p² temporary
 
 
 def _factored(factor: torch.Tensor) -> MatVec:
@@ -100,7 +112,7 @@ def _factored(factor: torch.Tensor) -> MatVec:
 
     def apply(vectors: torch.Tensor) -> torch.Tensor:
         rows = vectors.to(device=factor.device, dtype=factor.dtype)
-        return torch.cholesky_solve(rows.T, factor).T.to(device=vectors.device, dtype=vectors.dtype)
+        return cholesky_solve_columns(factor, rows.T).T.to(device=vectors.device, dtype=vectors.dtype)
 
     return apply
 

@@ -13,6 +13,7 @@ from attrkit.context import FitContext
 from attrkit.errors import CurvatureError, NonFiniteError, NotFittedError
 from attrkit.feature_matrix import FeatureMatrix
 from attrkit.functional.ihvp import check_finite_solve
+from attrkit.functional.ihvp_direct import cholesky_solve_columns
 
 
 @attrs.frozen(kw_only=True)
@@ -152,7 +153,7 @@ class GaussNewtonSolver:
             raise NotFittedError("gauss-newton solver used before fit(context)")
         v = vectors.double().to((self._factor if self._factor is not None else self._basis).device)
         if self._factor is not None:
-            out = torch.cholesky_solve(v.T, self._factor).T
+            out = cholesky_solve_columns(self._factor, v.T).T
         else:
             out = ((v @ self._basis) * self._inverse_squares) @ self._basis.T
         return check_finite_solve(self.name, vectors, out.to(device=vectors.device, dtype=vectors.dtype))
