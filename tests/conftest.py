@@ -3,6 +3,7 @@
 import os
 
 import pytest
+import torch
 from hypothesis import settings
 
 # CI runs each property on the same examples every time: a red CI is always reproducible.
@@ -17,6 +18,17 @@ os.environ.setdefault("ATTRKIT_BENCH_WORKERS", "1")
 
 import attrkit  # noqa: E402
 from attrkit.testing import toy_problem  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for the module's tests (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    tiny products and convolutions run faster on one thread, and on a busy machine waiting for a
+    second one costs tens of seconds and saves nothing."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

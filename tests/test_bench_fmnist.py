@@ -25,14 +25,7 @@ from attrkit_bench.settings import SETTINGS, fmnist_cnn
 from test_bench import synthetic
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convolutions on one intra-op thread: on a busy machine, waiting for a second
-    thread costs these tests tens of seconds (im2col, backward) and saves nothing."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _write_idx(path: Path, array: np.ndarray, magic: int | None = None) -> None:
