@@ -1,0 +1,116 @@
+"""Scores of every registered method on the shared fixtures, against a recorded file.
+
+The file (``tests/data/engine_scores.pt``) was recorded before the score engine was
+restructured; a restructuring must leave every score bit for bit as it was. On another
+machine (another CPU or torch build, whose float kernels may differ in the last bits) the
+comparison is to float round-off instead. Record anew, deliberately, with::
+
+    ATTRKIT_RECORD_ENGINE_SCORES=1 python -m pytest tests/test_engine_identity.py
+"""
+
+import os
+import platform
+from pathlib import Path
+
+import pytest
+import torch
+
+import attrkit
+from attrkit.testing import toy_problem
+
+RECORD = Path(__file__).parent / "data" / "engine_scores.pt"
+GAUSS = {"name": "gaussian", "dim": 8, "seed": 3}
+REG = {"regularization": 0.1}
+SPECS = {
+    "grad-dot": {"method": "grad-dot"},
+    "grad-dot-gaussian": {"method": "grad-dot", "projector": GAUSS},
+    "grad-dot-rademacher": {"method": "grad-dot", "projector": {"name": "rademacher", "dim": 8}},
+    "grad-dot-sjlt": {"method": "grad-dot", "projector": {"name": "sjlt", "dim": 8}},
+    "grad-dot-kronecker": {"method": "grad-dot", "gradients": "factored",
+                           "projector": {"name": "kronecker", "dim_in": 3, "dim_out": 2}},
+    "grad-dot-arnoldi": {"method": "grad-dot", "projector": {"name": "arnoldi", "dim": 6, "regularization": 0.1}},
+    "grad-dot-last-layer": {"method": "grad-dot", "gradients": "last-layer"},
+    "grad-dot-params": {"method": "grad-dot", "gradients": {"name": "per-example", "params": ["3.*"]}},
+    "grad-cos": {"method": "grad-cos"},
+    "grad-cos-gaussian": {"method": "grad-cos", "projector": GAUSS},
+    "tracin": {"method": {"name": "tracin", "learning_rates": [0.5, 0.25]}, "ensemble": "checkpoints"},
+    "tracin-dropout": {"method": "tracin", "ensemble": {"name": "dropout", "members": 2}},
+    "trak": {"method": "trak", "projector": GAUSS},
+    "trak-identity": {"method": "trak", "projector": "identity", "solver": {"name": "gauss-newton", **REG}},
+    "trak-checkpoints": {"method": "trak", "projector": GAUSS, "ensemble": "checkpoints"},
+    "trak-dropout": {"method": "trak", "projector": GAUSS, "ensemble": {"name": "dropout", "members": 3}},
+    "trak-lora": {"method": "trak", "projector": GAUSS, "ensemble": "lora"},
+    "trak-margin-off": {"method": {"name": "trak", "target": "task", "reweight": False}, "projector": GAUSS},
+    "if-cg": {"method": "if", "solver": {"name": "cg", "max_iter": 20, **REG}},
+    "if-explicit": {"method": "if", "solver": {"name": "explicit", **REG}},
+    "if-explicit-hessian": {"method": "if", "solver": {"name": "explicit", "curvature": "hessian", "regularization": 5.0}},
+    "if-lissa": {"method": "if", "solver": {"name": "lissa", "depth": 20, "scale": 50.0, **REG}},
+    "if-arnoldi": {"method": "if", "solver": {"name": "arnoldi", "rank": 8, "max_iter": 20, **REG}},
+    "if-kfac": {"method": "if", "gradients": "factored", "solver": {"name": "kfac", **REG}},
+    "if-ekfac": {"method": "if", "gradients": "factored", "solver": {"name": "ekfac", **REG}},
+    "if-datainf": {"method": "if", "solver": {"name": "datainf", **REG}},
+    "if-gauss-newton": {"method": "if", "projector": GAUSS, "solver": {"name": "gauss-newton", **REG}},
+    "if-identity": {"method": "if", "solver": "identity"},
+    "if-explicit-gaussian": {"method": "if", "projector": GAUSS, "solver": {"name": "explicit", **REG}},
+    "relatif": {"method": "relatif", "solver": {"name": "explicit", **REG}},
+    "rps": {"method": "rps"},
+    "rps-dropout": {"method": "rps", "ensemble": {"name": "dropout", "members": 2}},
+    "grad-dot-random-groups": {"method": "grad-dot", "grouper": {"name": "random", "n_groups": 5}},
+    "grad-dot-given-groups": {"method": "grad-dot", "grouper": "given"},
+    "trak-kmeans-groups": {"method": "trak", "projector": GAUSS, "grouper": {"name": "kmeans", "n_groups": 4}},
+    "trak-group-gradients": {"method": "trak", "projector": GAUSS, "gradients": "group",
+                             "grouper": {"name": "grad-kmeans", "n_groups": 4}},
+    "if-repr-kmeans": {"method": "if", "solver": {"name": "explicit", **REG},
+                       "grouper": {"name": "repr-kmeans", "n_groups": 4}},
+    "grad-cos-groups": {"method": "grad-cos", "grouper": {"name": "random", "n_groups": 6}},
+}
+#: Fitted with a memory budget (bytes) below their features', so they stream from a disk store.
+STREAMED = {"grad-dot-gaussian": 300, "trak": 300, "if-cg": 2000, "grad-dot-random-groups": 2000}
+
+
+def _toy():
+    return toy_problem(n_train=20, n_test=5, dropout=0.2, lora_rank=2, checkpoints=2)
+
+
+def _run(name, spec, toy, tmp_path=None):
+    attributor = attrkit.compose(spec, toy.task)
+    kwargs = {"store": tmp_path / name, "memory_budget": STREAMED[name]} if tmp_path is not None else {}
+    attributor.fit(toy.train_loader(6), **kwargs)
+    if tmp_path is not None:
+        assert not attributor._fitted[0].train.resident or name.endswith("groups"), f"{name} did not stream"
+    out = {"scores": attributor.attribute(toy.test_loader(4))}
+    if spec.get("grouper") is None or "given" in str(spec.get("grouper")):
+        out["self"] = attributor.self_influence(toy.train_loader(6))
+    return out
+
+
+def _machine():
+    model = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in line), "") \
+        if Path("/proc/cpuinfo").exists() else platform.processor()
+    return f"{model}|{platform.machine()}|torch {torch.__version__}|threads {torch.get_num_threads()}"
+
+
+def _all(tmp_path):
+    toy = _toy()
+    results = {name: _run(name, spec, toy) for name, spec in SPECS.items()}
+    results.update({f"{name} (streamed)": _run(name, SPECS[name], toy, tmp_path) for name in STREAMED})
+    return results
+
+
+def test_every_method_scores_as_recorded(tmp_path):
+    torch.manual_seed(0)
+    results = _all(tmp_path)
+    if os.environ.get("ATTRKIT_RECORD_ENGINE_SCORES"):
+        RECORD.parent.mkdir(exist_ok=True)
+        torch.save({"machine": _machine(), "results": results}, RECORD)
+        pytest.skip(f"recorded {RECORD}")
+    recorded = torch.load(RECORD, weights_only=True)
+    assert set(recorded["results"]) == set(results), "the fixtures changed: record anew on purpose"
+    exact = recorded["machine"] == _machine()
+    for name, parts in results.items():
+        for part, value in parts.items():
+            expected = recorded["results"][name][part]
+            if exact:
+                assert torch.equal(value, expected), f"{name} {part} is not bit-identical to the record"
+            else:
+                torch.testing.assert_close(value, expected, rtol=1e-4, atol=1e-6, msg=f"{name} {part}")
