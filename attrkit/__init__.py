@@ -43,7 +43,7 @@ from attrkit.errors import (
     StoreMismatchError,
     UnknownComponentError,
 )
-from attrkit.gradient_method import GradientAttributor
+from attrkit.engine import GradientAttributor
 from attrkit.selection import TopK
 from attrkit.hookspecs import hookimpl
 from attrkit.results import MetricResult

@@ -11,6 +11,7 @@ import attrs
 
 from attrkit.config import build_config, config_to_dict
 from attrkit.errors import AttrkitError, BrokenPluginError, PluginConflictError, SpecError, UnknownComponentError
+from attrkit.parts import Part
 from attrkit.protocols import SLOTS, Attributor
 from attrkit.registry import Entry, Registry, default_registry
 from attrkit.spec import ComponentSpec, Spec, not_an_object
@@ -32,6 +33,10 @@ class Resolved:
     spec: Spec
     entries: Mapping[str, Entry]
     configs: Mapping[str, Any]
+
+    def parts(self) -> dict[str, Part]:
+        """``{slot: Part}``: what a method makes its components from (``method`` excluded)."""
+        return {slot: Part(self.entries[slot].cls, self.configs[slot]) for slot in SLOTS if slot in self.entries}
 
     def provenance(self) -> dict[str, dict[str, str]]:
         """``{part: {"name", "plugin", "distribution", "version"}}`` for result files."""
@@ -204,8 +209,9 @@ def compose(
         registry: defaults to every installed plugin.
 
     Returns:
-        An unfitted attributor; ``attributor.resolved`` records the full spec and the
-        provenance of every part.
+        An unfitted attributor, constructed as ``cls(config, task=task, parts=resolved.parts(),
+        resolved=resolved)``: ``attributor.resolved`` records the full spec and the provenance
+        of every part.
 
     Raises:
         SpecError: every problem of the spec, in one error.
@@ -214,9 +220,5 @@ def compose(
     if not isinstance(task, AttributionTask):
         raise TypeError(f"task must be an attrkit.AttributionTask, got {type(task).__name__}")
     resolved = resolve(spec, registry)
-    parts = {
-        slot: resolved.entries[slot].cls(resolved.configs[slot]) for slot in SLOTS if slot in resolved.entries
-    }
-    attributor = resolved.entries["method"].cls(resolved.configs["method"], task=task, parts=parts)
-    attributor.resolved = resolved
-    return attributor
+    return resolved.entries["method"].cls(resolved.configs["method"], task=task, parts=resolved.parts(),
+                                          resolved=resolved)

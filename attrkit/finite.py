@@ -10,7 +10,7 @@ the boundary where it enters, naming where it is:
 * :func:`check_scores` — the scores, which can still overflow float32 (losses of 1e30).
 
 ``fit(..., nonfinite="skip")`` asks for the documented alternative to an error: see
-:data:`POLICIES` and :class:`~attrkit.gradient_method.GradientAttributor.fit`.
+:data:`POLICIES` and :meth:`attrkit.engine.GradientAttributor.fit`.
 """
 
 from __future__ import annotations

@@ -17,11 +17,12 @@ from attrkit.data import to_device
 from attrkit.errors import SpecError
 from attrkit.functional.gradients import flat_dimension, per_example_gradients, select_parameters
 from attrkit.task import AttributionTask
+from attrkit.protocols import GradientSource
 
 __all__ = ["ParameterGradients", "restrict_gradients"]
 
 
-class ParameterGradients:
+class ParameterGradients(GradientSource):
     """Exact per-example gradients w.r.t. the parameters matching ``config.params``.
 
     Subclasses set ``name``, ``Config`` (with a ``params`` field, see
@@ -33,11 +34,8 @@ class ParameterGradients:
     ``config.frozen`` is true (see :func:`attrkit.functional.gradients.select_parameters`).
     """
 
-    kind: ClassVar[str] = "gradients"
-    requires: ClassVar[frozenset[str]] = frozenset()
-
     def __init__(self, config: Any):
-        self.config = config
+        super().__init__(config)
         #: Extra patterns every selected name must also match (set by :func:`restrict_gradients`).
         self.only: tuple[str, ...] | None = None
 

@@ -16,6 +16,7 @@ from torch.utils._pytree import tree_map
 from attrkit.context import FitContext
 from attrkit.errors import NotFittedError
 from attrkit.functional.gradients import select_parameters
+from attrkit.protocols import HessianSolver
 
 __all__ = ["ParameterSolver", "Solve"]
 
@@ -34,7 +35,7 @@ class _Float64Batches:
             yield tree_map(lambda t: t.double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t, batch)
 
 
-class ParameterSolver(ABC):
+class ParameterSolver(HessianSolver):
     """Applies ``(H + λI)⁻¹`` in parameter space, ``H`` the curvature of the mean training loss.
 
     ``fit`` calls ``build`` with the task's model and loss, the member's full state, the
@@ -48,12 +49,10 @@ class ParameterSolver(ABC):
     Subclasses set ``name``, ``Config`` and ``requires``, and implement ``build``.
     """
 
-    kind: ClassVar[str] = "solver"
     space: ClassVar[str] = "parameter"
-    provides: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, config: Any):
-        self.config = config
+        super().__init__(config)
         self._solve: Solve | None = None
 
     @abstractmethod

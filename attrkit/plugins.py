@@ -12,6 +12,7 @@ and a block name that matches no installed plugin warns.
 from __future__ import annotations
 
 import difflib
+import inspect
 import os
 import re
 import reprlib
@@ -27,7 +28,7 @@ import pluggy
 from attrkit import hookspecs
 from attrkit.errors import PluginWarning
 from attrkit.hookspecs import PROJECT
-from attrkit.protocols import KINDS
+from attrkit.protocols import BASES, KINDS, REQUIRED_FLAGS
 
 __all__ = [
     "BLOCK_ENV",
@@ -109,6 +110,15 @@ def component_problems(cls: Any) -> list[str]:
     kind = getattr(cls, "kind", None)
     if kind not in KINDS:
         problems.append(f"kind must be one of {list(KINDS)}, got {kind!r}")
+    elif not issubclass(cls, BASES[kind]):
+        problems.append(f"a {kind} must subclass attrkit.plugin.{BASES[kind].__name__}, which declares every flag of "
+                        "its kind with its default")
+    else:
+        missing = [flag for flag in REQUIRED_FLAGS.get(kind, ()) if not hasattr(cls, flag)]
+        if missing:
+            problems.append(f"a {kind} must declare {', '.join(missing)}")
+        if inspect.isabstract(cls):
+            problems.append(f"it does not implement {', '.join(sorted(cls.__abstractmethods__))}")
     name = getattr(cls, "name", None)
     if not isinstance(name, str) or not _NAME.match(name):
         problems.append(f"name must be lowercase words joined by hyphens, got {name!r}")
@@ -117,9 +127,6 @@ def component_problems(cls: Any) -> list[str]:
     for attr in ("requires", "provides"):
         if not isinstance(getattr(cls, attr, None), frozenset):
             problems.append(f"{attr} must be a frozenset of capability names")
-    check = getattr(cls, "availability", None)
-    if check is not None and not callable(check):
-        problems.append("availability must be a classmethod returning None or a reason")
     return problems
 
 

@@ -1,34 +1,41 @@
-"""The contracts every component fulfils, one ``Protocol`` per kind.
+"""The contract of every component kind, as a small base class a plugin subclasses.
 
-A component is a *class* with these class attributes:
+A component is a *class* with these class attributes, declared once here with their
+defaults (the composer and the engine read them; nothing is looked up with a fallback):
 
 * ``name`` — registered name, lowercase with hyphens (``"grad-dot"``);
-* ``kind`` — one of :data:`KINDS`;
+* ``kind`` — one of :data:`KINDS` (set by the base class);
 * ``Config`` — a frozen, keyword-only ``attrs`` class holding its parameters
   (the composer builds it from the spec, validating every field);
 * ``requires`` / ``provides`` — capability strings (see :mod:`attrkit.capabilities`);
   the composer checks that every requirement of a spec is provided by some part of it;
-* ``availability()`` (optional classmethod) — ``None`` when usable here, else the
-  reason and the fix; unavailable components stay listed but refuse to compose.
+* the flags of its kind below (``HessianSolver.space``, ``Ensemble.gradient_params``…);
+* ``availability()`` — ``None`` when usable here, else the reason and the fix;
+  unavailable components stay listed but refuse to compose.
 
-All components except methods are constructed as ``cls(config)``; a method is
-constructed as ``cls(config, task=task, parts=parts)`` with its resolved parts.
-Shapes: ``b`` batch, ``p`` gradient dimension, ``k`` feature (projected) dimension.
+Every component is constructed as ``cls(config)``, except methods, which are constructed
+as ``cls(config, task=task, parts=parts, resolved=resolved)`` with a
+:class:`~attrkit.parts.Part` per slot. Shapes: ``b`` batch, ``p`` gradient dimension, ``k``
+feature (projected) dimension. The registry refuses a class that does not subclass the
+base of its kind (see :func:`attrkit.plugins.component_problems`).
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     import torch
 
     from attrkit.context import FitContext, Member
+    from attrkit.parts import Part
     from attrkit.results import MetricResult
     from attrkit.task import AttributionTask
 
 __all__ = [
+    "BASES",
     "KINDS",
     "SLOTS",
     "Attributor",
@@ -47,129 +54,200 @@ SLOTS = ("gradients", "projector", "solver", "grouper", "ensemble")
 KINDS = ("method", *SLOTS, "metric")
 
 
-@runtime_checkable
-class Component(Protocol):
-    """What the registry needs of any component class."""
+class Component(ABC):
+    """What every component has: identity, parameters and capabilities.
+
+    Args:
+        config: an instance of the class's ``Config``.
+    """
 
     name: ClassVar[str]
     kind: ClassVar[str]
     Config: ClassVar[type]
-    requires: ClassVar[frozenset[str]]
-    provides: ClassVar[frozenset[str]]
+    requires: ClassVar[frozenset[str]] = frozenset()
+    provides: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, config: Any):
+        self.config = config
+
+    @classmethod
+    def availability(cls) -> str | None:
+        """``None`` when the component can run on this machine, else why not and the fix."""
+        return None
 
 
-class GradientSource(Component, Protocol):
+class GradientSource(Component):
     """Turns (member parameters, batch) into per-example gradient vectors.
 
     ``loss_gradients`` differentiates the task's training loss, ``target_gradients``
-    its target; both return ``Tensor[b, p]`` float32 on the model's device, in a fixed
-    parameter order, and are independent of how examples are batched.
+    its target; both return ``Tensor[b, p]`` float32 on the model's device (or a factored
+    block with ``shape`` and ``materialize()``), in a fixed parameter order, and are
+    independent of how examples are batched.
     """
 
+    kind: ClassVar[str] = "gradients"
+
+    @abstractmethod
     def names(self, task: AttributionTask) -> list[str]:
         """The parameters differentiated, in the order their entries take in a gradient vector."""
 
+    @abstractmethod
     def dimension(self, task: AttributionTask) -> int:
         """``p``, the length of one gradient vector for this task."""
 
-    def loss_gradients(self, task: AttributionTask, member: Member, batch: Any) -> torch.Tensor:
+    @abstractmethod
+    def loss_gradients(self, task: AttributionTask, member: Member, batch: Any) -> Any:
         """``Tensor[b, p]``: gradient of ``task.loss_fn`` for each example of ``batch``."""
 
-    def target_gradients(self, task: AttributionTask, member: Member, batch: Any) -> torch.Tensor:
-        """``Tensor[b, p]``: gradient of ``task.target_fn`` for each example of ``batch``."""
+    @abstractmethod
+    def target_gradients(self, task: AttributionTask, member: Member, batch: Any) -> Any:
+        """``Tensor[b, p]``: gradient of ``task.target`` for each example of ``batch``."""
 
 
-class Projector(Component, Protocol):
+class Projector(Component):
     """A linear map ``Tensor[b, p] -> Tensor[b, k]``, deterministic given its seed.
 
-    ``fit`` is called once per member before any projection (no-op for data-free
-    projectors); ``project`` must not depend on batch or chunk size.
+    ``fit`` is called once per member before any projection (a no-op for data-free
+    projectors); ``project`` must not depend on batch or chunk size. A projector that
+    ``requires`` :data:`~attrkit.capabilities.FACTORED` is given factored gradient blocks
+    whole; any other gets dense ``Tensor[b, p]``. A ``seed`` declared with
+    ``seed_field(per_member=True)`` gives every ensemble member its own draw.
     """
 
+    kind: ClassVar[str] = "projector"
+
     def fit(self, context: FitContext) -> None:
-        """Prepare for projecting gradients of dimension ``context.dimension``."""
+        """Prepare for projecting gradients of dimension ``context.dimension`` (default: nothing)."""
 
-    def project(self, vectors: torch.Tensor) -> torch.Tensor:
-        """``Tensor[b, p] -> Tensor[b, k]`` float32, on the input's device."""
+    @abstractmethod
+    def project(self, vectors: Any) -> torch.Tensor:
+        """``Tensor[b, p] -> Tensor[b, k]``, on the input's device."""
 
 
-class HessianSolver(Component, Protocol):
+class HessianSolver(Component):
     """Applies an (approximate) inverse curvature to vectors.
 
-    ``space`` says where it works: ``"feature"`` solvers are fitted on the projected
-    training features and applied to projected test features; ``"parameter"`` solvers
-    need HVPs and are applied to raw test gradients before projection.
+    Flags:
 
-    Two optional class attributes (absent means the default):
-
+    * ``space`` (required): ``"feature"`` solvers are fitted on the projected training
+      features and applied to projected test features; ``"parameter"`` solvers need HVPs
+      and are applied to raw test gradients before projection.
     * ``streams_features`` (default ``False``): ``fit`` reads ``context.feature_matrix``
       (tiles, or its ``gram()`` / ``r_factor()``, which reduce over every rank's rows), not
       ``context.features``, so the training features need never be held whole. A
       feature-space solver without it gets ``context.features`` gathered into memory,
       which fails when they exceed the memory budget.
-    * ``local_solve`` (default: ``space == "feature"``): ``solve`` reads no training data
-      (the curvature is factorised at ``fit``), so in distributed mode each rank may
-      solve different vectors (``self_influence`` is then split by batch). A solver
-      whose ``solve`` runs passes over the training data (CG, LiSSA, DataInf) reduces
-      them over the ranks, which must then solve the same vectors in lock-step.
+    * ``local_solve`` (default ``False``): ``solve`` reads no training data (the curvature
+      is factorised at ``fit``), so in distributed mode each rank may solve different
+      vectors (``self_influence`` is then split by batch). A solver whose ``solve`` runs
+      passes over the training data (CG, LiSSA, DataInf) reduces them over the ranks,
+      which must then solve the same vectors in lock-step.
+    * ``linear`` (default ``True``): ``solve`` is linear in its input (a truncated
+      iterative solver is not: its Krylov space depends on the right-hand side).
     """
 
+    kind: ClassVar[str] = "solver"
     space: ClassVar[str]
+    streams_features: ClassVar[bool] = False
+    local_solve: ClassVar[bool] = False
+    linear: ClassVar[bool] = True
 
+    @abstractmethod
     def fit(self, context: FitContext) -> None:
         """Fit on the whole training set's curvature (never per batch)."""
 
+    @abstractmethod
     def solve(self, vectors: torch.Tensor) -> torch.Tensor:
         """``Tensor[b, d] -> Tensor[b, d]``: ``H⁻¹ v`` for each row."""
 
 
-class Grouper(Component, Protocol):
+class Grouper(Component):
     """Partitions the training set into groups."""
 
+    kind: ClassVar[str] = "grouper"
+
+    @abstractmethod
     def assign(self, context: FitContext) -> torch.Tensor:
         """``LongTensor[n_train]`` of group indices ``0..n_groups-1``, every index used."""
 
 
-class Ensemble(Component, Protocol):
-    """Produces the members the score formula sums over."""
+class Ensemble(Component):
+    """Produces the members the score formula sums over.
 
+    Flag ``gradient_params`` (default ``None``): ``fnmatch`` patterns of the only
+    parameters the members differ in (``lora``: the adapters); the gradient source is then
+    restricted to them.
+    """
+
+    kind: ClassVar[str] = "ensemble"
+    gradient_params: ClassVar[tuple[str, ...] | None] = None
+
+    @abstractmethod
     def members(self, task: AttributionTask) -> list[Member]:
         """The weighted members, in a fixed order."""
 
 
-class Attributor(Component, Protocol):
-    """Scores training examples (or groups) for test examples.
+class Attributor(Component):
+    """A method: scores training examples (or groups) for test examples.
 
     ``slots`` names the spec slots the method uses (a spec setting any other slot is
     refused); ``defaults`` gives the component name used for a slot the spec leaves
-    empty. After composing, ``resolved`` holds the full spec and its provenance.
+    empty. Constructed with the task, a :class:`~attrkit.parts.Part` per slot and the
+    resolved spec (``self.resolved``: the full spec and its provenance).
     """
 
-    slots: ClassVar[frozenset[str]]
-    defaults: ClassVar[Mapping[str, str]]
+    kind: ClassVar[str] = "method"
+    slots: ClassVar[frozenset[str]] = frozenset()
+    defaults: ClassVar[Mapping[str, str]] = {}
 
+    def __init__(self, config: Any, *, task: AttributionTask, parts: Mapping[str, Part], resolved: Any = None):
+        super().__init__(config)
+        self.task, self.parts, self.resolved = task, dict(parts), resolved
+
+    @abstractmethod
     def fit(self, train: Iterable[Any]) -> Attributor:
         """Cache everything that depends only on the training data; returns ``self``."""
 
+    @abstractmethod
     def attribute(self, test: Iterable[Any]) -> torch.Tensor:
         """``Tensor[n_test, n_train]`` (or ``[n_test, n_groups]``) float32 on the CPU."""
 
+    @abstractmethod
     def self_influence(self, train: Iterable[Any]) -> torch.Tensor:
         """``Tensor[n]``: each example's score for itself."""
 
 
-class Metric(Component, Protocol):
+class Metric(Component):
     """Compares scores with ground truth.
 
-    ``needs`` names the ground-truth entries it reads (e.g. ``{"subsets", "values"}``).
-    Optionally, for the conformance kit: ``example_inputs(n_test, n_train) -> (scores,
-    ground_truth)`` (a classmethod making a small valid case) and ``target_axes``
-    (``{entry: axis}`` of the ground-truth entries indexed by target, so that splitting
-    the targets can be checked to give the same per-target results).
+    Flags: ``needs`` (required) names the ground-truth entries it reads (e.g.
+    ``{"subsets", "values"}``); ``higher_is_better`` (required); ``target_axes`` (default
+    ``None``): ``{entry: axis}`` of the ground-truth entries indexed by target, so that the
+    conformance kit can check that splitting the targets gives the same per-target results.
+    Optionally a classmethod ``example_inputs(n_test, n_train) -> (scores, ground_truth)``
+    making a small valid case for the kit.
     """
 
+    kind: ClassVar[str] = "metric"
     needs: ClassVar[frozenset[str]]
     higher_is_better: ClassVar[bool]
+    target_axes: ClassVar[Mapping[str, int] | None] = None
 
+    @abstractmethod
     def evaluate(self, scores: torch.Tensor, ground_truth: Mapping[str, Any]) -> MetricResult:
         """Score ``scores`` (``Tensor[n_test, n_train]``) against ``ground_truth``."""
+
+
+#: The base class of each kind; a component must subclass the one of its ``kind``.
+BASES: Mapping[str, type[Component]] = {
+    "method": Attributor,
+    "gradients": GradientSource,
+    "projector": Projector,
+    "solver": HessianSolver,
+    "grouper": Grouper,
+    "ensemble": Ensemble,
+    "metric": Metric,
+}
+
+#: Flags a kind's components must define themselves (no default makes sense).
+REQUIRED_FLAGS: Mapping[str, tuple[str, ...]] = {"solver": ("space",), "metric": ("needs", "higher_is_better")}

@@ -41,11 +41,8 @@ class Entry:
     @property
     def unavailable(self) -> str | None:
         """``None`` when usable on this machine, else the reason and the fix."""
-        check = getattr(self.cls, "availability", None)
-        if check is None:
-            return None
         try:
-            return check()
+            return self.cls.availability()
         except Exception as exc:  # a faulty check must not take `attrkit plugins` down
             return f"its availability() check raised {describe_exception(exc)}; report it to {self.plugin}"
 

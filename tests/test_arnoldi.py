@@ -164,7 +164,7 @@ def test_parameter_selection_follows_the_gradient_source():
     gradients = {"name": "per-example", "params": ["2.*"]}
     spec = {"method": "grad-dot", "gradients": gradients, "projector": {"name": "arnoldi", "dim": 3}}
     attributor = attrkit.compose(spec, toy.task, REGISTRY).fit(toy.train_loader())
-    assert attributor._fitted[0].projector.basis.shape == (6 * 3 + 3, 3)
+    assert attributor.fitted.members[0].projector.basis.shape == (6 * 3 + 3, 3)
 
 
 def test_requires_hvps_and_refuses_a_source_without_them():

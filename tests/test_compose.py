@@ -6,6 +6,7 @@ import attrs
 import pytest
 
 import attrkit
+from attrkit.protocols import Projector
 from attrkit.plugins import load_plugins
 from attrkit.registry import Registry
 
@@ -60,14 +61,19 @@ class _Empty:
     pass
 
 
-class _NeedsFactors:
-    name, kind, Config = "needs-factors", "projector", _Empty
-    requires, provides = frozenset({"factored"}), frozenset()
+class _NeedsFactors(Projector):
+    name, Config = "needs-factors", _Empty
+    requires = frozenset({"factored"})
+
+    def project(self, vectors):
+        return vectors
 
 
-class _Unavailable:
-    name, kind, Config = "gpu-only", "projector", _Empty
-    requires = provides = frozenset()
+class _Unavailable(Projector):
+    name, Config = "gpu-only", _Empty
+
+    def project(self, vectors):
+        return vectors
 
     @classmethod
     def availability(cls):

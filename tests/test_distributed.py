@@ -65,8 +65,8 @@ def _results(folder: str) -> dict[str, dict[str, torch.Tensor]]:
         train = toy.train_loader(batch_size=5)
         kwargs = {**fit, **({"store": f"{folder}/{fit['store']}"} if "store" in fit else {})}
         method = attrkit.compose(spec, task).fit(train, **kwargs)
-        if isinstance(method, attrkit.GradientAttributor) and method._pointwise():  # features kept per rank
-            held = method._fitted[0].train
+        if isinstance(method, attrkit.GradientAttributor) and method.fitted.pointwise:  # features kept per rank
+            held = method.features[0]
             assert held.partitioned == (distributed.world() is not None)
             assert held.resident == ("memory_budget" not in fit)
         out[key] = {"scores": method.attribute(toy.test_loader()), "self": method.self_influence(train)}

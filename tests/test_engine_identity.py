@@ -77,7 +77,7 @@ def _run(name, spec, toy, tmp_path=None):
     kwargs = {"store": tmp_path / name, "memory_budget": STREAMED[name]} if tmp_path is not None else {}
     attributor.fit(toy.train_loader(6), **kwargs)
     if tmp_path is not None:
-        assert not attributor._fitted[0].train.resident or name.endswith("groups"), f"{name} did not stream"
+        assert not attributor.features[0].resident or name.endswith("groups"), f"{name} did not stream"
     out = {"scores": attributor.attribute(toy.test_loader(4))}
     if spec.get("grouper") is None or "given" in str(spec.get("grouper")):
         out["self"] = attributor.self_influence(toy.train_loader(6))

@@ -19,6 +19,7 @@ from attrkit.functional import (
     train_lora_adapters,
 )
 from attrkit.targets import cross_entropy
+from attrkit.engine.sides import gradients
 from attrkit.testing import autograd_gradients, toy_problem
 
 TOY = toy_problem(n_train=16, n_test=4, dtype=torch.float64, dropout=0.3, lora_rank=2, checkpoints=3)
@@ -68,7 +69,7 @@ def test_dropout_member_gradients_are_those_of_the_masked_model() -> None:
                               TOY.task)
     member = members.members()[1]
     with member.applied(TOY.task.model):
-        got = members._gradients(member, (TOY.x_train, TOY.y_train), target=False)
+        got = gradients(members, member, (TOY.x_train, TOY.y_train), target=False)
     masked = copy.deepcopy(TOY.task.model)
     masked[2] = _Scale(dropout_mask((6,), 0.3, seed=8).double())
     names = members.gradients.names(TOY.task)
@@ -103,7 +104,7 @@ def test_dropout_ensemble_with_p_zero_is_the_single_model() -> None:
 def test_members_get_independent_projections() -> None:
     spec = {"method": "grad-dot", "projector": {"name": "gaussian", "dim": 8, "seed": 3}, "ensemble": "checkpoints"}
     attributor = attrkit.compose(spec, TOY.task).fit(TOY.train_loader())
-    seeds = [f.projector.config.seed for f in attributor._fitted]
+    seeds = [f.projector.config.seed for f in attributor.fitted.members]
     assert seeds == [3, 4, 5]
     first = attrkit.compose(spec, TOY.task).fit(TOY.train_loader()).attribute(TOY.test_loader())
     torch.testing.assert_close(first, attributor.attribute(TOY.test_loader()), rtol=0, atol=0)

@@ -50,7 +50,7 @@ def test_streaming_under_a_tiny_budget_equals_in_memory(key, tmp_path):
     spec, toy = SPECS[key]
     train = toy.train_loader(5)
     streamed = attrkit.compose(spec, toy.task).fit(train, store=tmp_path, memory_budget=BUDGET)
-    assert not any(f.train.resident for f in streamed._fitted) or key == "trak-groups"  # groups: [5, k] held
+    assert not any(f.train.resident for f in streamed.fitted.members) or key == "trak-groups"  # groups: [5, k] held
     expected = _outputs(attrkit.compose(spec, toy.task).fit(train), toy, train)
     for name, value in _outputs(streamed, toy, train).items():
         if value.is_floating_point():

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 import attrkit
 from attrkit.functional.ihvp import CurvatureError
 from attrkit.plugins import load_plugins
+from attrkit.protocols import Projector
 from attrkit.registry import Registry
 from attrkit.testing import toy_problem
 from attrkit.testing.strategies import specs
@@ -94,14 +95,10 @@ class _OrthogonalConfig:
     seed: int = 0
 
 
-class _Orthogonal:
+class _Orthogonal(Projector):
     """A full-rank orthogonal projector ``x -> x Q`` (Q from a QR decomposition)."""
 
-    name, kind, Config = "orthogonal", "projector", _OrthogonalConfig
-    requires = provides = frozenset()
-
-    def __init__(self, config):
-        self.config = config
+    name, Config = "orthogonal", _OrthogonalConfig
 
     def fit(self, context):
         gen = torch.Generator().manual_seed(self.config.seed)

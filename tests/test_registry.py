@@ -8,6 +8,7 @@ import pytest
 
 import attrkit
 from attrkit.plugins import load_plugins
+from attrkit.protocols import BASES
 from attrkit.registry import Registry
 
 
@@ -21,11 +22,9 @@ class _Config:
 
 
 def _component(kind, name):
-    return type(
-        f"C_{name}",
-        (),
-        {"name": name, "kind": kind, "Config": _Config, "requires": frozenset(), "provides": frozenset()},
-    )
+    base = BASES.get(kind, object)
+    methods = {m: lambda self, *args, **kwargs: None for m in getattr(base, "__abstractmethods__", ())}
+    return type(f"C_{name}", (base,), {**methods, "name": name, "kind": kind, "Config": _Config})
 
 
 def _plugin(*classes):
@@ -90,10 +89,29 @@ def test_blocking_a_first_party_plugin_by_name(monkeypatch):
         (_component("projector", "Bad_Name"), "Bad_Name", attrkit.BrokenPluginError, "lowercase"),
         (_component("widget", "fine"), "fine", attrkit.UnknownComponentError, "kind must be one of"),
         (
-            type("NoConfig", (), {"name": "x", "kind": "projector", "requires": frozenset(), "provides": frozenset()}),
+            type("NoConfig", (BASES["projector"],), {"name": "x", "project": lambda self, v: v}),
             "x",
             attrkit.BrokenPluginError,
             "Config",
+        ),
+        (
+            type("NotASubclass", (), {"name": "y", "kind": "projector", "Config": _Config}),
+            "y",
+            attrkit.BrokenPluginError,
+            "must subclass attrkit.plugin.Projector",
+        ),
+        (
+            type("NoSpace", (BASES["solver"],), {"name": "z", "Config": _Config, "fit": lambda self, c: None,
+                                                 "solve": lambda self, v: v}),
+            "z",
+            attrkit.BrokenPluginError,
+            "must declare space",
+        ),
+        (
+            type("NoProject", (BASES["projector"],), {"name": "w", "Config": _Config}),
+            "w",
+            attrkit.BrokenPluginError,
+            "it does not implement project",
         ),
     ],
 )
@@ -102,7 +120,7 @@ def test_invalid_component_classes_are_refused(bad, name, error, match):
     assert match in registry.broken["bad"]
     assert registry.names("projector") == []  # nothing of a broken plugin is registered
     with pytest.raises(error, match=f"'bad'.*{match}"):
-        registry.get("projector", name)
+        registry.get("solver" if name == "z" else "projector", name)
 
 
 def test_presets_are_registered_and_composable(toy):

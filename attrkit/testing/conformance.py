@@ -17,7 +17,7 @@ from attrkit.compose import compose
 from attrkit.config import field_examples
 from attrkit.context import FitContext
 from attrkit.functional.factored import factored_gradients, plan_factors
-from attrkit.capabilities import HVP
+from attrkit.capabilities import FACTORED, HVP
 from attrkit.functional.gradients import flat_dimension, select_parameters
 from attrkit.selection import check_partition
 from attrkit.registry import Entry, Registry, default_registry
@@ -109,12 +109,12 @@ def _factored_inputs(toy: ToyProblem) -> tuple[Any, Any, int]:
 def check_projector(entry: Entry) -> None:
     """A projector is linear, seeded (two instances agree) and batch-independent.
 
-    A projector that ``accepts_factored`` is fed factored gradient blocks of a toy MLP;
+    A projector that requires factored gradients is fed factored gradient blocks of a toy MLP;
     one that requires HVPs is fitted on the toy model's training loss.
     """
     toy = toy_problem()
     gen = torch.Generator().manual_seed(0)
-    if getattr(entry.cls, "accepts_factored", False):
+    if FACTORED in entry.cls.requires:
         x, y, p = _factored_inputs(toy)
     else:  # a projector fitted on curvature (HVP) needs the toy model's own dimension
         p = flat_dimension(toy.task.model, select_parameters(toy.task.model, ("*",))) if HVP in entry.cls.requires else 50

@@ -110,7 +110,7 @@ def run(n: int, dim: int, budget: int, folder: Path, projector: str, batch: int,
     trak, fit_s, fit_mib = _timed(lambda: attrkit.compose(spec, task).fit(train, store=store, memory_budget=budget))
     fit_end = time.perf_counter()
     q_pass, feature_pass = train.passes[0], train.passes[1]
-    side = trak._fitted[0].train
+    side = trak.features[0]
     test_batches = [test]
     scores, attr_s, attr_mib = _timed(lambda: trak.attribute(test_batches))
     top, top_s, top_mib = _timed(lambda: trak.top_k(test_batches, k=10))

@@ -9,11 +9,12 @@ import attrs
 import torch
 
 from attrkit import capabilities, hookimpl
-from attrkit.config import float_field, int_field, positive_int, seed_field
+from attrkit.fields import float_field, int_field, positive_int, seed_field
 from attrkit.context import FitContext
 from attrkit.errors import NotFittedError, SpecError
 from attrkit.functional.curvature import dataset_gnvp, dataset_hvp, lanczos
 from attrkit.functional.gradients import flat_dimension, select_parameters
+from attrkit.protocols import Projector
 
 
 @attrs.frozen(kw_only=True)
@@ -42,7 +43,7 @@ class ArnoldiConfig:
     )
     max_iter: int | None = int_field(None, ge=1, optional=True, examples=(None,))
     regularization: float = float_field(0.0, ge=0.0, examples=(0.01, 0.0))
-    seed: int = seed_field()
+    seed: int = seed_field(per_member=True)
     scale: bool = attrs.field(
         default=True, validator=attrs.validators.instance_of(bool), metadata={"examples": (True, False)}
     )
@@ -52,7 +53,7 @@ class ArnoldiConfig:
             raise ValueError(f"max_iter must be >= dim (a Lanczos step per eigenpair), got {self.max_iter} < {self.dim}")
 
 
-class ArnoldiProjector:
+class ArnoldiProjector(Projector):
     """``g -> Uᵀ g`` (optionally scaled), ``U`` the top-``dim`` eigenvectors of the curvature
     of the mean training loss over the whole training set, at the member's weights.
 
@@ -80,13 +81,11 @@ class ArnoldiProjector:
     """
 
     name: ClassVar[str] = "arnoldi"
-    kind: ClassVar[str] = "projector"
     Config: ClassVar[type] = ArnoldiConfig
     requires: ClassVar[frozenset[str]] = frozenset({capabilities.HVP})
-    provides: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, config: ArnoldiConfig):
-        self.config = config
+        super().__init__(config)
         self.eigenvalues: torch.Tensor | None = None
         self.basis: torch.Tensor | None = None
 

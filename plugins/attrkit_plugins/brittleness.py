@@ -9,10 +9,11 @@ import attrs
 import torch
 
 from attrkit import hookimpl
-from attrkit.config import as_int, int_field, seed_field
+from attrkit.fields import as_int, int_field, seed_field
 from attrkit.functional.ground_truth import GroundTruthError, require_entries, shape_mismatch
 from attrkit.functional.removal import importance_order, keep_mask
 from attrkit.results import MetricResult
+from attrkit.protocols import Metric
 
 #: ``retrain_predict(keep_mask, targets) -> predictions``, see :class:`Brittleness`.
 RetrainPredict = Callable[[torch.Tensor, torch.Tensor], Any]
@@ -61,7 +62,7 @@ def _predict(retrain_predict: RetrainPredict, keep: torch.Tensor, targets: list[
     return out
 
 
-class Brittleness:
+class Brittleness(Metric):
     """Brittleness of predictions (Ilyas et al., 2022): removing a target's top proponents
     should flip the model's prediction on it, the fewer removed the better the attribution.
 
@@ -90,15 +91,9 @@ class Brittleness:
     """
 
     name: ClassVar[str] = "brittleness"
-    kind: ClassVar[str] = "metric"
     Config: ClassVar[type] = BrittlenessConfig
-    requires: ClassVar[frozenset[str]] = frozenset()
-    provides: ClassVar[frozenset[str]] = frozenset()
     needs: ClassVar[frozenset[str]] = frozenset({"retrain_predict", "labels"})
     higher_is_better: ClassVar[bool] = True
-
-    def __init__(self, config: BrittlenessConfig):
-        self.config = config
 
     def _check(self, scores: torch.Tensor, ground_truth: Mapping[str, Any]) -> tuple[RetrainPredict, torch.Tensor]:
         require_entries(self.name, self.needs, ground_truth)

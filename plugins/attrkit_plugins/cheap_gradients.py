@@ -9,7 +9,7 @@ import attrs
 import torch
 
 from attrkit import capabilities, hookimpl
-from attrkit.config import frozen_field, params_field
+from attrkit.fields import frozen_field, params_field
 from attrkit.context import Member
 from attrkit.data import to_device
 from attrkit.functional.group_gradients import group_gradients
@@ -21,6 +21,7 @@ from attrkit.functional.last_layer import (
 )
 from attrkit.parameter_gradients import ParameterGradients
 from attrkit.task import AttributionTask
+from attrkit.protocols import GradientSource
 
 
 @attrs.frozen(kw_only=True)
@@ -43,7 +44,7 @@ class LastLayerConfig:
     frozen: bool = frozen_field()
 
 
-class LastLayerGradients:
+class LastLayerGradients(GradientSource):
     """Exact per-example gradients of the last ``nn.Linear`` layer's weight and bias.
 
     One forward pass and one backward pass (down to the logits only) per batch give
@@ -60,13 +61,8 @@ class LastLayerGradients:
     """
 
     name: ClassVar[str] = "last-layer"
-    kind: ClassVar[str] = "gradients"
     Config: ClassVar[type] = LastLayerConfig
-    requires: ClassVar[frozenset[str]] = frozenset()
     provides: ClassVar[frozenset[str]] = frozenset({capabilities.PER_EXAMPLE, capabilities.LAST_LAYER})
-
-    def __init__(self, config: LastLayerConfig):
-        self.config = config
 
     def layer(self, task: AttributionTask) -> str:
         """Module name of the layer differentiated (``config.layer``, checked, or found)."""

@@ -14,12 +14,13 @@ import attrs
 import torch
 
 from attrkit import hookimpl
-from attrkit.config import float_field, floats_field, positive_int, seed_field
+from attrkit.fields import float_field, floats_field, positive_int, seed_field
 from attrkit.context import Member
 from attrkit.errors import SpecError
 from attrkit.functional.dropout_masks import dropout_modules, fixed_dropout_masks
 from attrkit.functional.lora import LORA_PATTERNS, lora_parameter_names
 from attrkit.task import AttributionTask
+from attrkit.protocols import Ensemble
 
 
 def _weights_field() -> attrs.Attribute:
@@ -53,7 +54,7 @@ class CheckpointsConfig:
     weights: tuple[float, ...] | None = _weights_field()
 
 
-class CheckpointEnsemble:
+class CheckpointEnsemble(Ensemble):
     """The task's checkpoints as members: a training trajectory (TracIn) or independently
     trained models (TRAK-M), each with weight 1 unless ``weights`` says otherwise.
 
@@ -62,14 +63,8 @@ class CheckpointEnsemble:
         >>> attrkit.compose({"method": "trak", "ensemble": "checkpoints"}, task)  # doctest: +SKIP
     """
 
-    kind: ClassVar[str] = "ensemble"
     name: ClassVar[str] = "checkpoints"
     Config: ClassVar[type] = CheckpointsConfig
-    requires: ClassVar[frozenset[str]] = frozenset()
-    provides: ClassVar[frozenset[str]] = frozenset()
-
-    def __init__(self, config: CheckpointsConfig):
-        self.config = config
 
     def members(self, task: AttributionTask) -> list[Member]:
         """One member per checkpoint, in order.
@@ -95,7 +90,7 @@ class DropoutConfig:
     seed: int = seed_field()
 
 
-class DropoutEnsemble:
+class DropoutEnsemble(Ensemble):
     """``k`` fixed, seeded dropout masks on one trained model (weight ``1/k`` each).
 
     Members share the weights and differ only in which units every ``nn.Dropout`` keeps;
@@ -107,14 +102,8 @@ class DropoutEnsemble:
         >>> attrkit.compose({"method": "trak", "ensemble": {"name": "dropout", "members": 10}}, task)  # doctest: +SKIP
     """
 
-    kind: ClassVar[str] = "ensemble"
     name: ClassVar[str] = "dropout"
     Config: ClassVar[type] = DropoutConfig
-    requires: ClassVar[frozenset[str]] = frozenset()
-    provides: ClassVar[frozenset[str]] = frozenset()
-
-    def __init__(self, config: DropoutConfig):
-        self.config = config
 
     def members(self, task: AttributionTask) -> list[Member]:
         """``members`` copies of the task's current weights, each with its own masks.
@@ -151,7 +140,7 @@ class LoRAConfig:
     weights: tuple[float, ...] | None = _weights_field()
 
 
-class LoRAEnsemble:
+class LoRAEnsemble(Ensemble):
     """``k`` LoRA adapters trained on one base model; gradients of the adapters only.
 
     The task's model carries LoRA layers (:func:`attrkit.functional.lora.add_lora`) and
@@ -167,16 +156,10 @@ class LoRAEnsemble:
         >>> attrkit.compose({"method": "trak", "ensemble": "lora"}, task)  # doctest: +SKIP
     """
 
-    kind: ClassVar[str] = "ensemble"
     name: ClassVar[str] = "lora"
     Config: ClassVar[type] = LoRAConfig
-    requires: ClassVar[frozenset[str]] = frozenset()
-    provides: ClassVar[frozenset[str]] = frozenset()
     #: The gradient source is restricted to these parameters (see ``restrict_gradients``).
     gradient_params: ClassVar[tuple[str, ...]] = LORA_PATTERNS
-
-    def __init__(self, config: LoRAConfig):
-        self.config = config
 
     def members(self, task: AttributionTask) -> list[Member]:
         """One member per adapter checkpoint (weight ``1/k`` unless ``weights`` is given).

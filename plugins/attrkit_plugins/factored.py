@@ -9,7 +9,7 @@ import attrs
 import torch
 
 from attrkit import capabilities, hookimpl
-from attrkit.config import frozen_field, int_field, params_field, positive_int, seed_field
+from attrkit.fields import frozen_field, int_field, params_field, positive_int, seed_field
 from attrkit.context import FitContext, Member
 from attrkit.data import to_device
 from attrkit.functional.factored import FactoredGradients, FactorPlan, LayerFactors, factored_gradients, plan_factors
@@ -17,6 +17,7 @@ from attrkit.functional.gradients import select_parameters
 from attrkit.functional.projection import SeededMatrix, block_generator, gaussian_sampler
 from attrkit.parameter_gradients import ParameterGradients
 from attrkit.task import AttributionTask
+from attrkit.protocols import Projector
 
 
 @attrs.frozen(kw_only=True)
@@ -89,14 +90,14 @@ class KroneckerConfig:
     dim_in: int = positive_int(16, (2, 4))
     dim_out: int = positive_int(16, (3, 2))
     fallback_dim: int | None = int_field(None, ge=1, optional=True, examples=(None, 8))
-    seed: int = seed_field()
+    seed: int = seed_field(per_member=True)
 
 
 def _derived_seed(seed: int, index: int) -> int:
     return block_generator(seed, index, torch.device("cpu")).initial_seed()
 
 
-class KroneckerProjector:
+class KroneckerProjector(Projector):
     """Per-layer ``kron(P_out, P_in)`` projection of factored gradients (LoGra).
 
     For a layer with factors ``a [b, T, d_in]``, ``g [b, T, d_out]`` the features are
@@ -114,15 +115,12 @@ class KroneckerProjector:
     """
 
     name: ClassVar[str] = "kronecker"
-    kind: ClassVar[str] = "projector"
     Config: ClassVar[type] = KroneckerConfig
     requires: ClassVar[frozenset[str]] = frozenset({capabilities.FACTORED})
-    provides: ClassVar[frozenset[str]] = frozenset()
     #: The engine hands it factored gradients whole.
-    accepts_factored: ClassVar[bool] = True
 
     def __init__(self, config: KroneckerConfig):
-        self.config = config
+        super().__init__(config)
         self._matrices: dict[tuple[int, int, int], tuple[SeededMatrix, SeededMatrix]] = {}
         self._fallback: SeededMatrix | None = None
         self._plan: FactorPlan | None = None

@@ -16,9 +16,10 @@ import attrs
 import torch
 
 from attrkit import hookimpl
-from attrkit.config import int_field
+from attrkit.fields import int_field, seed_field
 from attrkit.context import FitContext
 from attrkit.errors import ComponentUnavailableError
+from attrkit.protocols import Projector
 
 INSTALL = "pip install 'attrkit[gpu]' on a machine with CUDA and nvcc"
 #: fast_jl kernels exist for these batch sizes; batches are zero-padded up to one.
@@ -50,7 +51,7 @@ class FastJLConfig:
     """
 
     dim: int = int_field(2048, ge=512)
-    seed: int = int_field(0, ge=0)
+    seed: int = seed_field(per_member=True, ge=0)
     distribution: str = attrs.field(default="rademacher", validator=attrs.validators.in_(("rademacher", "normal")))
     dtype: str = attrs.field(default="float32", validator=attrs.validators.in_(("float32", "float16")))
 
@@ -60,7 +61,7 @@ class FastJLConfig:
             raise ValueError(f"'dim' must be a multiple of 512 for fast_jl: {value}")
 
 
-class FastJLProjector:
+class FastJLProjector(Projector):
     """``Tensor[b, p] -> Tensor[b, dim]`` by fast_jl's CUDA kernel, scaled by ``1/sqrt(dim)``.
 
     The matrix is generated on the fly inside the kernel from ``seed``. Batches are
@@ -69,13 +70,10 @@ class FastJLProjector:
     """
 
     name: ClassVar[str] = "fastjl"
-    kind: ClassVar[str] = "projector"
     Config: ClassVar[type] = FastJLConfig
-    requires: ClassVar[frozenset[str]] = frozenset()
-    provides: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, config: FastJLConfig):
-        self.config = config
+        super().__init__(config)
         self._num_sms = 0
 
     @classmethod

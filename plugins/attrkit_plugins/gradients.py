@@ -7,7 +7,7 @@ from typing import ClassVar
 import attrs
 
 from attrkit import capabilities, hookimpl
-from attrkit.config import frozen_field, params_field
+from attrkit.fields import frozen_field, params_field
 from attrkit.parameter_gradients import ParameterGradients
 
 

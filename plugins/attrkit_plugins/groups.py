@@ -25,12 +25,13 @@ import attrs
 import torch
 
 from attrkit import hookimpl
-from attrkit.config import float_field, int_field, not_bool, positive_int, seed_field
+from attrkit.fields import float_field, int_field, not_bool, positive_int, seed_field
 from attrkit.context import FitContext
 from attrkit.data import batch_size, to_device
 from attrkit.errors import SpecError
 from attrkit.functional.kmeans import kmeans
 from attrkit.functional.last_layer import last_layer_features, resolve_linear_layer
+from attrkit.protocols import Grouper
 
 
 def _first_appearance(ids: torch.Tensor) -> torch.Tensor:
@@ -80,15 +81,10 @@ class SingletonConfig:
     """``singleton`` has no parameters."""
 
 
-class _Grouper:
+class _Grouper(Grouper):
     """What every grouper here shares: kind, capabilities and holding its config."""
 
-    kind: ClassVar[str] = "grouper"
-    requires: ClassVar[frozenset[str]] = frozenset()
-    provides: ClassVar[frozenset[str]] = frozenset()
 
-    def __init__(self, config: Any):
-        self.config = config
 
 
 class SingletonGrouper(_Grouper):

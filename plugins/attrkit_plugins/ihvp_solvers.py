@@ -27,7 +27,7 @@ import attrs
 import torch
 
 from attrkit import capabilities, hookimpl
-from attrkit.config import float_field, positive_int, seed_field
+from attrkit.fields import float_field, positive_int, seed_field
 from attrkit.functional.ihvp_direct import arnoldi_ihvp_at, explicit_ihvp_at
 from attrkit.functional.ihvp_iterative import cg_ihvp_at, lissa_ihvp_at
 from attrkit.parameter_solver import ParameterSolver, Solve

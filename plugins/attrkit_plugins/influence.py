@@ -27,8 +27,9 @@ import attrs
 import torch
 
 from attrkit import hookimpl
-from attrkit.config import float_field
-from attrkit.gradient_method import GradientAttributor
+from attrkit.fields import float_field
+from attrkit.engine import Fit, GradientAttributor
+from attrkit.engine.self_influence import self_influence
 
 SLOTS = frozenset({"gradients", "projector", "solver", "grouper", "ensemble"})
 DEFAULTS = {"gradients": "per-example", "projector": "identity", "solver": "cg", "grouper": "singleton"}
@@ -79,10 +80,10 @@ class RelatIF(GradientAttributor):
     slots: ClassVar[frozenset[str]] = SLOTS
     defaults: ClassVar[Mapping[str, str]] = DEFAULTS
 
-    def _column_scale(self, train: Iterable[Any]) -> torch.Tensor:
+    def column_scale(self, fit: Fit, train: Iterable[Any]) -> torch.Tensor:
         """``Tensor[n]``, ``1 / sqrt(IF(i, i))``: ``fit`` fits as ``if``, then divides every training column
         by ``sqrt(IF(i, i))`` (one more pass over ``train``)."""
-        return super().self_influence(train).clamp_min(self.config.eps).rsqrt()
+        return self_influence(self, fit, train).clamp_min(self.config.eps).rsqrt()
 
     def self_influence(self, train: Iterable[Any]) -> torch.Tensor:
         """``Tensor[n]``: ``IF(i, i) / sqrt(IF(i, i)) = sqrt(IF(i, i))``."""

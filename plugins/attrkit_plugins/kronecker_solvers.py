@@ -13,7 +13,7 @@ import attrs
 import torch
 
 from attrkit import capabilities, hookimpl
-from attrkit.config import float_field
+from attrkit.fields import float_field
 from attrkit.functional.datainf import datainf_ihvp_at
 from attrkit.functional.kfac import ekfac_solve, fit_ekfac, fit_kfac, kfac_solve
 from attrkit.parameter_solver import ParameterSolver, Solve

@@ -9,10 +9,11 @@ import attrs
 import torch
 
 from attrkit import hookimpl
-from attrkit.config import float_field, floats_field
+from attrkit.fields import float_field, floats_field
 from attrkit.functional.detection import detection_curve, group_labels, roc_auc
 from attrkit.functional.ground_truth import GroundTruthError, check_groups, require_entries, shape_mismatch
 from attrkit.results import MetricResult
+from attrkit.protocols import Metric
 
 
 def _in_unit(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -36,7 +37,7 @@ class AUCConfig:
     group_threshold: float | None = float_field(None, validator=_in_unit, optional=True, examples=(None, 0.5))
 
 
-class AUC:
+class AUC(Metric):
     """Noisy-label detection: ROC AUC of ranking training data by self-influence.
 
     Training examples whose labels were flipped tend to have high self-influence;
@@ -62,15 +63,9 @@ class AUC:
     """
 
     name: ClassVar[str] = "auc"
-    kind: ClassVar[str] = "metric"
     Config: ClassVar[type] = AUCConfig
-    requires: ClassVar[frozenset[str]] = frozenset()
-    provides: ClassVar[frozenset[str]] = frozenset()
     needs: ClassVar[frozenset[str]] = frozenset({"flipped"})
     higher_is_better: ClassVar[bool] = True
-
-    def __init__(self, config: AUCConfig):
-        self.config = config
 
     def _items(self, scores: torch.Tensor, ground_truth: Mapping[str, Any]) -> tuple[torch.Tensor, str]:
         """Labels of the ranked items (examples or groups) and which level they are at."""

@@ -12,6 +12,7 @@ from attrkit import hookimpl
 from attrkit.functional.ground_truth import GroundTruthError, require_entries, shape_mismatch
 from attrkit.functional.removal import loo_correlation
 from attrkit.results import MetricResult
+from attrkit.protocols import Metric
 
 
 @attrs.frozen(kw_only=True)
@@ -29,7 +30,7 @@ class LOOConfig:
     )
 
 
-class LOO:
+class LOO(Metric):
     """Leave-one-out correlation: do scores predict the effect of removing one example?
 
     Removing training example ``i`` and retraining changes target ``t`` by
@@ -51,17 +52,11 @@ class LOO:
     """
 
     name: ClassVar[str] = "loo"
-    kind: ClassVar[str] = "metric"
     Config: ClassVar[type] = LOOConfig
-    requires: ClassVar[frozenset[str]] = frozenset()
-    provides: ClassVar[frozenset[str]] = frozenset()
     needs: ClassVar[frozenset[str]] = frozenset({"indices", "values", "base"})
     higher_is_better: ClassVar[bool] = True
     #: Ground-truth entries indexed by target, and the axis of that index.
     target_axes: ClassVar[Mapping[str, int]] = {"values": 1, "base": 0}
-
-    def __init__(self, config: LOOConfig):
-        self.config = config
 
     def evaluate(self, scores: torch.Tensor, ground_truth: Mapping[str, Any]) -> MetricResult:
         """LOO correlation of ``scores`` (``Tensor[n_test, n_train]``).

@@ -1,6 +1,6 @@
 """Gradient-similarity methods: ``grad-dot``, ``grad-cos`` and ``tracin`` (TracInCP).
 
-All three are the shared score formula of :class:`~attrkit.gradient_method.GradientAttributor`
+All three are the shared score formula of :class:`~attrkit.engine.GradientAttributor`
 with no preconditioner; they differ only in normalisation (``grad-cos``) and in the member
 weights (``tracin``: the learning rate of each checkpoint).
 """
@@ -12,10 +12,10 @@ from typing import ClassVar
 import attrs
 
 from attrkit import hookimpl
-from attrkit.config import as_float
+from attrkit.fields import as_float
 from attrkit.context import Member
 from attrkit.errors import SpecError
-from attrkit.gradient_method import GradientAttributor
+from attrkit.engine import GradientAttributor
 
 
 @attrs.frozen(kw_only=True)

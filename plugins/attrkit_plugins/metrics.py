@@ -11,6 +11,7 @@ import torch
 from attrkit import hookimpl
 from attrkit.functional.ranking import pearson_columns, spearman_columns
 from attrkit.results import MetricResult
+from attrkit.protocols import Metric
 
 
 @attrs.frozen(kw_only=True)
@@ -26,7 +27,7 @@ class LDSConfig:
     )
 
 
-class LDS:
+class LDS(Metric):
     """Linear datamodeling score (Park et al., 2023).
 
     For each target ``t``, the correlation across retrained models ``s`` between the
@@ -39,17 +40,11 @@ class LDS:
     """
 
     name: ClassVar[str] = "lds"
-    kind: ClassVar[str] = "metric"
     Config: ClassVar[type] = LDSConfig
-    requires: ClassVar[frozenset[str]] = frozenset()
-    provides: ClassVar[frozenset[str]] = frozenset()
     needs: ClassVar[frozenset[str]] = frozenset({"subsets", "values"})
     higher_is_better: ClassVar[bool] = True
     #: Ground-truth entries indexed by target, and the axis of that index.
     target_axes: ClassVar[Mapping[str, int]] = {"values": 1}
-
-    def __init__(self, config: LDSConfig):
-        self.config = config
 
     def evaluate(self, scores: torch.Tensor, ground_truth: Mapping[str, Any]) -> MetricResult:
         """LDS of ``scores`` (``[n_test, n_train]``).

@@ -9,10 +9,11 @@ import attrs
 import torch
 
 from attrkit import hookimpl
-from attrkit.config import float_field, positive_int, seed_field
+from attrkit.fields import float_field, positive_int, seed_field
 from attrkit.context import FitContext
 from attrkit.errors import NotFittedError
 from attrkit.functional.projection import SeededMatrix, gaussian_sampler, rademacher_sampler
+from attrkit.protocols import Projector
 
 
 @attrs.frozen(kw_only=True)
@@ -20,17 +21,11 @@ class IdentityConfig:
     """``identity`` has no parameters."""
 
 
-class IdentityProjector:
+class IdentityProjector(Projector):
     """``k = p``: features are the raw gradients."""
 
     name: ClassVar[str] = "identity"
-    kind: ClassVar[str] = "projector"
     Config: ClassVar[type] = IdentityConfig
-    requires: ClassVar[frozenset[str]] = frozenset()
-    provides: ClassVar[frozenset[str]] = frozenset()
-
-    def __init__(self, config: IdentityConfig):
-        self.config = config
 
     def fit(self, context: FitContext) -> None:
         """Nothing to fit."""
@@ -59,7 +54,7 @@ class DenseConfig:
     """
 
     dim: int = positive_int(512, (8, 32))
-    seed: int = seed_field()
+    seed: int = seed_field(per_member=True)
     chunk_rows: int = positive_int(8192, (1024, 8192))
     cache_mb: float = float_field(256.0, ge=0.0, examples=(0.0, 256.0))
     # low precision may change the last bits with the batch size, so property tests draw
@@ -69,21 +64,18 @@ class DenseConfig:
     )
 
 
-class _DenseRandomProjector:
+class _DenseRandomProjector(Projector):
     """``x -> x P`` with ``P[p, k]`` i.i.d. unit-variance entries scaled by ``1/sqrt(k)``.
 
     Inner products are kept in expectation. ``P`` is drawn in fixed seeded blocks of
     rows: identical for any batch size, ``chunk_rows`` or cache setting.
     """
 
-    kind: ClassVar[str] = "projector"
     Config: ClassVar[type] = DenseConfig
-    requires: ClassVar[frozenset[str]] = frozenset()
-    provides: ClassVar[frozenset[str]] = frozenset()
     sampler: ClassVar[Callable[..., torch.Tensor]]
 
     def __init__(self, config: DenseConfig):
-        self.config = config
+        super().__init__(config)
         self.matrix: SeededMatrix | None = None
 
     def fit(self, context: FitContext) -> None:

@@ -24,7 +24,7 @@ import attrs
 import torch
 
 from attrkit import hookimpl
-from attrkit.config import float_field, positive_int
+from attrkit.fields import float_field, positive_int
 from attrkit.context import Member
 from attrkit.data import batch_size, to_device
 from attrkit.errors import DataLoaderError, NotFittedError
@@ -35,6 +35,8 @@ from attrkit.loaders import checked
 from attrkit.progress import progress
 from attrkit.task import AttributionTask
 from attrkit.user_code import user_code
+from attrkit.parts import Part
+from attrkit.protocols import Attributor
 
 
 class _Logits(torch.nn.Module):
@@ -103,7 +105,7 @@ class _Head:
     gradient_norm: float  # ‖∇ objective‖ at W*: how stationary the refit is
 
 
-class RepresenterPoints:
+class RepresenterPoints(Attributor):
     """Representer point selection with an L2-regularised last layer.
 
     Works on any model whose output layer is an ``nn.Linear`` that ``loss_fn`` calls once
@@ -120,18 +122,14 @@ class RepresenterPoints:
         >>> scores = rps.attribute(test)  # doctest: +SKIP
     """
 
-    kind: ClassVar[str] = "method"
     name: ClassVar[str] = "rps"
     Config: ClassVar[type] = RPSConfig
-    requires: ClassVar[frozenset[str]] = frozenset()
-    provides: ClassVar[frozenset[str]] = frozenset()
     slots: ClassVar[frozenset[str]] = frozenset({"ensemble"})
     defaults: ClassVar[Mapping[str, str]] = {}
 
-    def __init__(self, config: RPSConfig, *, task: AttributionTask, parts: Mapping[str, Any]):
-        self.config = config
-        self.task = task
-        self.ensemble = parts.get("ensemble")
+    def __init__(self, config: RPSConfig, *, task: AttributionTask, parts: Mapping[str, Part], resolved: Any = None):
+        super().__init__(config, task=task, parts=parts, resolved=resolved)
+        self.ensemble = parts["ensemble"].make() if "ensemble" in parts else None
         self.layer = resolve_linear_layer(task.model, config.layer)
         self.heads: list[_Head] | None = None
         self._guard: FitGuard | None = None

@@ -16,10 +16,11 @@ import attrs
 import torch
 
 from attrkit import hookimpl
-from attrkit.config import floats_field, seed_field
+from attrkit.fields import floats_field, seed_field
 from attrkit.functional.ground_truth import GroundTruthError, check_groups, require_entries, shape_mismatch
 from attrkit.functional.removal import AGGREGATES, importance, importance_order, keep_mask, top_count
 from attrkit.results import MetricResult
+from attrkit.protocols import Metric
 
 
 def _open_unit(_instance: Any, attribute: attrs.Attribute, value: tuple[float, ...]) -> None:
@@ -115,7 +116,7 @@ def _example_retrain(scores: torch.Tensor) -> Callable[[torch.Tensor], float]:
     return retrain
 
 
-class Retraining:
+class Retraining(Metric):
     """Retraining score: remove the most important training data, retrain, measure the drop.
 
     Importance of a training example (or group) is its score aggregated over the targets
@@ -137,15 +138,9 @@ class Retraining:
     """
 
     name: ClassVar[str] = "retraining"
-    kind: ClassVar[str] = "metric"
     Config: ClassVar[type] = RetrainingConfig
-    requires: ClassVar[frozenset[str]] = frozenset()
-    provides: ClassVar[frozenset[str]] = frozenset()
     needs: ClassVar[frozenset[str]] = frozenset({"retrain"})
     higher_is_better: ClassVar[bool] = True
-
-    def __init__(self, config: RetrainingConfig):
-        self.config = config
 
     def evaluate(self, scores: torch.Tensor, ground_truth: Mapping[str, Any]) -> MetricResult:
         """Mean accuracy drop from removing the most important items of ``scores`` (``[n_test, n]``).
@@ -167,7 +162,7 @@ class Retraining:
         return scores, {"retrain": _example_retrain(scores)}
 
 
-class Pruning:
+class Pruning(Metric):
     """Data pruning: remove the least important training data, retrain, measure accuracy.
 
     Items are ranked as in ``retraining``; for each ``f`` in ``fractions`` the
@@ -183,15 +178,9 @@ class Pruning:
     """
 
     name: ClassVar[str] = "pruning"
-    kind: ClassVar[str] = "metric"
     Config: ClassVar[type] = PruningConfig
-    requires: ClassVar[frozenset[str]] = frozenset()
-    provides: ClassVar[frozenset[str]] = frozenset()
     needs: ClassVar[frozenset[str]] = frozenset({"retrain"})
     higher_is_better: ClassVar[bool] = True
-
-    def __init__(self, config: PruningConfig):
-        self.config = config
 
     def evaluate(self, scores: torch.Tensor, ground_truth: Mapping[str, Any]) -> MetricResult:
         """Mean accuracy after removing the least important items of ``scores`` (``[n_test, n]``).

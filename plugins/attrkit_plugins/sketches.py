@@ -8,10 +8,11 @@ import attrs
 import torch
 
 from attrkit import hookimpl
-from attrkit.config import positive_int, seed_field
+from attrkit.fields import positive_int, seed_field
 from attrkit.context import FitContext
 from attrkit.errors import NotFittedError
 from attrkit.functional.sparse import sjlt_project
+from attrkit.protocols import Projector
 
 @attrs.frozen(kw_only=True)
 class SJLTConfig:
@@ -27,7 +28,7 @@ class SJLTConfig:
     """
 
     dim: int = positive_int(512, (8, 32))
-    seed: int = seed_field()
+    seed: int = seed_field(per_member=True)
     nnz: int = positive_int(4, (4, 1))
     chunk_rows: int = positive_int(8192, (1024, 8192))
 
@@ -36,7 +37,7 @@ class SJLTConfig:
             raise ValueError(f"nnz must be <= dim (a coordinate takes nnz distinct buckets), got {self.nnz} > {self.dim}")
 
 
-class SJLTProjector:
+class SJLTProjector(Projector):
     """Sparse JL transform: each coordinate is added, with random signs ``±1/sqrt(nnz)``,
     to ``nnz`` distinct output buckets (Kane–Nelson block construction).
 
@@ -52,13 +53,10 @@ class SJLTProjector:
     """
 
     name: ClassVar[str] = "sjlt"
-    kind: ClassVar[str] = "projector"
     Config: ClassVar[type] = SJLTConfig
-    requires: ClassVar[frozenset[str]] = frozenset()
-    provides: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, config: SJLTConfig):
-        self.config = config
+        super().__init__(config)
         self.dimension: int | None = None
 
     def fit(self, context: FitContext) -> None:

@@ -8,12 +8,13 @@ import attrs
 import torch
 
 from attrkit import hookimpl
-from attrkit.config import float_field
+from attrkit.fields import float_field
 from attrkit.context import FitContext
 from attrkit.errors import CurvatureError, NonFiniteError, NotFittedError
 from attrkit.feature_matrix import FeatureMatrix
 from attrkit.functional.ihvp import check_finite_solve
 from attrkit.functional.ihvp_direct import cholesky_solve_columns
+from attrkit.protocols import HessianSolver
 
 
 @attrs.frozen(kw_only=True)
@@ -21,18 +22,13 @@ class IdentityConfig:
     """``identity`` has no parameters."""
 
 
-class IdentitySolver:
+class IdentitySolver(HessianSolver):
     """``H⁻¹ v = v``. With it, an influence function reduces to Grad-Dot."""
 
     name: ClassVar[str] = "identity"
-    kind: ClassVar[str] = "solver"
     Config: ClassVar[type] = IdentityConfig
-    requires: ClassVar[frozenset[str]] = frozenset()
-    provides: ClassVar[frozenset[str]] = frozenset()
     space: ClassVar[str] = "feature"
-
-    def __init__(self, config: IdentityConfig):
-        self.config = config
+    local_solve: ClassVar[bool] = True
 
     def fit(self, context: FitContext) -> None:
         """Nothing to fit."""
@@ -53,7 +49,7 @@ class GaussNewtonConfig:
     regularization: float = float_field(0.0, ge=0.0, examples=(1e-3, 0.1))
 
 
-class GaussNewtonSolver:
+class GaussNewtonSolver(HessianSolver):
     """``v -> (ΦᵀΦ + λI)⁻¹ v`` with ``Φ`` the training features ``[n, k]`` (TRAK's kernel inverse).
 
     ``Φ`` are the projected training gradients (or group gradients): ``ΦᵀΦ`` is the
@@ -89,15 +85,13 @@ class GaussNewtonSolver:
     """
 
     name: ClassVar[str] = "gauss-newton"
-    kind: ClassVar[str] = "solver"
     Config: ClassVar[type] = GaussNewtonConfig
-    requires: ClassVar[frozenset[str]] = frozenset()
-    provides: ClassVar[frozenset[str]] = frozenset()
     space: ClassVar[str] = "feature"
     streams_features: ClassVar[bool] = True
+    local_solve: ClassVar[bool] = True
 
     def __init__(self, config: GaussNewtonConfig):
-        self.config = config
+        super().__init__(config)
         self._factor: torch.Tensor | None = None
         self._basis: torch.Tensor | None = None  # [k, r] right singular vectors, pseudo-inverse path
         self._inverse_squares: torch.Tensor | None = None  # [r] 1 / s²

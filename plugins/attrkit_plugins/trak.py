@@ -26,7 +26,7 @@ from attrkit import hookimpl
 from attrkit.context import Member
 from attrkit.data import to_device
 from attrkit.functional.gradients import evaluate
-from attrkit.gradient_method import GradientAttributor
+from attrkit.engine import GradientAttributor
 from attrkit.progress import progress
 from attrkit.targets import negated_margin
 from attrkit.task import AttributionTask
@@ -74,9 +74,10 @@ class TRAK(GradientAttributor):
     }
     train_target: ClassVar[bool] = True
 
-    def __init__(self, config: TRAKConfig, *, task: AttributionTask, parts: Mapping[str, Any]):
+    def __init__(self, config: TRAKConfig, *, task: AttributionTask, parts: Mapping[str, Any], resolved: Any = None):
         margin = config.target == "margin" or (config.target == "auto" and task.target_fn is None)
-        super().__init__(config, task=attrs.evolve(task, target_fn=negated_margin) if margin else task, parts=parts)
+        task = attrs.evolve(task, target_fn=negated_margin) if margin else task
+        super().__init__(config, task=task, parts=parts, resolved=resolved)
 
     def members(self) -> list[Member]:
         """The members with weights normalised to sum to one (the paper's ensemble average)."""
@@ -84,7 +85,7 @@ class TRAK(GradientAttributor):
         total = sum(m.weight for m in members)
         return [attrs.evolve(m, weight=m.weight / total) for m in members]
 
-    def _example_weights(self, members: list[Member], train: Iterable[Any]) -> torch.Tensor | None:
+    def example_weights(self, members: list[Member], train: Iterable[Any]) -> torch.Tensor | None:
         """``Q̄ = Σ_m w̄_m (1 − p_m(y_i | x_i))``, ``Tensor[n_train]`` float64 (``None`` without ``reweight``)."""
         if not self.config.reweight:
             return None

@@ -249,8 +249,8 @@ def test_default_arnoldi_projector_with_dim_above_p_is_the_explicit_influence():
     spec = {"method": "grad-dot", "projector": {"name": "arnoldi", "regularization": 0.1, "curvature": "gauss-newton"}}
     attributor = attrkit.compose(spec, toy.task).fit(toy.train_loader(7))
     got = attributor.attribute(toy.test_loader(3))
-    assert attributor._fitted[0].projector.basis.shape == (p, p)
-    assert attributor._fitted[0].train.width == p
+    assert attributor.fitted.members[0].projector.basis.shape == (p, p)
+    assert attributor.fitted.members[0].train.width == p
     expected = _scores({"method": "if", "solver": {"name": "explicit", "regularization": 0.1,
                                                    "curvature": "gauss-newton"}}, toy)
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-8 * float(expected.abs().max()))

@@ -8,6 +8,7 @@ import pytest
 import attrkit
 from attrkit.cli import main
 from attrkit.plugins import load_plugins
+from attrkit.protocols import BASES
 from attrkit.registry import Registry
 
 
@@ -17,8 +18,11 @@ class _Config:
 
 
 def _component(kind, name, **attributes):
+    """A component class of ``kind`` whose methods do nothing (the registry never calls them)."""
+    base = BASES.get(kind, object)
+    methods = {m: lambda self, *args, **kwargs: None for m in getattr(base, "__abstractmethods__", ())}
     body = {"name": name, "kind": kind, "Config": _Config, "requires": frozenset(), "provides": frozenset()}
-    return type(f"C_{name}", (), {**body, **attributes})
+    return type(f"C_{name}", (base,), {**methods, **body, **attributes})
 
 
 def _plugin(*classes):
@@ -60,7 +64,7 @@ def test_hook_that_raises_is_reported_and_the_others_work():
 def test_hook_that_returns_a_non_list():
     registry = _registry(bad=_returning(_component("projector", "solo")), good=GOOD)
     assert registry.names("projector") == ["fine"]
-    assert "attrkit_components() must return a list of component classes, got type" in registry.broken["bad"]
+    assert "attrkit_components() must return a list of component classes, got ABCMeta" in registry.broken["bad"]
 
 
 def test_hook_that_returns_a_non_class():
@@ -91,7 +95,7 @@ def test_a_broken_plugin_does_not_take_a_name_a_usable_plugin_gives():
 
 def test_conflicting_names_are_registered_for_neither_and_name_both():
     one = _plugin(_component("projector", "dup"), _component("projector", "only-one"))
-    two = _plugin(_component("projector", "dup"), _component("solver", "only-two"))
+    two = _plugin(_component("projector", "dup"), _component("solver", "only-two", space="feature"))
     registry = _registry(one=one, two=two)
     assert registry.get("projector", "only-one").plugin.name == "one"
     assert registry.get("solver", "only-two").plugin.name == "two"

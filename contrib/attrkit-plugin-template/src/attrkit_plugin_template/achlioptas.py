@@ -14,9 +14,10 @@ import attrs
 import torch
 
 import attrkit
-from attrkit.config import positive_int, seed_field
+from attrkit.fields import positive_int, seed_field
 from attrkit.context import FitContext
 from attrkit.functional.projection import SeededMatrix
+from attrkit.protocols import Projector
 
 
 def achlioptas_sampler(gen: torch.Generator, rows: int, k: int, device: torch.device) -> torch.Tensor:
@@ -35,10 +36,10 @@ class AchlioptasConfig:
     """
 
     dim: int = positive_int(512, (8, 32))
-    seed: int = seed_field()
+    seed: int = seed_field(per_member=True)
 
 
-class AchlioptasProjector:
+class AchlioptasProjector(Projector):
     """Sparse random projection ``Tensor[b, p] -> Tensor[b, dim]``, seeded and chunked.
 
     Example:
@@ -46,13 +47,10 @@ class AchlioptasProjector:
     """
 
     name: ClassVar[str] = "achlioptas"
-    kind: ClassVar[str] = "projector"
     Config: ClassVar[type] = AchlioptasConfig
-    requires: ClassVar[frozenset[str]] = frozenset()
-    provides: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, config: AchlioptasConfig):
-        self.config = config
+        super().__init__(config)
         self.matrix: SeededMatrix | None = None
 
     def fit(self, context: FitContext) -> None:

@@ -4,7 +4,7 @@
 
 for the rows ``i`` a rank owns (:meth:`FeatureMatrix.owned`), with every member's tile of
 the same rows read together, so a streamed matrix is read once per query block and never
-held whole. Used by :class:`~attrkit.gradient_method.GradientAttributor`.
+held whole. Used by :mod:`attrkit.engine.scoring`.
 """
 
 from __future__ import annotations

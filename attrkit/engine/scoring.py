@@ -1,0 +1,150 @@
+"""Scoring a fitted attributor: every test batch's queries against the training sides, tile by tile.
+
+    attribute(method, fit, test):
+        check the model's weights are those fitted at (fit.guard)
+        for each test batch (a checked loader):
+            queries: per member (w_m, Precond_m(Proj_m(∇ target_t))), non-finite rows refused or NaN
+            scores = Σ_m w_m q_m Φ_mᵀ over this rank's training columns, tile by tile (tiles.score_block)
+            gathered over the ranks, checked to be finite
+    top_k: the same queries, a running top-k per tile (tiles.top_k_block), candidates merged over ranks
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from attrkit import distributed
+from attrkit.data import batch_size
+from attrkit.engine.sides import explainer, gradients, query
+from attrkit.engine.state import Fit
+from attrkit.engine.tiles import score_block, top_k_block
+from attrkit.errors import NonFiniteError, NonFiniteWarning
+from attrkit.finite import check_rows, check_scores
+from attrkit.functional.nonfinite import nonfinite_rows
+from attrkit.loaders import checked
+from attrkit.progress import progress
+from attrkit.selection import TopK
+
+if TYPE_CHECKING:
+    from attrkit.engine.attributor import GradientAttributor
+
+__all__ = ["attribute", "queries", "top_k"]
+
+#: ``(w_m, Tensor[b, k_m])``: a member's weight and its query side.
+Query = tuple[float, torch.Tensor]
+
+
+def _test_batches(method: GradientAttributor, fit: Fit, test: Iterable[Any], what: str) -> Iterator[tuple[int, int, Any]]:
+    """``(batch index, index of its first example, batch)`` of a checked test loader, after
+    checking the model's weights are those fitted at."""
+    fit.guard.check(method.task)
+    offset = 0
+    for index, batch in enumerate(progress(checked(test, "test"), f"{method.name}: {what}")):
+        yield index, offset, batch
+        offset += batch_size(batch)
+
+
+def queries(method: GradientAttributor, fit: Fit, batch: Any, index: int, offset: int) -> tuple[list[Query], torch.Tensor]:
+    """Per member ``(w_m, Precond(Proj(∇ target)))`` of test batch ``index``, ``Tensor[b, k]``, and the
+    rows left out as non-finite (``nonfinite="skip"``: their query rows are NaN).
+
+    Raises:
+        NonFiniteError: a non-finite test example (``nonfinite="raise"``).
+    """
+    out, skipped = [], torch.zeros(batch_size(batch), dtype=torch.bool)
+    for f in fit.members:
+        raw = gradients(method, f.member, batch, target=True, where=f"test batch {index}")
+        explain = explainer(method, f.member, batch, method.task.target)
+        if isinstance(raw, torch.Tensor):
+            bad = check_rows(raw, side="test", batch=index, offset=offset, member=f.member.label, explain=explain,
+                             policy=fit.policy)
+            if len(bad):
+                raw = raw.index_fill(0, bad.to(raw.device), 0.0)
+        q = query(f, raw, method.normalize)
+        late = check_rows(q, side="test", batch=index, offset=offset, member=f.member.label, explain=explain,
+                          policy=fit.policy)
+        bad = late if not isinstance(raw, torch.Tensor) else torch.cat([bad, late]).unique()
+        if len(bad):
+            q = q.index_fill(0, bad.to(q.device), float("nan"))
+            skipped[bad.cpu()] = True
+        out.append((f.member.weight, q))
+    return out, skipped.nonzero().squeeze(1)
+
+
+def _announce_test(skipped: list[int]) -> None:
+    """Warn that the score rows of the test examples ``skipped`` are NaN (``nonfinite="skip"``)."""
+    if skipped:
+        shown = ", ".join(map(str, skipped[:10])) + (" …" if len(skipped) > 10 else "")
+        warnings.warn(f"nonfinite='skip': {len(skipped)} test examples have non-finite inputs, losses or gradients; "
+                      f"their score rows are NaN: {shown}", NonFiniteWarning, stacklevel=4)
+
+
+def attribute(method: GradientAttributor, fit: Fit, test: Iterable[Any] | None) -> torch.Tensor:
+    """``Tensor[n_test, n_columns]`` float32 CPU; ``test=None`` attributes the task's properties.
+
+    See :meth:`GradientAttributor.attribute`.
+    """
+    sides = [f.train.owned() for f in fit.members]
+    if test is None:
+        fit.guard.check(method.task)
+        block = [(f.member.weight, query(f, _property_side(method, f.member), method.normalize)) for f in fit.members]
+        scores = distributed.gather_columns(score_block(block, sides), sides[0].spans, sides[0].n)
+        check_scores(scores, first_row=0)
+        return scores
+    rows, skipped = [], []
+    for index, offset, batch in _test_batches(method, fit, test, "scoring"):
+        block, bad = queries(method, fit, batch, index, offset)
+        scores = distributed.gather_columns(score_block(block, sides), sides[0].spans, sides[0].n)
+        check_scores(scores, first_row=offset, skipped_rows=bad)
+        rows.append(scores)
+        skipped.extend(offset + int(r) for r in bad)
+    _announce_test(skipped)
+    return torch.cat(rows)
+
+
+def _property_side(method: GradientAttributor, member: Any) -> torch.Tensor:
+    """The checked property gradients of one member (see :meth:`GradientAttributor.property_gradients`)."""
+    grads = method.property_gradients(member)
+    bad = nonfinite_rows(grads)
+    if len(bad):
+        name = method.task.properties[int(bad[0])].name
+        raise NonFiniteError(f"the gradient of property {name!r} is non-finite at member {member.label!r}; "
+                             "check its function and the test data it reads")
+    return grads
+
+
+def top_k(method: GradientAttributor, fit: Fit, test: Iterable[Any], k: int, tile_rows: int) -> TopK:
+    """The ``k`` strongest proponents and opponents of every test example; see :meth:`GradientAttributor.top_k`.
+
+    Raises:
+        ValueError: ``k`` is not in ``1..n_columns`` (skipped examples excluded).
+    """
+    n = fit.n_columns - (len(fit.skipped) if fit.skipped is not None else 0)
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in 1..{n} (the number of training columns), got {k}")
+    sides = [f.train.owned() for f in fit.members]
+    excluded = None
+    if fit.skipped is not None and len(fit.skipped):
+        excluded = torch.zeros(fit.n_columns, dtype=torch.bool)
+        excluded[fit.skipped] = True
+    parts, skipped = [], []
+    for index, offset, batch in _test_batches(method, fit, test, f"top-{k}"):
+        block, bad = queries(method, fit, batch, index, offset)
+        best, worst = top_k_block(block, sides, k, tile_rows, excluded)
+        best, worst = distributed.gather_top_k(best, k, True), distributed.gather_top_k(worst, k, False)
+        for values, columns in (best, worst):
+            check_scores(values, first_row=offset, skipped_rows=bad)
+            values[bad], columns[bad] = float("nan"), -1
+        parts.append((best, worst))
+        skipped.extend(offset + int(r) for r in bad)
+    _announce_test(skipped)
+    return TopK(
+        proponent_scores=torch.cat([b[0] for b, _ in parts]),
+        proponents=torch.cat([b[1] for b, _ in parts]),
+        opponent_scores=torch.cat([w[0] for _, w in parts]),
+        opponents=torch.cat([w[1] for _, w in parts]),
+    )

@@ -1,0 +1,127 @@
+"""The two sides of the score formula for one member: raw gradients, projected, preconditioned.
+
+    query(t) = Precond(Proj(∇ target_t))        train(i) = Proj(∇ loss_i)
+
+A *parameter*-space solver is applied to the raw gradient before projection, a
+*feature*-space one after it; with cosine, both sides are normalised to unit length.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from attrkit import capabilities, checks
+from attrkit.context import Member
+from attrkit.data import batch_size, to_device
+from attrkit.errors import DataLoaderError, NonFiniteError
+from attrkit.finite import cause
+from attrkit.functional.nonfinite import nonfinite_rows
+from attrkit.functional.scoring import normalize_rows
+from attrkit.user_code import user_code, user_code_pass
+
+if TYPE_CHECKING:
+    from attrkit.engine.attributor import GradientAttributor
+    from attrkit.engine.state import FittedMember
+
+__all__ = ["dense", "explainer", "gradients", "project", "query", "train_side", "training_fn", "user_pass"]
+
+
+def training_fn(method: GradientAttributor) -> Callable[..., torch.Tensor]:
+    """The function differentiated on the training side: the loss, or the target (TRAK)."""
+    return method.task.target if method.train_target else method.task.loss_fn
+
+
+def gradients(method: GradientAttributor, member: Member, batch: Any, target: bool, where: str = "a batch") -> Any:
+    """Raw gradients of one batch: ``Tensor[b, p]``, or a factored block (``shape``, ``materialize()``).
+
+    Args:
+        method: the attributor (its task, gradient source and ``train_target``).
+        member: the member whose weights (and patch) are used.
+        batch: the batch.
+        target: the test side (the target); else the training side.
+        where: the batch, for messages (``"training batch 3"``).
+
+    Raises:
+        LossFunctionError: the user's function failed (explained, see :mod:`attrkit.user_code`).
+        DataLoaderError: the source returned another shape than ``[b, p]``.
+    """
+    task = method.task
+    use_target = target or method.train_target
+    fn = method.gradients.target_gradients if use_target else method.gradients.loss_gradients
+    user = task.target if use_target else task.loss_fn
+    name = "target_fn" if use_target and task.target_fn is not None else "loss_fn"
+    with member.applied(task.model), user_code(task.model, user, member.state, batch, where, name):
+        grads = fn(task, member, batch)
+    expected = (batch_size(batch), method.dimension)
+    if tuple(grads.shape) != expected:
+        raise DataLoaderError(f"gradient source {method.gradients.name!r} returned {tuple(grads.shape)}, expected "
+                              f"{expected}")
+    return grads
+
+
+def dense(grads: Any) -> torch.Tensor:
+    """``Tensor[b, p]`` of raw gradients, materialising a factored block."""
+    return grads if isinstance(grads, torch.Tensor) else grads.materialize()
+
+
+def project(projector: Any, grads: Any) -> torch.Tensor:
+    """``Proj(g)``, ``Tensor[b, k]`` (``g`` itself without a projector); a factored block goes
+    whole only to a projector that requires factored gradients."""
+    if projector is None:
+        return dense(grads)
+    if not isinstance(grads, torch.Tensor) and capabilities.FACTORED not in projector.requires:
+        grads = grads.materialize()
+    return projector.project(grads)
+
+
+def _solved(fitted: FittedMember, vectors: torch.Tensor) -> torch.Tensor:
+    """``solver.solve(vectors)``, refused when it turns finite rows non-finite."""
+    out = fitted.solver.solve(vectors)
+    if not checks.enabled():
+        return out
+    bad = nonfinite_rows(out)
+    if len(bad) and bool(torch.isfinite(vectors[bad]).all()):
+        raise NonFiniteError(
+            f"solver {fitted.solver.name!r} returned non-finite values for {len(bad)} finite vector(s) at member "
+            f"{fitted.member.label!r}: the curvature is singular or too ill-conditioned to invert; raise "
+            "solver.regularization (the damping λ)"
+        )
+    return out
+
+
+def query(fitted: FittedMember, grads: Any, normalize: bool) -> torch.Tensor:
+    """``Precond(Proj(g))`` for raw gradients ``[b, p]`` -> ``[b, k]`` (unit rows for cosine).
+
+    Raises:
+        NonFiniteError: the solver returned non-finite values for finite input rows.
+    """
+    solver = fitted.solver
+    if solver is not None and solver.space == "parameter":
+        grads = _solved(fitted, dense(grads))
+    feats = project(fitted.projector, grads)
+    if solver is not None and solver.space == "feature":
+        feats = _solved(fitted, feats)
+    return normalize_rows(feats) if normalize else feats
+
+
+def train_side(feats: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """The training side's transform of features ``[b, k]`` (unit rows for cosine)."""
+    return normalize_rows(feats) if normalize else feats
+
+
+def explainer(method: GradientAttributor, member: Member, batch: Any, fn: Callable[..., Any]) -> Callable[[int], str]:
+    """``explain(row) -> str``: why row ``row`` of ``batch`` is non-finite (:func:`attrkit.finite.cause`)."""
+
+    def explain(row: int) -> str:
+        with member.applied(method.task.model):
+            return cause(method.task.model, fn, member.state, to_device(batch, method.task.device), row)
+
+    return explain
+
+
+def user_pass(method: GradientAttributor, member: Member, train: Iterable[Any]) -> Any:
+    """Context explaining an exception of a pass over ``train`` when the user's function is at fault."""
+    return user_code_pass(method.task.model, training_fn(method), member.state, train)

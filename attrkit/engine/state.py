@@ -1,0 +1,68 @@
+"""What ``fit`` leaves behind: per member its fitted parts and training features, and the fit's facts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import torch
+
+from attrkit.context import Member
+from attrkit.feature_matrix import FeatureMatrix
+from attrkit.fit_guard import FitGuard
+from attrkit.loaders import CheckedLoader
+
+__all__ = ["Fit", "FittedMember"]
+
+
+@attrs.define
+class FittedMember:
+    """One member of the score formula, fitted.
+
+    Attributes:
+        member: its weights, weight ``w_m`` and patch.
+        projector: its fitted projector (``None`` without one).
+        solver: its fitted solver (``None`` without one).
+        train: the training side ``Φ_m``, ``[n_train or n_groups, k]`` (this rank's rows), with
+            the train-side transforms applied (example weights, cosine normalisation, column
+            scale): what a query is multiplied with.
+    """
+
+    member: Member
+    projector: Any
+    solver: Any
+    train: FeatureMatrix
+
+
+@attrs.define
+class Fit:
+    """A fitted :class:`~attrkit.engine.attributor.GradientAttributor`'s state.
+
+    Attributes:
+        members: the fitted members, in ensemble order.
+        groups: ``LongTensor[n_train]``, the score column of each training example.
+        weights: ``Tensor[n_train]`` per-example weights (TRAK's ``Q``), or ``None``.
+        skipped: ``LongTensor`` of the training examples left out (``nonfinite="skip"``), or
+            ``None`` (``"raise"``).
+        policy: the ``nonfinite`` policy, also applied to test examples.
+        guard: the weights' check (:class:`~attrkit.fit_guard.FitGuard`).
+        train: the checked training loader (later passes over the same loader are compared with it).
+    """
+
+    members: list[FittedMember]
+    groups: torch.Tensor
+    weights: torch.Tensor | None
+    skipped: torch.Tensor | None
+    policy: str
+    guard: FitGuard
+    train: CheckedLoader
+
+    @property
+    def pointwise(self) -> bool:
+        """Whether every score column is the single training example of the same index."""
+        return torch.equal(self.groups, torch.arange(self.groups.numel()))
+
+    @property
+    def n_columns(self) -> int:
+        """Score columns: training examples, or groups."""
+        return self.members[0].train.n
