@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from importlib import metadata
 
-from attrkit.compose import Resolved, compose, resolve
+from attrkit.compose import Resolved, compose, metric, resolve
 from attrkit.context import FitContext, Member
 from attrkit.errors import (
     AttrkitError,
@@ -92,6 +92,7 @@ __all__ = [
     "__version__",
     "components",
     "compose",
+    "metric",
     "cross_entropy",
     "default_registry",
     "hookimpl",

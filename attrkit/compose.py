@@ -12,12 +12,12 @@ import attrs
 from attrkit.config import build_config, config_to_dict
 from attrkit.errors import AttrkitError, BrokenPluginError, PluginConflictError, SpecError, UnknownComponentError
 from attrkit.parts import Part
-from attrkit.protocols import SLOTS, Attributor
+from attrkit.protocols import SLOTS, Attributor, Metric
 from attrkit.registry import Entry, Registry, default_registry
 from attrkit.spec import ComponentSpec, Spec, not_an_object
 from attrkit.task import AttributionTask
 
-__all__ = ["Resolved", "compose", "resolve"]
+__all__ = ["Resolved", "compose", "metric", "resolve"]
 
 
 @attrs.frozen
@@ -25,12 +25,13 @@ class Resolved:
     """A spec checked against a registry: the entries and configs of every part.
 
     Attributes:
-        spec: the full spec, every default filled in and every parameter explicit.
-        entries: ``{"method" or slot: Entry}``.
-        configs: ``{"method" or slot: Config instance}``.
+        spec: the full spec, every default filled in and every parameter explicit (a
+            :class:`Spec`; for a metric, its :class:`ComponentSpec`).
+        entries: ``{"method" or slot: Entry}`` (``{"metric": Entry}``).
+        configs: ``{"method" or slot: Config instance}`` (``{"metric": …}``).
     """
 
-    spec: Spec
+    spec: Spec | ComponentSpec
     entries: Mapping[str, Entry]
     configs: Mapping[str, Any]
 
@@ -222,3 +223,37 @@ def compose(
     resolved = resolve(spec, registry)
     return resolved.entries["method"].cls(resolved.configs["method"], task=task, parts=resolved.parts(),
                                           resolved=resolved)
+
+
+def metric(spec: str | Mapping[str, Any] | ComponentSpec, registry: Registry | None = None) -> Metric:
+    """Build the metric a spec names, checked like a method's spec.
+
+    Args:
+        spec: a registered metric name (``"lds"``), ``{"name": "lds", **params}``, or a
+            :class:`ComponentSpec`.
+        registry: defaults to every installed plugin.
+
+    Returns:
+        The metric; ``metric.resolved`` records its full spec (every parameter explicit) and
+        the plugin, distribution and version it comes from (``resolved.provenance()``).
+
+    Raises:
+        SpecError: every problem at once: an unknown name (with the menu of metrics), unknown
+            or invalid parameters, a metric unavailable on this machine.
+
+    Example:
+        >>> lds = attrkit.metric({"name": "lds"})  # doctest: +SKIP
+        >>> lds.evaluate(scores, ground_truth).value  # doctest: +SKIP
+    """
+    registry = registry or default_registry()
+    cspec = ComponentSpec.from_value(spec, "metric")
+    try:
+        entry = registry.get("metric", cspec.name)
+    except (UnknownComponentError, PluginConflictError, BrokenPluginError) as exc:
+        raise SpecError([f"metric: {exc}"]) from None
+    problems = [] if entry.unavailable is None else [f"metric: {entry.name!r} is unavailable: {entry.unavailable}"]
+    config, config_problems = build_config(entry.cls.Config, cspec.params, "metric")
+    if problems or config_problems:
+        raise SpecError(problems + config_problems)
+    full = ComponentSpec(name=entry.name, params=config_to_dict(config))
+    return entry.cls(config, resolved=Resolved(spec=full, entries={"metric": entry}, configs={"metric": config}))

@@ -59,6 +59,9 @@ class Component(ABC):
 
     Args:
         config: an instance of the class's ``Config``.
+        resolved: the checked spec it was made from and its provenance
+            (:class:`attrkit.compose.Resolved`), when built by :func:`attrkit.compose` or
+            :func:`attrkit.metric`; ``None`` for a part made by a method.
     """
 
     name: ClassVar[str]
@@ -67,8 +70,8 @@ class Component(ABC):
     requires: ClassVar[frozenset[str]] = frozenset()
     provides: ClassVar[frozenset[str]] = frozenset()
 
-    def __init__(self, config: Any):
-        self.config = config
+    def __init__(self, config: Any, *, resolved: Any = None):
+        self.config, self.resolved = config, resolved
 
     @classmethod
     def availability(cls) -> str | None:
@@ -201,8 +204,8 @@ class Attributor(Component):
     defaults: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self, config: Any, *, task: AttributionTask, parts: Mapping[str, Part], resolved: Any = None):
-        super().__init__(config)
-        self.task, self.parts, self.resolved = task, dict(parts), resolved
+        super().__init__(config, resolved=resolved)
+        self.task, self.parts = task, dict(parts)
 
     @abstractmethod
     def fit(self, train: Iterable[Any]) -> Attributor:
