@@ -1,15 +1,16 @@
-"""The ``attrkit`` command: ``attrkit plugins`` and ``attrkit bench``."""
+"""The ``attrkit`` command: ``attrkit plugins``, ``attrkit --version``, and the subcommands packages add."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 
 from attrkit.plugins import BLOCK_ENV
 from attrkit.registry import default_registry
 
-__all__ = ["main", "plugins_table"]
+__all__ = ["COMMANDS", "main", "plugins_table"]
 
 
 def plugins_table() -> str:
@@ -48,25 +49,41 @@ def plugins_table() -> str:
     return "\n".join(lines)
 
 
+#: Entry-point group of ``attrkit`` subcommands other packages add (``bench`` comes from ``attrkit_bench``).
+COMMANDS = "attrkit.commands"
+
+
+def _commands() -> dict[str, metadata.EntryPoint]:
+    """``{name: entry point}`` of the installed subcommands, ``main(argv) -> int`` each."""
+    return {ep.name: ep for ep in metadata.entry_points(group=COMMANDS)}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``attrkit`` console script; returns the exit status."""
+    """Entry point of the ``attrkit`` console script; returns the exit status.
+
+    ``attrkit plugins`` and ``attrkit --version`` are the core's; every other subcommand is an
+    entry point of the group :data:`COMMANDS` (``attrkit bench`` is the benchmark package's),
+    called with the remaining arguments.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
+    commands = _commands()
     parser = argparse.ArgumentParser(prog="attrkit", description="Composable training data attribution.")
+    parser.add_argument("--version", action="version", version=f"attrkit {metadata.version('attrkit')}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("plugins", help="list every registered component with its plugin and version")
-    sub.add_parser("bench", help="run an attribution benchmark (attrkit bench --help)", add_help=False)
+    for name, ep in sorted(commands.items()):
+        given = f"{ep.dist.name} {ep.dist.version}" if ep.dist is not None else ep.value
+        sub.add_parser(name, help=f"added by {given}: attrkit {name} --help", add_help=False)
+    if argv[:1] == ["bench"] and "bench" not in commands:
+        print("attrkit bench needs the benchmark package: pip install 'attrkit[bench]'", file=sys.stderr)
+        return 2
     args, rest = parser.parse_known_args(argv)
     if args.command == "plugins":
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         print(plugins_table())
         return 0
-    try:
-        from attrkit_bench.cli import main as bench_main
-    except ImportError as exc:
-        print(f"attrkit bench needs the benchmark package: pip install 'attrkit[bench]' ({exc})", file=sys.stderr)
-        return 2
-    return bench_main(rest)
+    return commands[args.command].load()(rest)
 
 
 if __name__ == "__main__":
