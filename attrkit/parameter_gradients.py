@@ -26,8 +26,8 @@ class ParameterGradients(GradientSource):
     """Exact per-example gradients w.r.t. the parameters matching ``config.params``.
 
     Subclasses set ``name``, ``Config`` (with a ``params`` field, see
-    :func:`attrkit.config.params_field`, and optionally a ``frozen`` one,
-    :func:`attrkit.config.frozen_field`) and ``provides``; they may override ``_grads``
+    :func:`attrkit.fields.params_field`, and a ``frozen`` one,
+    :func:`attrkit.fields.frozen_field`) and ``provides``; they may override ``_grads``
     to return another representation of the same gradients (e.g. factored).
 
     Only trainable parameters (``requires_grad=True``) are selected unless
@@ -47,7 +47,7 @@ class ParameterGradients(GradientSource):
                 (``requires_grad=False``, and ``config.frozen`` is false), or none of those
                 also matches the restriction of :func:`restrict_gradients`.
         """
-        names = select_parameters(task.model, self.config.params, frozen=getattr(self.config, "frozen", False))
+        names = select_parameters(task.model, self.config.params, frozen=self.config.frozen)
         if self.only is None:
             return names
         kept = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in self.only)]
@@ -87,7 +87,7 @@ def restrict_gradients(source: Any, patterns: Sequence[str], who: str) -> Parame
         raise SpecError([
             f"ensemble {who!r} differentiates only the parameters matching {list(patterns)}, which needs a "
             f"gradient source that selects parameters by name (per-example, factored, group); "
-            f"{getattr(source, 'name', type(source).__name__)!r} does not"
+            f"{source.name!r} does not"
         ])
     out = copy.copy(source)
     out.only = tuple(patterns)

@@ -227,14 +227,17 @@ class Metric(Component):
     ``{"subsets", "values"}``); ``higher_is_better`` (required); ``target_axes`` (default
     ``None``): ``{entry: axis}`` of the ground-truth entries indexed by target, so that the
     conformance kit can check that splitting the targets gives the same per-target results.
-    Optionally a classmethod ``example_inputs(n_test, n_train) -> (scores, ground_truth)``
-    making a small valid case for the kit.
     """
 
     kind: ClassVar[str] = "metric"
     needs: ClassVar[frozenset[str]]
     higher_is_better: ClassVar[bool]
     target_axes: ClassVar[Mapping[str, int] | None] = None
+
+    @classmethod
+    def example_inputs(cls, n_test: int, n_train: int) -> tuple[torch.Tensor, Mapping[str, Any]] | None:
+        """A small valid ``(scores [n_test, n_train], ground_truth)`` case for the conformance kit, or ``None``."""
+        return None
 
     @abstractmethod
     def evaluate(self, scores: torch.Tensor, ground_truth: Mapping[str, Any]) -> MetricResult:

@@ -1,61 +1,24 @@
-"""Feature stores: per-member training features, written chunk by chunk, verified when read.
+"""Feature stores: per-member training features, written chunk by chunk.
 
-One chunk per training batch, in loader order. :class:`MemoryStore` keeps them in
-RAM; :class:`DiskStore` writes each chunk to its own ``.npy`` file atomically
-(temporary file, then ``os.replace``), so a killed ``fit`` leaves only whole chunks
-and a rerun resumes after the last one, giving bit-identical features.
-
-What a disk store trusts, and how it checks it:
-
-* ``store.json`` holds a *fingerprint* of everything the features depend on but the
-  data: the resolved spec, every member's weights and the identity of the loss and
-  target functions (:func:`fingerprint`). Another fingerprint is refused.
-* Each chunk has a sidecar ``chunk-J.json``: its member and index, rows, width, dtype,
-  the SHA-256 of its bytes and the digest of the training batch it was computed from.
-  Resuming compares the batch digest with the batch the loader yields now (other data
-  of the same size, other labels, another order: refused), and every chunk's bytes are
-  checked against its checksum when first read and again whenever its file changes
-  (flipped bytes, a truncated file, a chunk copied over another: refused).
-* Every refusal is a :class:`~attrkit.errors.StoreMismatchError` (its subclass
-  :class:`~attrkit.errors.StoreCorruptError` for damaged or missing files) naming the
-  file and the fix. With ``on_mismatch="recompute"`` a fit recomputes what does not
-  match instead (and, for another fingerprint, starts the store afresh).
-
-Several processes (the ranks of a distributed run) may open one :class:`DiskStore`
-at once: its ``store.json`` is created with ``os.link`` (atomic, fails when it exists)
-and then read back and checked by every process, and every write goes through a
-temporary file of its own. Chunks are read back through memory maps, so a few rows of
-a chunk cost a few rows of RAM (see :class:`attrkit.feature_matrix.FeatureMatrix`).
-
-Per-chunk files, rather than one preallocated ``[n, k]`` file per member: a chunk is
-complete exactly when its files exist (no separate "done" flags to keep in step with
-the data), ``n`` need not be known before the first batch, and ranks write disjoint
-files without coordinating.
+One chunk per training batch, in loader order. :class:`MemoryStore` keeps them in RAM;
+:class:`~attrkit.disk_store.DiskStore` writes each chunk to its own ``.npy`` file
+atomically and verifies it when read, so a killed ``fit`` resumes bit-identically (its
+module says what a disk store checks). :func:`fingerprint` is what a disk store is keyed by.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 
-from attrkit.errors import StoreCorruptError, StoreMismatchError
 from attrkit.fingerprint import callable_identity, state_digest
 
-__all__ = ["MISMATCH_POLICIES", "DiskStore", "FeatureStore", "MemoryStore", "StoreMismatchError", "fingerprint"]
-
-#: What ``fit`` does with a store that does not match: refuse it, or recompute what differs.
-MISMATCH_POLICIES = ("error", "recompute")
-_FIX = "use a new folder, delete this one, or pass fit(..., on_mismatch='recompute') to recompute what differs"
+__all__ = ["FeatureStore", "MemoryStore", "fingerprint"]
 
 
 def fingerprint(
@@ -125,210 +88,3 @@ class MemoryStore(FeatureStore):
 
     def get(self, member: int, chunk: int) -> torch.Tensor:
         return self._chunks[(member, chunk)]
-
-
-class DiskStore(FeatureStore):
-    """Chunks as ``.npy`` files under ``root/member-M/chunk-J.npy`` (with a ``.json`` sidecar),
-    written atomically and verified when read; see the module docstring.
-
-    Args:
-        root: the store's folder (created if missing); processes may share it.
-        key: fingerprint of what is stored (see :func:`fingerprint`).
-        on_mismatch: ``"error"`` (refuse what does not match) or ``"recompute"``.
-
-    Raises:
-        StoreMismatchError: ``root`` holds features with another fingerprint, or is a file.
-        StoreCorruptError: ``store.json`` is unreadable.
-    """
-
-    on_disk: ClassVar[bool] = True
-
-    def __init__(self, root: str | os.PathLike, key: str, on_mismatch: str = "error"):
-        if on_mismatch not in MISMATCH_POLICIES:
-            raise ValueError(f"on_mismatch must be one of {MISMATCH_POLICIES}, got {on_mismatch!r}")
-        self.root, self.key, self.on_mismatch = Path(root), key, on_mismatch
-        self._verified: dict[Path, tuple[int, int, int]] = {}
-        if self.root.exists() and not self.root.is_dir():
-            raise StoreMismatchError(f"store path {self.root} is a file, not a folder; pass a folder (it is created "
-                                     "if missing)")
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreMismatchError(f"cannot create the store folder {self.root}: {exc}") from exc
-        found = self._read_fingerprint()
-        if found != key and on_mismatch == "recompute":
-            self._clear()
-            found = self._read_fingerprint()
-        if found != key:
-            raise StoreMismatchError(
-                f"{self.root} holds features of another spec, model or loss function (fingerprint "
-                f"{str(found)[:12]}…, expected {key[:12]}…); {_FIX}"
-            )
-
-    def _read_fingerprint(self) -> str | None:
-        meta = self.root / "store.json"
-        if not meta.exists():
-            _atomic_write(meta, lambda f: f.write(json.dumps({"fingerprint": self.key}).encode()), exclusive=True)
-        try:
-            found = json.loads(meta.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            if self.on_mismatch == "recompute":
-                return None
-            raise StoreCorruptError(f"{meta} is not a readable attrkit store file ({exc}); {_FIX}") from exc
-        return found.get("fingerprint") if isinstance(found, dict) else None
-
-    def _clear(self) -> None:
-        """Delete this store's own files (``store.json`` and the ``member-*`` folders), nothing else."""
-        for folder in self.root.glob("member-*"):
-            shutil.rmtree(folder, ignore_errors=True)
-        (self.root / "store.json").unlink(missing_ok=True)
-
-    def _path(self, member: int, chunk: int) -> Path:
-        return self.root / f"member-{member}" / f"chunk-{chunk:07d}.npy"
-
-    def has(self, member: int, chunk: int, data: str | None = None, rows: int | None = None) -> bool:
-        """Whether the chunk is complete and intact and was computed from ``data`` (a batch of ``rows``).
-
-        Raises:
-            StoreMismatchError: it was computed from another batch (``on_mismatch="error"``).
-            StoreCorruptError: its files are damaged (``on_mismatch="error"``).
-        """
-        path = self._path(member, chunk)
-        if not path.exists() or not path.with_suffix(".json").exists():
-            return False
-        try:
-            meta = self._verify(member, chunk)
-            if rows is not None and meta.get("rows") != rows:
-                raise StoreMismatchError(
-                    f"the store's chunk {chunk} of member {member} holds {meta.get('rows')} rows but batch {chunk} has "
-                    f"{rows} examples: it was written with another batching ({path}); use the same batch size, or "
-                    f"{_FIX}"
-                )
-            if data is not None and meta.get("data") != data:
-                raise StoreMismatchError(
-                    f"{path} was computed from another training batch {chunk} than the loader yields now (other "
-                    f"data, labels or order of the same size); {_FIX}"
-                )
-        except StoreMismatchError:
-            if self.on_mismatch == "recompute":
-                return False
-            raise
-        return True
-
-    def put(self, member: int, chunk: int, features: torch.Tensor, data: str | None = None) -> None:
-        path = self._path(member, chunk)
-        path.parent.mkdir(exist_ok=True)
-        array = np.ascontiguousarray(features.detach().cpu().numpy())
-        meta = {"member": member, "chunk": chunk, "rows": int(array.shape[0]), "width": int(array.shape[1]),
-                "dtype": array.dtype.str, "sha256": hashlib.sha256(memoryview(array).cast("B")).hexdigest(),
-                "data": data}
-        _atomic_write(path.with_suffix(".json"), lambda f: f.write(json.dumps(meta).encode()))
-        _atomic_write(path, lambda f: np.save(f, array))
-        self._verified.pop(path, None)
-
-    def _verify(self, member: int, chunk: int) -> dict[str, Any]:
-        """The chunk's sidecar, after checking the chunk file against it (once per version of the file).
-
-        Raises:
-            StoreCorruptError: a missing, unreadable, truncated or altered file, or a sidecar of
-                another chunk.
-        """
-        path = self._path(member, chunk)
-        try:
-            stat = path.stat()
-            meta = json.loads(path.with_suffix(".json").read_text())
-        except FileNotFoundError as exc:
-            raise StoreCorruptError(
-                f"{exc.filename} is missing (deleted after it was written?); fit again with the same store to "
-                "recompute it"
-            ) from exc
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise StoreCorruptError(f"{path.with_suffix('.json')} is unreadable ({exc}); {_FIX}") from exc
-        signature = (stat.st_size, stat.st_mtime_ns, stat.st_ino)
-        if self._verified.get(path) == signature:
-            return meta
-        if not isinstance(meta, dict) or (meta.get("member"), meta.get("chunk")) != (member, chunk):
-            raise StoreCorruptError(f"{path.with_suffix('.json')} does not describe chunk {chunk} of member {member} "
-                                    f"(copied from elsewhere?); {_FIX}")
-        mapped = self._map(path)
-        expected = (meta.get("rows"), meta.get("width"), meta.get("dtype"))
-        if (mapped.ndim, *mapped.shape, mapped.dtype.str) != (2, *expected):
-            raise StoreCorruptError(
-                f"{path} holds a {mapped.dtype} array of shape {mapped.shape}, but was written as "
-                f"{_dtype_name(expected[2])} ({expected[0]}, {expected[1]}) (replaced or altered); {_FIX}"
-            )
-        if hashlib.sha256(memoryview(np.ascontiguousarray(mapped)).cast("B")).hexdigest() != meta.get("sha256"):
-            raise StoreCorruptError(f"{path} does not match its checksum (altered, or copied from another chunk); "
-                                    f"{_FIX}")
-        self._verified[path] = signature
-        return meta
-
-    def _map(self, path: Path) -> np.ndarray:
-        """A read-only memory map of one chunk file (checked separately).
-
-        Raises:
-            StoreCorruptError: missing or not a readable ``.npy`` file (e.g. truncated).
-        """
-        try:
-            return np.load(path, mmap_mode="r", allow_pickle=False)
-        except FileNotFoundError as exc:
-            raise StoreCorruptError(f"{path} is missing (deleted after fit?); fit again with the same store to "
-                                    "recompute it") from exc
-        except (OSError, ValueError, EOFError) as exc:
-            raise StoreCorruptError(f"{path} is not a readable chunk file ({exc}; truncated?); {_FIX}") from exc
-
-    def _checked(self, member: int, chunk: int) -> np.ndarray:
-        self._verify(member, chunk)
-        return self._map(self._path(member, chunk))
-
-    def get(self, member: int, chunk: int) -> torch.Tensor:
-        return torch.from_numpy(np.array(self._checked(member, chunk)))
-
-    def meta(self, member: int, chunk: int) -> tuple[int, int, torch.dtype]:
-        """``(b_j, k, dtype)``, after verifying the chunk."""
-        mapped = self._checked(member, chunk)
-        return int(mapped.shape[0]), int(mapped.shape[1]), torch.from_numpy(np.empty(0, mapped.dtype)).dtype
-
-    def read_into(self, member: int, chunk: int, start: int, stop: int, out: torch.Tensor) -> None:
-        """Copy rows ``start:stop`` of one chunk into ``out`` (a contiguous CPU tensor) through a
-        memory map: only those rows are read, with no intermediate copy (the whole chunk is read
-        once more when its file changed since it was verified).
-
-        Raises:
-            StoreCorruptError: the chunk is missing, altered, or of another dtype than ``out``.
-        """
-        mapped = self._checked(member, chunk)
-        if mapped.dtype != out.numpy().dtype:
-            raise StoreCorruptError(f"{self._path(member, chunk)} holds {mapped.dtype} features, the other chunks "
-                                    f"{out.numpy().dtype}; {_FIX}")
-        np.copyto(out.numpy(), mapped[start:stop], casting="no")
-
-
-def _dtype_name(code: Any) -> str:
-    try:
-        return np.dtype(code).name
-    except TypeError:
-        return repr(code)
-
-
-def _atomic_write(path: Path, write: Any, exclusive: bool = False) -> None:
-    """Write ``path`` whole or not at all, through a temporary file unique to this call.
-
-    ``exclusive``: create ``path`` only if it does not exist (``os.link``, atomic); when
-    another process created it first, keep theirs. Otherwise replace it (``os.replace``).
-    """
-    tmp = path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        if not exclusive:
-            os.replace(tmp, path)
-            return
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            pass
-    finally:
-        tmp.unlink(missing_ok=True)

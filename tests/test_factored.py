@@ -9,7 +9,8 @@ from torch import nn
 import attrkit
 from attrkit.context import FitContext
 import attrkit_plugins.factored as factored
-from attrkit.functional.factored import FactoredGradients, FactorisationError, factored_gradients, plan_factors
+from attrkit.functional.factored import FactorisationError, factored_gradients, plan_factors
+from attrkit.functional.gradient_factors import FactoredGradients
 from attrkit.functional.gradients import per_example_gradients, select_parameters
 from attrkit.functional.projection import SeededMatrix, block_generator, gaussian_sampler
 from attrkit.testing import autograd_gradients, toy_problem

@@ -5,15 +5,11 @@ import torch
 from torch.func import functional_call, hessian, jacrev
 
 from attrkit.errors import DataLoaderError
-from attrkit.functional.ihvp import CurvatureError
-from attrkit.functional.ihvp_direct import (
-    arnoldi_ihvp_at,
-    explicit_ihvp_at,
-    explicit_solve,
-    ihvp_arnoldi,
-    ihvp_explicit,
-)
-from attrkit.functional.ihvp_iterative import cg_ihvp_at, cg_solve, ihvp_cg, lissa_ihvp_at, lissa_solve
+from attrkit.functional import arnoldi_ihvp_at, cg_ihvp_at, explicit_ihvp_at, lissa_ihvp_at
+from attrkit.functional.ihvp import CurvatureError, function_matvec
+from attrkit.functional.ihvp_cg import cg_solve
+from attrkit.functional.ihvp_explicit import explicit_solve
+from attrkit.functional.ihvp_lissa import lissa_solve
 from attrkit.targets import cross_entropy
 from attrkit.testing import toy_problem
 
@@ -162,15 +158,19 @@ def test_stats_count_passes_and_example_hvps(lr):
     assert arnoldi.stats.build.passes == 7 and arnoldi.stats.build.example_hvps == 7 * lr.n
 
 
-def test_function_forms_on_a_pytree_of_parameters(lr):
+def test_matvec_helpers_on_a_function_of_a_pytree_of_parameters(lr):
     def fn(params):
         return torch.nn.functional.cross_entropy(functional_call(lr.model, params, (lr.toy.x_train,)), lr.toy.y_train)
 
     params, lam = lr.params(lr.theta), 0.1
     exact = lr.exact(lam)
-    assert _relative(ihvp_explicit(fn, params, lr.vectors, regularization=lam), exact) < 1e-10
-    assert _relative(ihvp_cg(fn, params, lr.vectors, regularization=lam, max_iter=100, tol=1e-12), exact) < 1e-8
-    assert _relative(ihvp_arnoldi(fn, params, lr.vectors, regularization=lam, rank=lr.p, max_iter=lr.p), exact) < 1e-8
+    matvec, theta = function_matvec(fn, params)
+    assert torch.equal(theta, lr.theta)  # tree_flatten order of the dict: the names' order
+    hessian = matvec(torch.eye(lr.p, dtype=F64))
+    assert _relative(explicit_solve(hessian, lr.vectors, lam), exact) < 1e-10
+    assert _relative(cg_solve(matvec, lr.vectors, regularization=lam, max_iter=100, tol=1e-12), exact) < 1e-8
+    arnoldi = lr.at(arnoldi_ihvp_at, regularization=lam, rank=lr.p, max_iter=lr.p)
+    assert _relative(arnoldi(lr.vectors), exact) < 1e-8
     assert _relative(explicit_solve(lr.hessian, lr.vectors, lam), exact) < 1e-10
 
 

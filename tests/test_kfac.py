@@ -1,4 +1,4 @@
-"""K-FAC and EK-FAC (attrkit.functional.kfac) against brute-force curvature in float64."""
+"""K-FAC and EK-FAC (attrkit.functional.kfac_factors, .ihvp_kfac) against brute-force curvature in float64."""
 
 import pytest
 import torch
@@ -6,7 +6,9 @@ from torch import nn
 
 from attrkit.errors import DataLoaderError
 from attrkit.functional.gradients import per_example_gradients, select_parameters
-from attrkit.functional.kfac import ekfac_solve, fit_ekfac, fit_kfac, kfac_solve
+from attrkit.functional import ekfac_ihvp_at, kfac_ihvp_at
+from attrkit.functional.ihvp_kfac import ekfac_solve, kfac_solve
+from attrkit.functional.kfac_factors import fit_ekfac, fit_kfac
 
 TOL = {"rtol": 1e-9, "atol": 1e-10}
 
@@ -280,3 +282,24 @@ def test_errors_name_the_problem():
         kfac_solve(singular, torch.zeros(1, 6), 0.0)
     with pytest.raises(DataLoaderError, match="empty"):
         fit_kfac(model, loss, state, names, [])
+
+
+@pytest.mark.parametrize(("build", "fit", "solve", "passes"),
+                         [(kfac_ihvp_at, fit_kfac, kfac_solve, 1), (ekfac_ihvp_at, fit_ekfac, ekfac_solve, 2)])
+def test_the_public_builders_run_the_fit_and_the_solve(build, fit, solve, passes):
+    """``kfac_ihvp_at`` / ``ekfac_ihvp_at``: the helpers' results bit for bit, with their costs recorded."""
+    model, loss, state, names, x, y = _case("mlp")
+    inverse = build(model, loss, state, names, _batches(x, y, 5), regularization=0.1)
+    v = torch.randn(3, inverse.p, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    expected = solve(fit(model, loss, state, names, _batches(x, y, 5)), v, 0.1)
+    torch.testing.assert_close(inverse(v), expected, rtol=0, atol=0)
+    torch.testing.assert_close(inverse.solve(v[:1]), expected[:1], rtol=0, atol=0)
+    assert inverse.p == sum(p.numel() for p in model.parameters())
+    assert (inverse.stats.build.passes, inverse.stats.build.example_hvps) == (passes, 0)
+    assert (inverse.stats.solves, inverse.stats.solve.passes) == (2, 0)
+    with pytest.raises(ValueError, match="regularization .* >= 0"):
+        build(model, loss, state, names, _batches(x, y, 5), regularization=-1.0)
+    with pytest.raises(ValueError, match=r"v\[None\]"):
+        inverse(v[0])
+    with pytest.raises(DataLoaderError, match="empty"):
+        build(model, loss, state, names, [])

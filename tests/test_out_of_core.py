@@ -15,8 +15,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import attrkit
-from attrkit.feature_matrix import FeatureMatrix, MemoryBudgetError
-from attrkit.store import DiskStore
+from attrkit.errors import MemoryBudgetError
+from attrkit.feature_matrix import FeatureMatrix
+from attrkit.disk_store import DiskStore
 from attrkit.testing import toy_problem
 
 TOY = toy_problem(n_train=24, n_test=4, dtype=torch.float64)
@@ -184,9 +185,9 @@ def test_a_rank_killed_mid_fit_leaves_a_store_both_ranks_resume(tmp_path):
 
 
 def test_the_benchmark_streams_and_checks_its_scores(tmp_path):
-    from attrkit_bench.out_of_core import main
+    from attrkit_bench.cli import main
 
-    main(["--n", "3000", "--base", "1000", "--dim", "32", "--budget-mib", "0.1", "--batch", "400", "--targets", "5",
+    main(["out-of-core", "--n", "3000", "--base", "1000", "--dim", "32", "--budget-mib", "0.1", "--batch", "400", "--targets", "5",
           "--out", str(tmp_path)])
     run = json.loads((tmp_path / "out_of_core.json").read_text())["run"]
     assert run["streamed"] and run["feature_bytes"] == 3000 * 32 * 4 and not (tmp_path / "store").exists()

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from attrkit_bench.ground_truth import derived_seed, loo_ground_truth
-from attrkit_bench.retraining import default_workers, run_jobs
-from attrkit_bench.training import SGDRecipe, retrain_targets, train_model
+from attrkit_bench.training.sgd import SGDRecipe, retrain_targets, train_model
+from attrkit_bench.truth.loo import loo_ground_truth
+from attrkit_bench.truth.retraining import default_workers, derived_seed, run_jobs
 from attrkit.targets import cross_entropy
 
 

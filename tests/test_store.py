@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import attrkit
-from attrkit.store import DiskStore, StoreMismatchError
+from attrkit.disk_store import DiskStore
+from attrkit.errors import StoreMismatchError
 from attrkit.testing import toy_problem
 
 KILLED_FIT = textwrap.dedent(

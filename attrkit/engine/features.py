@@ -22,12 +22,14 @@ from attrkit.data import batch_size, to_device
 from attrkit.engine.sides import gradients, project, training_fn
 from attrkit.engine.skips import Skips
 from attrkit.errors import DataLoaderError, MemoryBudgetError, NonFiniteError
-from attrkit.feature_matrix import FeatureMatrix, tile_rows
+from attrkit.budget import tile_rows
+from attrkit.feature_matrix import FeatureMatrix
 from attrkit.finite import cause, check_rows, locate
 from attrkit.functional.nonfinite import nonfinite_rows
 from attrkit.loaders import CheckedLoader
 from attrkit.progress import progress
-from attrkit.store import DiskStore, FeatureStore, MemoryStore, fingerprint
+from attrkit.disk_store import DiskStore
+from attrkit.store import FeatureStore, MemoryStore, fingerprint
 from attrkit.user_code import user_code_pass
 
 if TYPE_CHECKING:

@@ -27,7 +27,8 @@ from attrkit.engine.features import example_features, group_sum, grouped_feature
 from attrkit.engine.sides import explainer, train_side, training_fn, user_pass
 from attrkit.engine.skips import Skips, scan
 from attrkit.engine.state import Fit, FittedMember
-from attrkit.feature_matrix import FeatureMatrix, check_budget
+from attrkit.budget import check_budget
+from attrkit.feature_matrix import FeatureMatrix
 from attrkit.fit_guard import FitGuard
 from attrkit.loaders import CheckedLoader, checked
 from attrkit.progress import progress

@@ -13,7 +13,8 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from attrkit.feature_matrix import FeatureMatrix, tile_rows
+from attrkit.budget import tile_rows
+from attrkit.feature_matrix import FeatureMatrix
 from attrkit.selection import merge_top_k
 
 __all__ = ["score_block", "top_k_block"]

@@ -23,11 +23,13 @@ from attrkit.functional.dropout_masks import (
 )
 from attrkit.functional.factored import (
     FactorPlan,
-    FactoredGradients,
     FactorisationError,
-    LayerFactors,
     factored_gradients,
     plan_factors,
+)
+from attrkit.functional.gradient_factors import (
+    FactoredGradients,
+    LayerFactors,
 )
 from attrkit.functional.gradients import (
     BoundLoss,
@@ -56,29 +58,21 @@ from attrkit.functional.ihvp import (
     IHVPStats,
     InverseHVP,
 )
-from attrkit.functional.ihvp_direct import (
+from attrkit.functional.ihvp_arnoldi import arnoldi_ihvp_at
+from attrkit.functional.ihvp_cg import cg_ihvp_at
+from attrkit.functional.ihvp_explicit import (
     cholesky_solve_columns,
-    arnoldi_ihvp_at,
     explicit_ihvp_at,
-    explicit_solve,
-    ihvp_arnoldi,
-    ihvp_explicit,
 )
-from attrkit.functional.ihvp_iterative import (
-    cg_ihvp_at,
-    cg_solve,
-    ihvp_cg,
-    lissa_ihvp_at,
-    lissa_solve,
+from attrkit.functional.ihvp_kfac import (
+    ekfac_ihvp_at,
+    kfac_ihvp_at,
 )
-from attrkit.functional.kfac import (
+from attrkit.functional.ihvp_lissa import lissa_ihvp_at
+from attrkit.functional.kfac_factors import (
     EKFACFactors,
     KFACFactors,
     KroneckerLayer,
-    ekfac_solve,
-    fit_ekfac,
-    fit_kfac,
-    kfac_solve,
 )
 from attrkit.functional.kmeans import (
     KMeansResult,
@@ -158,20 +152,16 @@ __all__ = [
     "arnoldi_ihvp_at",
     "block_generator",
     "cg_ihvp_at",
-    "cg_solve",
     "datainf_ihvp_at",
     "dataset_gnvp",
     "dataset_hvp",
     "dropout_mask",
     "dropout_modules",
-    "ekfac_solve",
+    "ekfac_ihvp_at",
     "eval_mode",
     "evaluate",
     "explicit_ihvp_at",
-    "explicit_solve",
     "factored_gradients",
-    "fit_ekfac",
-    "fit_kfac",
     "fixed_dropout_masks",
     "flat_dimension",
     "gaussian_sampler",
@@ -179,17 +169,13 @@ __all__ = [
     "group_gradients",
     "group_rows",
     "hvp",
-    "ihvp_arnoldi",
-    "ihvp_cg",
-    "ihvp_explicit",
-    "kfac_solve",
+    "kfac_ihvp_at",
     "kmeans",
     "lanczos",
     "last_layer_features",
     "last_layer_gradients",
     "last_layer_parameters",
     "lissa_ihvp_at",
-    "lissa_solve",
     "lora_parameter_names",
     "normalize_rows",
     "pearson_columns",

@@ -3,20 +3,30 @@
 Influence functions score ``g_testᵀ (H + λI)⁻¹ g_train`` with ``H`` the Hessian (or the
 Gauss-Newton matrix) of the *mean* training loss over the *whole* training set and ``λ``
 the damping (``regularization``). Every solver takes a block of vectors ``Tensor[m, p]``
-(one per row) and returns ``Tensor[m, p]``. Each comes in three forms:
+(one per row) and returns ``Tensor[m, p]``.
 
-* on a matvec: :func:`~attrkit.functional.ihvp_direct.explicit_solve` (a matrix),
-  :func:`~attrkit.functional.ihvp_iterative.cg_solve`,
-  :func:`~attrkit.functional.ihvp_iterative.lissa_solve` (a *stochastic* matvec);
-* torch.func style, on a scalar function of a pytree of parameters:
-  ``ihvp_explicit``, ``ihvp_cg``, ``ihvp_arnoldi``. There is no ``ihvp_lissa``: LiSSA's
-  point is a cheap matvec on a random *sample* of the training data at each step, and a
-  bare function has no data to sample (on an exact matvec, :func:`lissa_solve` is a
-  slowly converging Neumann series; use CG);
-* "at x", on a model and training batches: ``explicit_ihvp_at``, ``cg_ihvp_at``,
-  ``lissa_ihvp_at``, ``arnoldi_ihvp_at``. They precompute what depends only on the data
-  and the parameters (a factorisation, eigenpairs, the gathered training set) and return an
-  :class:`InverseHVP` that applies it to blocks and records its costs in ``.stats``.
+Each solver has one public form, in :mod:`attrkit.functional`: a builder "at x", on a model
+and its training batches, that precomputes what depends only on the data and the parameters
+(a factorisation, eigenpairs, Kronecker factors, the gathered training set) and returns an
+:class:`InverseHVP`, which applies it to blocks and records its costs in ``.stats``:
+:func:`~attrkit.functional.ihvp_explicit.explicit_ihvp_at`,
+:func:`~attrkit.functional.ihvp_cg.cg_ihvp_at`,
+:func:`~attrkit.functional.ihvp_lissa.lissa_ihvp_at`,
+:func:`~attrkit.functional.ihvp_arnoldi.arnoldi_ihvp_at`,
+:func:`~attrkit.functional.ihvp_kfac.kfac_ihvp_at` and
+:func:`~attrkit.functional.ihvp_kfac.ekfac_ihvp_at`; and
+:func:`~attrkit.functional.datainf.datainf_ihvp_at`, whose ``DataInfSolve`` streams the
+training data at every call.
+
+Some builders run an algorithm that also works on a curvature of the caller's own. It is a
+module-level helper of the builder's module, not exported from :mod:`attrkit.functional`:
+``explicit_solve`` (a matrix; :mod:`~attrkit.functional.ihvp_explicit`), ``cg_solve`` (a
+matvec; :mod:`~attrkit.functional.ihvp_cg`), ``lissa_solve`` (a *stochastic* matvec;
+:mod:`~attrkit.functional.ihvp_lissa`), and ``kfac_solve`` / ``ekfac_solve`` on the factors of
+``fit_kfac`` / ``fit_ekfac`` (:mod:`~attrkit.functional.ihvp_kfac`,
+:mod:`~attrkit.functional.kfac_factors`). :func:`function_matvec` gives the matvec of the
+Hessian of a scalar function of a pytree of parameters, e.g.
+``cg_solve(function_matvec(fn, params)[0], vectors)``.
 
 Costs are counted in passes over the training batches and in *example-HVPs*: the number
 of (training example, vector) pairs whose curvature product was taken. A pass with a
@@ -43,7 +53,7 @@ from attrkit.functional.curvature import MatVec, dataset_gnvp, dataset_hvp, hvp
 from attrkit.functional.nonfinite import nonfinite_rows
 from attrkit.types import LossFn
 
-__all__ = ["CURVATURES", "Cost", "CurvatureError", "IHVPStats", "InverseHVP"]
+__all__ = ["CURVATURES", "Cost", "CurvatureError", "IHVPStats", "InverseHVP", "function_matvec"]
 
 #: ``curvature=`` names and the dataset products they use.
 CURVATURES: Mapping[str, Callable[..., MatVec]] = {"hessian": dataset_hvp, "gauss-newton": dataset_gnvp}

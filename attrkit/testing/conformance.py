@@ -80,7 +80,7 @@ def _check_frozen_left_out(entry: Entry) -> None:
     toy = toy_problem()
     toy.task.model[0].requires_grad_(False)
     source = entry.cls(example_config(entry.cls))
-    if getattr(source.config, "frozen", False):
+    if attrs.fields_dict(type(source.config)).get("frozen") is not None and source.config.frozen:
         return
     trainable = sum(p.numel() for p in toy.task.model.parameters() if p.requires_grad)
     p = source.dimension(toy.task)
@@ -145,7 +145,7 @@ def check_solver(entry: Entry) -> None:
     v, w = torch.randn(4, d, generator=gen), torch.randn(4, d, generator=gen)
     out = solver.solve(v)
     assert out.shape == v.shape, f"{entry.name}: solve must keep the shape"
-    if getattr(entry.cls, "linear", True):  # truncated iterative solvers may declare linear = False
+    if entry.cls.linear:  # truncated iterative solvers declare linear = False
         _close(solver.solve(v + 2 * w), out + 2 * solver.solve(w), f"{entry.name}: linearity", atol=1e-4)
     _close(torch.cat([solver.solve(v[:1]), solver.solve(v[1:])]), out, f"{entry.name}: batch-size independence")
 
@@ -164,9 +164,9 @@ def check_grouper(entry: Entry) -> None:
 def check_metric(entry: Entry) -> None:
     """A metric evaluates its own example inputs deterministically and reports missing ground truth.
 
-    A metric exposes ``example_inputs(n_test, n_train) -> (scores, ground_truth)``, a
-    small seeded case it accepts (a metric without it is only checked for
-    ``higher_is_better``). The result must be a :class:`MetricResult` with a float value,
+    A metric's ``example_inputs(n_test, n_train) -> (scores, ground_truth)`` gives a small
+    seeded case it accepts (a metric whose ``example_inputs`` returns ``None``, the default,
+    is only checked for ``higher_is_better``). The result must be a :class:`MetricResult` with a float value,
     JSON-able details, ``per_target`` of one entry per score row, the same on a second
     call; dropping any entry of ``needs`` must raise ``KeyError`` naming it. A metric
     whose ``target_axes`` names the ground-truth entries indexed by target (and the axis)
@@ -174,9 +174,10 @@ def check_metric(entry: Entry) -> None:
     """
     metric = entry.cls(example_config(entry.cls))
     assert isinstance(metric.higher_is_better, bool), f"{entry.name}: higher_is_better must be a bool"
-    if not hasattr(entry.cls, "example_inputs"):
+    case = entry.cls.example_inputs(6, 40)
+    if case is None:
         return  # nothing to evaluate on: the plugin's own tests cover it
-    scores, truth = entry.cls.example_inputs(6, 40)
+    scores, truth = case
     whole = metric.evaluate(scores, truth)
     valid = isinstance(whole, MetricResult) and isinstance(whole.value, float)
     assert valid, f"{entry.name}: evaluate must return a MetricResult with a float value"
@@ -196,7 +197,7 @@ def check_metric(entry: Entry) -> None:
     if whole.per_target is None:
         return
     assert whole.per_target.shape == (scores.shape[0],), f"{entry.name}: per_target must be Tensor[n_test]"
-    axes = getattr(entry.cls, "target_axes", None)
+    axes = entry.cls.target_axes
     if axes:
         parts = []
         for s in (slice(0, 2), slice(2, None)):

@@ -8,13 +8,20 @@ from typing import ClassVar
 import attrs
 import torch
 
-from attrkit import capabilities, hookimpl
-from attrkit.fields import float_field, int_field, positive_int, seed_field
-from attrkit.context import FitContext
-from attrkit.errors import NotFittedError, SpecError
+from attrkit.plugin import (
+    HVP,
+    FitContext,
+    NotFittedError,
+    Projector,
+    SpecError,
+    float_field,
+    hookimpl,
+    int_field,
+    positive_int,
+    seed_field,
+)
 from attrkit.functional.curvature import dataset_gnvp, dataset_hvp, lanczos
 from attrkit.functional.gradients import flat_dimension, select_parameters
-from attrkit.protocols import Projector
 
 
 @attrs.frozen(kw_only=True)
@@ -82,7 +89,7 @@ class ArnoldiProjector(Projector):
 
     name: ClassVar[str] = "arnoldi"
     Config: ClassVar[type] = ArnoldiConfig
-    requires: ClassVar[frozenset[str]] = frozenset({capabilities.HVP})
+    requires: ClassVar[frozenset[str]] = frozenset({HVP})
 
     def __init__(self, config: ArnoldiConfig):
         super().__init__(config)

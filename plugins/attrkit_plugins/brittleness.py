@@ -8,12 +8,9 @@ from typing import Any, ClassVar
 import attrs
 import torch
 
-from attrkit import hookimpl
-from attrkit.fields import as_int, int_field, seed_field
+from attrkit.plugin import Metric, MetricResult, as_int, hookimpl, int_field, seed_field
 from attrkit.functional.ground_truth import GroundTruthError, require_entries, shape_mismatch
 from attrkit.functional.removal import importance_order, keep_mask
-from attrkit.results import MetricResult
-from attrkit.protocols import Metric
 
 #: ``retrain_predict(keep_mask, targets) -> predictions``, see :class:`Brittleness`.
 RetrainPredict = Callable[[torch.Tensor, torch.Tensor], Any]

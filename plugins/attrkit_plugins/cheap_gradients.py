@@ -8,10 +8,20 @@ from typing import Any, ClassVar
 import attrs
 import torch
 
-from attrkit import capabilities, hookimpl
-from attrkit.fields import frozen_field, params_field
-from attrkit.context import Member
-from attrkit.data import to_device
+from attrkit.plugin import (
+    GROUP,
+    HVP,
+    LAST_LAYER,
+    PER_EXAMPLE,
+    AttributionTask,
+    GradientSource,
+    Member,
+    ParameterGradients,
+    frozen_field,
+    hookimpl,
+    params_field,
+    to_device,
+)
 from attrkit.functional.group_gradients import group_gradients
 from attrkit.functional.last_layer import (
     last_layer_features,
@@ -19,9 +29,6 @@ from attrkit.functional.last_layer import (
     last_layer_parameters,
     resolve_linear_layer,
 )
-from attrkit.parameter_gradients import ParameterGradients
-from attrkit.task import AttributionTask
-from attrkit.protocols import GradientSource
 
 
 @attrs.frozen(kw_only=True)
@@ -62,7 +69,7 @@ class LastLayerGradients(GradientSource):
 
     name: ClassVar[str] = "last-layer"
     Config: ClassVar[type] = LastLayerConfig
-    provides: ClassVar[frozenset[str]] = frozenset({capabilities.PER_EXAMPLE, capabilities.LAST_LAYER})
+    provides: ClassVar[frozenset[str]] = frozenset({PER_EXAMPLE, LAST_LAYER})
 
     def layer(self, task: AttributionTask) -> str:
         """Module name of the layer differentiated (``config.layer``, checked, or found)."""
@@ -135,7 +142,7 @@ class GroupGradients(ParameterGradients):
 
     name: ClassVar[str] = "group"
     Config: ClassVar[type] = GroupConfig
-    provides: ClassVar[frozenset[str]] = frozenset({capabilities.PER_EXAMPLE, capabilities.HVP, capabilities.GROUP})
+    provides: ClassVar[frozenset[str]] = frozenset({PER_EXAMPLE, HVP, GROUP})
 
     def group_gradients(
         self, task: AttributionTask, member: Member, batches: Iterable[Any], groups: torch.Tensor

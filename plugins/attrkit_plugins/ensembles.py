@@ -13,14 +13,19 @@ from typing import ClassVar
 import attrs
 import torch
 
-from attrkit import hookimpl
-from attrkit.fields import float_field, floats_field, positive_int, seed_field
-from attrkit.context import Member
-from attrkit.errors import SpecError
+from attrkit.plugin import (
+    AttributionTask,
+    Ensemble,
+    Member,
+    SpecError,
+    float_field,
+    floats_field,
+    hookimpl,
+    positive_int,
+    seed_field,
+)
 from attrkit.functional.dropout_masks import dropout_modules, fixed_dropout_masks
 from attrkit.functional.lora import LORA_PATTERNS, lora_parameter_names
-from attrkit.task import AttributionTask
-from attrkit.protocols import Ensemble
 
 
 def _weights_field() -> attrs.Attribute:

@@ -8,16 +8,26 @@ from typing import Any, ClassVar
 import attrs
 import torch
 
-from attrkit import capabilities, hookimpl
-from attrkit.fields import frozen_field, int_field, params_field, positive_int, seed_field
-from attrkit.context import FitContext, Member
-from attrkit.data import to_device
-from attrkit.functional.factored import FactoredGradients, FactorPlan, LayerFactors, factored_gradients, plan_factors
+from attrkit.plugin import (
+    FACTORED,
+    PER_EXAMPLE,
+    AttributionTask,
+    FitContext,
+    Member,
+    ParameterGradients,
+    Projector,
+    frozen_field,
+    hookimpl,
+    int_field,
+    params_field,
+    positive_int,
+    seed_field,
+    to_device,
+)
+from attrkit.functional.factored import FactorPlan, factored_gradients, plan_factors
+from attrkit.functional.gradient_factors import FactoredGradients, LayerFactors
 from attrkit.functional.gradients import select_parameters
 from attrkit.functional.projection import SeededMatrix, block_generator, gaussian_sampler
-from attrkit.parameter_gradients import ParameterGradients
-from attrkit.task import AttributionTask
-from attrkit.protocols import Projector
 
 
 @attrs.frozen(kw_only=True)
@@ -54,7 +64,7 @@ class FactoredGradientSource(ParameterGradients):
 
     name: ClassVar[str] = "factored"
     Config: ClassVar[type] = FactoredConfig
-    provides: ClassVar[frozenset[str]] = frozenset({capabilities.PER_EXAMPLE, capabilities.FACTORED})
+    provides: ClassVar[frozenset[str]] = frozenset({PER_EXAMPLE, FACTORED})
 
     def __init__(self, config: FactoredConfig):
         super().__init__(config)
@@ -116,7 +126,7 @@ class KroneckerProjector(Projector):
 
     name: ClassVar[str] = "kronecker"
     Config: ClassVar[type] = KroneckerConfig
-    requires: ClassVar[frozenset[str]] = frozenset({capabilities.FACTORED})
+    requires: ClassVar[frozenset[str]] = frozenset({FACTORED})
     #: The engine hands it factored gradients whole.
 
     def __init__(self, config: KroneckerConfig):

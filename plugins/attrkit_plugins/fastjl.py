@@ -15,11 +15,7 @@ from typing import ClassVar
 import attrs
 import torch
 
-from attrkit import hookimpl
-from attrkit.fields import int_field, seed_field
-from attrkit.context import FitContext
-from attrkit.errors import ComponentUnavailableError
-from attrkit.protocols import Projector
+from attrkit.plugin import ComponentUnavailableError, FitContext, Projector, hookimpl, int_field, seed_field
 
 INSTALL = "pip install 'attrkit[gpu]' on a machine with CUDA and nvcc"
 #: fast_jl kernels exist for these batch sizes; batches are zero-padded up to one.

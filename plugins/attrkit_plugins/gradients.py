@@ -6,9 +6,7 @@ from typing import ClassVar
 
 import attrs
 
-from attrkit import capabilities, hookimpl
-from attrkit.fields import frozen_field, params_field
-from attrkit.parameter_gradients import ParameterGradients
+from attrkit.plugin import HVP, PER_EXAMPLE, ParameterGradients, frozen_field, hookimpl, params_field
 
 
 @attrs.frozen(kw_only=True)
@@ -40,7 +38,7 @@ class PerExampleGradients(ParameterGradients):
 
     name: ClassVar[str] = "per-example"
     Config: ClassVar[type] = PerExampleConfig
-    provides: ClassVar[frozenset[str]] = frozenset({capabilities.PER_EXAMPLE, capabilities.HVP})
+    provides: ClassVar[frozenset[str]] = frozenset({PER_EXAMPLE, HVP})
 
 
 @hookimpl

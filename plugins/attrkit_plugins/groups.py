@@ -24,14 +24,21 @@ from typing import Any, ClassVar
 import attrs
 import torch
 
-from attrkit import hookimpl
-from attrkit.fields import float_field, int_field, not_bool, positive_int, seed_field
-from attrkit.context import FitContext
-from attrkit.data import batch_size, to_device
-from attrkit.errors import SpecError
+from attrkit.plugin import (
+    FitContext,
+    Grouper,
+    SpecError,
+    batch_size,
+    float_field,
+    hookimpl,
+    int_field,
+    not_bool,
+    positive_int,
+    seed_field,
+    to_device,
+)
 from attrkit.functional.kmeans import kmeans
 from attrkit.functional.last_layer import last_layer_features, resolve_linear_layer
-from attrkit.protocols import Grouper
 
 
 def _first_appearance(ids: torch.Tensor) -> torch.Tensor:

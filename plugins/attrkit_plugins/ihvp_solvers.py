@@ -9,8 +9,9 @@ The default curvature is Gauss-Newton ``Jᵀ H_ℓ J``: positive semi-definite, 
 usually indefinite away from a minimum, and the solvers then refuse it with the damping
 it would need). Gauss-Newton sees ``loss_fn`` only through the model's output: a term
 written directly on the parameters (an L2 penalty) is not in it — add it through
-``regularization``, or choose ``curvature="hessian"``. The maths is in :mod:`attrkit.functional.ihvp_direct` and
-:mod:`attrkit.functional.ihvp_iterative`; config fields are their keyword arguments.
+``regularization``, or choose ``curvature="hessian"``. The maths is in :mod:`attrkit.functional.ihvp_explicit`,
+:mod:`~attrkit.functional.ihvp_cg`, :mod:`~attrkit.functional.ihvp_lissa` and
+:mod:`~attrkit.functional.ihvp_arnoldi`; config fields are their builders' keyword arguments.
 
 In distributed mode (:mod:`attrkit.distributed`) the curvature products are split over the
 ranks and all-reduced: at ``fit`` for ``explicit`` and ``arnoldi``, which then solve
@@ -26,11 +27,8 @@ from typing import Any, ClassVar
 import attrs
 import torch
 
-from attrkit import capabilities, hookimpl
-from attrkit.fields import float_field, positive_int, seed_field
-from attrkit.functional.ihvp_direct import arnoldi_ihvp_at, explicit_ihvp_at
-from attrkit.functional.ihvp_iterative import cg_ihvp_at, lissa_ihvp_at
-from attrkit.parameter_solver import ParameterSolver, Solve
+from attrkit.plugin import HVP, ParameterSolver, Solve, float_field, hookimpl, positive_int, seed_field
+from attrkit.functional import arnoldi_ihvp_at, cg_ihvp_at, explicit_ihvp_at, lissa_ihvp_at
 
 
 def _regularization(default: float = 1e-3) -> Any:
@@ -48,7 +46,7 @@ def _curvature() -> Any:
 class _HVPSolver(ParameterSolver):
     """Calls ``build_at(model, loss_fn, state, names, batches, **config)`` once per member."""
 
-    requires: ClassVar[frozenset[str]] = frozenset({capabilities.HVP})
+    requires: ClassVar[frozenset[str]] = frozenset({HVP})
     build_at: ClassVar[Callable[..., Solve]]
 
     def build(
@@ -113,7 +111,7 @@ class CGSolver(_HVPSolver):
     :class:`~attrkit.errors.ConvergenceWarning` per fitted solver (per member), with the
     residual reached and the fixes; every solve records ``iterations``,
     ``max_relative_residual`` and ``unconverged_solves`` in the fitted ``InverseHVP``'s
-    ``stats.info``. See :func:`~attrkit.functional.ihvp_iterative.cg_ihvp_at`.
+    ``stats.info``. See :func:`~attrkit.functional.ihvp_cg.cg_ihvp_at`.
     """
 
     name: ClassVar[str] = "cg"
@@ -183,7 +181,7 @@ class ArnoldiSolver(_HVPSolver):
     the default spec runs on any model: with ``p <= rank`` every eigenpair is kept and the
     result is the exact ``(H + λI)⁻¹`` on the full space, as the ``explicit`` solver's (no
     warning: nothing is lost). Eigenpairs with a numerically zero ``λ_i + λ`` are dropped
-    (pseudo-inverse). See :func:`~attrkit.functional.ihvp_direct.arnoldi_ihvp_at`.
+    (pseudo-inverse). See :func:`~attrkit.functional.ihvp_arnoldi.arnoldi_ihvp_at`.
     """
 
     name: ClassVar[str] = "arnoldi"

@@ -26,10 +26,7 @@ from typing import Any, ClassVar
 import attrs
 import torch
 
-from attrkit import hookimpl
-from attrkit.fields import float_field
-from attrkit.engine import Fit, GradientAttributor
-from attrkit.engine.self_influence import self_influence
+from attrkit.plugin import Fit, GradientAttributor, float_field, hookimpl, self_influence
 
 SLOTS = frozenset({"gradients", "projector", "solver", "grouper", "ensemble"})
 DEFAULTS = {"gradients": "per-example", "projector": "identity", "solver": "cg", "grouper": "singleton"}

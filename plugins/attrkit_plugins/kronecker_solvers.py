@@ -6,17 +6,13 @@ Parameter space: each is applied to raw test gradients before any projection.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from functools import partial
 from typing import Any, ClassVar
 
 import attrs
 import torch
 
-from attrkit import capabilities, hookimpl
-from attrkit.fields import float_field
-from attrkit.functional.datainf import datainf_ihvp_at
-from attrkit.functional.kfac import ekfac_solve, fit_ekfac, fit_kfac, kfac_solve
-from attrkit.parameter_solver import ParameterSolver, Solve
+from attrkit.plugin import PER_EXAMPLE, ParameterSolver, Solve, float_field, hookimpl
+from attrkit.functional import datainf_ihvp_at, ekfac_ihvp_at, kfac_ihvp_at
 
 @attrs.frozen(kw_only=True)
 class KroneckerConfig:
@@ -33,16 +29,15 @@ class KFACSolver(ParameterSolver):
     """``(G ⊗ A + λI)⁻¹`` per Linear/Conv layer, from the empirical Fisher's Kronecker
     factors ``A = E[ā āᵀ]`` (inputs) and ``G = E[g gᵀ]`` (output gradients), accumulated
     over the whole training set in one pass; other parameters use the diagonal Fisher.
-    See :mod:`attrkit.functional.kfac`.
+    See :func:`~attrkit.functional.ihvp_kfac.kfac_ihvp_at`.
     """
 
     name: ClassVar[str] = "kfac"
     Config: ClassVar[type] = KroneckerConfig
-    requires: ClassVar[frozenset[str]] = frozenset({capabilities.PER_EXAMPLE})
+    requires: ClassVar[frozenset[str]] = frozenset({PER_EXAMPLE})
     #: ``solve`` applies the (all-reduced) factors only: self-influence splits across ranks.
     local_solve: ClassVar[bool] = True
-    fit_factors: ClassVar[Callable[..., Any]] = staticmethod(fit_kfac)
-    apply: ClassVar[Callable[..., torch.Tensor]] = staticmethod(kfac_solve)
+    build_at: ClassVar[Callable[..., Solve]] = staticmethod(kfac_ihvp_at)
 
     def build(
         self,
@@ -52,18 +47,17 @@ class KFACSolver(ParameterSolver):
         names: Sequence[str],
         batches: Iterable[Any],
     ) -> Solve:
-        """Fit the factors once; the solve applies them to each block."""
-        factors = type(self).fit_factors(model, loss_fn, state, names, batches)
-        return partial(type(self).apply, factors, regularization=self.config.regularization)
+        """Fit the factors once; the ``InverseHVP`` applies them to each block."""
+        return type(self).build_at(model, loss_fn, state, names, batches, regularization=self.config.regularization)
 
 
 class EKFACSolver(KFACSolver):
     """Eigenvalue-corrected K-FAC (George et al., 2018): K-FAC's eigenbases with the
-    per-example second moments in that basis as eigenvalues (a second pass over the data)."""
+    per-example second moments in that basis as eigenvalues (a second pass over the data).
+    See :func:`~attrkit.functional.ihvp_kfac.ekfac_ihvp_at`."""
 
     name: ClassVar[str] = "ekfac"
-    fit_factors = staticmethod(fit_ekfac)
-    apply = staticmethod(ekfac_solve)
+    build_at = staticmethod(ekfac_ihvp_at)
 
 
 @attrs.frozen(kw_only=True)
@@ -85,7 +79,7 @@ class DataInfSolver(ParameterSolver):
 
     name: ClassVar[str] = "datainf"
     Config: ClassVar[type] = DataInfConfig
-    requires: ClassVar[frozenset[str]] = frozenset({capabilities.PER_EXAMPLE})
+    requires: ClassVar[frozenset[str]] = frozenset({PER_EXAMPLE})
 
     def build(
         self,

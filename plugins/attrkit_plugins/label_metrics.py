@@ -8,12 +8,9 @@ from typing import Any, ClassVar
 import attrs
 import torch
 
-from attrkit import hookimpl
-from attrkit.fields import float_field, floats_field
+from attrkit.plugin import Metric, MetricResult, float_field, floats_field, hookimpl
 from attrkit.functional.detection import detection_curve, group_labels, roc_auc
 from attrkit.functional.ground_truth import GroundTruthError, check_groups, require_entries, shape_mismatch
-from attrkit.results import MetricResult
-from attrkit.protocols import Metric
 
 
 def _in_unit(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:

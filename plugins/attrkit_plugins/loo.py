@@ -8,11 +8,9 @@ from typing import Any, ClassVar
 import attrs
 import torch
 
-from attrkit import hookimpl
+from attrkit.plugin import Metric, MetricResult, hookimpl
 from attrkit.functional.ground_truth import GroundTruthError, require_entries, shape_mismatch
 from attrkit.functional.removal import loo_correlation
-from attrkit.results import MetricResult
-from attrkit.protocols import Metric
 
 
 @attrs.frozen(kw_only=True)

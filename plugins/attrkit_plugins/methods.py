@@ -11,11 +11,7 @@ from typing import ClassVar
 
 import attrs
 
-from attrkit import hookimpl
-from attrkit.fields import as_float
-from attrkit.context import Member
-from attrkit.errors import SpecError
-from attrkit.engine import GradientAttributor
+from attrkit.plugin import GradientAttributor, Member, SpecError, as_float, hookimpl
 
 
 @attrs.frozen(kw_only=True)

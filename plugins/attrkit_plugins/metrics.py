@@ -8,10 +8,8 @@ from typing import Any, ClassVar
 import attrs
 import torch
 
-from attrkit import hookimpl
+from attrkit.plugin import Metric, MetricResult, hookimpl
 from attrkit.functional.ranking import pearson_columns, spearman_columns
-from attrkit.results import MetricResult
-from attrkit.protocols import Metric
 
 
 @attrs.frozen(kw_only=True)

@@ -8,12 +8,8 @@ from typing import ClassVar
 import attrs
 import torch
 
-from attrkit import hookimpl
-from attrkit.fields import float_field, positive_int, seed_field
-from attrkit.context import FitContext
-from attrkit.errors import NotFittedError
+from attrkit.plugin import FitContext, NotFittedError, Projector, float_field, hookimpl, positive_int, seed_field
 from attrkit.functional.projection import SeededMatrix, gaussian_sampler, rademacher_sampler
-from attrkit.protocols import Projector
 
 
 @attrs.frozen(kw_only=True)

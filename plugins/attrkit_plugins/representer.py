@@ -23,20 +23,27 @@ from typing import Any, ClassVar
 import attrs
 import torch
 
-from attrkit import hookimpl
-from attrkit.fields import float_field, positive_int
-from attrkit.context import Member
-from attrkit.data import batch_size, to_device
-from attrkit.errors import DataLoaderError, NotFittedError
-from attrkit.finite import cause, check_rows, check_scores
-from attrkit.fit_guard import FitGuard
+from attrkit.plugin import (
+    AttributionTask,
+    Attributor,
+    DataLoaderError,
+    FitGuard,
+    Member,
+    NotFittedError,
+    Part,
+    batch_size,
+    cause,
+    check_rows,
+    check_scores,
+    checked,
+    float_field,
+    hookimpl,
+    positive_int,
+    progress,
+    to_device,
+    user_code,
+)
 from attrkit.functional.last_layer import last_layer_features, resolve_linear_layer
-from attrkit.loaders import checked
-from attrkit.progress import progress
-from attrkit.task import AttributionTask
-from attrkit.user_code import user_code
-from attrkit.parts import Part
-from attrkit.protocols import Attributor
 
 
 class _Logits(torch.nn.Module):

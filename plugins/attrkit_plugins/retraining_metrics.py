@@ -15,12 +15,9 @@ from typing import Any, ClassVar
 import attrs
 import torch
 
-from attrkit import hookimpl
-from attrkit.fields import floats_field, seed_field
+from attrkit.plugin import Metric, MetricResult, floats_field, hookimpl, seed_field
 from attrkit.functional.ground_truth import GroundTruthError, check_groups, require_entries, shape_mismatch
 from attrkit.functional.removal import AGGREGATES, importance, importance_order, keep_mask, top_count
-from attrkit.results import MetricResult
-from attrkit.protocols import Metric
 
 
 def _open_unit(_instance: Any, attribute: attrs.Attribute, value: tuple[float, ...]) -> None:

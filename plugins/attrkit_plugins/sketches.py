@@ -7,12 +7,8 @@ from typing import ClassVar
 import attrs
 import torch
 
-from attrkit import hookimpl
-from attrkit.fields import positive_int, seed_field
-from attrkit.context import FitContext
-from attrkit.errors import NotFittedError
+from attrkit.plugin import FitContext, NotFittedError, Projector, hookimpl, positive_int, seed_field
 from attrkit.functional.sparse import sjlt_project
-from attrkit.protocols import Projector
 
 @attrs.frozen(kw_only=True)
 class SJLTConfig:

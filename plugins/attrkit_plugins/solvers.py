@@ -7,14 +7,18 @@ from typing import ClassVar
 import attrs
 import torch
 
-from attrkit import hookimpl
-from attrkit.fields import float_field
-from attrkit.context import FitContext
-from attrkit.errors import CurvatureError, NonFiniteError, NotFittedError
-from attrkit.feature_matrix import FeatureMatrix
+from attrkit.plugin import (
+    CurvatureError,
+    FeatureMatrix,
+    FitContext,
+    HessianSolver,
+    NonFiniteError,
+    NotFittedError,
+    float_field,
+    hookimpl,
+)
 from attrkit.functional.ihvp import check_finite_solve
-from attrkit.functional.ihvp_direct import cholesky_solve_columns
-from attrkit.protocols import HessianSolver
+from attrkit.functional.ihvp_explicit import cholesky_solve_columns
 
 
 @attrs.frozen(kw_only=True)

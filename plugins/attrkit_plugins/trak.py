@@ -22,14 +22,8 @@ from typing import Any, ClassVar
 import attrs
 import torch
 
-from attrkit import hookimpl
-from attrkit.context import Member
-from attrkit.data import to_device
+from attrkit.plugin import AttributionTask, GradientAttributor, Member, hookimpl, negated_margin, progress, to_device
 from attrkit.functional.gradients import evaluate
-from attrkit.engine import GradientAttributor
-from attrkit.progress import progress
-from attrkit.targets import negated_margin
-from attrkit.task import AttributionTask
 
 
 @attrs.frozen(kw_only=True)

@@ -18,10 +18,19 @@ from torch.func import functional_call, jacrev
 import attrkit
 from attrkit.context import FitContext
 from attrkit.errors import ConvergenceWarning, CurvatureError, NonFiniteError
-from attrkit.functional.datainf import datainf_ihvp_at
-from attrkit.functional.ihvp_direct import arnoldi_ihvp_at, explicit_ihvp_at, explicit_solve, ihvp_arnoldi
-from attrkit.functional.ihvp_iterative import cg_ihvp_at, cg_solve, lissa_ihvp_at
-from attrkit.functional.kfac import ekfac_solve, fit_ekfac, fit_kfac, kfac_solve
+from attrkit.functional import (
+    arnoldi_ihvp_at,
+    cg_ihvp_at,
+    datainf_ihvp_at,
+    ekfac_ihvp_at,
+    explicit_ihvp_at,
+    kfac_ihvp_at,
+    lissa_ihvp_at,
+)
+from attrkit.functional.ihvp_cg import cg_solve
+from attrkit.functional.ihvp_explicit import explicit_solve
+from attrkit.functional.ihvp_kfac import ekfac_solve, kfac_solve
+from attrkit.functional.kfac_factors import fit_ekfac, fit_kfac
 from attrkit.functional.scoring import normalize_rows
 from attrkit.targets import cross_entropy, negated_margin
 from attrkit.testing import autograd_gradients, toy_problem
@@ -209,8 +218,24 @@ def test_arnoldi_functions_clamp_rank_to_p():
     assert arnoldi.stats.info["rank"] == 12 and arnoldi.stats.build.passes == 12
     torch.testing.assert_close(arnoldi(vectors), explicit(vectors), rtol=1e-8, atol=1e-10)
     matrix = torch.diag(torch.tensor([3.0, 2.0, 1.0], dtype=F64))
-    out = ihvp_arnoldi(lambda t: 0.5 * t @ matrix @ t, torch.zeros(3, dtype=F64), torch.eye(3, dtype=F64))
-    torch.testing.assert_close(out, torch.linalg.inv(matrix))
+    quadratic, loss = _quadratic(matrix)  # mean loss 0.5 tᵀ M t: H = M, p = 3 < the default rank 50
+    solve = arnoldi_ihvp_at(quadratic, loss, _state(quadratic), ["t"], [(torch.zeros(2, 1, dtype=F64),)])
+    assert solve.stats.info["rank"] == 3
+    torch.testing.assert_close(solve(torch.eye(3, dtype=F64)), torch.linalg.inv(matrix))
+
+
+def _quadratic(matrix: torch.Tensor) -> tuple[nn.Module, object]:
+    """A model with one parameter ``t`` (zeros) and a loss whose every example is ``0.5 tᵀ M t``."""
+
+    class Quadratic(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.t = nn.Parameter(torch.zeros(len(matrix), dtype=matrix.dtype))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return (0.5 * self.t @ matrix @ self.t).expand(len(x))
+
+    return Quadratic(), lambda model, batch: model(batch[0])
 
 
 def test_arnoldi_at_zero_damping_drops_the_null_space_instead_of_inverting_round_off():
@@ -301,8 +326,9 @@ def _rank_deficient_linear():
     return linear, squared, [(x, y)]
 
 
-@pytest.mark.parametrize(("fit", "solve"), [(fit_kfac, kfac_solve), (fit_ekfac, ekfac_solve)])
-def test_kronecker_solvers_refuse_round_off_eigenvalues_at_zero_damping(fit, solve):
+@pytest.mark.parametrize(("fit", "solve", "build"),
+                         [(fit_kfac, kfac_solve, kfac_ihvp_at), (fit_ekfac, ekfac_solve, ekfac_ihvp_at)])
+def test_kronecker_solvers_refuse_round_off_eigenvalues_at_zero_damping(fit, solve, build):
     linear, loss, batches = _rank_deficient_linear()
     factors = fit(linear, loss, _state(linear), ["weight"], batches)
     layer = (factors.kfac if hasattr(factors, "kfac") else factors).layers[0]
@@ -312,6 +338,10 @@ def test_kronecker_solvers_refuse_round_off_eigenvalues_at_zero_damping(fit, sol
         solve(factors, v, 0.0)
     out = solve(factors, v, 1e-3)
     assert out.isfinite().all() and float(out.abs().max()) < 1e6
+    with pytest.raises(CurvatureError, match=r"layer '<root>' is singular.*regularization >"):
+        build(linear, loss, _state(linear), ["weight"], batches)(v)  # the public form, at its default λ = 0
+    torch.testing.assert_close(build(linear, loss, _state(linear), ["weight"], batches, regularization=1e-3)(v), out,
+                               rtol=0, atol=0)
 
 
 def test_datainf_overflow_raises_instead_of_returning_inf():

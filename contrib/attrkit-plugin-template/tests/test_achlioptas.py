@@ -1,11 +1,16 @@
 """The template plugin's tests: attrkit's conformance kit plus its own maths."""
 
+import ast
+from pathlib import Path
+
 import torch
 
 import attrkit
-from attrkit.functional.projection import block_generator
+from attrkit.functional import block_generator
 from attrkit.testing import check_component, toy_problem
 from attrkit_plugin_template.achlioptas import achlioptas_sampler
+
+SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 def test_registered_through_the_entry_point_group():
@@ -15,6 +20,22 @@ def test_registered_through_the_entry_point_group():
 
 def test_conformance():
     check_component(attrkit.default_registry().get("projector", "achlioptas"))
+
+
+def test_written_against_the_plugin_module_only():
+    """The plugin imports ``attrkit.plugin`` and ``attrkit.functional`` and nothing else of attrkit."""
+    for path in SRC.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules = [f"{node.module}.{a.name}" if node.module == "attrkit" else node.module for a in node.names]
+            else:
+                continue
+            for module in modules:
+                if module.split(".")[0] == "attrkit":
+                    allowed = module == "attrkit.plugin" or module.startswith("attrkit.functional")
+                    assert allowed, f"{path.relative_to(SRC)} imports {module}"
 
 
 def test_entries_have_the_documented_law():

@@ -13,11 +13,8 @@ from typing import ClassVar
 import attrs
 import torch
 
-import attrkit
-from attrkit.fields import positive_int, seed_field
-from attrkit.context import FitContext
-from attrkit.functional.projection import SeededMatrix
-from attrkit.protocols import Projector
+from attrkit import plugin
+from attrkit.functional import SeededMatrix
 
 
 def achlioptas_sampler(gen: torch.Generator, rows: int, k: int, device: torch.device) -> torch.Tensor:
@@ -35,12 +32,16 @@ class AchlioptasConfig:
         seed: fixes the matrix (per device type).
     """
 
-    dim: int = positive_int(512, (8, 32))
-    seed: int = seed_field(per_member=True)
+    dim: int = plugin.positive_int(512, (8, 32))
+    seed: int = plugin.seed_field(per_member=True)
 
 
-class AchlioptasProjector(Projector):
+class AchlioptasProjector(plugin.Projector):
     """Sparse random projection ``Tensor[b, p] -> Tensor[b, dim]``, seeded and chunked.
+
+    ``P`` is generated in seeded blocks of rows (:class:`attrkit.functional.SeededMatrix`),
+    once, and reused: memory is bounded whatever ``p`` is, and a batch's projection does
+    not depend on how the examples are batched.
 
     Example:
         >>> attrkit.compose({"method": "grad-dot", "projector": {"name": "achlioptas", "dim": 64}}, task)  # doctest: +SKIP
@@ -53,18 +54,22 @@ class AchlioptasProjector(Projector):
         super().__init__(config)
         self.matrix: SeededMatrix | None = None
 
-    def fit(self, context: FitContext) -> None:
+    def fit(self, context: plugin.FitContext) -> None:
         """Set up ``P`` for input dimension ``context.dimension``."""
         self.matrix = SeededMatrix(context.dimension, self.config.dim, self.config.seed, achlioptas_sampler)
 
     def project(self, vectors: torch.Tensor) -> torch.Tensor:
-        """``Tensor[b, p] -> Tensor[b, dim]``."""
+        """``Tensor[b, p] -> Tensor[b, dim]``, in the input's dtype and on its device.
+
+        Raises:
+            NotFittedError: before ``fit``.
+        """
         if self.matrix is None:
-            raise RuntimeError("achlioptas projector used before fit(context)")
+            raise plugin.NotFittedError("achlioptas projector used before fit(context)")
         return self.matrix.project(vectors)
 
 
-@attrkit.hookimpl
+@plugin.hookimpl
 def attrkit_components() -> list[type]:
     """The classes this plugin registers."""
     return [AchlioptasProjector]

@@ -1,9 +1,11 @@
-"""K-FAC and EK-FAC: Kronecker-factored inverse curvature of the mean training loss.
+"""K-FAC and EK-FAC factors: Kronecker-factored curvature of the mean training loss, fitted.
 
 The curvature is the empirical Fisher of the mean loss over the *whole* training set,
 ``F = (1/n) Σ_i g_i g_iᵀ`` (``g_i`` the per-example gradient), approximated block-diagonally:
 one block per factored layer (``nn.Linear``, ``nn.Conv1d/2d``, see
-:mod:`attrkit.functional.factored`) and a diagonal for the other (fallback) parameters.
+:mod:`attrkit.functional.factored`) and the diagonal empirical Fisher
+``d = (1/n) Σ_i g_i²`` for the other (fallback) parameters.
+:mod:`attrkit.functional.ihvp_kfac` inverts it.
 
 A layer's per-example gradient is ``G_i = Σ_t g_{i,t} ā_{i,t}ᵀ``, ``Tensor[d_out, d_in + 1]``:
 ``g_{i,t}`` the output gradient and ``ā_{i,t} = [a_{i,t}, 1]`` the input at position ``t``
@@ -26,15 +28,6 @@ of ``F_l`` in that basis, ``Λ = (1/n) Σ_i (Q_Gᵀ G_i Q_A)²`` (elementwise sq
 second pass over the data: the ``F_l`` of the form ``(Q_G ⊗ Q_A) diag (Q_G ⊗ Q_A)ᵀ`` that is
 closest to the true one in Frobenius norm.
 
-Damping is added to the approximated block, ``(F_l + λI)⁻¹``, applied to ``V`` (a vector's
-layer slice as ``[d_out, d_in + 1]``) as ``Q_G [(Q_Gᵀ V Q_A) / (λ_G λ_Aᵀ + λ)] Q_Aᵀ`` for
-K-FAC and with ``Λ`` in the denominator for EK-FAC — damping of the product, not the
-factored ``(G + √λ I) ⊗ (A + √λ I)``. Fallback parameters use the diagonal empirical
-Fisher ``d = (1/n) Σ_i g_i²`` and ``v / (d + λ)``. A denominator is never numerically
-zero: eigenvalues within the round-off of a layer's ``eigh`` (``max(d_out, d_in + 1) · eps``
-times its largest) with a ``λ`` no larger raise a ``CurvatureError`` naming the layer and the
-``regularization`` needed, instead of dividing by round-off.
-
 Factors are kept in the parameters' dtype and device; sums are accumulated batch by batch,
 so the result does not depend on how the training set is batched. In distributed mode
 (:mod:`attrkit.distributed`) each rank accumulates its shard of the batches and the sums
@@ -43,7 +36,6 @@ are all-reduced before the eigendecompositions, so every rank holds the same fac
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -52,12 +44,12 @@ import torch
 
 from attrkit import distributed
 from attrkit.data import batch_size, to_device
-from attrkit.errors import CurvatureError, DataLoaderError
-from attrkit.functional.factored import FactoredGradients, FactorPlan, LayerFactors, factored_gradients, plan_factors
-from attrkit.functional.ihvp import check_finite_solve
+from attrkit.errors import DataLoaderError
+from attrkit.functional.factored import FactorPlan, factored_gradients, plan_factors
+from attrkit.functional.gradient_factors import FactoredGradients, LayerFactors
 from attrkit.types import LossFn
 
-__all__ = ["EKFACFactors", "KFACFactors", "KroneckerLayer", "ekfac_solve", "fit_ekfac", "fit_kfac", "kfac_solve"]
+__all__ = ["EKFACFactors", "KFACFactors", "KroneckerLayer", "fit_ekfac", "fit_kfac"]
 
 #: Elements of the per-example rotated gradients ``[b, d_out, d_in + 1]`` formed at once by EK-FAC's second pass.
 _CHUNK = 1 << 24
@@ -164,7 +156,9 @@ def _eigh(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def fit_kfac(model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str, torch.Tensor], names: Sequence[str],
              batches: Iterable[Any]) -> KFACFactors:
-    """K-FAC factors ``A``, ``G`` of every factored layer and the fallback diagonal, in one pass.
+    """K-FAC factors ``A``, ``G`` of every factored layer and the fallback diagonal, in one pass:
+    the fit that :func:`~attrkit.functional.ihvp_kfac.kfac_ihvp_at` runs (a module-level
+    helper, not exported from :mod:`attrkit.functional`).
 
     Args:
         model: the module ``loss_fn`` calls (its weights are not used or changed).
@@ -217,7 +211,9 @@ def fit_kfac(model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str, torch.
 
 def fit_ekfac(model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str, torch.Tensor], names: Sequence[str],
               batches: Iterable[Any]) -> EKFACFactors:
-    """EK-FAC: :func:`fit_kfac`, then a second pass for the corrected eigenvalues ``Λ``.
+    """EK-FAC: :func:`fit_kfac`, then a second pass for the corrected eigenvalues ``Λ``: the
+    fit that :func:`~attrkit.functional.ihvp_kfac.ekfac_ihvp_at` runs (a module-level helper,
+    not exported from :mod:`attrkit.functional`).
 
     ``Λ = (1/n) Σ_i (Q_Gᵀ G_i Q_A)²`` per layer, ``G_i = Σ_t g_{i,t} ā_{i,t}ᵀ`` the exact
     per-example gradient of the layer (George et al. 2018).
@@ -246,92 +242,3 @@ def fit_ekfac(model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str, torch
     (n,) = _reduce(sums, [_stream(model, loss_fn, state, plan_factors(model, names), batches, visit)])
     return EKFACFactors(kfac=kfac, eigenvalues=tuple(total / n for total in sums))
 
-
-def _apply(factors: KFACFactors, vectors: torch.Tensor, regularization: float,
-           eigenvalues: Sequence[torch.Tensor], solver: str) -> torch.Tensor:
-    """``vectors`` through each layer's ``Q [(Qᵀ V) / (eigenvalues + λ)] Qᵀ`` and the fallback diagonal."""
-    p = sum(factors.sizes[n] for n in factors.names)
-    if vectors.dim() != 2 or vectors.shape[1] != p:
-        raise ValueError(f"expected a block of vectors Tensor[m, {p}], got shape {tuple(vectors.shape)}")
-    if not regularization >= 0:
-        raise ValueError(f"regularization must be >= 0 (damping λ added as λI), got {regularization}")
-    like = factors.fallback_diagonal
-    rows = vectors.to(dtype=like.dtype, device=like.device)
-    m, out = rows.shape[0], torch.empty_like(rows)
-    starts = dict(zip(factors.names, itertools.accumulate((factors.sizes[n] for n in factors.names), initial=0)))
-    cols = lambda name: slice(starts[name], starts[name] + factors.sizes[name])  # noqa: E731
-
-    eps = torch.finfo(like.dtype).eps
-
-    def denominator(values: torch.Tensor, where: str, noise: float) -> torch.Tensor:
-        """``values + λ``, refused where ``values`` is numerically zero (``<= noise``) and ``λ`` is too."""
-        null = values <= noise
-        if bool(null.any()) and not regularization > noise:
-            raise CurvatureError(
-                f"{solver}: regularization={regularization:g} but the curvature of {where} is singular: {int(null.sum())} of its "
-                f"{values.numel()} eigenvalues are numerically 0 (<= {noise:.3g}, round-off of the largest, "
-                f"{float(values.max()):.3g}), and dividing by them gives inf or round-off noise; use regularization > "
-                f"{noise:.3g} (damping λ added as λI; e.g. {1e-3 * float(values.max()):.3g}, 1e-3 of the largest)"
-            )
-        return values + regularization
-
-    for layer, values in zip(factors.layers, eigenvalues, strict=True):
-        d_out = layer.output_basis.shape[0]
-        parts = [rows[:, cols(layer.weight)].reshape(m, d_out, -1)] if layer.weight else []
-        parts += [rows[:, cols(layer.bias)].reshape(m, d_out, 1)] if layer.bias else []
-        q_g, q_a = layer.output_basis, layer.input_basis
-        noise = max(q_g.shape[0], q_a.shape[0]) * eps * float(values.max()) if values.numel() else 0.0
-        scale = denominator(values, f"layer {layer.module or '<root>'!r}", noise)
-        solved = q_g @ ((q_g.T @ torch.cat(parts, 2) @ q_a) / scale) @ q_a.T
-        if layer.weight:
-            out[:, cols(layer.weight)] = solved[..., : q_a.shape[0] - (layer.bias is not None)].reshape(m, -1)
-        if layer.bias:
-            out[:, cols(layer.bias)] = solved[..., -1]
-    if factors.fallback:
-        flat = torch.cat([rows[:, cols(name)] for name in factors.fallback], 1)
-        # a mean of squares: no cancellation, so only an exact 0 is singular
-        solved = flat / denominator(factors.fallback_diagonal, f"the fallback parameters {list(factors.fallback)}", 0.0)
-        for name, part in zip(factors.fallback, solved.split([factors.sizes[n] for n in factors.fallback], 1)):
-            out[:, cols(name)] = part
-    return check_finite_solve(solver, vectors, out.to(dtype=vectors.dtype, device=vectors.device))
-
-
-def kfac_solve(factors: KFACFactors, vectors: torch.Tensor, regularization: float) -> torch.Tensor:
-    """``(F_kfac + λI)⁻¹ v`` for each row: ``Q_G [(Q_Gᵀ V Q_A) / (λ_G λ_Aᵀ + λ)] Q_Aᵀ`` per layer.
-
-    Args:
-        factors: from :func:`fit_kfac`.
-        vectors: ``Tensor[m, p]``, flattened in ``factors.names`` order (each parameter
-            row-major, as :func:`per_example_gradients` and ``FactoredGradients.materialize``).
-        regularization: ``λ >= 0``, added to the approximated curvature as ``λI``.
-
-    Returns:
-        ``Tensor[m, p]`` in the dtype and on the device of ``vectors`` (computed in the
-        factors'). Cost: ``O(m (d_out + d_in) d_out d_in)`` per layer, no pass over the data.
-
-    Raises:
-        ValueError: ``vectors`` is not ``[m, p]`` or ``λ < 0``.
-        CurvatureError: (a ``ValueError``) a layer with numerically zero eigenvalues
-            (``<= max(d_out, d_in + 1) · eps · max``, the round-off of its ``eigh``) and a
-            ``λ`` not above that level, or a fallback parameter with a zero Fisher diagonal
-            and ``λ = 0``: the message names the layer and the ``regularization`` needed.
-    """
-    products = [x.output_eigenvalues[:, None] * x.input_eigenvalues for x in factors.layers]
-    return _apply(factors, vectors, regularization, products, "kfac")
-
-
-def ekfac_solve(factors: EKFACFactors, vectors: torch.Tensor, regularization: float) -> torch.Tensor:
-    """``(F_ekfac + λI)⁻¹ v`` for each row: ``Q_G [(Q_Gᵀ V Q_A) / (Λ + λ)] Q_Aᵀ`` per layer.
-
-    Args:
-        factors: from :func:`fit_ekfac`.
-        vectors: ``Tensor[m, p]`` as in :func:`kfac_solve`.
-        regularization: ``λ >= 0``, added as ``λI``.
-
-    Returns:
-        ``Tensor[m, p]``, as :func:`kfac_solve`.
-
-    Raises:
-        ValueError: as :func:`kfac_solve`.
-    """
-    return _apply(factors.kfac, vectors, regularization, factors.eigenvalues, "ekfac")

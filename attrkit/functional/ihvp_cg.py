@@ -1,0 +1,182 @@
+"""Block conjugate gradients for ``(H + λI)⁻¹``: iterate per solve, nothing factorised.
+
+Each solve runs CG on the curvature products of the block of vectors, all ``m`` vectors
+together, one dataset pass per iteration. The public form is :func:`cg_ihvp_at`;
+:func:`cg_solve` is the algorithm it runs, on a matvec. See :mod:`attrkit.functional.ihvp`
+for the family and the cost units.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from attrkit.errors import ConvergenceWarning
+from attrkit.functional.curvature import MatVec
+from attrkit.functional.ihvp import (
+    CurvatureError,
+    InverseHVP,
+    check_block,
+    check_regularization,
+    dataset_matvec,
+    prepare_at,
+)
+from attrkit.types import LossFn
+
+__all__ = ["cg_ihvp_at", "cg_solve"]
+
+
+def _block_cg(
+    matvec: MatVec, vectors: torch.Tensor, regularization: float, max_iter: int, tol: float
+) -> tuple[torch.Tensor, int, float, int]:
+    """Block CG; returns ``(solutions, iterations, max relative residual, rows not converged)``.
+
+    A row has converged when its (recursively updated) residual is at most ``tol`` times
+    its right-hand side's norm; the rows still above it when ``max_iter`` is reached count
+    as not converged.
+    """
+    x = torch.zeros_like(vectors)
+    residual, direction = vectors.clone(), vectors.clone()
+    squares = residual.square().sum(1)
+    targets = (tol * vectors.norm(dim=1)).square()
+    active = squares > targets
+    iterations = 0
+    while iterations < max_iter and bool(active.any()):
+        rows = active.nonzero().squeeze(1)
+        d = direction[rows]
+        product = matvec(d) + regularization * d
+        curvature = (d * product).sum(1)
+        if bool((curvature <= 0).any()):
+            quotient = float((curvature / d.square().sum(1)).min())
+            raise CurvatureError(
+                f"CG met a direction with dᵀ(H + λI)d <= 0 (Rayleigh quotient {quotient:.3g}): "
+                f"H + λI is not positive definite; set regularization > {regularization - quotient:.3g} or use a "
+                "positive semi-definite curvature such as Gauss-Newton"
+            )
+        step = squares[rows] / curvature
+        x[rows] += step[:, None] * d
+        new = residual[rows] - step[:, None] * product
+        new_squares = new.square().sum(1)
+        direction[rows] = new + (new_squares / squares[rows])[:, None] * d
+        residual[rows], squares[rows] = new, new_squares
+        active[rows] = new_squares > targets[rows]
+        iterations += 1
+    norms = vectors.norm(dim=1)
+    relative = torch.where(norms > 0, squares.sqrt() / norms.clamp_min(torch.finfo(norms.dtype).tiny), 0.0)
+    return x, iterations, float(relative.max()) if len(relative) else 0.0, int(active.sum())
+
+
+def _not_converged(where: str, max_iter: int, tol: float, regularization: float, residual: float, rows: int,
+                   total: int) -> str:
+    """The :class:`ConvergenceWarning` message of a CG solve stopped at ``max_iter``."""
+    return (f"{where} stopped at max_iter={max_iter} with {rows} of {total} vectors above tol={tol:g}: max relative "
+            f"residual ‖v - (H + λI)x‖/‖v‖ = {residual:.3g}, so the inverse-HVPs (and the scores built on them) are "
+            f"approximate. Raise max_iter, raise regularization (now {regularization:g}; a better-conditioned "
+            "H + λI converges in fewer iterations), or use a direct solver: explicit, arnoldi or ekfac")
+
+
+def _check_cg(max_iter: int, tol: float) -> None:
+    """Refuse CG settings that make no sense."""
+    if max_iter < 1 or not tol >= 0:
+        raise ValueError(f"CG needs max_iter >= 1 and tol >= 0, got max_iter={max_iter}, tol={tol}")
+
+
+def cg_solve(
+    matvec: MatVec, vectors: torch.Tensor, *, regularization: float = 0.0, max_iter: int = 100, tol: float = 1e-6,
+    warn: bool = True,
+) -> torch.Tensor:
+    """``(A + λI)⁻¹ v`` for every row of ``vectors`` by conjugate gradients, all rows at once:
+    the algorithm on a matvec that :func:`cg_ihvp_at` runs (a module-level helper, not
+    exported from :mod:`attrkit.functional`).
+
+    Each row runs its own CG (its own step sizes) and stops when its residual
+    ``‖v - (A + λI) x‖ <= tol ‖v‖``; every iteration calls ``matvec`` once, on the block
+    of the rows still running. CG needs ``A + λI`` symmetric positive definite; in exact
+    arithmetic it is exact after ``p`` iterations.
+
+    Args:
+        matvec: ``Tensor[k, p] -> Tensor[k, p]``, the symmetric ``A`` applied to rows.
+        vectors: ``Tensor[m, p]``, one right-hand side per row.
+        regularization: damping ``λ >= 0``.
+        max_iter: most iterations (``matvec`` calls).
+        tol: relative residual at which a row stops.
+        warn: issue a :class:`~attrkit.errors.ConvergenceWarning` when some row is still
+            above ``tol`` after ``max_iter`` iterations (one per call).
+
+    Returns:
+        ``Tensor[m, p]``, in the dtype of ``vectors`` (CG runs in it). Cost: at most
+        ``max_iter`` calls of ``matvec``.
+
+    Raises:
+        CurvatureError: a direction with ``dᵀ(A + λI)d <= 0`` (not positive definite).
+
+    Warns:
+        ConvergenceWarning: ``warn`` and a row not converged; the message gives
+            ``max_iter``, ``tol``, the largest relative residual reached and the fixes.
+    """
+    check_block(vectors)
+    check_regularization(regularization)
+    _check_cg(max_iter, tol)
+    x, _, residual, rows = _block_cg(matvec, vectors, regularization, max_iter, tol)
+    if warn and rows:
+        message = _not_converged("cg_solve", max_iter, tol, regularization, residual, rows, len(vectors))
+        warnings.warn(message, ConvergenceWarning, stacklevel=2)
+    return x
+
+
+def cg_ihvp_at(
+    model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str, torch.Tensor], names: Sequence[str],
+    batches: Iterable[Any], *, regularization: float = 0.0, curvature: str = "hessian", max_iter: int = 10,
+    tol: float = 1e-6,
+) -> InverseHVP:
+    """``(H + λI)⁻¹`` of the mean training loss by block CG on dataset curvature products.
+
+    Nothing is precomputed: every CG iteration is one pass over ``batches`` for the whole
+    block of still-running vectors. Truncated CG (small ``max_iter``) is the usual
+    influence-function trade-off; ``max_iter = p`` converges.
+
+    Args:
+        model, loss_fn, state, names, batches, regularization, curvature: as
+            :func:`~attrkit.functional.ihvp_explicit.explicit_ihvp_at`.
+        max_iter: most CG iterations (passes) per solve.
+        tol: relative residual at which a vector stops.
+
+    Returns:
+        :class:`InverseHVP`; ``stats.info`` holds the last solve's ``iterations`` and
+        ``max_relative_residual``, and ``unconverged_solves``, the number of solves so far
+        that stopped at ``max_iter`` above ``tol``. Build: nothing. Solve of ``m`` vectors:
+        at most ``max_iter`` passes, at most ``max_iter n m`` example-HVPs.
+
+    Raises:
+        CurvatureError: ``H + λI`` is not positive definite along a CG direction.
+        DataLoaderError: ``batches`` empty or a one-shot iterator.
+
+    Warns:
+        ConvergenceWarning: at the first solve that stops at ``max_iter`` with a vector
+            above ``tol`` (naming ``max_iter``, ``tol``, the residual reached and the
+            fixes); later solves of the same :class:`InverseHVP` only update ``stats.info``.
+    """
+    started = time.perf_counter()
+    meter, p = prepare_at(state, names, batches, regularization, curvature)
+    _check_cg(max_iter, tol)
+    matvec = dataset_matvec(meter, model, loss_fn, state, names, curvature)
+    info: dict[str, float] = {"unconverged_solves": 0}
+
+    def apply(vectors: torch.Tensor) -> torch.Tensor:
+        x, iterations, residual, rows = _block_cg(matvec, vectors, regularization, max_iter, tol)
+        info.update(iterations=iterations, max_relative_residual=residual)
+        if rows:
+            if not info["unconverged_solves"]:
+                message = _not_converged("solver cg", max_iter, tol, regularization, residual, rows, len(vectors))
+                warnings.warn(message + " (warned once per fitted solver; see its stats.info)", ConvergenceWarning,
+                              stacklevel=3)
+            info["unconverged_solves"] += 1
+        return x
+
+    return InverseHVP(apply, p, meter, started, info, name="cg")
+
+

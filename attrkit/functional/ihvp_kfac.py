@@ -1,0 +1,199 @@
+"""K-FAC and EK-FAC inverses: ``(F_l + λI)⁻¹`` per layer in the Kronecker eigenbasis.
+
+The curvature is the block-diagonal, Kronecker-factored empirical Fisher of the mean
+training loss fitted by :mod:`attrkit.functional.kfac_factors` (the conventions are there).
+The public forms are :func:`kfac_ihvp_at` and :func:`ekfac_ihvp_at`; :func:`kfac_solve` and
+:func:`ekfac_solve` are the solves they run on fitted factors.
+
+Damping is added to the approximated block, ``(F_l + λI)⁻¹``, applied to ``V`` (a vector's
+layer slice as ``[d_out, d_in + 1]``) as ``Q_G [(Q_Gᵀ V Q_A) / (λ_G λ_Aᵀ + λ)] Q_Aᵀ`` for
+K-FAC and with ``Λ`` in the denominator for EK-FAC — damping of the product, not the
+factored ``(G + √λ I) ⊗ (A + √λ I)``. Fallback parameters use the diagonal empirical
+Fisher ``d = (1/n) Σ_i g_i²`` and ``v / (d + λ)``. A denominator is never numerically
+zero: eigenvalues within the round-off of a layer's ``eigh`` (``max(d_out, d_in + 1) · eps``
+times its largest) with a ``λ`` no larger raise a ``CurvatureError`` naming the layer and the
+``regularization`` needed, instead of dividing by round-off.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
+from typing import Any
+
+import torch
+
+from attrkit.errors import CurvatureError
+from attrkit.functional.ihvp import InverseHVP, _Meter, check_finite_solve, check_regularization
+from attrkit.functional.kfac_factors import EKFACFactors, KFACFactors, fit_ekfac, fit_kfac
+from attrkit.types import LossFn
+
+__all__ = ["ekfac_ihvp_at", "ekfac_solve", "kfac_ihvp_at", "kfac_solve"]
+
+
+def _apply(factors: KFACFactors, vectors: torch.Tensor, regularization: float,
+           eigenvalues: Sequence[torch.Tensor], solver: str) -> torch.Tensor:
+    """``vectors`` through each layer's ``Q [(Qᵀ V) / (eigenvalues + λ)] Qᵀ`` and the fallback diagonal."""
+    p = sum(factors.sizes[n] for n in factors.names)
+    if vectors.dim() != 2 or vectors.shape[1] != p:
+        raise ValueError(f"expected a block of vectors Tensor[m, {p}], got shape {tuple(vectors.shape)}")
+    if not regularization >= 0:
+        raise ValueError(f"regularization must be >= 0 (damping λ added as λI), got {regularization}")
+    like = factors.fallback_diagonal
+    rows = vectors.to(dtype=like.dtype, device=like.device)
+    m, out = rows.shape[0], torch.empty_like(rows)
+    starts = dict(zip(factors.names, itertools.accumulate((factors.sizes[n] for n in factors.names), initial=0)))
+    cols = lambda name: slice(starts[name], starts[name] + factors.sizes[name])  # noqa: E731
+
+    eps = torch.finfo(like.dtype).eps
+
+    def denominator(values: torch.Tensor, where: str, noise: float) -> torch.Tensor:
+        """``values + λ``, refused where ``values`` is numerically zero (``<= noise``) and ``λ`` is too."""
+        null = values <= noise
+        if bool(null.any()) and not regularization > noise:
+            raise CurvatureError(
+                f"{solver}: regularization={regularization:g} but the curvature of {where} is singular: {int(null.sum())} of its "
+                f"{values.numel()} eigenvalues are numerically 0 (<= {noise:.3g}, round-off of the largest, "
+                f"{float(values.max()):.3g}), and dividing by them gives inf or round-off noise; use regularization > "
+                f"{noise:.3g} (damping λ added as λI; e.g. {1e-3 * float(values.max()):.3g}, 1e-3 of the largest)"
+            )
+        return values + regularization
+
+    for layer, values in zip(factors.layers, eigenvalues, strict=True):
+        d_out = layer.output_basis.shape[0]
+        parts = [rows[:, cols(layer.weight)].reshape(m, d_out, -1)] if layer.weight else []
+        parts += [rows[:, cols(layer.bias)].reshape(m, d_out, 1)] if layer.bias else []
+        q_g, q_a = layer.output_basis, layer.input_basis
+        noise = max(q_g.shape[0], q_a.shape[0]) * eps * float(values.max()) if values.numel() else 0.0
+        scale = denominator(values, f"layer {layer.module or '<root>'!r}", noise)
+        solved = q_g @ ((q_g.T @ torch.cat(parts, 2) @ q_a) / scale) @ q_a.T
+        if layer.weight:
+            out[:, cols(layer.weight)] = solved[..., : q_a.shape[0] - (layer.bias is not None)].reshape(m, -1)
+        if layer.bias:
+            out[:, cols(layer.bias)] = solved[..., -1]
+    if factors.fallback:
+        flat = torch.cat([rows[:, cols(name)] for name in factors.fallback], 1)
+        # a mean of squares: no cancellation, so only an exact 0 is singular
+        solved = flat / denominator(factors.fallback_diagonal, f"the fallback parameters {list(factors.fallback)}", 0.0)
+        for name, part in zip(factors.fallback, solved.split([factors.sizes[n] for n in factors.fallback], 1)):
+            out[:, cols(name)] = part
+    return check_finite_solve(solver, vectors, out.to(dtype=vectors.dtype, device=vectors.device))
+
+
+def kfac_solve(factors: KFACFactors, vectors: torch.Tensor, regularization: float) -> torch.Tensor:
+    """``(F_kfac + λI)⁻¹ v`` for each row: ``Q_G [(Q_Gᵀ V Q_A) / (λ_G λ_Aᵀ + λ)] Q_Aᵀ`` per layer.
+
+    The solve that :func:`kfac_ihvp_at` runs on fitted factors (a module-level helper, not
+    exported from :mod:`attrkit.functional`).
+
+    Args:
+        factors: from :func:`~attrkit.functional.kfac_factors.fit_kfac`.
+        vectors: ``Tensor[m, p]``, flattened in ``factors.names`` order (each parameter
+            row-major, as :func:`per_example_gradients` and ``FactoredGradients.materialize``).
+        regularization: ``λ >= 0``, added to the approximated curvature as ``λI``.
+
+    Returns:
+        ``Tensor[m, p]`` in the dtype and on the device of ``vectors`` (computed in the
+        factors'). Cost: ``O(m (d_out + d_in) d_out d_in)`` per layer, no pass over the data.
+
+    Raises:
+        ValueError: ``vectors`` is not ``[m, p]`` or ``λ < 0``.
+        CurvatureError: (a ``ValueError``) a layer with numerically zero eigenvalues
+            (``<= max(d_out, d_in + 1) · eps · max``, the round-off of its ``eigh``) and a
+            ``λ`` not above that level, or a fallback parameter with a zero Fisher diagonal
+            and ``λ = 0``: the message names the layer and the ``regularization`` needed.
+    """
+    products = [x.output_eigenvalues[:, None] * x.input_eigenvalues for x in factors.layers]
+    return _apply(factors, vectors, regularization, products, "kfac")
+
+
+def ekfac_solve(factors: EKFACFactors, vectors: torch.Tensor, regularization: float) -> torch.Tensor:
+    """``(F_ekfac + λI)⁻¹ v`` for each row: ``Q_G [(Q_Gᵀ V Q_A) / (Λ + λ)] Q_Aᵀ`` per layer.
+
+    The solve that :func:`ekfac_ihvp_at` runs on fitted factors (a module-level helper, not
+    exported from :mod:`attrkit.functional`).
+
+    Args:
+        factors: from :func:`~attrkit.functional.kfac_factors.fit_ekfac`.
+        vectors: ``Tensor[m, p]`` as in :func:`kfac_solve`.
+        regularization: ``λ >= 0``, added as ``λI``.
+
+    Returns:
+        ``Tensor[m, p]``, as :func:`kfac_solve`.
+
+    Raises:
+        ValueError: as :func:`kfac_solve`.
+    """
+    return _apply(factors.kfac, vectors, regularization, factors.eigenvalues, "ekfac")
+
+
+def _kronecker_ihvp_at(
+    fit: Callable[..., Any], solve: Callable[..., torch.Tensor], name: str, model: torch.nn.Module, loss_fn: LossFn,
+    state: Mapping[str, torch.Tensor], names: Sequence[str], batches: Iterable[Any], regularization: float,
+) -> InverseHVP:
+    """``fit`` the factors on ``batches`` (passes counted), and an :class:`InverseHVP` that ``solve``-s with them."""
+    started = time.perf_counter()
+    check_regularization(regularization)
+    meter = _Meter(batches)
+    factors = fit(model, loss_fn, state, names, meter)
+    p = sum(state[n].numel() for n in names)
+    return InverseHVP(partial(solve, factors, regularization=regularization), p, meter, started, {}, name=name)
+
+
+def kfac_ihvp_at(
+    model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str, torch.Tensor], names: Sequence[str],
+    batches: Iterable[Any], *, regularization: float = 0.0,
+) -> InverseHVP:
+    """K-FAC's ``(G ⊗ A + λI)⁻¹`` per layer (Martens & Grosse 2015): fit the factors once, solve many.
+
+    Runs :func:`~attrkit.functional.kfac_factors.fit_kfac` once, then :func:`kfac_solve` at
+    each solve.
+
+    Args:
+        model: the module ``loss_fn`` calls (its weights are not used or changed).
+        loss_fn: ``loss_fn(model, batch) -> Tensor[b]``, per-example training loss.
+        state: ``{name: Tensor}`` of every parameter and buffer to evaluate at.
+        names: selected parameters, in model order (``select_parameters``): the layout of
+            the vectors.
+        batches: the whole training set, in batches (any batch size: the factors are sums).
+        regularization: damping ``λ >= 0``, added to the approximated curvature as ``λI``.
+
+    Returns:
+        :class:`InverseHVP`. Build: one pass of ``factored_gradients`` (no example-HVPs)
+        and one ``eigh`` per factor. Solve of ``m`` vectors: ``O(m (d_out + d_in) d_out d_in)``
+        flops per layer, no pass over the data.
+
+    Raises:
+        ValueError: ``regularization`` not a finite number ``>= 0``.
+        DataLoaderError, FactorisationError, LossShapeError: as ``fit_kfac``.
+        CurvatureError: at a solve, as :func:`kfac_solve` (numerically zero eigenvalues and
+            a ``λ`` not above their round-off).
+    """
+    return _kronecker_ihvp_at(fit_kfac, kfac_solve, "kfac", model, loss_fn, state, names, batches, regularization)
+
+
+def ekfac_ihvp_at(
+    model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str, torch.Tensor], names: Sequence[str],
+    batches: Iterable[Any], *, regularization: float = 0.0,
+) -> InverseHVP:
+    """EK-FAC's ``(F_ekfac + λI)⁻¹`` per layer (George et al. 2018): K-FAC's eigenbases with
+    the corrected eigenvalues ``Λ``, fitted once.
+
+    Runs :func:`~attrkit.functional.kfac_factors.fit_ekfac` once, then :func:`ekfac_solve`
+    at each solve.
+
+    Args:
+        model, loss_fn, state, names, batches, regularization: as :func:`kfac_ihvp_at`;
+            ``batches`` is read twice.
+
+    Returns:
+        :class:`InverseHVP`. Build: two passes of ``factored_gradients`` (no example-HVPs).
+        Solve: as :func:`kfac_ihvp_at`'s.
+
+    Raises:
+        ValueError, DataLoaderError, FactorisationError, LossShapeError, CurvatureError: as
+            :func:`kfac_ihvp_at`.
+    """
+    return _kronecker_ihvp_at(fit_ekfac, ekfac_solve, "ekfac", model, loss_fn, state, names, batches, regularization)
