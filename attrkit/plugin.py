@@ -7,7 +7,8 @@ subclasses the base of its kind — :class:`Projector`, :class:`HessianSolver`,
 method, :class:`GradientAttributor` (the shared score formula: override its hooks) or
 :class:`Attributor` (a formula of its own) — and declares ``name``, a frozen ``Config``
 built from the field helpers below, ``requires``/``provides`` capabilities, and the flags
-of its kind. ``attrkit.testing.check_component`` runs the conformance checks of its kind.
+of its kind. ``attrkit.testing.check_component`` runs the conformance checks of its kind;
+:mod:`distributed` (``shard``, ``sum_over_ranks``...) lets a solver split its passes over ranks.
 
 Example (a projector)::
 
@@ -36,6 +37,7 @@ Example (a projector)::
 
 from __future__ import annotations
 
+from attrkit import distributed
 from attrkit.capabilities import FACTORED, GROUP, HVP, LAST_LAYER, PER_EXAMPLE
 from attrkit.context import FitContext, Member
 from attrkit.data import batch_size, to_device
@@ -148,6 +150,7 @@ __all__ = [
     "check_scores",
     "checked",
     "cross_entropy",
+    "distributed",
     "float_field",
     "floats_field",
     "frozen_field",

@@ -15,6 +15,7 @@ import torch
 
 from attrkit.compose import compose
 from attrkit.config import field_examples
+from attrkit.feature_matrix import FeatureMatrix
 from attrkit.context import FitContext
 from attrkit.functional.factored import factored_gradients, plan_factors
 from attrkit.capabilities import FACTORED, HVP
@@ -34,6 +35,7 @@ def example_config(cls: type) -> Any:
 
 
 def _context(toy: ToyProblem, dimension: int, features: torch.Tensor | None = None) -> FitContext:
+    """A fit context on the toy problem; with ``features``, both forms of them, as the engine gives them."""
     return FitContext(
         task=toy.task,
         member=toy.task.members()[0],
@@ -42,6 +44,7 @@ def _context(toy: ToyProblem, dimension: int, features: torch.Tensor | None = No
         dimension=dimension,
         n_train=len(toy.y_train),
         features=features,
+        feature_matrix=FeatureMatrix.whole(features) if features is not None else None,
     )
 
 
