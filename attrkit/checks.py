@@ -2,7 +2,7 @@
 
 attrkit checks loaders, weights, finiteness and store integrity on every call (see the
 README's "What attrkit checks"). :func:`disabled` switches those checks off inside a
-``with`` block, and only to measure what they cost (``python -m attrkit_bench.check_overhead``):
+``with`` block, and only to measure what they cost (``attrkit bench checks``):
 inside it, a shuffled loader, a NaN or a changed model gives silently wrong scores again.
 Errors that the checks do not add (a malformed spec, a store of another spec) still occur.
 """

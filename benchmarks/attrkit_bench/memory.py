@@ -1,4 +1,4 @@
-"""Peak memory of a block of code: process RSS sampled in a thread, plus CUDA's peak."""
+"""Peak memory of a block of code: process RSS sampled in a thread, plus CUDA's peak; and a timed call."""
 
 from __future__ import annotations
 
@@ -6,11 +6,14 @@ import ctypes
 import os
 import sys
 import threading
+import time
+from collections.abc import Callable
 from types import TracebackType
+from typing import Any
 
 import torch
 
-__all__ = ["PeakMemory"]
+__all__ = ["PeakMemory", "measured"]
 
 _MIB = 2.0**20
 _STATM = "/proc/self/statm"
@@ -124,3 +127,12 @@ class PeakMemory:
         if self._on_cuda():
             torch.cuda.synchronize(self.device)
             self.cuda_peak_mib = (torch.cuda.max_memory_allocated(self.device) - self._cuda_start) / _MIB
+
+
+def measured(fn: Callable[[], Any]) -> tuple[Any, float, float]:
+    """``(fn(), wall seconds, peak RSS rise in MiB)`` of one call, timed inside :class:`PeakMemory`."""
+    with PeakMemory() as memory:
+        start = time.perf_counter()
+        out = fn()
+        seconds = time.perf_counter() - start
+    return out, seconds, memory.peak_mib

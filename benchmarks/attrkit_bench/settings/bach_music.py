@@ -1,12 +1,12 @@
 """Setting ``bach-music``: a small music transformer on Bach's four-part chorales, LDS ground truth.
 
-Data: the four-part chorales of ``music21``'s corpus (:func:`~attrkit_bench.chorales.load_chorales`:
+Data: the four-part chorales of ``music21``'s corpus (:func:`~attrkit_bench.data.chorales.load_chorales`:
 329 distinct chorales on a sixteenth-note grid, voices interleaved S A T B per step; 281,424
 tokens over 47 symbols, rest and MIDI pitches C2-A5; parsed once, about 40 s, and cached).
 49 chorales (15 %, seeded) are held out. Examples: 3000 windows of 65 tokens drawn from the
 other 280 chorales (inputs 64 tokens = 16 sixteenth steps of four voices, labels the next
 token of each); targets: 200 windows drawn from the held-out chorales, whose loss is the
-loss of held-out continuations. Model: :class:`~attrkit_bench.gpt.GPT` with 2 blocks,
+loss of held-out continuations. Model: :class:`~attrkit_bench.models.gpt.GPT` with 2 blocks,
 4 heads, width 64, block 64 (110,208 parameters), AdamW (lr 3e-3 with 20 warm-up steps
 and cosine decay to 3e-4, weight decay 0.01, batch 32, 8 epochs, seeded, one thread) on the
 mean next-token cross-entropy, which is also the attributed target. LDS ground truth: 100
@@ -22,9 +22,9 @@ were 61 s and 23 s.
 
 from __future__ import annotations
 
-from attrkit_bench.adamw_training import AdamWRecipe
-from attrkit_bench.chorales import load_chorales
+from attrkit_bench.data.chorales import load_chorales
 from attrkit_bench.settings.sequence import DEFAULT_METHODS, SequenceConfig, SequenceSetting
+from attrkit_bench.training.adamw import AdamWRecipe
 
 __all__ = ["DECLARATION", "FULL", "QUICK", "SETTING", "prepare"]
 

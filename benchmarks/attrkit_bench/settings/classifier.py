@@ -8,11 +8,11 @@ trains it again on the training set with 10 % of the labels flipped (noisy-label
 and retrains ``n_models`` models on seeded random subsets (the LDS protocol: the first half
 are ensemble members, the second half score LDS). On request it also makes leave-one-out
 ground truth (``loo_points`` points, ``loo_seeds`` seeds) and answers the removal metrics'
-retrainings (:mod:`attrkit_bench.removal_truth`). Retraining runs in parallel processes
-(:mod:`attrkit_bench.retraining`). The main model and every retrained model are cached in
+retrainings (:mod:`attrkit_bench.truth.removal`). Retraining runs in parallel processes
+(:mod:`attrkit_bench.truth.retraining`). The main model and every retrained model are cached in
 their own file, keyed by the recipe and the data's bytes, so a rerun loads them and an
 interrupted run resumes; a full run whose files ship with the repository
-(:mod:`attrkit_bench.shipped`) starts from those.
+(:mod:`attrkit_bench.truth.shipped`) starts from those.
 """
 
 from __future__ import annotations
@@ -27,14 +27,15 @@ import attrs
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from attrkit.targets import cross_entropy
+from attrkit import cross_entropy
 from attrkit_bench.cache import cached_fit, fingerprint, load_or_create, recipe_key
-from attrkit_bench.data import load_mnist, stratified_split
-from attrkit_bench.ground_truth import lds_ground_truth, loo_ground_truth
+from attrkit_bench.data.mnist import load_mnist, stratified_split
 from attrkit_bench.problem import Declaration, NoisyLabels, Problem, Truth
-from attrkit_bench.removal_truth import RemovalTruth
-from attrkit_bench.shipped import unpack
-from attrkit_bench.training import SGDRecipe, accuracy, cached_trajectory, retrain_targets, train_model
+from attrkit_bench.training.sgd import SGDRecipe, accuracy, cached_trajectory, retrain_targets, train_model
+from attrkit_bench.truth.lds import lds_ground_truth
+from attrkit_bench.truth.loo import loo_ground_truth
+from attrkit_bench.truth.removal import RemovalTruth
+from attrkit_bench.truth.shipped import unpack
 
 __all__ = ["LOADER_BATCH_SIZE", "NOISY_FRACTION", "ClassifierConfig", "ClassifierSetting", "MakeModel", "flip_labels"]
 
@@ -124,7 +125,7 @@ class ClassifierSetting(Declaration):
         size: one line giving the full run's sizes.
         default_methods: method specs ``attrkit bench NAME`` runs by default.
         load: ``load() -> (X, y)``, the whole dataset; ``None`` for
-            :func:`~attrkit_bench.data.load_mnist`.
+            :func:`~attrkit_bench.data.mnist.load_mnist`.
         source: names the data in the report.
     """
 

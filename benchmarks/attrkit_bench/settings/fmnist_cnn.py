@@ -1,7 +1,7 @@
 """Setting ``fmnist-cnn``: a small ResNet-9-style CNN on Fashion-MNIST, LDS ground truth.
 
 The seed papers' convolutional settings train a ResNet-9 on CIFAR-10, which ships in no
-offline package; Fashion-MNIST does (:func:`~attrkit_bench.fashion_mnist.load_fashion_mnist`,
+offline package; Fashion-MNIST does (:func:`~attrkit_bench.data.fashion_mnist.load_fashion_mnist`,
 Debian package ``dataset-fashion-mnist``). From its 70,000 images, 4000 train and 1000 test
 are drawn stratified; the first 500 test points are the attribution targets; the target is
 the per-example cross-entropy. Ground truth: models retrained with the same recipe on
@@ -39,9 +39,9 @@ import math
 import torch
 from torch import nn
 
-from attrkit_bench.fashion_mnist import load_fashion_mnist
+from attrkit_bench.data.fashion_mnist import load_fashion_mnist
 from attrkit_bench.settings.classifier import ClassifierConfig, ClassifierSetting
-from attrkit_bench.training import SGDRecipe
+from attrkit_bench.training.sgd import SGDRecipe
 
 __all__ = ["CHANNELS_PER_GROUP", "DECLARATION", "FULL", "QUICK", "SETTING", "ResNet9Small", "Residual", "conv_block",
            "make_model", "prepare"]

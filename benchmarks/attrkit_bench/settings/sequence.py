@@ -6,12 +6,12 @@ the corpus's documents (plays, chorales), cuts every document into non-overlappi
 of ``block + 1`` tokens (a window never spans two documents), and draws ``n_train``
 training windows from the other documents and ``n_targets`` target windows from the
 held-out ones, both seeded. An example is a window: inputs its first ``block`` tokens,
-labels its last ``block``. A :class:`~attrkit_bench.gpt.GPT` is trained with seeded AdamW
-(:func:`~attrkit_bench.adamw_training.train_adamw`) on the mean next-token cross-entropy
-:func:`~attrkit_bench.gpt.sequence_loss`, which is also the attributed target: the loss of
+labels its last ``block``. A :class:`~attrkit_bench.models.gpt.GPT` is trained with seeded AdamW
+(:func:`~attrkit_bench.training.adamw.train_adamw`) on the mean next-token cross-entropy
+:func:`~attrkit_bench.models.gpt.sequence_loss`, which is also the attributed target: the loss of
 held-out continuations. The LDS ground truth retrains ``n_models`` models on seeded random
 subsets (the first half are ensemble members, the second half score LDS), in parallel
-processes (:mod:`attrkit_bench.retraining`); the main model and every retrained one are
+processes (:mod:`attrkit_bench.truth.retraining`); the main model and every retrained one are
 cached in their own file, keyed by the recipe and the corpus's tokens, so a rerun loads
 them and an interrupted run resumes.
 """
@@ -27,13 +27,13 @@ import attrs
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from attrkit_bench.adamw_training import AdamWRecipe, train_adamw
 from attrkit_bench.cache import cached_fit, recipe_key
-from attrkit_bench.corpus import Corpus, split_windows, unigram_loss
-from attrkit_bench.gpt import GPT, GPTConfig, sequence_loss
-from attrkit_bench.ground_truth import lds_ground_truth
+from attrkit_bench.data.corpus import Corpus, split_windows, unigram_loss
+from attrkit_bench.models.gpt import GPT, GPTConfig, sequence_loss
 from attrkit_bench.problem import Declaration, Problem
-from attrkit_bench.training import cached_trajectory, per_example_loss
+from attrkit_bench.training.adamw import AdamWRecipe, train_adamw
+from attrkit_bench.training.sgd import cached_trajectory, per_example_loss
+from attrkit_bench.truth.lds import lds_ground_truth
 
 __all__ = [
     "DEFAULT_METHODS", "LOADER_BATCH_SIZE", "SequenceConfig", "SequenceSetting", "fit_gpt", "retrain_losses",
@@ -107,7 +107,7 @@ def fit_gpt(
 ) -> GPT:
     """A :class:`GPT` of shape ``model`` trained on inputs ``x`` and labels ``y`` (``LongTensor[n, block]``).
 
-    See :func:`~attrkit_bench.adamw_training.train_adamw` for ``seed``, ``on_epoch`` and ``keep``.
+    See :func:`~attrkit_bench.training.adamw.train_adamw` for ``seed``, ``on_epoch`` and ``keep``.
     """
     return train_adamw(functools.partial(GPT, model), sequence_loss, x, y, recipe, seed, on_epoch, keep)
 
@@ -177,7 +177,7 @@ class SequenceSetting(Declaration):
 
         Raises:
             ImportError: ``corpus`` is not given and the package holding the data is not installed.
-            ValueError: the corpus is too small for ``config`` (see :func:`~attrkit_bench.corpus.split_windows`).
+            ValueError: the corpus is too small for ``config`` (see :func:`~attrkit_bench.data.corpus.split_windows`).
         """
         config = config or self.full
         source = self.source if corpus is None else "given"

