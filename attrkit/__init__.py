@@ -16,6 +16,8 @@ from importlib import metadata
 from attrkit.compose import Resolved, compose, metric, resolve
 from attrkit.context import FitContext, Member
 from attrkit.errors import (
+    ArgumentError,
+    ArgumentTypeError,
     AttrkitError,
     AttrkitWarning,
     BrokenPluginError,
@@ -53,6 +55,8 @@ from attrkit.targets import cross_entropy, negated_margin
 from attrkit.task import AttributionTask
 
 __all__ = [
+    "ArgumentError",
+    "ArgumentTypeError",
     "AttributionTask",
     "AttrkitError",
     "AttrkitWarning",

@@ -10,7 +10,14 @@ from typing import Any
 import attrs
 
 from attrkit.config import build_config, config_to_dict
-from attrkit.errors import AttrkitError, BrokenPluginError, PluginConflictError, SpecError, UnknownComponentError
+from attrkit.errors import (
+    ArgumentTypeError,
+    AttrkitError,
+    BrokenPluginError,
+    PluginConflictError,
+    SpecError,
+    UnknownComponentError,
+)
 from attrkit.parts import Part
 from attrkit.protocols import SLOTS, Attributor, Metric
 from attrkit.registry import Entry, Registry, default_registry
@@ -219,7 +226,7 @@ def compose(
         TypeError: ``task`` is not an ``AttributionTask``.
     """
     if not isinstance(task, AttributionTask):
-        raise TypeError(f"task must be an attrkit.AttributionTask, got {type(task).__name__}")
+        raise ArgumentTypeError(f"task must be an attrkit.AttributionTask, got {type(task).__name__}")
     resolved = resolve(spec, registry)
     return resolved.entries["method"].cls(resolved.configs["method"], task=task, parts=resolved.parts(),
                                           resolved=resolved)

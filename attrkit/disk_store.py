@@ -45,7 +45,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from attrkit.errors import StoreCorruptError, StoreMismatchError
+from attrkit.errors import ArgumentError, StoreCorruptError, StoreMismatchError
 from attrkit.store import FeatureStore
 
 __all__ = ["MISMATCH_POLICIES", "DiskStore"]
@@ -73,7 +73,7 @@ class DiskStore(FeatureStore):
 
     def __init__(self, root: str | os.PathLike, key: str, on_mismatch: str = "error"):
         if on_mismatch not in MISMATCH_POLICIES:
-            raise ValueError(f"on_mismatch must be one of {MISMATCH_POLICIES}, got {on_mismatch!r}")
+            raise ArgumentError(f"on_mismatch must be one of {MISMATCH_POLICIES}, got {on_mismatch!r}")
         self.root, self.key, self.on_mismatch = Path(root), key, on_mismatch
         self._verified: dict[Path, tuple[int, int, int]] = {}
         if self.root.exists() and not self.root.is_dir():

@@ -52,6 +52,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from attrkit.errors import ArgumentError
 
 __all__ = [
     "all_ranks", "columns", "gather_chunks", "gather_columns", "gather_top_k", "owns", "shard", "sum_over_ranks",
@@ -131,7 +132,7 @@ def gather_chunks(local: Mapping[int, torch.Tensor], count: int) -> list[torch.T
         merged = {j: t for part in parts for j, t in part.items()}
     missing = [j for j in range(count) if j not in merged]
     if missing:
-        raise ValueError(f"no rank supplied training-feature chunks {missing[:5]} (of {count}); "
+        raise ArgumentError(f"no rank supplied training-feature chunks {missing[:5]} (of {count}); "
                          "every rank must iterate the same fixed-order train loader")
     return [merged[j] for j in range(count)]
 

@@ -12,6 +12,8 @@ import difflib
 from collections.abc import Iterable, Mapping
 
 __all__ = [
+    "ArgumentError",
+    "ArgumentTypeError",
     "AttrkitError",
     "AttrkitWarning",
     "BrokenPluginError",
@@ -206,3 +208,13 @@ class BrokenPluginError(AttrkitError, LookupError):
 class PluginWarning(AttrkitWarning):
     """Something about the installed plugins needs attention, e.g. a name in
     ``ATTRKIT_BLOCK_PLUGINS`` (or ``block=``) that matches no installed plugin."""
+
+
+class ArgumentError(AttrkitError, ValueError):
+    """A function or config was given a value it cannot use (a shape, a range, a name); the
+    message names the argument, the value and what is allowed."""
+
+
+class ArgumentTypeError(AttrkitError, TypeError):
+    """A function or config was given a value of the wrong type; the message names the
+    argument, its type and the type expected."""

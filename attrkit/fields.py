@@ -12,6 +12,7 @@ import numbers
 from typing import Any
 
 import attrs
+from attrkit.errors import ArgumentError, ArgumentTypeError
 
 __all__ = [
     "as_float",
@@ -43,7 +44,7 @@ def as_int(value: Any, name: str) -> int:
         TypeError: ``dim must be an int, got True (a bool)`` (or ``got 2.5 (a float)``).
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {value!r} ({_kind(value)})")
+        raise ArgumentTypeError(f"{name} must be an int, got {value!r} ({_kind(value)})")
     return int(value)
 
 
@@ -55,11 +56,11 @@ def as_float(value: Any, name: str) -> float:
         ValueError: a string that is not a number.
     """
     if isinstance(value, bool) or not isinstance(value, (numbers.Real, str)):
-        raise TypeError(f"{name} must be a number, got {value!r} ({_kind(value)})")
+        raise ArgumentTypeError(f"{name} must be a number, got {value!r} ({_kind(value)})")
     try:
         return float(value)
     except ValueError:
-        raise ValueError(f"{name} must be a number, got {value!r} ({_kind(value)})") from None
+        raise ArgumentError(f"{name} must be a number, got {value!r} ({_kind(value)})") from None
 
 
 #: Converter of a float field: :func:`as_float` naming the field.
@@ -68,7 +69,7 @@ to_float = attrs.Converter(lambda value, _self, field: as_float(value, field.nam
 
 def _floats(value: Any, name: str) -> tuple[float, ...]:
     if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-        raise TypeError(f"{name} must be a list of numbers, got {value!r} ({_kind(value)})")
+        raise ArgumentTypeError(f"{name} must be a list of numbers, got {value!r} ({_kind(value)})")
     return tuple(as_float(v, f"{name}[{i}]") for i, v in enumerate(value))
 
 
@@ -84,7 +85,7 @@ def is_int(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
 def is_bool(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     """Validator: ``True`` or ``False`` (``frozen must be true or false, got 1 (an int)``)."""
     if not isinstance(value, bool):
-        raise TypeError(f"{attribute.name} must be true or false, got {value!r} ({_kind(value)})")
+        raise ArgumentTypeError(f"{attribute.name} must be true or false, got {value!r} ({_kind(value)})")
 
 
 def not_bool(what: str = "a number") -> Any:
@@ -93,7 +94,7 @@ def not_bool(what: str = "a number") -> Any:
 
     def check(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
         if isinstance(value, bool):
-            raise TypeError(f"{attribute.name} must be {what}, got {value!r} (a bool)")
+            raise ArgumentTypeError(f"{attribute.name} must be {what}, got {value!r} (a bool)")
 
     return check
 
@@ -103,7 +104,7 @@ def finite(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     values = value if isinstance(value, tuple) else (value,)
     if not all(math.isfinite(v) for v in values):
         shown = list(value) if isinstance(value, tuple) else value
-        raise ValueError(f"{attribute.name} must be finite (not NaN or infinite), got {shown!r}")
+        raise ArgumentError(f"{attribute.name} must be finite (not NaN or infinite), got {shown!r}")
 
 
 def _bounds(ge: float | None, gt: float | None, le: float | None, lt: float | None) -> list[Any]:

@@ -23,7 +23,7 @@ from torch.utils._pytree import tree_flatten
 
 from attrkit import checks
 from attrkit.data import batch_size, to_device
-from attrkit.errors import NonFiniteError
+from attrkit.errors import ArgumentError, NonFiniteError
 from attrkit.functional.gradients import evaluate
 from attrkit.functional.nonfinite import nonfinite_rows
 
@@ -40,7 +40,7 @@ def check_policy(policy: str) -> str:
         ValueError: another value.
     """
     if policy not in POLICIES:
-        raise ValueError(f"nonfinite must be one of {POLICIES}, got {policy!r}")
+        raise ArgumentError(f"nonfinite must be one of {POLICIES}, got {policy!r}")
     return policy
 
 

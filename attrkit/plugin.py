@@ -44,6 +44,8 @@ from attrkit.data import batch_size, to_device
 from attrkit.engine import Fit, FittedMember, GradientAttributor
 from attrkit.engine.self_influence import self_influence
 from attrkit.errors import (
+    ArgumentError,
+    ArgumentTypeError,
     AttrkitError,
     AttrkitWarning,
     CheckpointError,
@@ -104,6 +106,8 @@ __all__ = [
     "HVP",
     "LAST_LAYER",
     "PER_EXAMPLE",
+    "ArgumentError",
+    "ArgumentTypeError",
     "AttributionTask",
     "Attributor",
     "AttrkitError",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import attrs
 import torch
+from attrkit.errors import ArgumentError
 
 __all__ = ["TopK", "check_partition", "merge_top_k"]
 
@@ -15,9 +16,9 @@ def check_partition(groups: torch.Tensor, n_train: int, who: str) -> torch.Tenso
         ValueError: wrong shape or dtype, negative indices, or unused group indices.
     """
     if groups.dtype != torch.long or groups.shape != (n_train,):
-        raise ValueError(f"{who} must return a LongTensor[{n_train}], got {groups.dtype} {tuple(groups.shape)}")
+        raise ArgumentError(f"{who} must return a LongTensor[{n_train}], got {groups.dtype} {tuple(groups.shape)}")
     if n_train and (groups.min() < 0 or torch.unique(groups).numel() != int(groups.max()) + 1):
-        raise ValueError(f"{who} must number groups 0..G-1 with every index used")
+        raise ArgumentError(f"{who} must number groups 0..G-1 with every index used")
     return groups
 
 

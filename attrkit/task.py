@@ -10,7 +10,7 @@ import attrs
 import torch
 
 from attrkit.context import Member
-from attrkit.errors import CheckpointError
+from attrkit.errors import ArgumentError, CheckpointError
 from attrkit.finite import check_state
 from attrkit.properties import Property
 from attrkit.types import LossFn
@@ -24,10 +24,10 @@ def _check_properties(task: AttributionTask, attribute: attrs.Attribute, value: 
     if value is None:
         return
     if isinstance(value, Property) or not isinstance(value, Sequence) or not value:
-        raise ValueError("properties must be a non-empty list of attrkit.properties.Property (or None)")
+        raise ArgumentError("properties must be a non-empty list of attrkit.properties.Property (or None)")
     bad = [type(p).__name__ for p in value if not isinstance(p, Property)]
     if bad:
-        raise ValueError(
+        raise ArgumentError(
             f"properties must hold attrkit.properties.Property values, got {', '.join(bad)}; "
             "wrap a function as Property(name=..., fn=...) or use mean_loss / accuracy_surrogate / loss_gap"
         )

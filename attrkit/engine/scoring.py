@@ -22,7 +22,7 @@ from attrkit.data import batch_size
 from attrkit.engine.sides import explainer, gradients, query
 from attrkit.engine.state import Fit
 from attrkit.engine.tiles import score_block, top_k_block
-from attrkit.errors import NonFiniteError, NonFiniteWarning
+from attrkit.errors import ArgumentError, NonFiniteError, NonFiniteWarning
 from attrkit.finite import check_rows, check_scores
 from attrkit.functional.nonfinite import nonfinite_rows
 from attrkit.loaders import checked
@@ -125,7 +125,7 @@ def top_k(method: GradientAttributor, fit: Fit, test: Iterable[Any], k: int, til
     """
     n = fit.n_columns - (len(fit.skipped) if fit.skipped is not None else 0)
     if not 1 <= k <= n:
-        raise ValueError(f"k must be in 1..{n} (the number of training columns), got {k}")
+        raise ArgumentError(f"k must be in 1..{n} (the number of training columns), got {k}")
     sides = [f.train.owned() for f in fit.members]
     excluded = None
     if fit.skipped is not None and len(fit.skipped):

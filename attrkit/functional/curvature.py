@@ -17,7 +17,7 @@ from torch.func import functional_call, grad, jvp, vjp, vmap
 
 from attrkit import distributed
 from attrkit.data import batch_size, to_device
-from attrkit.errors import DataLoaderError, LossShapeError
+from attrkit.errors import ArgumentError, ArgumentTypeError, DataLoaderError, LossShapeError
 from attrkit.functional.gradients import BoundLoss, eval_mode
 from attrkit.types import LossFn
 
@@ -120,7 +120,7 @@ def _gauss_newton_product(
     with torch.no_grad():
         _summed(loss_fn(spy, batch))
     if len(spy.calls) != 1:
-        raise ValueError(
+        raise ArgumentError(
             f"curvature='gauss-newton' splits loss_fn into model outputs and a loss of those outputs, so loss_fn must "
             f"call the model exactly once per batch; it called it {len(spy.calls)} times. Use curvature='hessian'."
         )
@@ -129,7 +129,7 @@ def _gauss_newton_product(
     def outputs(params: Mapping[str, torch.Tensor]) -> torch.Tensor:
         z = functional_call(model, {**fixed, **params}, args, kwargs)
         if not isinstance(z, torch.Tensor):
-            raise TypeError(f"curvature='gauss-newton' needs the model to return a tensor, got {type(z).__name__}")
+            raise ArgumentTypeError(f"curvature='gauss-newton' needs the model to return a tensor, got {type(z).__name__}")
         return z
 
     def loss_of(z: torch.Tensor) -> torch.Tensor:
@@ -159,7 +159,7 @@ def _dataset_product(
 
     def matvec(v: torch.Tensor) -> torch.Tensor:
         if v.dim() not in (1, 2) or v.shape[-1] != p:
-            raise ValueError(f"expected vectors of shape [{p}] or [m, {p}], got {tuple(v.shape)}")
+            raise ArgumentError(f"expected vectors of shape [{p}] or [m, {p}], got {tuple(v.shape)}")
         rows = v.reshape(-1, p).to(device=first.device, dtype=first.dtype)
         total, n = torch.zeros_like(rows), 0
         with eval_mode(model):
@@ -259,7 +259,7 @@ def lanczos(
     """
     m = min(max_iter, p)
     if not 1 <= k <= m:
-        raise ValueError(f"lanczos needs 1 <= k <= min(max_iter, p) = {m}, got k={k} (max_iter={max_iter}, p={p})")
+        raise ArgumentError(f"lanczos needs 1 <= k <= min(max_iter, p) = {m}, got k={k} (max_iter={max_iter}, p={p})")
     gen = torch.Generator().manual_seed(seed)
     basis = torch.zeros(m, p, dtype=dtype, device=device)
     proj = torch.zeros(m, m, dtype=dtype, device=device)

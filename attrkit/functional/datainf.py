@@ -33,7 +33,7 @@ import torch
 
 from attrkit import distributed
 from attrkit.data import batch_size, to_device
-from attrkit.errors import CurvatureError, DataLoaderError
+from attrkit.errors import ArgumentError, CurvatureError, DataLoaderError
 from attrkit.functional.gradients import per_example_gradients
 from attrkit.functional.ihvp import check_finite_solve
 from attrkit.types import LossFn
@@ -90,7 +90,7 @@ class DataInfSolve:
         """
         p = sum(len(c) for c in self.columns)
         if vectors.dim() != 2 or vectors.shape[1] != p:
-            raise ValueError(f"expected a block of vectors Tensor[m, {p}], got shape {tuple(vectors.shape)}")
+            raise ArgumentError(f"expected a block of vectors Tensor[m, {p}], got shape {tuple(vectors.shape)}")
         like = self.damping
         order = torch.cat(self.columns).to(like.device)
         sizes = [len(c) for c in self.columns]
@@ -153,7 +153,7 @@ def datainf_ihvp_at(
     )
     if regularization is not None:
         if not regularization > 0:
-            raise ValueError(f"regularization must be > 0 (DataInf divides by λ), got {regularization}")
+            raise ArgumentError(f"regularization must be > 0 (DataInf divides by λ), got {regularization}")
         damping = torch.full((len(layers),), float(regularization), dtype=like.dtype, device=like.device)
     else:
         damping = _default_damping(model, loss_fn, state, names, batches, layers, columns)

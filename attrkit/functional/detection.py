@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
+from attrkit.errors import ArgumentError
 from attrkit.functional.removal import top_count
 
 __all__ = ["detection_curve", "group_labels", "roc_auc"]
@@ -66,7 +67,7 @@ def detection_curve(scores: torch.Tensor, labels: torch.Tensor, fractions: Seque
     labels = labels.detach().cpu().bool()
     n_pos = int(labels.sum())
     if n_pos == 0:
-        raise ValueError("detection_curve needs at least one positive label")
+        raise ArgumentError("detection_curve needs at least one positive label")
     ordered = torch.sort(scores, descending=True).values
     found = []
     for fraction in fractions:

@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import Iterator
 
 import torch
+from attrkit.errors import ArgumentError
 
 __all__ = ["dropout_mask", "dropout_modules", "fixed_dropout_masks"]
 
@@ -46,7 +47,7 @@ def dropout_mask(shape: torch.Size | tuple[int, ...], p: float, seed: int, strea
         ValueError: ``p`` outside ``[0, 1)``.
     """
     if not 0.0 <= p < 1.0:
-        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        raise ArgumentError(f"dropout probability must be in [0, 1), got {p}")
     n = 1
     for size in shape:
         n *= int(size)
@@ -82,7 +83,7 @@ def fixed_dropout_masks(model: torch.nn.Module, seed: int, p: float | None = Non
     """
     modules = dropout_modules(model)
     if not modules:
-        raise ValueError(
+        raise ArgumentError(
             f"{type(model).__name__} has no nn.Dropout module, so it has no dropout masks to ensemble over; "
             "use the 'checkpoints' or 'lora' ensemble"
         )

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 
 import attrs
 import torch
+from attrkit.errors import ArgumentError
 
 __all__ = ["FactoredGradients", "LayerFactors"]
 
@@ -118,7 +119,7 @@ class FactoredGradients:
         if not isinstance(other, FactoredGradients):
             return NotImplemented
         if other.names != self.names or other.shape != self.shape:
-            raise ValueError(f"cannot add factored gradients of other parameters or shape: {self.shape}, {other.shape}")
+            raise ArgumentError(f"cannot add factored gradients of other parameters or shape: {self.shape}, {other.shape}")
         layers = tuple(
             x._with(torch.cat([x.inputs, y.inputs], 1), torch.cat([x.output_grads, y.output_grads], 1))
             for x, y in zip(self.layers, other.layers, strict=True)

@@ -30,7 +30,7 @@ from torch.func import functional_call, grad, vmap
 from torch.utils._pytree import tree_map
 
 from attrkit.data import batch_size
-from attrkit.errors import DataLoaderError, LossShapeError
+from attrkit.errors import ArgumentError, DataLoaderError, LossShapeError
 from attrkit.functional.gradients import BoundLoss, eval_mode
 
 __all__ = ["MAX_PADDING", "group_gradients", "group_rows"]
@@ -41,9 +41,9 @@ MAX_PADDING = 4
 
 def _check_groups(groups: torch.Tensor, n_groups: int) -> None:
     if groups.dtype != torch.long or groups.dim() != 1:
-        raise ValueError(f"groups must be a LongTensor[n_train], got {groups.dtype} of shape {tuple(groups.shape)}")
+        raise ArgumentError(f"groups must be a LongTensor[n_train], got {groups.dtype} of shape {tuple(groups.shape)}")
     if groups.numel() and (int(groups.min()) < 0 or int(groups.max()) >= n_groups):
-        raise ValueError(
+        raise ArgumentError(
             f"groups must hold indices in 0..{n_groups - 1} (n_groups={n_groups}), "
             f"got values in {int(groups.min())}..{int(groups.max())}"
         )
@@ -119,7 +119,7 @@ def group_gradients(
         LossShapeError: ``fn`` does not return one value per example.
     """
     if not names:
-        raise ValueError("names must list at least one parameter to differentiate")
+        raise ArgumentError("names must list at least one parameter to differentiate")
     _check_groups(groups, n_groups)
     bound = BoundLoss(model, fn)
     chosen = set(names)

@@ -48,7 +48,7 @@ from torch.func import vmap
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from attrkit.data import batch_size, check_fixed_order
-from attrkit.errors import CurvatureError, DataLoaderError, NonFiniteError
+from attrkit.errors import ArgumentError, CurvatureError, DataLoaderError, NonFiniteError
 from attrkit.functional.curvature import MatVec, dataset_gnvp, dataset_hvp, hvp
 from attrkit.functional.nonfinite import nonfinite_rows
 from attrkit.types import LossFn
@@ -167,10 +167,10 @@ def check_block(vectors: torch.Tensor, p: int | None = None) -> None:
     """Refuse anything but a floating ``Tensor[m, p]`` (any ``p`` when ``None``) with a ``ValueError``."""
     if not isinstance(vectors, torch.Tensor) or vectors.dim() != 2 or vectors.shape[1] != (p or vectors.shape[1]):
         got = tuple(vectors.shape) if isinstance(vectors, torch.Tensor) else type(vectors).__name__
-        raise ValueError(f"vectors must be a block Tensor[m, p={p or 'p'}], one vector per row (pass one vector v as "
+        raise ArgumentError(f"vectors must be a block Tensor[m, p={p or 'p'}], one vector per row (pass one vector v as "
                          f"v[None]); got {got}")
     if not vectors.is_floating_point():
-        raise ValueError(f"vectors must be floating point, got {vectors.dtype}")
+        raise ArgumentError(f"vectors must be floating point, got {vectors.dtype}")
 
 
 def check_finite_solve(solver: str, vectors: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -204,7 +204,7 @@ def check_finite_solve(solver: str, vectors: torch.Tensor, out: torch.Tensor) ->
 def check_regularization(regularization: float) -> None:
     """Refuse a damping that is not a finite number ``>= 0`` (``ValueError``)."""
     if not (math.isfinite(regularization) and regularization >= 0):
-        raise ValueError(f"regularization (the damping λ in H + λI) must be a finite number >= 0, "
+        raise ArgumentError(f"regularization (the damping λ in H + λI) must be a finite number >= 0, "
                          f"got {regularization}")
 
 
@@ -227,10 +227,10 @@ def prepare_at(
     """
     check_regularization(regularization)
     if curvature not in CURVATURES:
-        raise ValueError(f"curvature must be one of {sorted(CURVATURES)}, got {curvature!r}")
+        raise ArgumentError(f"curvature must be one of {sorted(CURVATURES)}, got {curvature!r}")
     missing = [n for n in names if n not in state]
     if not names or missing:
-        raise ValueError(f"names must be a non-empty list of keys of state; missing: {missing or 'all (empty)'}")
+        raise ArgumentError(f"names must be a non-empty list of keys of state; missing: {missing or 'all (empty)'}")
     check_fixed_order(batches)
     iterator = iter(batches)
     if iterator is batches:

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from attrkit.errors import ArgumentError
 from attrkit.functional.curvature import MatVec, lanczos
 from attrkit.functional.ihvp import CurvatureError, InverseHVP, dataset_matvec, prepare_at
 from attrkit.types import LossFn
@@ -58,7 +59,7 @@ def _clamped_rank(rank: int, max_iter: int, p: int) -> tuple[int, int]:
         ValueError: ``rank < 1`` or ``rank > max_iter`` (one Lanczos step per eigenpair at least).
     """
     if not 1 <= rank <= max_iter:
-        raise ValueError(f"rank must be between 1 and max_iter = {max_iter} (one Lanczos step per eigenpair at "
+        raise ArgumentError(f"rank must be between 1 and max_iter = {max_iter} (one Lanczos step per eigenpair at "
                          f"least), got rank={rank} with max_iter={max_iter}, p={p}")
     return min(rank, p), min(max_iter, p)
 

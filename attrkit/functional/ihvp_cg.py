@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from attrkit.errors import ConvergenceWarning
+from attrkit.errors import ArgumentError, ConvergenceWarning
 from attrkit.functional.curvature import MatVec
 from attrkit.functional.ihvp import (
     CurvatureError,
@@ -82,7 +82,7 @@ def _not_converged(where: str, max_iter: int, tol: float, regularization: float,
 def _check_cg(max_iter: int, tol: float) -> None:
     """Refuse CG settings that make no sense."""
     if max_iter < 1 or not tol >= 0:
-        raise ValueError(f"CG needs max_iter >= 1 and tol >= 0, got max_iter={max_iter}, tol={tol}")
+        raise ArgumentError(f"CG needs max_iter >= 1 and tol >= 0, got max_iter={max_iter}, tol={tol}")
 
 
 def cg_solve(

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from attrkit.errors import NonFiniteError
+from attrkit.errors import ArgumentError, NonFiniteError
 from attrkit.functional.curvature import MatVec
 from attrkit.functional.ihvp import (
     CurvatureError,
@@ -160,7 +160,7 @@ def explicit_solve(matrix: torch.Tensor, vectors: torch.Tensor, regularization: 
         ValueError: shapes that do not match, a negative ``regularization``.
     """
     if matrix.dim() != 2 or matrix.shape[0] != matrix.shape[1]:
-        raise ValueError(f"matrix must be square Tensor[p, p], got {tuple(matrix.shape)}")
+        raise ArgumentError(f"matrix must be square Tensor[p, p], got {tuple(matrix.shape)}")
     check_block(vectors, matrix.shape[0])
     check_regularization(regularization)
     return _factored(_factor(matrix.clone(), regularization))(vectors)
@@ -202,7 +202,7 @@ def explicit_ihvp_at(
     meter, p = prepare_at(state, names, batches, regularization, curvature)
     _check_dim(p, max_dim, dtype)
     if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        raise ArgumentError(f"chunk_size must be >= 1, got {chunk_size}")
     matvec = dataset_matvec(meter, model, loss_fn, state, names, curvature)
     matrix = _assemble(matvec, p, chunk_size, dtype, state[names[0]].device)
     factor = _factor(matrix, regularization)

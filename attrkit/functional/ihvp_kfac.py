@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from attrkit.errors import CurvatureError
+from attrkit.errors import ArgumentError, CurvatureError
 from attrkit.functional.ihvp import InverseHVP, _Meter, check_finite_solve, check_regularization
 from attrkit.functional.kfac_factors import EKFACFactors, KFACFactors, fit_ekfac, fit_kfac
 from attrkit.types import LossFn
@@ -38,9 +38,9 @@ def _apply(factors: KFACFactors, vectors: torch.Tensor, regularization: float,
     """``vectors`` through each layer's ``Q [(Qᵀ V) / (eigenvalues + λ)] Qᵀ`` and the fallback diagonal."""
     p = sum(factors.sizes[n] for n in factors.names)
     if vectors.dim() != 2 or vectors.shape[1] != p:
-        raise ValueError(f"expected a block of vectors Tensor[m, {p}], got shape {tuple(vectors.shape)}")
+        raise ArgumentError(f"expected a block of vectors Tensor[m, {p}], got shape {tuple(vectors.shape)}")
     if not regularization >= 0:
-        raise ValueError(f"regularization must be >= 0 (damping λ added as λI), got {regularization}")
+        raise ArgumentError(f"regularization must be >= 0 (damping λ added as λI), got {regularization}")
     like = factors.fallback_diagonal
     rows = vectors.to(dtype=like.dtype, device=like.device)
     m, out = rows.shape[0], torch.empty_like(rows)

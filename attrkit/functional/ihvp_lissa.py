@@ -18,7 +18,7 @@ from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 from attrkit import distributed
 from attrkit.data import batch_size as examples_in
 from attrkit.data import to_device
-from attrkit.errors import DataLoaderError
+from attrkit.errors import ArgumentError, DataLoaderError
 from attrkit.functional.curvature import MatVec
 from attrkit.functional.ihvp import (
     CURVATURES,
@@ -83,7 +83,7 @@ def _lissa(
     check_block(vectors)
     check_regularization(regularization)
     if depth < 1 or repeat < 1 or not scale > 0:
-        raise ValueError(f"LiSSA needs depth >= 1, repeat >= 1 and scale > 0, got {depth}, {repeat}, {scale}")
+        raise ArgumentError(f"LiSSA needs depth >= 1, repeat >= 1 and scale > 0, got {depth}, {repeat}, {scale}")
     norms = vectors.norm(dim=1)
     total = torch.zeros_like(vectors)
     last_step = 0.0
@@ -172,7 +172,7 @@ def lissa_ihvp_at(
     data, n = _gather(meter)
     data = to_device(data, state[names[0]].device)
     if not 1 <= batch_size <= n:
-        raise ValueError(f"batch_size (examples sampled per LiSSA step) must be between 1 and n={n}, got {batch_size}")
+        raise ArgumentError(f"batch_size (examples sampled per LiSSA step) must be between 1 and n={n}, got {batch_size}")
     product = CURVATURES[curvature]
     world = distributed.world()
     ranks = 1 if world is None else world[1]  # rank r takes part r of every sample

@@ -14,6 +14,7 @@ import math
 
 import attrs
 import torch
+from attrkit.errors import ArgumentError
 
 __all__ = ["KMeansResult", "kmeans", "standardize"]
 
@@ -144,16 +145,16 @@ def kmeans(
         2
     """
     if n_clusters < 1 or max_iter < 1 or tol < 0 or chunk_rows < 1:
-        raise ValueError(
+        raise ArgumentError(
             f"kmeans needs n_clusters >= 1, max_iter >= 1, tol >= 0 and chunk_rows >= 1; got n_clusters={n_clusters}, "
             f"max_iter={max_iter}, tol={tol}, chunk_rows={chunk_rows}"
         )
     if x.dim() == 0 or x.shape[0] == 0:
-        raise ValueError(f"kmeans needs at least one row, got a tensor of shape {tuple(x.shape)}")
+        raise ArgumentError(f"kmeans needs at least one row, got a tensor of shape {tuple(x.shape)}")
     x = x.reshape(x.shape[0], -1)
     x = x if x.is_floating_point() else x.float()
     if not torch.isfinite(x).all():
-        raise ValueError("kmeans inputs must be finite (found NaN or inf)")
+        raise ArgumentError("kmeans inputs must be finite (found NaN or inf)")
     rows, inverse, counts = torch.unique(x, dim=0, return_inverse=True, return_counts=True)
     w = counts.to(rows.dtype)
     z = standardize(rows, w) if standardize_features else rows

@@ -17,7 +17,7 @@ import torch
 from torch.func import functional_call
 
 from attrkit.data import batch_size
-from attrkit.errors import LossShapeError, SpecError
+from attrkit.errors import ArgumentError, LossShapeError, SpecError
 from attrkit.functional.gradients import BoundLoss, eval_mode
 
 __all__ = ["last_layer_features", "last_layer_gradients", "last_layer_parameters", "resolve_linear_layer"]
@@ -40,14 +40,14 @@ def resolve_linear_layer(model: torch.nn.Module, layer: str | None = None) -> st
     """
     linears = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
     if not linears:
-        raise ValueError(
+        raise ArgumentError(
             f"last-layer gradients need an nn.Linear output layer, but {type(model).__name__} has none; "
             "use the 'per-example' gradient source with params=[...] instead"
         )
     if layer is None:
         return linears[-1]
     if layer not in linears:
-        raise ValueError(f"layer {layer!r} is not an nn.Linear module of the model; its nn.Linear layers are: {', '.join(linears)}")
+        raise ArgumentError(f"layer {layer!r} is not an nn.Linear module of the model; its nn.Linear layers are: {', '.join(linears)}")
     return layer
 
 
@@ -136,18 +136,18 @@ def last_layer_features(
             "Use reduction='none' and do not average over the batch."
         )
     if len(seen) != 1:
-        raise ValueError(
+        raise ArgumentError(
             f"layer {layer!r} was called {len(seen)} times for one batch; last-layer gradients need it called "
             "exactly once (for a shared or repeated layer use the 'per-example' gradient source)"
         )
     h, logits = seen[0]
     if h.dim() != 2 or h.shape[0] != b:
-        raise ValueError(
+        raise ArgumentError(
             f"layer {layer!r} must see one feature vector per example, Tensor[{b}, d]; its input has shape "
             f"{tuple(h.shape)} (for sequence models use the 'per-example' gradient source)"
         )
     if not values.requires_grad:
-        raise ValueError(f"loss_fn/target_fn does not depend on the output of layer {layer!r}; pick the layer that produces the logits")
+        raise ArgumentError(f"loss_fn/target_fn does not depend on the output of layer {layer!r}; pick the layer that produces the logits")
     (dz,) = torch.autograd.grad(values.sum(), logits)
     return h, dz
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from attrkit.errors import ArgumentError
 from attrkit.progress import progress
 
 __all__ = ["LORA_PATTERNS", "LoRAConv2d", "LoRALinear", "add_lora", "lora_parameter_names", "train_lora_adapters"]
@@ -56,7 +57,7 @@ class LoRAConv2d(torch.nn.Module):
     def __init__(self, base: torch.nn.Conv2d, rank: int, alpha: float = 1.0):
         super().__init__()
         if base.groups != 1:
-            raise ValueError(f"LoRAConv2d supports groups=1 convolutions only, got groups={base.groups}")
+            raise ArgumentError(f"LoRAConv2d supports groups=1 convolutions only, got groups={base.groups}")
         self.base = base.requires_grad_(False)
         kw = {"device": base.weight.device, "dtype": base.weight.dtype, "bias": False}
         self.lora_A = torch.nn.Conv2d(base.in_channels, rank, base.kernel_size, base.stride, base.padding,
@@ -93,14 +94,14 @@ def add_lora(
             adapt, or ``model`` itself a Linear/Conv2d (it cannot be replaced in place).
     """
     if rank < 1:
-        raise ValueError(f"rank must be >= 1, got {rank}")
+        raise ArgumentError(f"rank must be >= 1, got {rank}")
     if type(model) in (torch.nn.Linear, torch.nn.Conv2d):
-        raise ValueError(f"the model is itself an {type(model).__name__}; wrap it first: nn.Sequential(model)")
+        raise ArgumentError(f"the model is itself an {type(model).__name__}; wrap it first: nn.Sequential(model)")
     layers = {n: m for n, m in model.named_modules() if type(m) in (torch.nn.Linear, torch.nn.Conv2d)}
     chosen = list(layers) if targets is None else list(targets)
     wrong = [n for n in chosen if n not in layers]
     if wrong or not chosen:
-        raise ValueError(
+        raise ArgumentError(
             f"cannot add LoRA to {wrong or 'no layer'}: the nn.Linear/nn.Conv2d modules are {', '.join(layers) or 'none'}"
         )
     model.requires_grad_(False)
@@ -148,7 +149,7 @@ def train_lora_adapters(
         ValueError: ``k < 1`` (and see :func:`add_lora`).
     """
     if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+        raise ArgumentError(f"k must be >= 1, got {k}")
     template = add_lora(copy.deepcopy(model), rank, alpha, targets, seed)
     states = []
     for j in progress(range(k), f"training {k} LoRA adapters"):

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import torch
 
+from attrkit.errors import ArgumentError
 from attrkit.memory import require
 
 __all__ = ["BLOCK_ROWS", "SeededMatrix", "block_generator", "gaussian_sampler", "rademacher_sampler"]
@@ -102,7 +103,7 @@ class SeededMatrix:
                 Returns float32.
         """
         if x.shape[-1] != self.p:
-            raise ValueError(f"projector was fitted for dimension {self.p}, got vectors of dimension {x.shape[-1]}")
+            raise ArgumentError(f"projector was fitted for dimension {self.p}, got vectors of dimension {x.shape[-1]}")
         rows = self.p if self.cacheable else min(self.p, self.chunk_rows)
         require((x.shape[0] + 2 * rows) * self.k * 8, f"projecting {x.shape[0]} vectors of dimension {self.p} to "
                 f"dim={self.k} (the output and a block of the matrix)", "lower the projector's dim (or chunk_rows)",

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
+from attrkit.errors import ArgumentError
 from attrkit.functional.ranking import pearson_columns, spearman_columns
 
 __all__ = ["AGGREGATES", "importance", "importance_order", "keep_mask", "loo_correlation", "top_count"]
@@ -57,7 +58,7 @@ def importance(scores: torch.Tensor, aggregate: str = "sum") -> torch.Tensor:
     if aggregate == "rank":
         ranks = rankdata(np.asarray(scores.detach().cpu().double()), axis=1)
         return torch.from_numpy(np.asarray(ranks, dtype=np.float64)).mean(0)
-    raise ValueError(f"aggregate must be one of {list(AGGREGATES)}, got {aggregate!r}")
+    raise ArgumentError(f"aggregate must be one of {list(AGGREGATES)}, got {aggregate!r}")
 
 
 def importance_order(values: torch.Tensor, seed: int = 0) -> torch.Tensor:
@@ -125,7 +126,7 @@ def loo_correlation(
     """
     columns = {"pearson": pearson_columns, "spearman": spearman_columns}
     if correlation not in columns:
-        raise ValueError(f"correlation must be one of {list(columns)}, got {correlation!r}")
+        raise ArgumentError(f"correlation must be one of {list(columns)}, got {correlation!r}")
     predicted = scores.double()[:, indices].T
     actual = values.double() - base.double()
     return columns[correlation](predicted, actual)

@@ -23,6 +23,7 @@ import math
 
 import torch
 
+from attrkit.errors import ArgumentError
 from attrkit.functional.projection import BLOCK_ROWS, block_generator
 
 __all__ = ["sjlt_hashes", "sjlt_matrix", "sjlt_project"]
@@ -54,7 +55,7 @@ def sjlt_hashes(seed: int, start: int, stop: int, k: int, nnz: int) -> tuple[tor
         ValueError: ``nnz`` outside ``[1, k]``.
     """
     if not 1 <= nnz <= k:
-        raise ValueError(f"sjlt nnz must be in [1, k={k}], got {nnz}")
+        raise ArgumentError(f"sjlt nnz must be in [1, k={k}], got {nnz}")
     if stop <= start:
         return torch.empty(0, nnz, dtype=torch.long), torch.empty(0, nnz)
     offsets, sizes = _segments(k, nnz)
@@ -105,9 +106,9 @@ def sjlt_project(x: torch.Tensor, k: int, seed: int, nnz: int, chunk_rows: int =
         ValueError: ``x`` is not 2-D or ``chunk_rows < 1``.
     """
     if x.dim() != 2:
-        raise ValueError(f"sjlt expects vectors of shape [b, p], got {tuple(x.shape)}")
+        raise ArgumentError(f"sjlt expects vectors of shape [b, p], got {tuple(x.shape)}")
     if chunk_rows < 1:
-        raise ValueError(f"sjlt chunk_rows must be >= 1, got {chunk_rows}")
+        raise ArgumentError(f"sjlt chunk_rows must be >= 1, got {chunk_rows}")
     b, p = x.shape
     chunk = math.ceil(chunk_rows / BLOCK_ROWS) * BLOCK_ROWS
     out_t = torch.zeros(k, b, dtype=x.dtype, device=x.device)

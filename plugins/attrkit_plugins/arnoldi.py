@@ -10,6 +10,7 @@ import torch
 
 from attrkit.plugin import (
     HVP,
+    ArgumentError,
     FitContext,
     NotFittedError,
     Projector,
@@ -57,7 +58,7 @@ class ArnoldiConfig:
 
     def __attrs_post_init__(self) -> None:
         if self.max_iter is not None and self.max_iter < self.dim:
-            raise ValueError(f"max_iter must be >= dim (a Lanczos step per eigenpair), got {self.max_iter} < {self.dim}")
+            raise ArgumentError(f"max_iter must be >= dim (a Lanczos step per eigenpair), got {self.max_iter} < {self.dim}")
 
 
 class ArnoldiProjector(Projector):
@@ -151,7 +152,7 @@ class ArnoldiProjector(Projector):
             raise NotFittedError("arnoldi projector used before fit(context)")
         if vectors.shape[-1] != self.basis.shape[0]:
             p = self.basis.shape[0]
-            raise ValueError(f"arnoldi was fitted for dimension {p}, got vectors of dimension {vectors.shape[-1]}")
+            raise ArgumentError(f"arnoldi was fitted for dimension {p}, got vectors of dimension {vectors.shape[-1]}")
         projected = vectors.to(device=self.basis.device, dtype=self.basis.dtype) @ self.basis
         return projected.to(vectors.device, torch.float32)
 

@@ -8,7 +8,16 @@ from typing import Any, ClassVar
 import attrs
 import torch
 
-from attrkit.plugin import Metric, MetricResult, as_int, hookimpl, int_field, seed_field
+from attrkit.plugin import (
+    ArgumentError,
+    ArgumentTypeError,
+    Metric,
+    MetricResult,
+    as_int,
+    hookimpl,
+    int_field,
+    seed_field,
+)
 from attrkit.functional.ground_truth import GroundTruthError, require_entries, shape_mismatch
 from attrkit.functional.removal import importance_order, keep_mask
 
@@ -18,13 +27,13 @@ RetrainPredict = Callable[[torch.Tensor, torch.Tensor], Any]
 
 def _sizes(value: Any) -> tuple[int, ...]:
     if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-        raise TypeError(f"ks must be a list of ints, got {value!r}")
+        raise ArgumentTypeError(f"ks must be a list of ints, got {value!r}")
     return tuple(sorted({as_int(v, f"ks[{i}]") for i, v in enumerate(value)}))
 
 
 def _positive(_instance: Any, attribute: attrs.Attribute, value: tuple[int, ...]) -> None:
     if any(v < 1 for v in value):
-        raise ValueError(f"{attribute.name} must each be >= 1, got {list(value)}")
+        raise ArgumentError(f"{attribute.name} must each be >= 1, got {list(value)}")
 
 
 @attrs.frozen(kw_only=True)

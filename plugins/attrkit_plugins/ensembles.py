@@ -14,6 +14,7 @@ import attrs
 import torch
 
 from attrkit.plugin import (
+    ArgumentError,
     AttributionTask,
     Ensemble,
     Member,
@@ -31,7 +32,7 @@ from attrkit.functional.lora import LORA_PATTERNS, lora_parameter_names
 def _weights_field() -> attrs.Attribute:
     def check(instance: object, attribute: attrs.Attribute, value: tuple[float, ...]) -> None:
         if any(not w > 0 for w in value):
-            raise ValueError(f"'{attribute.name}' must be a non-empty list of positive numbers, got {list(value)}")
+            raise ArgumentError(f"'{attribute.name}' must be a non-empty list of positive numbers, got {list(value)}")
 
     return floats_field(None, validator=check, optional=True)
 

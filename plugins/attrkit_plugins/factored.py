@@ -11,6 +11,7 @@ import torch
 from attrkit.plugin import (
     FACTORED,
     PER_EXAMPLE,
+    ArgumentTypeError,
     AttributionTask,
     FitContext,
     Member,
@@ -196,7 +197,7 @@ class KroneckerProjector(Projector):
         """
         if not isinstance(vectors, FactoredGradients):
             if self._plan is None:
-                raise TypeError(
+                raise ArgumentTypeError(
                     f"projector 'kronecker' needs per-layer factors from the 'factored' gradient source, got a "
                     f"{type(vectors).__name__} before fit(context); set \"gradients\": \"factored\" in the spec, "
                     "or use a dense projector such as 'gaussian'"

@@ -15,7 +15,15 @@ from typing import ClassVar
 import attrs
 import torch
 
-from attrkit.plugin import ComponentUnavailableError, FitContext, Projector, hookimpl, int_field, seed_field
+from attrkit.plugin import (
+    ArgumentError,
+    ComponentUnavailableError,
+    FitContext,
+    Projector,
+    hookimpl,
+    int_field,
+    seed_field,
+)
 
 INSTALL = "pip install 'attrkit[gpu]' on a machine with CUDA and nvcc"
 #: fast_jl kernels exist for these batch sizes; batches are zero-padded up to one.
@@ -32,7 +40,7 @@ def _import_fast_jl() -> ModuleType | str:
 
 def _require_cuda(vectors: torch.Tensor) -> None:
     if not vectors.is_cuda:
-        raise ValueError(f"fastjl projects CUDA tensors only, got a tensor on {vectors.device}; move the model to CUDA")
+        raise ArgumentError(f"fastjl projects CUDA tensors only, got a tensor on {vectors.device}; move the model to CUDA")
 
 
 @attrs.frozen(kw_only=True)
@@ -54,7 +62,7 @@ class FastJLConfig:
     @dim.validator
     def _multiple_of_512(self, attribute: attrs.Attribute, value: int) -> None:
         if value % 512:
-            raise ValueError(f"'dim' must be a multiple of 512 for fast_jl: {value}")
+            raise ArgumentError(f"'dim' must be a multiple of 512 for fast_jl: {value}")
 
 
 class FastJLProjector(Projector):

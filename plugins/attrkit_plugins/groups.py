@@ -25,6 +25,7 @@ import attrs
 import torch
 
 from attrkit.plugin import (
+    ArgumentError,
     FitContext,
     Grouper,
     SpecError,
@@ -56,18 +57,18 @@ def _element(batch: Any, key: int | str, who: str) -> torch.Tensor:
     """Entry ``key`` of a tuple/list or dict batch (a bare tensor batch is entry 0), checked."""
     if isinstance(batch, Mapping):
         if key not in batch:
-            raise ValueError(f"grouper {who!r}: key={key!r} is not in the batch; its keys are {sorted(map(str, batch))}")
+            raise ArgumentError(f"grouper {who!r}: key={key!r} is not in the batch; its keys are {sorted(map(str, batch))}")
         value = batch[key]
     elif isinstance(batch, (tuple, list)):
         if not isinstance(key, int) or not 0 <= key < len(batch):
-            raise ValueError(f"grouper {who!r}: key={key!r} must be an index 0..{len(batch) - 1} of the batch tuple")
+            raise ArgumentError(f"grouper {who!r}: key={key!r} must be an index 0..{len(batch) - 1} of the batch tuple")
         value = batch[key]
     elif isinstance(batch, torch.Tensor) and key == 0:
         value = batch
     else:
-        raise ValueError(f"grouper {who!r}: key={key!r} cannot index a batch of type {type(batch).__name__}")
+        raise ArgumentError(f"grouper {who!r}: key={key!r} cannot index a batch of type {type(batch).__name__}")
     if not isinstance(value, torch.Tensor) or value.dim() == 0 or value.shape[0] != batch_size(batch):
-        raise ValueError(f"grouper {who!r}: batch entry {key!r} must be a tensor with one row per example")
+        raise ArgumentError(f"grouper {who!r}: batch entry {key!r} must be a tensor with one row per example")
     return value.reshape(value.shape[0], -1)
 
 
@@ -153,7 +154,7 @@ class SizedConfig:
     def __attrs_post_init__(self) -> None:
         if (self.group_size is None) == (self.n_groups is None):
             given = "both" if self.group_size is not None else "neither"
-            raise ValueError(f"set exactly one of group_size and n_groups (got {given})")
+            raise ArgumentError(f"set exactly one of group_size and n_groups (got {given})")
 
     def count(self, n_train: int) -> int:
         """``G``, the number of groups to form from ``n_train`` examples.

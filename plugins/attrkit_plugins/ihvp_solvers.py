@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 import attrs
 import torch
 
-from attrkit.plugin import HVP, ParameterSolver, Solve, float_field, hookimpl, positive_int, seed_field
+from attrkit.plugin import HVP, ArgumentError, ParameterSolver, Solve, float_field, hookimpl, positive_int, seed_field
 from attrkit.functional import arnoldi_ihvp_at, cg_ihvp_at, explicit_ihvp_at, lissa_ihvp_at
 
 
@@ -171,7 +171,7 @@ class ArnoldiConfig:
 
     def __attrs_post_init__(self) -> None:
         if self.rank > self.max_iter:
-            raise ValueError(f"rank must be <= max_iter, got rank {self.rank} > max_iter {self.max_iter}")
+            raise ArgumentError(f"rank must be <= max_iter, got rank {self.rank} > max_iter {self.max_iter}")
 
 
 class ArnoldiSolver(_HVPSolver):

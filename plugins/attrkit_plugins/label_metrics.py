@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import attrs
 import torch
 
-from attrkit.plugin import Metric, MetricResult, float_field, floats_field, hookimpl
+from attrkit.plugin import ArgumentError, Metric, MetricResult, float_field, floats_field, hookimpl
 from attrkit.functional.detection import detection_curve, group_labels, roc_auc
 from attrkit.functional.ground_truth import GroundTruthError, check_groups, require_entries, shape_mismatch
 
@@ -16,7 +16,7 @@ from attrkit.functional.ground_truth import GroundTruthError, check_groups, requ
 def _in_unit(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     bad = [v for v in ([value] if isinstance(value, float) else value) if not 0 < v <= 1]
     if bad:
-        raise ValueError(f"{attribute.name} must be in (0, 1], got {value!r}")
+        raise ArgumentError(f"{attribute.name} must be in (0, 1], got {value!r}")
 
 
 @attrs.frozen(kw_only=True)

@@ -11,7 +11,7 @@ from typing import ClassVar
 
 import attrs
 
-from attrkit.plugin import GradientAttributor, Member, SpecError, as_float, hookimpl
+from attrkit.plugin import ArgumentError, GradientAttributor, Member, SpecError, as_float, hookimpl
 
 
 @attrs.frozen(kw_only=True)
@@ -53,7 +53,7 @@ def _learning_rates(value: object) -> tuple[float, ...] | None:
     else:
         rates = tuple(as_float(v, f"learning_rates[{i}]") for i, v in enumerate(value))  # type: ignore[union-attr]
     if not rates or any(not 0 < r < float("inf") for r in rates):
-        raise ValueError(f"learning rates must be positive finite numbers, got {list(rates)}")
+        raise ArgumentError(f"learning rates must be positive finite numbers, got {list(rates)}")
     return rates
 
 

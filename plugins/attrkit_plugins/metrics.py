@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import attrs
 import torch
 
-from attrkit.plugin import Metric, MetricResult, hookimpl
+from attrkit.plugin import ArgumentError, Metric, MetricResult, hookimpl
 from attrkit.functional.ranking import pearson_columns, spearman_columns
 
 
@@ -57,7 +57,7 @@ class LDS(Metric):
         subsets = torch.as_tensor(ground_truth["subsets"]).double()
         values = torch.as_tensor(ground_truth["values"]).double()
         if subsets.shape[1] != scores.shape[1] or values.shape != (subsets.shape[0], scores.shape[0]):
-            raise ValueError(
+            raise ArgumentError(
                 f"lds shapes do not line up: scores {tuple(scores.shape)} [n_test, n_train], subsets "
                 f"{tuple(subsets.shape)} [n_models, n_train], values {tuple(values.shape)} [n_models, n_test]"
             )

@@ -15,14 +15,14 @@ from typing import Any, ClassVar
 import attrs
 import torch
 
-from attrkit.plugin import Metric, MetricResult, floats_field, hookimpl, seed_field
+from attrkit.plugin import ArgumentError, Metric, MetricResult, floats_field, hookimpl, seed_field
 from attrkit.functional.ground_truth import GroundTruthError, check_groups, require_entries, shape_mismatch
 from attrkit.functional.removal import AGGREGATES, importance, importance_order, keep_mask, top_count
 
 
 def _open_unit(_instance: Any, attribute: attrs.Attribute, value: tuple[float, ...]) -> None:
     if any(not 0 < v < 1 for v in value):
-        raise ValueError(f"{attribute.name} must each be in (0, 1), got {list(value)}")
+        raise ArgumentError(f"{attribute.name} must each be in (0, 1), got {list(value)}")
 
 
 def _fractions_field(default: tuple[float, ...]) -> Any:

@@ -7,7 +7,7 @@ from typing import ClassVar
 import attrs
 import torch
 
-from attrkit.plugin import FitContext, NotFittedError, Projector, hookimpl, positive_int, seed_field
+from attrkit.plugin import ArgumentError, FitContext, NotFittedError, Projector, hookimpl, positive_int, seed_field
 from attrkit.functional.sparse import sjlt_project
 
 @attrs.frozen(kw_only=True)
@@ -30,7 +30,7 @@ class SJLTConfig:
 
     def __attrs_post_init__(self) -> None:
         if self.nnz > self.dim:
-            raise ValueError(f"nnz must be <= dim (a coordinate takes nnz distinct buckets), got {self.nnz} > {self.dim}")
+            raise ArgumentError(f"nnz must be <= dim (a coordinate takes nnz distinct buckets), got {self.nnz} > {self.dim}")
 
 
 class SJLTProjector(Projector):
@@ -70,7 +70,7 @@ class SJLTProjector(Projector):
         if self.dimension is None:
             raise NotFittedError("sjlt projector used before fit(context)")
         if vectors.shape[-1] != self.dimension:
-            raise ValueError(f"sjlt was fitted for dimension {self.dimension}, got vectors of {vectors.shape[-1]}")
+            raise ArgumentError(f"sjlt was fitted for dimension {self.dimension}, got vectors of {vectors.shape[-1]}")
         c = self.config
         x = vectors if vectors.dtype == torch.float64 else vectors.float()
         return sjlt_project(x, c.dim, c.seed, c.nnz, c.chunk_rows)
