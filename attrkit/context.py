@@ -52,7 +52,8 @@ class FitContext:
         train: the (fixed-order) training batches.
         gradients: the spec's gradient source.
         dimension: ``p``, length of one raw gradient vector.
-        n_train: number of training examples (of groups, for a solver fitted on group features).
+        n_train: number of training examples (of groups, for a solver fitted on group
+            features); ``None`` before the training set has been read (a projector's fit).
         features: ``Tensor[n_train, k]`` projected training features, once computed, when
             they are held whole in this process's memory; ``None`` when they are streamed
             from disk (a ``memory_budget`` they exceed) or split over the ranks of a
@@ -69,6 +70,6 @@ class FitContext:
     train: Iterable[Any] = attrs.field(repr=False)
     gradients: GradientSource
     dimension: int
-    n_train: int
+    n_train: int | None = None
     features: torch.Tensor | None = attrs.field(default=None, repr=False)
     feature_matrix: FeatureMatrix | None = attrs.field(default=None, repr=False)

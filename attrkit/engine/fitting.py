@@ -18,7 +18,6 @@ import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-import attrs
 import torch
 
 from attrkit import capabilities
@@ -63,13 +62,21 @@ def _count(method: GradientAttributor, train: CheckedLoader) -> int:
     return train.n_examples
 
 
-def _solver_context(context: FitContext, solver: Any, plain: FeatureMatrix, n_columns: int) -> FitContext:
+def _context(method: GradientAttributor, member: Member, train: Iterable[Any], **known: Any) -> FitContext:
+    """The context a part is fitted in: the task, the member, the batches it reads, and what is known."""
+    return FitContext(task=method.task, member=member, train=train, gradients=method.gradients,
+                      dimension=method.dimension, **known)
+
+
+def _solver_context(
+    method: GradientAttributor, member: Member, train: Iterable[Any], solver: Any, plain: FeatureMatrix, n_columns: int
+) -> FitContext:
     """The solver's context: ``feature_matrix`` always; ``features`` when held whole here, or
     gathered for a feature-space solver that does not stream (within the budget)."""
     whole = _whole(plain)
     if whole is None and solver.space == "feature" and not solver.streams_features:
         whole = plain.full()
-    return attrs.evolve(context, n_train=n_columns, features=whole, feature_matrix=plain)
+    return _context(method, member, train, n_train=n_columns, features=whole, feature_matrix=plain)
 
 
 def fit_member(
@@ -93,15 +100,13 @@ def fit_member(
         ``(fitted member, groups)``.
     """
     clean = skips.view(train)
-    context = FitContext(task=method.task, member=member, train=clean, gradients=method.gradients,
-                         dimension=method.dimension, n_train=0)
     projector = method.parts["projector"].make(index) if "projector" in method.parts else None
     if projector is not None:
         with member.applied(method.task.model), user_pass(method, member, clean):
-            projector.fit(context)
+            projector.fit(_context(method, member, clean))
     grouped = method.grouper is not None and capabilities.GROUP in method.gradients.provides
     if grouped and groups is None:
-        groups = _assign(method, attrs.evolve(context, train=train, n_train=_count(method, train)))
+        groups = _assign(method, _context(method, member, train, n_train=_count(method, train)))
     if grouped and not torch.equal(groups, torch.arange(groups.numel())):
         if skips.indices:
             skips.finish(pointwise=False, n_train=groups.numel())  # refuses: group gradients would include them
@@ -110,14 +115,14 @@ def fit_member(
     else:
         feats = example_features(method, index, member, projector, train, chunks, n_members, budget, skips)
         if groups is None:
-            groups = _assign(method, attrs.evolve(context, train=train, n_train=feats.n, features=_whole(feats),
-                                                  feature_matrix=feats))
+            groups = _assign(method, _context(method, member, train, n_train=feats.n, features=_whole(feats),
+                                              feature_matrix=feats))
         plain = group_sum(feats, groups, budget)
         feats = plain if weights is None else group_sum(feats.scaled(weights), groups, budget)
     solver = method.parts["solver"].make(index) if "solver" in method.parts else None
     if solver is not None:
         with member.applied(method.task.model), user_pass(method, member, clean):
-            solver.fit(_solver_context(context, solver, plain, groups.numel()))
+            solver.fit(_solver_context(method, member, clean, solver, plain, groups.numel()))
     side = feats.mapped(lambda tile, _: train_side(tile, True)) if method.normalize else feats
     return FittedMember(member=member, projector=projector, solver=solver, train=side), groups
 
