@@ -4,6 +4,7 @@
 >>> task = attrkit.AttributionTask(model=model, loss_fn=loss_fn)          # doctest: +SKIP
 >>> attributor = attrkit.compose({"method": "grad-dot"}, task)            # doctest: +SKIP
 >>> scores = attributor.fit(train_loader).attribute(test_loader)        # doctest: +SKIP
+>>> attrkit.explain(attributor, test_loader, train_loader).to_html("explain.html")  # doctest: +SKIP
 
 Sign convention: targets are loss-like (lower is better) and ``scores[t, i] > 0``
 means training example ``i`` is a proponent of test example ``t``.
@@ -44,8 +45,10 @@ from attrkit.errors import (
     StoreCorruptError,
     StoreMismatchError,
     UnknownComponentError,
+    UntraceableWarning,
 )
 from attrkit.engine import GradientAttributor
+from attrkit.explanations import Explanation, explain
 from attrkit.selection import TopK
 from attrkit.hookspecs import hookimpl
 from attrkit.results import MetricResult
@@ -67,6 +70,7 @@ __all__ = [
     "ConvergenceWarning",
     "CurvatureError",
     "DataLoaderError",
+    "Explanation",
     "FactorisationError",
     "FitContext",
     "GradientAttributor",
@@ -93,12 +97,14 @@ __all__ = [
     "StoreMismatchError",
     "TopK",
     "UnknownComponentError",
+    "UntraceableWarning",
     "__version__",
     "components",
     "compose",
     "metric",
     "cross_entropy",
     "default_registry",
+    "explain",
     "hookimpl",
     "negated_margin",
     "reset_registry",

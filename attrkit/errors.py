@@ -25,6 +25,7 @@ __all__ = [
     "FactorisationError",
     "GroundTruthError",
     "InsufficientMemoryError",
+    "LoadError",
     "LossFunctionError",
     "LossShapeError",
     "MemoryBudgetError",
@@ -36,10 +37,12 @@ __all__ = [
     "PluginConflictError",
     "PluginValidationError",
     "PluginWarning",
+    "SaveError",
     "SpecError",
     "StoreCorruptError",
     "StoreMismatchError",
     "UnknownComponentError",
+    "UntraceableWarning",
 ]
 
 
@@ -139,6 +142,17 @@ class StoreCorruptError(StoreMismatchError):
     """A disk store whose files are damaged, missing or unreadable (names the file)."""
 
 
+class SaveError(AttrkitError, ValueError):
+    """A fitted attributor, or one of its parts, that cannot be saved: names the part, why (e.g. a
+    solver that reads the training data at every solve) and the alternative."""
+
+
+class LoadError(AttrkitError, ValueError):
+    """A saved attributor that cannot be loaded as asked: the task's weights differ from those it
+    was fitted at, or its files are damaged, altered or of another format. Names what differs
+    and the fix."""
+
+
 class MemoryBudgetError(AttrkitError, ValueError):
     """A memory budget too small for what must be held at once."""
 
@@ -218,3 +232,8 @@ class ArgumentError(AttrkitError, ValueError):
 class ArgumentTypeError(AttrkitError, TypeError):
     """A function or config was given a value of the wrong type; the message names the
     argument, its type and the type expected."""
+
+
+class UntraceableWarning(AttrkitWarning):
+    """The model or loss cannot run under ``torch.func.vmap``: per-example gradients are taken one
+    example at a time instead (exact, slower)."""

@@ -9,6 +9,9 @@ counted in HVPs: one HVP of a batch costs about 2-3 gradient evaluations of it
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -44,7 +47,8 @@ def hvp(fn: Callable[[Any], torch.Tensor], params: Any, vectors: Any) -> Any:
         ``H v`` with the structure of ``params``. Cost: about 2-3 gradient evaluations,
         memory of one backward pass.
     """
-    return jvp(grad(fn), (params,), (vectors,))[1]
+    with forward_ad_attention():
+        return jvp(grad(fn), (params,), (vectors,))[1]
 
 
 def gnvp(
@@ -69,9 +73,21 @@ def gnvp(
         ``Jᵀ H_ℓ J v`` with the structure of ``params``. Cost: one ``jvp`` and one ``vjp``
         of ``outputs_fn`` (about one HVP) plus an HVP in output space (cheap).
     """
-    z, jv = jvp(outputs_fn, (params,), (vectors,))
-    _, pullback = vjp(outputs_fn, params)
-    return pullback(hvp(loss_fn, z, jv))[0]
+    with forward_ad_attention():
+        z, jv = jvp(outputs_fn, (params,), (vectors,))
+        _, pullback = vjp(outputs_fn, params)
+        return pullback(hvp(loss_fn, z, jv))[0]
+
+
+def forward_ad_attention() -> contextlib.AbstractContextManager[Any]:
+    """A context in which ``scaled_dot_product_attention`` (Hugging Face transformers' default) runs
+    its math kernel: its fused CPU kernels have no forward-mode derivative (``jvp``) and no double
+    backward, which curvature products need. The math kernel computes the same attention."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # torch < 2.3: no fused kernels to avoid
+        return contextlib.nullcontext()
+    return sdpa_kernel(SDPBackend.MATH)
 
 
 class _StandIn(torch.nn.Module):
@@ -125,18 +141,39 @@ def _gauss_newton_product(
             f"call the model exactly once per batch; it called it {len(spy.calls)} times. Use curvature='hessian'."
         )
     args, kwargs = spy.calls[0]
+    shape: list[Callable[[torch.Tensor], Any]] = []
 
     def outputs(params: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        z = functional_call(model, {**fixed, **params}, args, kwargs)
-        if not isinstance(z, torch.Tensor):
-            raise ArgumentTypeError(f"curvature='gauss-newton' needs the model to return a tensor, got {type(z).__name__}")
+        z, rebuild = _logits_of(functional_call(model, {**fixed, **params}, args, kwargs))
+        shape[:] = [rebuild]
         return z
 
     def loss_of(z: torch.Tensor) -> torch.Tensor:
-        return _summed(loss_fn(_StandIn(lambda *a, **kw: z), batch))
+        return _summed(loss_fn(_StandIn(lambda *a, **kw: shape[0](z)), batch))
 
     point = {n: state[n] for n in names}
     return lambda v: gnvp(outputs, loss_of, point, v)
+
+
+def _logits_of(out: Any) -> tuple[torch.Tensor, Callable[[torch.Tensor], Any]]:
+    """``(z, rebuild)``: the tensor of model outputs the Gauss-Newton split differentiates (the output
+    itself, its ``logits`` — a Hugging Face output or a dict — or the first element of a tuple), and
+    ``rebuild(z')``: the same kind of output around ``z'``, what ``loss_fn`` reads.
+
+    Raises:
+        ArgumentTypeError: an output with no tensor of outputs in it.
+    """
+    if isinstance(out, torch.Tensor):
+        return out, lambda z: z
+    if isinstance(out, Mapping) and isinstance(out.get("logits"), torch.Tensor):
+        if dataclasses.is_dataclass(out):
+            return out["logits"], lambda z: dataclasses.replace(out, logits=z)
+        return out["logits"], lambda z: {**out, "logits": z}
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0], lambda z: type(out)((z, *out[1:]))
+    raise ArgumentTypeError(f"curvature='gauss-newton' needs the model to return a tensor of outputs (or an output "
+                            f"with .logits, or a tuple starting with them), got {type(out).__name__}; use "
+                            "curvature='hessian'")
 
 
 def _dataset_product(

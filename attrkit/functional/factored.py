@@ -27,9 +27,9 @@ from torch.nn import functional as F
 from torch.utils._pytree import tree_map
 
 from attrkit.data import batch_size
-from attrkit.errors import FactorisationError, LossShapeError
+from attrkit.errors import AttrkitError, FactorisationError, LossShapeError
 from attrkit.functional.gradient_factors import FactoredGradients, LayerFactors
-from attrkit.functional.gradients import BoundLoss, eval_mode, per_example_gradients
+from attrkit.functional.gradients import BoundLoss, eval_mode, per_example_gradients, warn_untraceable
 
 __all__ = ["FactorPlan", "FactorisationError", "factored_gradients", "plan_factors"]
 
@@ -209,6 +209,33 @@ def _probe(model: torch.nn.Module, bound: BoundLoss, params: dict[str, torch.Ten
     return calls, [z.detach() for z in zeros]
 
 
+def _one_at_a_time(
+    model: torch.nn.Module, plan: FactorPlan, bound: BoundLoss, params: Mapping[str, torch.Tensor], batch: Any,
+    zeros: Sequence[torch.Tensor], calls: Sequence[int],
+) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+    """``(output gradients, inputs)`` per layer call, each ``Tensor[b, ...]``: what the ``vmap`` in
+    :func:`factored_gradients` computes, by a loop of plain autograd over the examples.
+
+    Raises:
+        FactorisationError: an example calls the layers in another order or number than the first.
+    """
+    grads: list[list[torch.Tensor]] = [[] for _ in zeros]
+    inputs: list[list[torch.Tensor]] = [[] for _ in zeros]
+    for i in range(batch_size(batch)):
+        perturbations = [torch.zeros_like(z, requires_grad=True) for z in zeros]
+        with torch.enable_grad():
+            value, seen, xs = _run(model, plan, bound, params, tree_map(lambda t: t[i : i + 1], batch),
+                                   lambda call, out: perturbations[call] if call < len(calls) else 0 * out)
+            if seen != list(calls):
+                raise FactorisationError(f"factored gradients: example {i} calls the layers in another order or "
+                                         "number than example 0; use the 'per-example' gradient source")
+            found = torch.autograd.grad(value, perturbations, allow_unused=True)
+        for j, (g, x) in enumerate(zip(found, xs)):
+            grads[j].append(torch.zeros_like(zeros[j]) if g is None else g)
+            inputs[j].append(x.detach()[0])
+    return tuple(torch.stack(g) for g in grads), tuple(torch.stack(x) for x in inputs)
+
+
 def factored_gradients(
     model: torch.nn.Module,
     fn: Callable[[torch.nn.Module, Any], torch.Tensor],
@@ -263,6 +290,12 @@ def factored_gradients(
 
             grads, inputs = ((), ())
             if calls:  # zero perturbations, one per layer call: their gradients are the output gradients
-                grads, inputs = vmap(grad(one, has_aux=True))(tuple(z.expand(b, *z.shape) for z in zeros), batch)
+                try:
+                    grads, inputs = vmap(grad(one, has_aux=True))(tuple(z.expand(b, *z.shape) for z in zeros), batch)
+                except AttrkitError:
+                    raise
+                except Exception as exc:  # model code vmap cannot trace: one example at a time, plain autograd
+                    grads, inputs = _one_at_a_time(model, plan, bound, params, batch, zeros, calls)
+                    warn_untraceable(exc)
         layers = _layers(model, plan, calls, inputs, grads, b)
     return FactoredGradients(names=plan.names, sizes=sizes, layers=layers, dense=dense, dense_names=plan.fallback)

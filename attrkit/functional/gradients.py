@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 import fnmatch
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -16,10 +17,12 @@ from torch.func import functional_call, grad, vmap
 from torch.utils._pytree import tree_map
 
 from attrkit.data import batch_size
-from attrkit.errors import LossFunctionError, LossShapeError, SpecError
+from attrkit.errors import AttrkitError, LossFunctionError, LossShapeError, SpecError, UntraceableWarning
 from attrkit.memory import require
 
-__all__ = ["BoundLoss", "eval_mode", "evaluate", "flat_dimension", "per_example_gradients", "select_parameters"]
+__all__ = [
+    "BoundLoss", "eval_mode", "evaluate", "flat_dimension", "per_example_gradients", "select_parameters", "warn_untraceable",
+]
 
 
 def select_parameters(model: torch.nn.Module, patterns: Sequence[str], frozen: bool = False) -> list[str]:
@@ -188,5 +191,53 @@ def per_example_gradients(
             "form them ('factored' with the 'kronecker' projector, 'last-layer')",
             next(iter(trainable.values())).device)
     with eval_mode(model):
-        grads = vmap(grad(one), in_dims=(None, 0))(trainable, batch)
+        try:
+            grads = vmap(grad(one), in_dims=(None, 0))(trainable, batch)
+        except AttrkitError:
+            raise
+        except Exception as exc:  # model code vmap cannot trace (data-dependent masks, .item()): one at a time
+            grads = _one_at_a_time(bound, fixed, trainable, batch, b)
+            warn_untraceable(exc)
     return torch.cat([grads[n].reshape(b, -1) for n in names], dim=1)
+
+
+_WARNED: set[str] = set()
+
+
+def warn_untraceable(exc: BaseException) -> None:
+    """Say, once per process, that gradients are taken one example at a time (and why)."""
+    if "untraceable" in _WARNED:
+        return
+    _WARNED.add("untraceable")
+    warnings.warn(
+        "the model or loss_fn cannot run under torch.func.vmap (e.g. data-dependent control flow in a Hugging Face "
+        "attention mask, or .item()); attrkit computes these per-example gradients one example at a time with "
+        "plain autograd instead: exact, but slower. To be fast, make the code vmap-traceable, or use a gradient "
+        f"source that needs no vmap ('last-layer'). First error: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}",
+        UntraceableWarning, stacklevel=3,
+    )
+
+
+def _one_at_a_time(
+    bound: BoundLoss, fixed: Mapping[str, torch.Tensor], trainable: Mapping[str, torch.Tensor], batch: Any, b: int
+) -> dict[str, torch.Tensor]:
+    """``{name: Tensor[b, *shape]}``: what ``vmap(grad(...))`` computes, by a loop of plain autograd
+    over the examples (batches of one).
+
+    Raises:
+        LossShapeError: ``fn`` does not return one value for a batch of one.
+    """
+    leaves = {n: t.detach().requires_grad_() for n, t in trainable.items()}
+    params = {**fixed, **{f"model.{n}": t for n, t in leaves.items()}}
+    rows: dict[str, list[torch.Tensor]] = {n: [] for n in leaves}
+    for i in range(b):
+        with torch.enable_grad():
+            out = functional_call(bound, params, (tree_map(lambda t: t[i : i + 1], batch),))
+            if not isinstance(out, torch.Tensor) or out.shape != (1,):
+                got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+                raise LossShapeError(f"loss_fn/target_fn must return one value per example, Tensor[b]; for a batch "
+                                     f"of 1 it returned shape {got}. Use reduction='none'.")
+            found = torch.autograd.grad(out[0], list(leaves.values()), allow_unused=True)
+        for (n, leaf), g in zip(leaves.items(), found):
+            rows[n].append(torch.zeros_like(leaf) if g is None else g)
+    return {n: torch.stack(r) for n, r in rows.items()}

@@ -87,6 +87,7 @@ def last_layer_features(
     state: Mapping[str, torch.Tensor],
     batch: Any,
     layer: str,
+    positions: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs of ``layer`` and the per-example loss gradient w.r.t. its outputs.
 
@@ -102,6 +103,9 @@ def last_layer_features(
         batch: a tensor, tuple/list or dict of tensors with ``b`` examples.
         layer: module name of an ``nn.Linear`` that ``fn`` calls exactly once, on a
             ``Tensor[b, d]`` (see :func:`resolve_linear_layer`).
+        positions: also accept a layer applied at several positions per example
+            (``Tensor[b, ..., d]``, a sequence model's head on every token); ``h`` and ``dz``
+            then keep a positions axis, ``[b, T, d]`` and ``[b, T, C]``.
 
     Returns:
         ``(h, dz)``: ``h`` the layer's input ``Tensor[b, d]`` (penultimate features) and
@@ -141,7 +145,8 @@ def last_layer_features(
             "exactly once (for a shared or repeated layer use the 'per-example' gradient source)"
         )
     h, logits = seen[0]
-    if h.dim() != 2 or h.shape[0] != b:
+    sequence = positions and h.dim() > 2 and h.shape[0] == b
+    if not sequence and (h.dim() != 2 or h.shape[0] != b):
         raise ArgumentError(
             f"layer {layer!r} must see one feature vector per example, Tensor[{b}, d]; its input has shape "
             f"{tuple(h.shape)} (for sequence models use the 'per-example' gradient source)"
@@ -149,6 +154,8 @@ def last_layer_features(
     if not values.requires_grad:
         raise ArgumentError(f"loss_fn/target_fn does not depend on the output of layer {layer!r}; pick the layer that produces the logits")
     (dz,) = torch.autograd.grad(values.sum(), logits)
+    if sequence:
+        return h.reshape(b, -1, h.shape[-1]), dz.reshape(b, -1, dz.shape[-1])
     return h, dz
 
 
@@ -156,8 +163,9 @@ def last_layer_gradients(h: torch.Tensor, dz: torch.Tensor, bias: bool = True, w
     """Per-example gradients of a Linear layer's ``weight`` then ``bias``, flattened.
 
     Args:
-        h: ``Tensor[b, d]``, the layer's inputs.
-        dz: ``Tensor[b, C]``, the loss gradients w.r.t. its outputs.
+        h: ``Tensor[b, d]``, the layer's inputs (or ``[b, T, d]`` at ``T`` positions each).
+        dz: ``Tensor[b, C]``, the loss gradients w.r.t. its outputs (or ``[b, T, C]``: the
+            gradient is then the sum over positions, ``Σ_t dz_t h_tᵀ``).
         bias: include the bias gradient (``dz`` itself); false when the layer has no
             bias or it is not differentiated.
         weight: include the weight gradient; false when it is not differentiated (frozen).
@@ -167,6 +175,10 @@ def last_layer_gradients(h: torch.Tensor, dz: torch.Tensor, bias: bool = True, w
         ``i`` is ``vec(dz_i h_iᵀ)`` (row-major, as ``weight.reshape(-1)``) followed by ``dz_i``,
         the order the ``per-example`` source uses for ``[layer.weight, layer.bias]``.
     """
+    if h.dim() == 3:
+        parts = [torch.einsum("btc,btd->bcd", dz, h).reshape(dz.shape[0], -1)] if weight else []
+        parts += [dz.sum(1)] if bias else []
+        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
     parts = [(dz.unsqueeze(2) * h.unsqueeze(1)).reshape(dz.shape[0], -1)] if weight else []
     parts += [dz] if bias else []
     return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]

@@ -98,8 +98,11 @@ class LastLayerGradients(GradientSource):
         return last_layer_features(task.model, fn, member.state, to_device(batch, task.device), self.layer(task))
 
     def _grads(self, task: AttributionTask, member: Member, batch: Any, target: bool) -> torch.Tensor:
+        """The layer's gradients, summed over positions when it runs at several per example (a sequence head)."""
         names = self.names(task)
-        h, dz = self.last_layer_features(task, member, batch, target=target)
+        fn = task.target if target else task.loss_fn
+        h, dz = last_layer_features(task.model, fn, member.state, to_device(batch, task.device), self.layer(task),
+                                    positions=True)
         return last_layer_gradients(h, dz, bias=names[-1].endswith(".bias"), weight=names[0].endswith(".weight"))
 
     def loss_gradients(self, task: AttributionTask, member: Member, batch: Any) -> torch.Tensor:

@@ -13,6 +13,7 @@ from attrkit.plugin import (
     PER_EXAMPLE,
     ArgumentTypeError,
     AttributionTask,
+    AttrkitWarning,
     FitContext,
     Member,
     ParameterGradients,
@@ -79,7 +80,7 @@ class FactoredGradientSource(ParameterGradients):
             warnings.warn(
                 f"gradient source 'factored' cannot factor {', '.join(plan.fallback_modules)}: their "
                 f"{len(plan.fallback)} parameter tensors ({q} entries) use exact per-example gradients",
-                stacklevel=3,
+                AttrkitWarning, stacklevel=3,
             )
         return factored_gradients(task.model, fn, member.state, to_device(batch, task.device), plan)
 

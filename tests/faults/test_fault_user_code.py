@@ -59,10 +59,24 @@ def _branching_loss(model, batch):
 
 
 @pytest.mark.parametrize("loss_fn", [_item_loss, _branching_loss], ids=["item", "data-dependent-if"])
-def test_a_loss_that_vmap_cannot_trace_is_explained(loss_fn):
-    with pytest.raises(attrkit.LossFunctionError, match=r"(?s)runs on training batch 0, but not under per-example "
-                                                        r"differentiation.*torch.where.*'last-layer'"):
-        _fit(loss_fn=loss_fn)
+def test_a_loss_that_vmap_cannot_trace_runs_one_example_at_a_time_and_says_so(loss_fn, monkeypatch):
+    from attrkit.functional import gradients
+
+    monkeypatch.setattr(gradients, "_WARNED", set())  # said once per process
+    with pytest.warns(attrkit.UntraceableWarning, match="one example at a time with plain autograd"):
+        scores = _fit(loss_fn=loss_fn).attribute(TOY.test_loader())
+    # per example, both losses are the plain cross-entropy: the same scores as a traceable loss
+    torch.testing.assert_close(scores, _fit().attribute(TOY.test_loader()))
+
+
+def test_a_loss_that_fails_plainly_on_one_example_is_explained():
+    def failing(model, batch):
+        if batch[0].shape[0] == 1:  # only the one-example runs of the fallback fail
+            raise RuntimeError("boom")
+        return _item_loss(model, batch)
+
+    with pytest.raises(attrkit.LossFunctionError, match="boom"):
+        _fit(loss_fn=failing)
 
 
 def test_a_loss_that_mixes_examples_is_explained():
