@@ -30,6 +30,7 @@ from attrkit.errors import (
     FactorisationError,
     GroundTruthError,
     InsufficientMemoryError,
+    LoadError,
     LossFunctionError,
     LossShapeError,
     MemoryBudgetError,
@@ -41,7 +42,9 @@ from attrkit.errors import (
     PluginConflictError,
     PluginValidationError,
     PluginWarning,
+    SaveError,
     SpecError,
+    SpecFileWarning,
     StoreCorruptError,
     StoreMismatchError,
     UnknownComponentError,
@@ -52,6 +55,7 @@ from attrkit.explanations import Explanation, explain
 from attrkit.selection import TopK
 from attrkit.hookspecs import hookimpl
 from attrkit.results import MetricResult
+from attrkit.saving import load
 from attrkit.registry import Registry, components, default_registry, reset_registry
 from attrkit.spec import ComponentSpec, Spec
 from attrkit.targets import cross_entropy, negated_margin
@@ -76,6 +80,7 @@ __all__ = [
     "GradientAttributor",
     "GroundTruthError",
     "InsufficientMemoryError",
+    "LoadError",
     "LossFunctionError",
     "LossShapeError",
     "Member",
@@ -91,8 +96,10 @@ __all__ = [
     "PluginWarning",
     "Registry",
     "Resolved",
+    "SaveError",
     "Spec",
     "SpecError",
+    "SpecFileWarning",
     "StoreCorruptError",
     "StoreMismatchError",
     "TopK",
@@ -106,6 +113,7 @@ __all__ = [
     "default_registry",
     "explain",
     "hookimpl",
+    "load",
     "negated_margin",
     "reset_registry",
     "resolve",

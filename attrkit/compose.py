@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Union
 
 import attrs
 
@@ -19,9 +20,11 @@ from attrkit.errors import (
     UnknownComponentError,
 )
 from attrkit.parts import Part
+from attrkit.precheck import check_parts
 from attrkit.protocols import SLOTS, Attributor, Metric
 from attrkit.registry import Entry, Registry, default_registry
 from attrkit.spec import ComponentSpec, Spec, not_an_object
+from attrkit.spec_sources import lift_method_params, read_spec_file, spec_file
 from attrkit.task import AttributionTask
 
 __all__ = ["Resolved", "compose", "metric", "resolve"]
@@ -59,6 +62,9 @@ class Resolved:
         }
 
 
+#: What :func:`compose` and :func:`resolve` accept as a spec.
+SpecLike = Union[Spec, Mapping[str, Any], str, "os.PathLike[str]"]
+
 #: First characters of text meant as JSON (a registered name starts with a letter).
 _JSON_START = tuple('{["-0123456789')
 
@@ -92,10 +98,10 @@ def _text_parts(text: str, registry: Registry) -> tuple[dict[str, ComponentSpec]
         if text.lstrip().startswith(_JSON_START):
             return {}, [f"spec: not valid JSON ({exc})"]
     else:
-        return Spec.collect(data) if isinstance(data, Mapping) else ({}, [not_an_object(data)])
+        return _dict_parts(data, registry) if isinstance(data, Mapping) else ({}, [not_an_object(data)])
     name = text.strip()
     if name in registry.presets:
-        return Spec.collect(registry.presets[name][0])
+        return _dict_parts(registry.presets[name][0], registry)
     try:
         registry.get("method", name)
     except UnknownComponentError:
@@ -105,33 +111,52 @@ def _text_parts(text: str, registry: Registry) -> tuple[dict[str, ComponentSpec]
     return Spec.collect({"method": name})
 
 
-def _spec_parts(spec: Spec | Mapping[str, Any] | str, registry: Registry) -> tuple[dict[str, ComponentSpec], list[str]]:
-    """``({key: ComponentSpec}, problems)`` of a Spec, dict, JSON text, preset name or method name."""
+def _dict_parts(data: Any, registry: Registry) -> tuple[dict[str, ComponentSpec], list[str]]:
+    """``({key: ComponentSpec}, problems)`` of a spec dict, in the nested or the flat method form."""
+    data, lifted = lift_method_params(data, registry)
+    parts, problems = Spec.collect(data)
+    return parts, lifted + problems
+
+
+def _spec_parts(spec: SpecLike, registry: Registry) -> tuple[dict[str, ComponentSpec], list[str]]:
+    """``({key: ComponentSpec}, problems)`` of a Spec, dict, spec file, JSON text, preset or method name."""
     if isinstance(spec, Spec):
         return {"method": spec.method, **spec.slots()}, []
+    ref = spec_file(spec)
+    if ref is not None:
+        return _dict_parts(read_spec_file(ref), registry)
     if isinstance(spec, str):
         return _text_parts(spec, registry)
-    return Spec.collect(spec)
+    return _dict_parts(spec, registry)
 
 
-def resolve(spec: Spec | Mapping[str, Any] | str, registry: Registry | None = None) -> Resolved:
+def _from(spec: SpecLike, problems: list[str]) -> list[str]:
+    """``problems``, each starting with the spec file (and label) when ``spec`` names one."""
+    ref = spec_file(spec)
+    return problems if ref is None else [f"{ref}: {p}" for p in problems]
+
+
+def resolve(spec: SpecLike, registry: Registry | None = None) -> Resolved:
     """Check ``spec`` against the registry and fill in every default.
 
     Args:
-        spec: a :class:`Spec`, a dict, a JSON string or a preset name.
+        spec: anything :func:`compose` takes: a :class:`Spec`, a dict (nested or in the flat
+            method form), a spec file (``"specs.json#label"``), JSON text, a preset name or a
+            method name.
         registry: defaults to every installed plugin.
 
     Raises:
         SpecError: listing every problem: unknown names (with the menu), names
             refused because two plugins give them or their plugin is broken, slots the
             method does not use, unknown or invalid parameters, capabilities that
-            no part provides, and components unavailable on this machine.
+            no part provides, and components unavailable on this machine; for a spec
+            file, each problem starts with the file.
     """
     registry = registry or default_registry()
     try:
         given, problems = _spec_parts(spec, registry)
     except (PluginConflictError, BrokenPluginError) as exc:  # a preset name that is refused
-        raise SpecError([f"spec: {exc}"]) from None
+        raise SpecError(_from(spec, [f"spec: {exc}"])) from None
 
     def lookup(kind: str, part: str, name: str) -> Entry | None:
         try:
@@ -192,7 +217,7 @@ def resolve(spec: Spec | Mapping[str, Any] | str, registry: Registry | None = No
             problems.append(f"{part}: {entry.kind} {entry.name!r} requires {need!r}, which no part of this spec provides{hint}")
 
     if problems:
-        raise SpecError(problems)
+        raise SpecError(_from(spec, problems))
     full = Spec(
         **{
             part: ComponentSpec(name=entries[part].name, params=config_to_dict(configs[part]))
@@ -202,17 +227,17 @@ def resolve(spec: Spec | Mapping[str, Any] | str, registry: Registry | None = No
     return Resolved(spec=full, entries=entries, configs=configs)
 
 
-def compose(
-    spec: Spec | Mapping[str, Any] | str,
-    task: AttributionTask,
-    registry: Registry | None = None,
-) -> Attributor:
+def compose(spec: SpecLike, task: AttributionTask, registry: Registry | None = None) -> Attributor:
     """Build the attributor a spec describes for ``task``.
 
     Args:
-        spec: a dict (``{"method": "grad-dot", "projector": {"name": "gaussian", "dim": 256}}``),
-            JSON text of such an object, a preset name, a method's bare name (``"trak"``
-            means ``{"method": "trak"}``) or a :class:`Spec`.
+        spec: a dict (``{"method": "grad-dot", "projector": {"name": "gaussian", "dim": 256}}``;
+            a method's parameters may also sit at the top level: ``{"method": "tracin",
+            "learning_rates": [0.1, 0.05]}``), JSON text of such an object, the path of a
+            JSON file holding one (``"my-spec.json"``) or a list of labelled specs with the
+            label after ``#`` (``"benchmarks/specs/mnist-lr.json#trak-10"``; benchmark-only
+            keys are ignored with a :class:`~attrkit.errors.SpecFileWarning`), a preset
+            name, a method's bare name (``"trak"`` means ``{"method": "trak"}``) or a :class:`Spec`.
         task: the :class:`AttributionTask`.
         registry: defaults to every installed plugin.
 
@@ -222,12 +247,19 @@ def compose(
         of every part.
 
     Raises:
-        SpecError: every problem of the spec, in one error.
+        SpecError: every problem of the spec, in one error, before any work: those of
+            :func:`resolve`, then those the parts' ``check`` hooks decide from the task
+            (:mod:`attrkit.precheck`: more parameters than the explicit solver's
+            ``max_dim``, an ensemble with no members on this task, ``last-layer`` on a model
+            without ``nn.Linear``...).
         TypeError: ``task`` is not an ``AttributionTask``.
     """
     if not isinstance(task, AttributionTask):
         raise ArgumentTypeError(f"task must be an attrkit.AttributionTask, got {type(task).__name__}")
     resolved = resolve(spec, registry)
+    problems = check_parts(resolved, task)
+    if problems:
+        raise SpecError(_from(spec, problems))
     return resolved.entries["method"].cls(resolved.configs["method"], task=task, parts=resolved.parts(),
                                           resolved=resolved)
 

@@ -39,6 +39,7 @@ __all__ = [
     "PluginWarning",
     "SaveError",
     "SpecError",
+    "SpecFileWarning",
     "StoreCorruptError",
     "StoreMismatchError",
     "UnknownComponentError",
@@ -237,3 +238,8 @@ class ArgumentTypeError(AttrkitError, TypeError):
 class UntraceableWarning(AttrkitWarning):
     """The model or loss cannot run under ``torch.func.vmap``: per-example gradients are taken one
     example at a time instead (exact, slower)."""
+
+
+class SpecFileWarning(AttrkitWarning):
+    """A spec read from a file carried keys :func:`attrkit.compose` ignores (benchmark-only keys:
+    ``label``, ``members``, ``compare``, ``skip``); the warning names them."""

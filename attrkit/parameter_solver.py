@@ -14,9 +14,12 @@ import torch
 from torch.utils._pytree import tree_map
 
 from attrkit.context import FitContext
-from attrkit.errors import NotFittedError
+from attrkit.errors import NotFittedError, SaveError
 from attrkit.functional.gradients import select_parameters
+from attrkit.functional.ihvp import InverseHVP
+from attrkit.functional.ihvp_state import RESTORE, ihvp_from_state, ihvp_state
 from attrkit.protocols import HessianSolver
+from attrkit.types import PartState, StateValue
 
 __all__ = ["ParameterSolver", "Solve"]
 
@@ -47,6 +50,11 @@ class ParameterSolver(HessianSolver):
     round-off until results depend on the loader's batch size. The cost is about twice
     float32 arithmetic on the CPU; results are returned in the input's dtype.
     Subclasses set ``name``, ``Config`` and ``requires``, and implement ``build``.
+
+    Saving (:meth:`state_dict`): a solver that factorises at ``fit`` (``local_solve``) and
+    whose ``build`` returns an :class:`~attrkit.functional.ihvp.InverseHVP` with a ``state``
+    (``explicit``, ``arnoldi``, ``kfac``, ``ekfac``) saves it; one whose every solve passes
+    over the training data (``local_solve = False``: CG, LiSSA, DataInf) is refused.
     """
 
     space: ClassVar[str] = "parameter"
@@ -79,3 +87,32 @@ class ParameterSolver(HessianSolver):
         if self._solve is None:
             raise NotFittedError(f"solver {self.name!r} used before fit(context)")
         return self._solve(vectors.double()).to(device=vectors.device, dtype=vectors.dtype)
+
+    def state_dict(self) -> PartState:
+        """The fitted inverse-HVP as plain data (:func:`~attrkit.functional.ihvp_state.ihvp_state`).
+
+        Raises:
+            NotFittedError: before ``fit``.
+            SaveError: a solver whose solves read the training data (``local_solve = False``),
+                or whose ``build`` returned something without a saved form.
+        """
+        if self._solve is None:
+            raise NotFittedError(f"solver {self.name!r} cannot be saved before fit(context)")
+        if not self.local_solve:
+            raise SaveError(
+                f"solver {self.name!r} cannot be saved: every solve passes over the training data (nothing is "
+                "factorised at fit, local_solve = False) and a saved attributor keeps no training data; fit it again "
+                "in the new process (attrkit.compose(spec, task).fit(train)), or use a solver that factorises the "
+                f"curvature at fit: {', '.join(RESTORE)} (parameter space) or gauss-newton (feature space)"
+            )
+        if not isinstance(self._solve, InverseHVP) or self._solve.state is None or self._solve.name not in RESTORE:
+            raise SaveError(
+                f"solver {self.name!r} cannot be saved: its build() returned a {type(self._solve).__name__}, not an "
+                f"InverseHVP with a saved state (as {', '.join(RESTORE)} build); fit it again in the new process, or "
+                "implement state_dict() and load_state_dict()"
+            )
+        return ihvp_state(self._solve)
+
+    def load_state_dict(self, state: Mapping[str, StateValue]) -> None:
+        """Rebuild the fitted inverse-HVP from :meth:`state_dict` (no training data is read)."""
+        self._solve = ihvp_from_state(state)

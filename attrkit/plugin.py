@@ -9,6 +9,9 @@ method, :class:`GradientAttributor` (the shared score formula: override its hook
 built from the field helpers below, ``requires``/``provides`` capabilities, and the flags
 of its kind. ``attrkit.testing.check_component`` runs the conformance checks of its kind;
 :mod:`distributed` (``shard``, ``sum_over_ranks``...) lets a solver split its passes over ranks.
+A projector or solver that implements ``state_dict``/``load_state_dict`` can be saved with its
+attributor (``attributor.save(path)``, :func:`attrkit.load`); a method of a formula of its own
+implements ``save``/``restore`` with :func:`save_attributor` and :class:`Saved`.
 
 Example (a projector)::
 
@@ -54,12 +57,14 @@ from attrkit.errors import (
     CurvatureError,
     DataLoaderError,
     GroundTruthError,
+    LoadError,
     LossFunctionError,
     LossShapeError,
     MemoryBudgetError,
     MissingGroundTruthError,
     NonFiniteError,
     NotFittedError,
+    SaveError,
     SpecError,
 )
 from attrkit.feature_matrix import FeatureMatrix
@@ -83,6 +88,7 @@ from attrkit.loaders import CheckedLoader, checked
 from attrkit.parameter_gradients import ParameterGradients, restrict_gradients
 from attrkit.parameter_solver import ParameterSolver, Solve
 from attrkit.parts import Part
+from attrkit.precheck import gradient_dimension, member_count
 from attrkit.progress import progress
 from attrkit.protocols import (
     Attributor,
@@ -95,9 +101,11 @@ from attrkit.protocols import (
     Projector,
 )
 from attrkit.results import MetricResult
+from attrkit.saving import Saved, save_attributor
 from attrkit.selection import TopK
 from attrkit.targets import cross_entropy, negated_margin
 from attrkit.task import AttributionTask
+from attrkit.types import StateValue
 from attrkit.user_code import user_code, user_code_pass
 
 __all__ = [
@@ -130,6 +138,7 @@ __all__ = [
     "GroundTruthError",
     "Grouper",
     "HessianSolver",
+    "LoadError",
     "LossFunctionError",
     "LossShapeError",
     "Member",
@@ -143,8 +152,11 @@ __all__ = [
     "ParameterSolver",
     "Part",
     "Projector",
+    "SaveError",
+    "Saved",
     "Solve",
     "SpecError",
+    "StateValue",
     "TopK",
     "as_float",
     "as_int",
@@ -158,15 +170,18 @@ __all__ = [
     "float_field",
     "floats_field",
     "frozen_field",
+    "gradient_dimension",
     "hookimpl",
     "int_field",
     "is_bool",
+    "member_count",
     "negated_margin",
     "not_bool",
     "params_field",
     "positive_int",
     "progress",
     "restrict_gradients",
+    "save_attributor",
     "seed_field",
     "self_influence",
     "to_device",

@@ -12,6 +12,8 @@ defaults (the composer and the engine read them; nothing is looked up with a fal
 * the flags of its kind below (``HessianSolver.space``, ``Ensemble.gradient_params``…);
 * ``availability()`` — ``None`` when usable here, else the reason and the fix;
   unavailable components stay listed but refuse to compose.
+* ``check(config, task, parts)`` — problems decided from the spec and the task, which
+  :func:`attrkit.compose` reports before any work (default: none).
 
 Every component is constructed as ``cls(config)``, except methods, which are constructed
 as ``cls(config, task=task, parts=parts, resolved=resolved)`` with a
@@ -22,9 +24,12 @@ base of its kind (see :func:`attrkit.plugins.component_problems`).
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
+
+from attrkit.errors import LoadError, SaveError
 
 if TYPE_CHECKING:
     import torch
@@ -32,7 +37,9 @@ if TYPE_CHECKING:
     from attrkit.context import FitContext, Member
     from attrkit.parts import Part
     from attrkit.results import MetricResult
+    from attrkit.saving import Saved
     from attrkit.task import AttributionTask
+    from attrkit.types import PartState, StateValue
 
 __all__ = [
     "BASES",
@@ -78,6 +85,26 @@ class Component(ABC):
         """``None`` when the component can run on this machine, else why not and the fix."""
         return None
 
+    @classmethod
+    def check(cls, config: Any, task: AttributionTask, parts: Mapping[str, Part]) -> list[str]:
+        """Problems of this part that the spec and the task decide, before any work.
+
+        :func:`attrkit.compose` calls it for every part (the method's first) once every config
+        is built and raises one :class:`~attrkit.errors.SpecError` with all of them
+        (:mod:`attrkit.precheck` has helpers: the gradient dimension ``p``, the member count).
+        Cheap checks only (sizes, the model's modules, the task's checkpoints), and only
+        when decidable: what needs data is checked at ``fit``. Default: no problems.
+
+        Args:
+            config: this part's config.
+            task: the task the attributor is composed for.
+            parts: ``{slot: Part}`` of the whole spec (the method excluded).
+
+        Returns:
+            One line per problem, starting with the part's spec path (``solver.max_dim: …``).
+        """
+        return []
+
 
 class GradientSource(Component):
     """Turns (member parameters, batch) into per-example gradient vectors.
@@ -107,7 +134,51 @@ class GradientSource(Component):
         """``Tensor[b, p]``: gradient of ``task.target`` for each example of ``batch``."""
 
 
-class Projector(Component):
+class _Saveable:
+    """``state_dict`` / ``load_state_dict`` of a part fitted per ensemble member (projectors, solvers).
+
+    A part is saveable when it implements both; the defaults refuse, so that a part that does
+    not is never saved half-way (:meth:`attrkit.GradientAttributor.save` collects every part's
+    state before writing anything).
+    """
+
+    name: ClassVar[str]
+    kind: ClassVar[str]
+
+    def state_dict(self) -> PartState:
+        """The fitted state, for :meth:`attrkit.GradientAttributor.save`.
+
+        A flat ``{key: Tensor | int | float | str | None}`` (:data:`attrkit.types.StateValue`),
+        written with ``torch.save`` and read back with ``torch.load(weights_only=True)`` (no
+        pickled objects: nested data goes in as several keys or a JSON string), from which
+        :meth:`load_state_dict` makes a fresh instance of the same config behave exactly as
+        this one (bit-identical outputs) without fitting. Return the part's own tensors; they
+        are written, never changed. A data-free random part needs only what it was fitted with
+        (its input dimension): its matrix comes again from its seed.
+
+        Raises:
+            SaveError: the part cannot be saved (the default): names it, why and the alternative.
+            NotFittedError: before ``fit``.
+        """
+        raise SaveError(_unsaveable(self))
+
+    def load_state_dict(self, state: Mapping[str, StateValue]) -> None:
+        """Become the fitted part ``state`` describes (a :meth:`state_dict` of a part of the same
+        config); ``fit`` is not called. Tensors arrive on the task's device.
+
+        Raises:
+            SaveError: the part cannot be saved or loaded (the default).
+        """
+        raise SaveError(_unsaveable(self))
+
+
+def _unsaveable(part: _Saveable) -> str:
+    return (f"{part.kind} {part.name!r} cannot be saved: it does not implement state_dict() and load_state_dict(); "
+            "fit the attributor again in the new process (attrkit.compose(spec, task).fit(train)), or use a "
+            f"{part.kind} that implements them")
+
+
+class Projector(_Saveable, Component):
     """A linear map ``Tensor[b, p] -> Tensor[b, k]``, deterministic given its seed.
 
     ``fit`` is called once per member before any projection (a no-op for data-free
@@ -127,7 +198,7 @@ class Projector(Component):
         """``Tensor[b, p] -> Tensor[b, k]``, on the input's device."""
 
 
-class HessianSolver(Component):
+class HessianSolver(_Saveable, Component):
     """Applies an (approximate) inverse curvature to vectors.
 
     Flags:
@@ -185,6 +256,12 @@ class Ensemble(Component):
     kind: ClassVar[str] = "ensemble"
     gradient_params: ClassVar[tuple[str, ...] | None] = None
 
+    @classmethod
+    def member_count(cls, config: Any, task: AttributionTask) -> int | None:
+        """How many members :meth:`members` gives for ``task``, when known without building
+        them (for compose-time checks such as TracIn's learning rates); default ``None``."""
+        return None
+
     @abstractmethod
     def members(self, task: AttributionTask) -> list[Member]:
         """The weighted members, in a fixed order."""
@@ -218,6 +295,27 @@ class Attributor(Component):
     @abstractmethod
     def self_influence(self, train: Iterable[Any]) -> torch.Tensor:
         """``Tensor[n]``: each example's score for itself."""
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the fitted state to the folder ``path``, for :func:`attrkit.load` in another process.
+
+        The default refuses; a method that saves implements this and :meth:`restore` (with
+        :func:`attrkit.saving.save_attributor` and :class:`attrkit.saving.Saved`).
+
+        Raises:
+            SaveError: the method cannot be saved (the default).
+        """
+        raise SaveError(f"method {self.name!r} cannot be saved: it does not implement save() and restore(); fit it "
+                        "again in the new process")
+
+    def restore(self, saved: Saved) -> None:
+        """Become the fitted attributor that ``saved`` holds (called by :func:`attrkit.load` on a
+        freshly composed attributor of the saved spec and the caller's task).
+
+        Raises:
+            LoadError: the method cannot be loaded (the default), or ``saved`` does not fit the task.
+        """
+        raise LoadError(f"method {self.name!r} cannot be loaded: it does not implement restore()")
 
 
 class Metric(Component):

@@ -140,7 +140,11 @@ class Spec:
         problems: list[str] = []
         for key in data:
             if key not in KEYS:
-                problems.append(f"{key}: unknown spec key; allowed keys are {', '.join(KEYS)}")
+                problems.append(
+                    f"{key}: unknown spec key; allowed keys are {', '.join(KEYS)} (a method's parameter at the top "
+                    "level, the flat form, is read by attrkit.compose and attrkit.resolve, which know the "
+                    "method's parameters: attrkit.resolve(spec).spec is the nested Spec)"
+                )
         if data.get("method") is None:
             problems.append("method: missing; every spec names a method (e.g. 'grad-dot')")
         parts: dict[str, ComponentSpec] = {}

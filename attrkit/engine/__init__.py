@@ -19,7 +19,8 @@ The life of ``attributor.fit(train).attribute(test)``, one function per step:
    q_m Φ_mᵀ`` tile by tile), gathered over ranks and checked finite.
 
 ``top_k`` (:func:`scoring.top_k`) and ``self_influence``
-(:func:`self_influence.self_influence`) reuse the same sides.
+(:func:`self_influence.self_influence`) reuse the same sides. ``save`` and ``restore``
+(:mod:`persist`) write the :class:`state.Fit` to a folder and read it back in another process.
 """
 
 from attrkit.engine.attributor import GradientAttributor

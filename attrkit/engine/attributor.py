@@ -27,7 +27,7 @@ import torch
 
 from attrkit import capabilities
 from attrkit.context import Member
-from attrkit.engine import scoring
+from attrkit.engine import persist, scoring
 from attrkit.engine.fitting import fit as fit_engine
 from attrkit.engine.self_influence import self_influence as self_influence_engine
 from attrkit.engine.state import Fit
@@ -170,6 +170,35 @@ class GradientAttributor(Attributor):
         self.fitted = fit_engine(self, train, store=store, memory_budget=memory_budget, nonfinite=nonfinite,
                                  on_mismatch=on_mismatch)
         return self
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the fitted attributor to the folder ``path``; :func:`attrkit.load` reads it back.
+
+        Another process then answers ``attribute``, ``top_k`` and ``self_influence`` without
+        refitting, with the same scores bit for bit (same machine). Saved: the spec, each
+        member's label, weight and weight digests, its fitted projector's and solver's
+        ``state_dict``, its training side as it is scored (out of core: copied from the fit
+        store tile by tile within the memory budget), the groups, example weights and skipped
+        examples. Only data is written (JSON, ``.npy``, ``torch.save`` of plain tensors); see
+        :mod:`attrkit.saving` for the layout and :mod:`attrkit.engine.persist` for the details.
+
+        Raises:
+            NotFittedError: before ``fit``.
+            SaveError: a part that cannot be saved (CG, LiSSA and DataInf read the training data
+                at every solve), nothing written; a distributed run; a ``path`` that holds
+                other files.
+            ModelChangedError: the model's weights changed since ``fit``.
+        """
+        persist.save(self, self._require_fit(), path)
+
+    def restore(self, saved: Any) -> None:
+        """Become the fitted attributor ``saved`` holds (:func:`attrkit.load` calls it).
+
+        Raises:
+            LoadError: the task's members or weights differ from those fitted at, or damaged files.
+        """
+        self.fitted = None
+        self.fitted = persist.restore(self, saved)
 
     def _require_fit(self) -> Fit:
         if self.fitted is None:

@@ -100,7 +100,7 @@ def _grouped(method: GradientAttributor, fit: Fit, train: Iterable[Any]) -> torc
 def self_influence(method: GradientAttributor, fit: Fit, train: Iterable[Any]) -> torch.Tensor:
     """``Tensor[n]`` (or ``[n_groups]``) float32 CPU; see :meth:`GradientAttributor.self_influence`."""
     fit.guard.check(method.task)
-    train = fit.train if train is fit.train.loader else checked(train, "train")
+    train = fit.train if fit.train is not None and train is fit.train.loader else checked(train, "train")
     if not fit.pointwise:
         return _grouped(method, fit, train)
     split = all(f.solver is None or f.solver.local_solve for f in fit.members)

@@ -46,7 +46,8 @@ class Fit:
             ``None`` (``"raise"``).
         policy: the ``nonfinite`` policy, also applied to test examples.
         guard: the weights' check (:class:`~attrkit.fit_guard.FitGuard`).
-        train: the checked training loader (later passes over the same loader are compared with it).
+        train: the checked training loader (later passes over the same loader are compared with
+            it); ``None`` in an attributor read back by :func:`attrkit.load`.
     """
 
     members: list[FittedMember]
@@ -55,7 +56,7 @@ class Fit:
     skipped: torch.Tensor | None
     policy: str
     guard: FitGuard
-    train: CheckedLoader
+    train: CheckedLoader | None
 
     @property
     def pointwise(self) -> bool:

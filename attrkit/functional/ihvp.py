@@ -127,14 +127,24 @@ class InverseHVP:
         p: dimension of the vectors (number of selected parameter entries).
         stats: :class:`IHVPStats`.
         name: the solver's name, used in error messages (``"cg"``).
+        state: ``{key: Tensor | number | str}``, what ``apply`` is made of (a Cholesky factor,
+            eigenpairs, Kronecker factors), from which :func:`~attrkit.functional.ihvp_state.ihvp_from_state`
+            rebuilds it in another process; ``None`` for a solver that reads the training data
+            at every solve (CG, LiSSA), which cannot be saved.
     """
 
     def __init__(
-        self, apply: MatVec, p: int, meter: _Meter, started: float, info: dict[str, float], name: str = "inverse-HVP"
+        self, apply: MatVec, p: int, meter: _Meter, started: float, info: dict[str, float], name: str = "inverse-HVP",
+        state: Mapping[str, Any] | None = None,
     ):
-        self._apply, self._meter, self.p, self.name = apply, meter, p, name
+        self._apply, self._meter, self.p, self.name, self.state = apply, meter, p, name, state
         build = Cost(meter.passes, meter.example_hvps, time.perf_counter() - started)
         self.stats = IHVPStats(build=build, info=info)
+
+    @classmethod
+    def restored(cls, apply: MatVec, p: int, name: str, state: Mapping[str, Any], info: dict[str, float]) -> InverseHVP:
+        """An :class:`InverseHVP` rebuilt from a saved ``state`` (no build cost, no training data)."""
+        return cls(apply, p, _Meter(()), time.perf_counter(), info, name=name, state=state)
 
     def solve(self, vectors: torch.Tensor) -> torch.Tensor:
         """``(H + λI)⁻¹ v`` for every row ``v`` of ``vectors``.

@@ -19,11 +19,12 @@ from attrkit.functional.curvature import MatVec, lanczos
 from attrkit.functional.ihvp import CurvatureError, InverseHVP, dataset_matvec, prepare_at
 from attrkit.types import LossFn
 
-__all__ = ["arnoldi_ihvp_at"]
+__all__ = ["arnoldi_ihvp_at", "restore_arnoldi"]
 
 
-def _low_rank(values: torch.Tensor, vectors: torch.Tensor, regularization: float, eps: float) -> MatVec:
-    """``V -> V U diag(1/(λ_i + λ)) Uᵀ`` (rows) on the kept eigenpairs (pseudo-inverse on the numerically null ones).
+def _inverse(values: torch.Tensor, vectors: torch.Tensor, regularization: float, eps: float) -> torch.Tensor:
+    """``1/(λ_i + λ)`` of the kept eigenpairs, ``0`` for the numerically null ones (pseudo-inverse):
+    the diagonal of ``V -> V U diag(·) Uᵀ`` (see :func:`restore_arnoldi`).
 
     An eigenpair whose damped value ``|λ_i + λ|`` is at most ``len(U) · eps · max|λ_j|``
     (the round-off of eigenvalues from products computed with machine epsilon ``eps``) is
@@ -41,7 +42,13 @@ def _low_rank(values: torch.Tensor, vectors: torch.Tensor, regularization: float
                              f"kept eigenpairs, which cannot be inverted: set regularization > {-worst:.3g}, keep a "
                              "smaller rank, or use a positive semi-definite curvature such as Gauss-Newton")
     kept = damped > noise
-    inverse = torch.where(kept, 1.0 / torch.where(kept, damped, 1.0), 0.0)
+    return torch.where(kept, 1.0 / torch.where(kept, damped, 1.0), 0.0)
+
+
+def restore_arnoldi(state: Mapping[str, Any]) -> MatVec:
+    """``V -> V U diag(inverse) Uᵀ`` (rows): the solve of :func:`arnoldi_ihvp_at`, from its state
+    ``{"basis": U, "inverse": 1/(λ_i + λ)}`` (``Tensor[p, rank]``, ``Tensor[rank]``), as built or as saved."""
+    vectors, inverse = state["basis"], state["inverse"]
 
     def apply(rows: torch.Tensor) -> torch.Tensor:
         coefficients = rows.to(device=vectors.device, dtype=vectors.dtype) @ vectors
@@ -113,6 +120,7 @@ def arnoldi_ihvp_at(
     rank, max_iter = _clamped_rank(rank, max_iter, p)
     matvec = dataset_matvec(meter, model, loss_fn, state, names, curvature)
     values, basis = lanczos(matvec, p, rank, max_iter, seed, device=state[names[0]].device)
-    apply = _low_rank(values, basis, regularization, torch.finfo(state[names[0]].dtype).eps)
+    inverse = _inverse(values, basis, regularization, torch.finfo(state[names[0]].dtype).eps)
+    saved = {"basis": basis, "inverse": inverse}
     info = {"largest_eigenvalue": float(values.max()), "smallest_eigenvalue": float(values.min()), "rank": rank}
-    return InverseHVP(apply, p, meter, started, info, name="arnoldi")
+    return InverseHVP(restore_arnoldi(saved), p, meter, started, info, name="arnoldi", state=saved)

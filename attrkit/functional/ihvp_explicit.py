@@ -26,7 +26,7 @@ from attrkit.functional.ihvp import (
 )
 from attrkit.types import LossFn
 
-__all__ = ["cholesky_solve_columns", "explicit_ihvp_at", "explicit_solve"]
+__all__ = ["cholesky_solve_columns", "explicit_ihvp_at", "explicit_solve", "restore_explicit"]
 
 #: Default largest ``p`` for which the explicit ``p × p`` matrix is built (3.2 GB in float64; the build holds two).
 MAX_DIM = 20000
@@ -207,4 +207,9 @@ def explicit_ihvp_at(
     matrix = _assemble(matvec, p, chunk_size, dtype, state[names[0]].device)
     factor = _factor(matrix, regularization)
     del matrix
-    return InverseHVP(_factored(factor), p, meter, started, {}, name="explicit")
+    return InverseHVP(_factored(factor), p, meter, started, {}, name="explicit", state={"factor": factor})
+
+
+def restore_explicit(state: Mapping[str, Any]) -> MatVec:
+    """The solve of a saved :func:`explicit_ihvp_at` (``state``: its ``{"factor": L}``, ``Tensor[p, p]``)."""
+    return _factored(state["factor"])

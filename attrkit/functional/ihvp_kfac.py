@@ -18,19 +18,21 @@ times its largest) with a ``λ`` no larger raise a ``CurvatureError`` naming the
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
+import attrs
 import torch
 
 from attrkit.errors import ArgumentError, CurvatureError
 from attrkit.functional.ihvp import InverseHVP, _Meter, check_finite_solve, check_regularization
-from attrkit.functional.kfac_factors import EKFACFactors, KFACFactors, fit_ekfac, fit_kfac
+from attrkit.functional.kfac_factors import EKFACFactors, KFACFactors, KroneckerLayer, fit_ekfac, fit_kfac
 from attrkit.types import LossFn
 
-__all__ = ["ekfac_ihvp_at", "ekfac_solve", "kfac_ihvp_at", "kfac_solve"]
+__all__ = ["ekfac_ihvp_at", "ekfac_solve", "kfac_ihvp_at", "kfac_solve", "restore_ekfac", "restore_kfac"]
 
 
 def _apply(factors: KFACFactors, vectors: torch.Tensor, regularization: float,
@@ -139,7 +141,45 @@ def _kronecker_ihvp_at(
     meter = _Meter(batches)
     factors = fit(model, loss_fn, state, names, meter)
     p = sum(state[n].numel() for n in names)
-    return InverseHVP(partial(solve, factors, regularization=regularization), p, meter, started, {}, name=name)
+    saved = {"regularization": regularization, **_factors_state(factors)}
+    return InverseHVP(partial(solve, factors, regularization=regularization), p, meter, started, {}, name=name,
+                      state=saved)
+
+
+def _factors_state(factors: KFACFactors | EKFACFactors) -> dict[str, Any]:
+    """The factors as a flat ``{key: Tensor | int | str | None}`` (layouts as JSON strings)."""
+    kfac = factors.kfac if isinstance(factors, EKFACFactors) else factors
+    out: dict[str, Any] = {
+        "names": json.dumps(list(kfac.names)), "sizes": json.dumps(dict(kfac.sizes)),
+        "fallback": json.dumps(list(kfac.fallback)), "fallback_diagonal": kfac.fallback_diagonal,
+        "n_examples": kfac.n_examples, "layers": len(kfac.layers),
+    }
+    for i, layer in enumerate(kfac.layers):
+        out.update({f"layer.{i}.{f.name}": getattr(layer, f.name) for f in attrs.fields(KroneckerLayer)})
+    if isinstance(factors, EKFACFactors):
+        out.update({f"eigenvalues.{i}": values for i, values in enumerate(factors.eigenvalues)})
+    return out
+
+
+def _kfac_factors(state: Mapping[str, Any]) -> KFACFactors:
+    """:class:`KFACFactors` from :func:`_factors_state`."""
+    layers = tuple(KroneckerLayer(**{f.name: state[f"layer.{i}.{f.name}"] for f in attrs.fields(KroneckerLayer)})
+                   for i in range(int(state["layers"])))
+    return KFACFactors(names=tuple(json.loads(state["names"])), sizes=json.loads(state["sizes"]), layers=layers,
+                       fallback=tuple(json.loads(state["fallback"])), fallback_diagonal=state["fallback_diagonal"],
+                       n_examples=int(state["n_examples"]))
+
+
+def restore_kfac(state: Mapping[str, Any]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The solve of a saved :func:`kfac_ihvp_at`, from its ``InverseHVP.state`` (factors and ``regularization``)."""
+    return partial(kfac_solve, _kfac_factors(state), regularization=float(state["regularization"]))
+
+
+def restore_ekfac(state: Mapping[str, Any]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The solve of a saved :func:`ekfac_ihvp_at`, from its ``InverseHVP.state``."""
+    eigenvalues = tuple(state[f"eigenvalues.{i}"] for i in range(int(state["layers"])))
+    factors = EKFACFactors(kfac=_kfac_factors(state), eigenvalues=eigenvalues)
+    return partial(ekfac_solve, factors, regularization=float(state["regularization"]))
 
 
 def kfac_ihvp_at(

@@ -6,8 +6,10 @@ Each check raises ``AssertionError`` naming the component and the broken contrac
 
 from __future__ import annotations
 
+import io
 import json
 import math
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -17,6 +19,7 @@ from attrkit.compose import compose
 from attrkit.config import field_examples
 from attrkit.feature_matrix import FeatureMatrix
 from attrkit.context import FitContext
+from attrkit.errors import SaveError
 from attrkit.functional.factored import factored_gradients, plan_factors
 from attrkit.capabilities import FACTORED, HVP
 from attrkit.functional.gradients import flat_dimension, select_parameters
@@ -25,7 +28,7 @@ from attrkit.registry import Entry, Registry, default_registry
 from attrkit.results import MetricResult
 from attrkit.testing.toy import ToyProblem, autograd_gradients, toy_problem
 
-__all__ = ["check_component", "example_config"]
+__all__ = ["check_component", "check_saved", "example_config"]
 
 
 def example_config(cls: type) -> Any:
@@ -109,8 +112,33 @@ def _factored_inputs(toy: ToyProblem) -> tuple[Any, Any, int]:
     return x, y, x.shape[1]
 
 
+def check_saved(entry: Entry, part: Any, apply: Callable[[Any], torch.Tensor]) -> None:
+    """A fitted part either saves, or refuses with a :class:`~attrkit.errors.SaveError` naming it.
+
+    A part that saves gives a flat ``{str: Tensor | int | float | str | None}`` that survives
+    ``torch.save`` / ``torch.load(weights_only=True)``, and a fresh instance of the same config
+    given it (``load_state_dict``, no ``fit``) answers ``apply`` bit for bit as ``part`` does.
+    """
+    try:
+        state = part.state_dict()
+    except SaveError as exc:
+        assert entry.name in str(exc), f"{entry.name}: its SaveError must name it, got {exc}"
+        return
+    plain = isinstance(state, dict) and all(
+        isinstance(k, str) and isinstance(v, (torch.Tensor, int, float, str, type(None))) for k, v in state.items())
+    assert plain, f"{entry.name}: state_dict() must be a flat dict of tensors, numbers, strings and None"
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    fresh = entry.cls(part.config)
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    same = torch.equal(apply(fresh), apply(part))
+    assert same, f"{entry.name}: a fresh instance given its state_dict() answers differently"
+
+
 def check_projector(entry: Entry) -> None:
-    """A projector is linear, seeded (two instances agree) and batch-independent.
+    """A projector is linear, seeded (two instances agree) and batch-independent, and saves
+    (or refuses to) as :func:`check_saved` says.
 
     A projector that requires factored gradients is fed factored gradient blocks of a toy MLP;
     one that requires HVPs is fitted on the toy model's training loss.
@@ -130,11 +158,12 @@ def check_projector(entry: Entry) -> None:
     _close(second.project(x), out, f"{entry.name}: determinism under a seed")
     _close(first.project(2 * x - 3 * y), 2 * out - 3 * first.project(y), f"{entry.name}: linearity", atol=1e-4)
     _close(torch.cat([first.project(x[:2]), first.project(x[2:])]), out, f"{entry.name}: batch-size independence")
+    check_saved(entry, first, lambda projector: projector.project(x))
 
 
 def check_solver(entry: Entry) -> None:
     """A solver fits (on features, or on the toy training set in parameter space), keeps
-    shapes, is linear and batch-independent."""
+    shapes, is linear and batch-independent, and saves (or refuses to) as :func:`check_saved` says."""
     toy = toy_problem()
     gen = torch.Generator().manual_seed(0)
     solver = entry.cls(example_config(entry.cls))
@@ -151,6 +180,7 @@ def check_solver(entry: Entry) -> None:
     if entry.cls.linear:  # truncated iterative solvers declare linear = False
         _close(solver.solve(v + 2 * w), out + 2 * solver.solve(w), f"{entry.name}: linearity", atol=1e-4)
     _close(torch.cat([solver.solve(v[:1]), solver.solve(v[1:])]), out, f"{entry.name}: batch-size independence")
+    check_saved(entry, solver, lambda fitted: fitted.solve(v))
 
 
 def check_grouper(entry: Entry) -> None:

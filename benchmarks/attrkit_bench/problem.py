@@ -75,6 +75,8 @@ class Problem:
             (it may retrain many models); ``"lds"`` is ``ground_truth``.
         members: produces ensemble members (see :data:`Members`); ``None``: the setting
             has none.
+        display: how the setting's examples are shown: keyword arguments of
+            :func:`attrkit.explain` (``kind``, ``names``, ``class_names``, ``decode``).
     """
 
     name: str
@@ -89,6 +91,7 @@ class Problem:
     noisy: NoisyLabels | None = attrs.field(default=None, repr=False)
     truths: Mapping[str, Truth] = attrs.field(factory=dict, repr=False)
     members: Members | None = attrs.field(default=None, repr=False)
+    display: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
 
     def truth(self, metric: str) -> Mapping[str, Any]:
         """The ground truth of ``metric`` (``"lds"`` or a key of ``truths``).

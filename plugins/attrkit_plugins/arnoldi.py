@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import ClassVar
 
 import attrs
@@ -15,6 +16,7 @@ from attrkit.plugin import (
     NotFittedError,
     Projector,
     SpecError,
+    StateValue,
     float_field,
     hookimpl,
     int_field,
@@ -140,6 +142,20 @@ class ArnoldiProjector(Projector):
             vectors = vectors * torch.where(kept, torch.where(kept, damped, 1.0).rsqrt(), 0.0)
         self.eigenvalues = values
         self.basis = vectors.to(dtype)
+
+    def state_dict(self) -> dict[str, StateValue]:
+        """``{"eigenvalues", "basis"}``: the fitted eigenpairs (``basis`` scaled when ``scale``).
+
+        Raises:
+            NotFittedError: before ``fit``.
+        """
+        if self.basis is None:
+            raise NotFittedError("arnoldi projector cannot be saved before fit(context)")
+        return {"eigenvalues": self.eigenvalues, "basis": self.basis}
+
+    def load_state_dict(self, state: Mapping[str, StateValue]) -> None:
+        """Restore the fitted eigenpairs."""
+        self.eigenvalues, self.basis = state["eigenvalues"], state["basis"]
 
     def project(self, vectors: torch.Tensor) -> torch.Tensor:
         """``Tensor[b, p] -> Tensor[b, min(dim, p)]`` float32, on the input's device.

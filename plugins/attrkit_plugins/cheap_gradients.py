@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 import attrs
@@ -14,9 +14,11 @@ from attrkit.plugin import (
     LAST_LAYER,
     PER_EXAMPLE,
     AttributionTask,
+    AttrkitError,
     GradientSource,
     Member,
     ParameterGradients,
+    Part,
     frozen_field,
     hookimpl,
     params_field,
@@ -70,6 +72,15 @@ class LastLayerGradients(GradientSource):
     name: ClassVar[str] = "last-layer"
     Config: ClassVar[type] = LastLayerConfig
     provides: ClassVar[frozenset[str]] = frozenset({PER_EXAMPLE, LAST_LAYER})
+
+    @classmethod
+    def check(cls, config: LastLayerConfig, task: AttributionTask, parts: Mapping[str, Part]) -> list[str]:
+        """The model must have the ``nn.Linear`` layer (``layer``, or any), with a parameter to differentiate."""
+        try:
+            cls(config).names(task)
+        except AttrkitError as exc:
+            return list(getattr(exc, "problems", [str(exc)]))
+        return []
 
     def layer(self, task: AttributionTask) -> str:
         """Module name of the layer differentiated (``config.layer``, checked, or found)."""

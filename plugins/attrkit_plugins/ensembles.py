@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from collections.abc import Mapping
 from typing import ClassVar
 
 import attrs
@@ -18,6 +19,7 @@ from attrkit.plugin import (
     AttributionTask,
     Ensemble,
     Member,
+    Part,
     SpecError,
     float_field,
     floats_field,
@@ -37,16 +39,27 @@ def _weights_field() -> attrs.Attribute:
     return floats_field(None, validator=check, optional=True)
 
 
-def _checkpoint_members(task: AttributionTask, weights: tuple[float, ...] | None, who: str) -> list[Member]:
-    members = task.members()
+def _checkpoint_problems(task: AttributionTask, weights: tuple[float, ...] | None, who: str) -> list[str]:
+    """Why ``task``'s checkpoints cannot be the members of ensemble ``who`` (none: they can)."""
     if task.checkpoints is None:
-        raise SpecError([
-            f"ensemble {who!r} sums over the task's checkpoints, but the task has none: pass "
-            "AttributionTask(..., checkpoints=[state_dict, ...])"
-        ])
-    if weights is not None and len(weights) != len(members):
-        raise SpecError([f"ensemble {who!r} got {len(weights)} weights for {len(members)} checkpoints"])
+        return [f"ensemble {who!r} sums over the task's checkpoints, but the task has none: pass "
+                "AttributionTask(..., checkpoints=[state_dict, ...])"]
+    if weights is not None and len(weights) != len(task.checkpoints):
+        n = len(task.checkpoints)
+        return [f"ensemble.weights: ensemble {who!r} got {len(weights)} weights for {n} checkpoints"]
+    return []
+
+
+def _checkpoint_members(task: AttributionTask, weights: tuple[float, ...] | None, who: str) -> list[Member]:
+    problems = _checkpoint_problems(task, weights, who)
+    if problems:
+        raise SpecError(problems)
+    members = task.members()
     return [attrs.evolve(m, weight=w) for m, w in zip(members, weights or [1.0] * len(members))]
+
+
+def _checkpoint_count(task: AttributionTask) -> int | None:
+    return len(task.checkpoints) if task.checkpoints is not None else None
 
 
 @attrs.frozen(kw_only=True)
@@ -71,6 +84,16 @@ class CheckpointEnsemble(Ensemble):
 
     name: ClassVar[str] = "checkpoints"
     Config: ClassVar[type] = CheckpointsConfig
+
+    @classmethod
+    def check(cls, config: CheckpointsConfig, task: AttributionTask, parts: Mapping[str, Part]) -> list[str]:
+        """The task must have checkpoints, as many as ``weights`` when given."""
+        return _checkpoint_problems(task, config.weights, cls.name)
+
+    @classmethod
+    def member_count(cls, config: CheckpointsConfig, task: AttributionTask) -> int | None:
+        """One member per checkpoint of the task."""
+        return _checkpoint_count(task)
 
     def members(self, task: AttributionTask) -> list[Member]:
         """One member per checkpoint, in order.
@@ -111,17 +134,28 @@ class DropoutEnsemble(Ensemble):
     name: ClassVar[str] = "dropout"
     Config: ClassVar[type] = DropoutConfig
 
+    @classmethod
+    def check(cls, config: DropoutConfig, task: AttributionTask, parts: Mapping[str, Part]) -> list[str]:
+        """The model must have ``nn.Dropout`` modules."""
+        if dropout_modules(task.model):
+            return []
+        return [f"ensemble 'dropout' needs nn.Dropout modules in the model, and {type(task.model).__name__} has "
+                "none; use the 'checkpoints' or 'lora' ensemble"]
+
+    @classmethod
+    def member_count(cls, config: DropoutConfig, task: AttributionTask) -> int | None:
+        """``members`` masks."""
+        return config.members
+
     def members(self, task: AttributionTask) -> list[Member]:
         """``members`` copies of the task's current weights, each with its own masks.
 
         Raises:
             SpecError: the model has no ``nn.Dropout`` module.
         """
-        if not dropout_modules(task.model):
-            raise SpecError([
-                f"ensemble 'dropout' needs nn.Dropout modules in the model, and {type(task.model).__name__} has "
-                "none; use the 'checkpoints' or 'lora' ensemble"
-        ])
+        problems = self.check(self.config, task, {})
+        if problems:
+            raise SpecError(problems)
         state, k = task.current_state(), self.config.members
         return [
             Member(state=state, weight=1.0 / k, label=f"dropout mask {j} (seed {self.config.seed + j})",
@@ -167,6 +201,20 @@ class LoRAEnsemble(Ensemble):
     #: The gradient source is restricted to these parameters (see ``restrict_gradients``).
     gradient_params: ClassVar[tuple[str, ...]] = LORA_PATTERNS
 
+    @classmethod
+    def check(cls, config: LoRAConfig, task: AttributionTask, parts: Mapping[str, Part]) -> list[str]:
+        """The model must have LoRA layers and the task checkpoints (the adapters), as many as ``weights``."""
+        problems = [] if lora_parameter_names(task.model) else [
+            f"ensemble 'lora': the model needs LoRA layers, and {type(task.model).__name__} has none: build the "
+            "task from attrkit.functional.lora.train_lora_adapters (model=template, checkpoints=adapters)"
+        ]
+        return problems + _checkpoint_problems(task, config.weights, cls.name)
+
+    @classmethod
+    def member_count(cls, config: LoRAConfig, task: AttributionTask) -> int | None:
+        """One member per adapter checkpoint of the task."""
+        return _checkpoint_count(task)
+
     def members(self, task: AttributionTask) -> list[Member]:
         """One member per adapter checkpoint (weight ``1/k`` unless ``weights`` is given).
 
@@ -174,10 +222,7 @@ class LoRAEnsemble(Ensemble):
             SpecError: the model has no LoRA layers, or the task has no checkpoints.
         """
         if not lora_parameter_names(task.model):
-            raise SpecError([
-                f"ensemble 'lora' needs a model with LoRA layers; {type(task.model).__name__} has none: build the "
-                "task from attrkit.functional.lora.train_lora_adapters (model=template, checkpoints=adapters)"
-        ])
+            raise SpecError(self.check(self.config, task, {}))
         n = len(task.checkpoints) if task.checkpoints is not None else 0
         weights = self.config.weights or ((1.0 / n,) * n if n else None)
         members = _checkpoint_members(task, weights, self.name)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import warnings
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import attrs
@@ -16,8 +18,10 @@ from attrkit.plugin import (
     AttrkitWarning,
     FitContext,
     Member,
+    NotFittedError,
     ParameterGradients,
     Projector,
+    StateValue,
     frozen_field,
     hookimpl,
     int_field,
@@ -152,6 +156,24 @@ class KroneckerProjector(Projector):
         params = dict(model.named_parameters())
         self._sizes = {n: params[n].numel() for n in names}
         self._out_dims = [model.get_submodule(module).weight.shape[0] for module, _, _ in self._plan.layers]
+
+    def state_dict(self) -> dict[str, StateValue]:
+        """The recorded layer layout, as JSON strings (the matrices come again from the seed).
+
+        Raises:
+            NotFittedError: before ``fit``.
+        """
+        if self._plan is None:
+            raise NotFittedError("kronecker projector cannot be saved before fit(context)")
+        return {"plan": json.dumps(attrs.asdict(self._plan)), "sizes": json.dumps(self._sizes),
+                "out_dims": json.dumps(self._out_dims)}
+
+    def load_state_dict(self, state: Mapping[str, StateValue]) -> None:
+        """Restore the layer layout of :meth:`state_dict`."""
+        plan = json.loads(state["plan"])
+        self._plan = FactorPlan(names=tuple(plan["names"]), layers=tuple(tuple(x) for x in plan["layers"]),
+                                fallback=tuple(plan["fallback"]), fallback_modules=tuple(plan["fallback_modules"]))
+        self._sizes, self._out_dims = json.loads(state["sizes"]), json.loads(state["out_dims"])
 
     def _pair(self, index: int, in_features: int, d_out: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(P_in [in_features, dim_in], P_out [d_out, dim_out])`` of layer ``index``."""

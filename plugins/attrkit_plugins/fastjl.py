@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import math
+from collections.abc import Mapping
 from types import ModuleType
 from typing import ClassVar
 
@@ -19,7 +20,9 @@ from attrkit.plugin import (
     ArgumentError,
     ComponentUnavailableError,
     FitContext,
+    NotFittedError,
     Projector,
+    StateValue,
     hookimpl,
     int_field,
     seed_field,
@@ -96,6 +99,27 @@ class FastJLProjector(Projector):
         if why is not None:
             raise ComponentUnavailableError(f"projector 'fastjl' is unavailable: {why}")
         self._num_sms = torch.cuda.get_device_properties(context.task.device).multi_processor_count
+
+    def state_dict(self) -> dict[str, StateValue]:
+        """``{"num_sms": …}``: the kernel's launch width (the matrix comes from the seed, in the kernel).
+
+        Raises:
+            NotFittedError: before ``fit``.
+        """
+        if not self._num_sms:
+            raise NotFittedError("fastjl projector cannot be saved before fit(context)")
+        return {"num_sms": self._num_sms}
+
+    def load_state_dict(self, state: Mapping[str, StateValue]) -> None:
+        """Restore the launch width, after checking fast_jl and CUDA are usable here.
+
+        Raises:
+            ComponentUnavailableError: fast_jl or CUDA is not available.
+        """
+        why = self.availability()
+        if why is not None:
+            raise ComponentUnavailableError(f"projector 'fastjl' is unavailable: {why}")
+        self._num_sms = int(state["num_sms"])
 
     def project(self, vectors: torch.Tensor) -> torch.Tensor:
         """``Tensor[b, p] -> Tensor[b, dim]`` float32 on the input's device."""

@@ -27,7 +27,19 @@ from typing import Any, ClassVar
 import attrs
 import torch
 
-from attrkit.plugin import HVP, ArgumentError, ParameterSolver, Solve, float_field, hookimpl, positive_int, seed_field
+from attrkit.plugin import (
+    HVP,
+    ArgumentError,
+    AttributionTask,
+    ParameterSolver,
+    Part,
+    Solve,
+    float_field,
+    gradient_dimension,
+    hookimpl,
+    positive_int,
+    seed_field,
+)
 from attrkit.functional import arnoldi_ihvp_at, cg_ihvp_at, explicit_ihvp_at, lissa_ihvp_at
 
 
@@ -68,7 +80,8 @@ class ExplicitConfig:
     Attributes:
         regularization: damping ``λ >= 0`` (``H + λI`` must be positive definite).
         curvature: ``"gauss-newton"`` (default) or ``"hessian"``.
-        max_dim: refuse more parameters than this (memory ``8 p²`` bytes).
+        max_dim: refuse more selected parameters ``p`` than this (the matrix and its
+            factor take ``16 p²`` bytes); checked when the spec is composed.
     """
 
     regularization: float = _regularization()
@@ -83,6 +96,18 @@ class ExplicitSolver(_HVPSolver):
     Config: ClassVar[type] = ExplicitConfig
     local_solve: ClassVar[bool] = True
     build_at = staticmethod(explicit_ihvp_at)
+
+    @classmethod
+    def check(cls, config: ExplicitConfig, task: AttributionTask, parts: Mapping[str, Part]) -> list[str]:
+        """Refuse ``p > max_dim`` (``p`` the gradient source's dimension) before any work."""
+        p = gradient_dimension(task, parts)
+        if p is None or p <= config.max_dim:
+            return []
+        gib = 16 * p * p / 2**30
+        return [f"solver.max_dim: the explicit solver builds a p × p matrix and its factor ({gib:.3g} GiB in "
+                f"float64), and the gradient source selects p={p} parameters, more than max_dim={config.max_dim}: "
+                "select fewer parameters, use the cg, lissa or arnoldi solver, or raise max_dim if that memory "
+                "is available"]
 
 
 @attrs.frozen(kw_only=True)

@@ -7,11 +7,22 @@ weights (``tracin``: the learning rate of each checkpoint).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import ClassVar
 
 import attrs
 
-from attrkit.plugin import ArgumentError, GradientAttributor, Member, SpecError, as_float, hookimpl
+from attrkit.plugin import (
+    ArgumentError,
+    AttributionTask,
+    GradientAttributor,
+    Member,
+    Part,
+    SpecError,
+    as_float,
+    hookimpl,
+    member_count,
+)
 
 
 @attrs.frozen(kw_only=True)
@@ -86,6 +97,15 @@ class TracIn(GradientAttributor):
 
     name: ClassVar[str] = "tracin"
     Config: ClassVar[type] = TracInConfig
+
+    @classmethod
+    def check(cls, config: TracInConfig, task: AttributionTask, parts: Mapping[str, Part]) -> list[str]:
+        """One learning rate, or one per member, when the member count is known before fitting."""
+        rates, count = config.learning_rates, member_count(task, parts)
+        if rates is None or count is None or len(rates) in (1, count):
+            return []
+        return [f"method.learning_rates: {len(rates)} learning rates for {count} checkpoints (ensemble members); "
+                "give one per member, in order, or a single rate for all"]
 
     def members(self) -> list[Member]:
         """The ensemble's (or task's) members with weights multiplied by the learning rates.

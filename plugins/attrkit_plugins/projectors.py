@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import ClassVar
 
 import attrs
 import torch
 
-from attrkit.plugin import FitContext, NotFittedError, Projector, float_field, hookimpl, positive_int, seed_field
+from attrkit.plugin import (
+    FitContext,
+    NotFittedError,
+    Projector,
+    StateValue,
+    float_field,
+    hookimpl,
+    positive_int,
+    seed_field,
+)
 from attrkit.functional.projection import SeededMatrix, gaussian_sampler, rademacher_sampler
 
 
@@ -29,6 +38,13 @@ class IdentityProjector(Projector):
     def project(self, vectors: torch.Tensor) -> torch.Tensor:
         """Returns ``vectors`` unchanged (``[b, p]``)."""
         return vectors
+
+    def state_dict(self) -> dict[str, StateValue]:
+        """Nothing is fitted: ``{}``."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, StateValue]) -> None:
+        """Nothing to restore."""
 
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -76,10 +92,26 @@ class _DenseRandomProjector(Projector):
 
     def fit(self, context: FitContext) -> None:
         """Set up ``P`` for input dimension ``context.dimension`` (drawn lazily)."""
+        self._setup(context.dimension)
+
+    def _setup(self, p: int) -> None:
         c = self.config
-        if self.matrix is None or self.matrix.p != context.dimension:
-            sampler = type(self).sampler
-            self.matrix = SeededMatrix(context.dimension, c.dim, c.seed, sampler, c.chunk_rows, int(c.cache_mb * 2**20))
+        if self.matrix is None or self.matrix.p != p:
+            self.matrix = SeededMatrix(p, c.dim, c.seed, type(self).sampler, c.chunk_rows, int(c.cache_mb * 2**20))
+
+    def state_dict(self) -> dict[str, StateValue]:
+        """``{"dimension": p}``: ``P`` is drawn again from the seed.
+
+        Raises:
+            NotFittedError: before ``fit``.
+        """
+        if self.matrix is None:
+            raise NotFittedError(f"{self.name} projector cannot be saved before fit(context)")
+        return {"dimension": self.matrix.p}
+
+    def load_state_dict(self, state: Mapping[str, StateValue]) -> None:
+        """Set up ``P`` for the saved input dimension."""
+        self._setup(int(state["dimension"]))
 
     def project(self, vectors: torch.Tensor) -> torch.Tensor:
         """``Tensor[b, p] -> Tensor[b, dim]`` (the input's dtype with ``dtype="float32"``, else float32).

@@ -17,6 +17,7 @@ proponent); for cross-entropy that is towards the test point's own class.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
@@ -31,6 +32,7 @@ from attrkit.plugin import (
     Member,
     NotFittedError,
     Part,
+    Saved,
     batch_size,
     cause,
     check_rows,
@@ -40,6 +42,7 @@ from attrkit.plugin import (
     hookimpl,
     positive_int,
     progress,
+    save_attributor,
     to_device,
     user_code,
 )
@@ -227,6 +230,43 @@ class RepresenterPoints(Attributor):
         self.heads = heads
         self.groups = torch.arange(heads[0].features.shape[0])
         return self
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the refit heads to the folder ``path``; :func:`attrkit.load` reads them back.
+
+        Saved per member: ``W*``, the training features ``h̃`` (``[n, d+1]``), ``α`` (``[n, C]``) and
+        the gradient norm, with the members' weight digests (checked at load). Scores of the
+        loaded attributor are bit-identical.
+
+        Raises:
+            NotFittedError: before ``fit``.
+            ModelChangedError: the model's weights changed since ``fit``.
+            SaveError: a ``path`` that holds other files, or a distributed run.
+        """
+        heads = self._require_fit()
+        self._guard.check(self.task)
+        tensors: dict[str, Any] = {}
+        for i, head in enumerate(heads):
+            tensors.update({f"head.{i}.weight": head.weight, f"head.{i}.features": head.features,
+                            f"head.{i}.alpha": head.alpha, f"head.{i}.gradient_norm": head.gradient_norm})
+        save_attributor(path, self, [h.member for h in heads], tensors)
+
+    def restore(self, saved: Saved) -> None:
+        """Take the heads ``saved`` holds, for the members this task gives (checked against the saved ones).
+
+        Raises:
+            LoadError: the members' weights differ from those fitted at.
+        """
+        members = self.members()
+        saved.check_members(members)
+        heads = []
+        for i, member in enumerate(members):
+            state = saved.part(f"head.{i}.", self.task.device)
+            heads.append(_Head(member=member, weight=state["weight"], features=state["features"],
+                               alpha=state["alpha"], gradient_norm=float(state["gradient_norm"])))
+        self._guard = FitGuard(self.task, members)
+        self.heads = heads
+        self.groups = torch.arange(heads[0].features.shape[0])
 
     def _require_fit(self) -> list[_Head]:
         if self.heads is None:

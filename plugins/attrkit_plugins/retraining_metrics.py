@@ -52,7 +52,15 @@ class RetrainingConfig:
 
 @attrs.frozen(kw_only=True)
 class PruningConfig:
-    """Config of ``pruning``: as :class:`RetrainingConfig`, with default fractions 25/50/75 %."""
+    """Config of ``pruning``: as :class:`RetrainingConfig`, with default fractions 25/50/75 %.
+
+    Attributes:
+        fractions: parts of the training data (or groups) removed — the *least* important
+            first — each in ``(0, 1)``; ``ceil(fraction · n)`` items are removed.
+        aggregate: how the targets' scores make one importance per item: ``"sum"`` or
+            ``"rank"`` (mean within-target rank).
+        seed: seeds the random order among items of equal importance.
+    """
 
     fractions: tuple[float, ...] = _fractions_field((0.25, 0.5, 0.75))
     aggregate: str = _aggregate_field()

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import ClassVar
 
 import attrs
 import torch
 
-from attrkit.plugin import ArgumentError, FitContext, NotFittedError, Projector, hookimpl, positive_int, seed_field
+from attrkit.plugin import (
+    ArgumentError,
+    FitContext,
+    NotFittedError,
+    Projector,
+    StateValue,
+    hookimpl,
+    positive_int,
+    seed_field,
+)
 from attrkit.functional.sparse import sjlt_project
 
 @attrs.frozen(kw_only=True)
@@ -58,6 +68,20 @@ class SJLTProjector(Projector):
     def fit(self, context: FitContext) -> None:
         """Remember the input dimension ``p`` (the sketch is hashed on the fly)."""
         self.dimension = context.dimension
+
+    def state_dict(self) -> dict[str, StateValue]:
+        """``{"dimension": p}``: the sketch is hashed again from the seed.
+
+        Raises:
+            NotFittedError: before ``fit``.
+        """
+        if self.dimension is None:
+            raise NotFittedError("sjlt projector cannot be saved before fit(context)")
+        return {"dimension": self.dimension}
+
+    def load_state_dict(self, state: Mapping[str, StateValue]) -> None:
+        """Remember the saved input dimension."""
+        self.dimension = int(state["dimension"])
 
     def project(self, vectors: torch.Tensor) -> torch.Tensor:
         """``Tensor[b, p] -> Tensor[b, dim]``: float64 for float64 vectors (kept exact, as the dense

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import ClassVar
 
 import attrs
@@ -14,6 +15,7 @@ from attrkit.plugin import (
     HessianSolver,
     NonFiniteError,
     NotFittedError,
+    StateValue,
     float_field,
     hookimpl,
 )
@@ -40,6 +42,13 @@ class IdentitySolver(HessianSolver):
     def solve(self, vectors: torch.Tensor) -> torch.Tensor:
         """Returns ``vectors`` unchanged (``[b, d]``)."""
         return vectors
+
+    def state_dict(self) -> dict[str, StateValue]:
+        """Nothing is fitted: ``{}``."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, StateValue]) -> None:
+        """Nothing to restore."""
 
 
 @attrs.frozen(kw_only=True)
@@ -155,6 +164,21 @@ class GaussNewtonSolver(HessianSolver):
         else:
             out = ((v @ self._basis) * self._inverse_squares) @ self._basis.T
         return check_finite_solve(self.name, vectors, out.to(device=vectors.device, dtype=vectors.dtype))
+
+    def state_dict(self) -> dict[str, StateValue]:
+        """``{"factor": L or None, "basis": V or None, "inverse_squares": 1/s² or None}`` (float64):
+        the Cholesky factor of ``ΦᵀΦ + λI``, or the pseudo-inverse's ``V`` and ``1/s²``.
+
+        Raises:
+            NotFittedError: before ``fit``.
+        """
+        if self._factor is None and self._basis is None:
+            raise NotFittedError("gauss-newton solver cannot be saved before fit(context)")
+        return {"factor": self._factor, "basis": self._basis, "inverse_squares": self._inverse_squares}
+
+    def load_state_dict(self, state: Mapping[str, StateValue]) -> None:
+        """Restore the factorisation of :meth:`state_dict`."""
+        self._factor, self._basis, self._inverse_squares = state["factor"], state["basis"], state["inverse_squares"]
 
 
 def _full_rank(gram: torch.Tensor, threshold: float) -> bool:

