@@ -26,6 +26,11 @@ and then read back and checked by every process, and every write goes through a
 temporary file of its own. Chunks are read back through memory maps, so a few rows of
 a chunk cost a few rows of RAM (see :class:`attrkit.feature_matrix.FeatureMatrix`).
 
+When ``fit`` is given no store and the features outgrow the memory budget, they go to a
+:class:`TemporaryStore` (a disk store in a fresh folder under ``ATTRKIT_TMPDIR`` or
+:func:`tempfile.gettempdir`, deleted when no attributor uses it any more, or at interpreter
+exit), through a :class:`SpillingStore`: in memory until told to spill.
+
 Per-chunk files, rather than one preallocated ``[n, k]`` file per member: a chunk is
 complete exactly when its files exist (no separate "done" flags to keep in step with
 the data), ``n`` need not be known before the first batch, and ranks write disjoint
@@ -38,17 +43,22 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import uuid
+import weakref
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from attrkit.errors import ArgumentError, StoreCorruptError, StoreMismatchError
-from attrkit.store import FeatureStore
+from attrkit.errors import ArgumentError, MemoryBudgetError, StoreCorruptError, StoreMismatchError
+from attrkit.store import FeatureStore, MemoryStore
 
-__all__ = ["MISMATCH_POLICIES", "DiskStore"]
+__all__ = ["MISMATCH_POLICIES", "TMPDIR_VAR", "DiskStore", "SpillingStore", "TemporaryStore", "temporary_root"]
+
+#: The environment variable naming the folder temporary stores are made in (default: the system's).
+TMPDIR_VAR = "ATTRKIT_TMPDIR"
 
 #: What ``fit`` does with a store that does not match: refuse it, or recompute what differs.
 MISMATCH_POLICIES = ("error", "recompute")
@@ -70,6 +80,8 @@ class DiskStore(FeatureStore):
     """
 
     on_disk: ClassVar[bool] = True
+    #: Whether each write is flushed to the disk (``fsync``) before it is renamed into place.
+    sync: ClassVar[bool] = True
 
     def __init__(self, root: str | os.PathLike, key: str, on_mismatch: str = "error"):
         if on_mismatch not in MISMATCH_POLICIES:
@@ -150,8 +162,8 @@ class DiskStore(FeatureStore):
         meta = {"member": member, "chunk": chunk, "rows": int(array.shape[0]), "width": int(array.shape[1]),
                 "dtype": array.dtype.str, "sha256": hashlib.sha256(memoryview(array).cast("B")).hexdigest(),
                 "data": data}
-        _atomic_write(path.with_suffix(".json"), lambda f: f.write(json.dumps(meta).encode()))
-        _atomic_write(path, lambda f: np.save(f, array))
+        _atomic_write(path.with_suffix(".json"), lambda f: f.write(json.dumps(meta).encode()), sync=self.sync)
+        _atomic_write(path, lambda f: np.save(f, array), sync=self.sync)
         self._verified.pop(path, None)
 
     def _verify(self, member: int, chunk: int) -> dict[str, Any]:
@@ -239,18 +251,20 @@ def _dtype_name(code: Any) -> str:
         return repr(code)
 
 
-def _atomic_write(path: Path, write: Any, exclusive: bool = False) -> None:
+def _atomic_write(path: Path, write: Any, exclusive: bool = False, sync: bool = True) -> None:
     """Write ``path`` whole or not at all, through a temporary file unique to this call.
 
     ``exclusive``: create ``path`` only if it does not exist (``os.link``, atomic); when
     another process created it first, keep theirs. Otherwise replace it (``os.replace``).
+    ``sync``: flush the file to the disk first (``fsync``), so that it survives a crash.
     """
     tmp = path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     try:
         with open(tmp, "wb") as f:
             write(f)
             f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                os.fsync(f.fileno())
         if not exclusive:
             os.replace(tmp, path)
             return
@@ -260,3 +274,144 @@ def _atomic_write(path: Path, write: Any, exclusive: bool = False) -> None:
             pass
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def temporary_root() -> Path:
+    """The folder temporary stores are made in: ``ATTRKIT_TMPDIR`` (created if missing), else
+    :func:`tempfile.gettempdir`.
+
+    Raises:
+        MemoryBudgetError: ``ATTRKIT_TMPDIR`` cannot be created or is not a folder.
+    """
+    given = os.environ.get(TMPDIR_VAR)
+    if not given:
+        return Path(tempfile.gettempdir())
+    root = Path(given).expanduser()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MemoryBudgetError(f"the environment variable {TMPDIR_VAR}={given!r} names no usable folder for "
+                                f"temporary feature stores ({exc}); point it to a writable folder, or unset "
+                                "it") from exc
+    return root
+
+
+def _remove_folder(folder: str, owner: int) -> None:
+    """Delete ``folder`` and everything in it, from the process that made it only (not a forked child)."""
+    if os.getpid() == owner:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+class TemporaryStore(DiskStore):
+    """A :class:`DiskStore` in a fresh folder ``attrkit-*`` of :func:`temporary_root`, deleted with
+    everything in it when this object is garbage-collected (no feature matrix reads it any more:
+    its attributor was deleted or fitted again) or at interpreter exit, whichever comes first.
+
+    Writes are not ``fsync``-ed: nothing resumes from a temporary store.
+
+    Attributes:
+        root: the folder.
+
+    Raises:
+        MemoryBudgetError: the folder cannot be created.
+    """
+
+    sync: ClassVar[bool] = False
+
+    def __init__(self, parent: str | os.PathLike | None = None):
+        parent = Path(parent) if parent is not None else temporary_root()
+        try:
+            folder = tempfile.mkdtemp(prefix="attrkit-", dir=parent)
+        except OSError as exc:
+            raise MemoryBudgetError(f"cannot create a temporary feature store in {parent} ({exc}); set "
+                                    f"{TMPDIR_VAR} to a writable folder, or pass fit(..., store=<folder>)") from exc
+        self._remove = weakref.finalize(self, _remove_folder, folder, os.getpid())
+        try:
+            super().__init__(folder, uuid.uuid4().hex)
+        except OSError as exc:
+            raise MemoryBudgetError(f"cannot create a temporary feature store in {folder} ({exc}); set {TMPDIR_VAR} "
+                                    "to a writable folder with free space, or pass fit(..., store=<folder>)") from exc
+
+    def put(self, member: int, chunk: int, features: torch.Tensor, data: str | None = None) -> None:
+        """Write one chunk.
+
+        Raises:
+            MemoryBudgetError: it cannot be written (the disk is full), naming the folder and the fixes.
+        """
+        try:
+            super().put(member, chunk, features, data)
+        except OSError as exc:
+            raise MemoryBudgetError(
+                f"cannot write the training features to the temporary store {self.root} ({exc}); they exceed the "
+                f"memory budget and are streamed from there: set {TMPDIR_VAR} to a folder with more free space, pass "
+                "fit(..., store=<folder>), or raise memory_budget"
+            ) from exc
+
+    def remove(self) -> None:
+        """Delete the folder now (reading a chunk afterwards fails)."""
+        self._remove()
+
+
+class SpillingStore(FeatureStore):
+    """Chunks in memory until :meth:`spill`, then in a :class:`TemporaryStore` (those already held
+    are moved there): what ``fit`` uses without a ``store``, so that features that outgrow the
+    memory budget are streamed instead of refused.
+
+    Args:
+        parent: where the temporary store is made (default :func:`temporary_root`).
+
+    Attributes:
+        temporary: the :class:`TemporaryStore` after :meth:`spill`, else ``None``.
+    """
+
+    def __init__(self, parent: str | os.PathLike | None = None):
+        self._parent = parent
+        self._memory: MemoryStore | None = MemoryStore()
+        self._data: dict[tuple[int, int], str | None] = {}
+        self.temporary: TemporaryStore | None = None
+
+    @property
+    def on_disk(self) -> bool:  # type: ignore[override]
+        """Whether the chunks are in the temporary store."""
+        return self.temporary is not None
+
+    @property
+    def _inner(self) -> FeatureStore:
+        return self.temporary if self.temporary is not None else self._memory
+
+    def spill(self) -> TemporaryStore:
+        """Move every chunk held in memory to a new temporary store, and write new chunks there (idempotent).
+
+        Raises:
+            MemoryBudgetError: the temporary folder cannot be created.
+        """
+        if self.temporary is None:
+            store = TemporaryStore(self._parent)
+            for (member, chunk), data in list(self._data.items()):
+                store.put(member, chunk, self._memory.get(member, chunk), data)
+                self._memory.release(member, chunk)
+            self.temporary, self._memory, self._data = store, None, {}
+        return self.temporary
+
+    def has(self, member: int, chunk: int, data: str | None = None, rows: int | None = None) -> bool:
+        return self._inner.has(member, chunk, data, rows)
+
+    def put(self, member: int, chunk: int, features: torch.Tensor, data: str | None = None) -> None:
+        if self.temporary is None:
+            self._data[(member, chunk)] = data
+        self._inner.put(member, chunk, features, data)
+
+    def get(self, member: int, chunk: int) -> torch.Tensor:
+        return self._inner.get(member, chunk)
+
+    def meta(self, member: int, chunk: int) -> tuple[int, int, torch.dtype]:
+        return self._inner.meta(member, chunk)
+
+    def read_into(self, member: int, chunk: int, start: int, stop: int, out: torch.Tensor) -> None:
+        self._inner.read_into(member, chunk, start, stop, out)
+
+    def release(self, member: int, chunk: int | None = None) -> None:
+        if self.temporary is None:
+            self._memory.release(member, chunk)
+            for key in [k for k in self._data if k[0] == member and chunk in (None, k[1])]:
+                del self._data[key]

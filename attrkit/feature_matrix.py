@@ -26,6 +26,7 @@ import torch
 from attrkit import distributed
 from attrkit.budget import tile_rows
 from attrkit.errors import MemoryBudgetError
+from attrkit.memory import require
 from attrkit.store import FeatureStore
 
 __all__ = ["FeatureMatrix", "Tile"]
@@ -59,31 +60,35 @@ class FeatureMatrix:
         dtype: the features' dtype.
         device: where tiles (and reductions) are.
         partitioned: whether other ranks hold the other rows (reductions all-reduce).
-        budget: bytes a tile may use (``None``: no budget).
+        budget: bytes of features this process may hold at once (``None``: no budget).
+        tile_bytes: bytes a tile may use: ``budget``, or less (the default budget caps tiles at
+            :data:`~attrkit.budget.DEFAULT_TILE_BYTES`).
     """
 
     def __init__(
         self, *, n: int, width: int, dtype: torch.dtype, device: torch.device, spans: Sequence[tuple[int, int]],
         read: Callable[[int, int], torch.Tensor], resident: torch.Tensor | None, partitioned: bool,
-        budget: int | None, transforms: tuple[Transform, ...] = (),
+        budget: int | None, transforms: tuple[Transform, ...] = (), tile_bytes: int | None = None,
     ):
         self.n, self.width, self.dtype, self.device = n, width, dtype, torch.device(device)
         self.partitioned, self.budget = partitioned, budget
+        self.tile_bytes = budget if tile_bytes is None or budget is None else min(tile_bytes, budget)
         self._spans = list(spans)
         self._starts = list(itertools.accumulate((b - a for a, b in self._spans), initial=0))
         self._read, self._resident, self._transforms = read, resident, transforms
 
     @classmethod
-    def whole(cls, tensor: torch.Tensor, budget: int | None = None) -> FeatureMatrix:
+    def whole(cls, tensor: torch.Tensor, budget: int | None = None, tile_bytes: int | None = None) -> FeatureMatrix:
         """Every row of ``Φ``, held as ``tensor`` (``[n, k]``) on every rank."""
         return cls(n=tensor.shape[0], width=tensor.shape[1], dtype=tensor.dtype, device=tensor.device,
                    spans=[(0, tensor.shape[0])], read=lambda lo, hi: tensor[lo:hi], resident=tensor,
-                   partitioned=False, budget=budget)
+                   partitioned=False, budget=budget, tile_bytes=tile_bytes)
 
     @classmethod
     def stored(
         cls, store: FeatureStore, member: int, chunks: Sequence[tuple[int, int, int]], *, n: int, width: int,
-        dtype: torch.dtype, device: torch.device, resident: bool, budget: int | None,
+        dtype: torch.dtype, device: torch.device, resident: bool, budget: int | None, tile_bytes: int | None = None,
+        release: bool = False,
     ) -> FeatureMatrix:
         """The rows of ``chunks`` of ``member`` in ``store``: loaded now when ``resident``, else read per tile.
 
@@ -92,12 +97,16 @@ class FeatureMatrix:
                 here, in loader order; the others belong to other ranks.
             n, width, dtype: shape and dtype of ``Φ``.
             device: where tiles (and a resident matrix) go.
+            budget, tile_bytes: as the attributes.
+            release: when ``resident``, release each chunk from ``store`` once it is copied
+                (:meth:`~attrkit.store.FeatureStore.release`), so that an in-memory store and the
+                matrix do not both hold every row.
         """
         spans = [(offset, offset + size) for _, offset, size in chunks]
         starts = list(itertools.accumulate((size for *_, size in chunks), initial=0))
         partitioned = starts[-1] < n
 
-        def read(lo: int, hi: int) -> torch.Tensor:
+        def read(lo: int, hi: int, drop: bool = False) -> torch.Tensor:
             out = torch.empty(hi - lo, width, dtype=dtype, device="cpu" if store.on_disk else device)
             first = bisect.bisect_right(starts, lo) - 1
             for c in range(first, len(chunks)):
@@ -105,14 +114,20 @@ class FeatureMatrix:
                 if a >= b:
                     break
                 store.read_into(member, chunks[c][0], a - starts[c], b - starts[c], out[a - lo : b - lo])
+                if drop:
+                    store.release(member, chunks[c][0])
             return out.to(device)
 
         if resident:
-            tensor = read(0, starts[-1])
+            require(starts[-1] * width * torch.empty((), dtype=dtype).element_size(),
+                    f"holding {starts[-1]} x {width} training features in memory",
+                    "give fit a memory budget (memory_budget=None: a quarter of the available memory, or e.g. "
+                    "'8GiB') so that they are streamed from disk", device)
+            tensor = read(0, starts[-1], release)
             return cls(n=n, width=width, dtype=dtype, device=device, spans=spans, read=lambda lo, hi: tensor[lo:hi],
-                       resident=tensor, partitioned=partitioned, budget=budget)
+                       resident=tensor, partitioned=partitioned, budget=budget, tile_bytes=tile_bytes)
         return cls(n=n, width=width, dtype=dtype, device=device, spans=spans, read=read, resident=None,
-                   partitioned=partitioned, budget=budget)
+                   partitioned=partitioned, budget=budget, tile_bytes=tile_bytes)
 
     # -- layout -------------------------------------------------------------------------
 
@@ -158,13 +173,14 @@ class FeatureMatrix:
         resident = self._resident[cols] if self._resident is not None else None
         return FeatureMatrix(n=self.n, width=self.width, dtype=self.dtype, device=self.device,
                              spans=[(cols.start, cols.stop)], read=lambda lo, hi: read(base + lo, base + hi),
-                             resident=resident, partitioned=True, budget=self.budget, transforms=self._transforms)
+                             resident=resident, partitioned=True, budget=self.budget, transforms=self._transforms,
+                             tile_bytes=self.tile_bytes)
 
     def mapped(self, transform: Transform) -> FeatureMatrix:
         """The same rows with ``transform(tile, global rows)`` applied after the current transforms."""
         return FeatureMatrix(n=self.n, width=self.width, dtype=self.dtype, device=self.device, spans=self._spans,
                              read=self._read, resident=self._resident, partitioned=self.partitioned,
-                             budget=self.budget, transforms=(*self._transforms, transform))
+                             budget=self.budget, transforms=(*self._transforms, transform), tile_bytes=self.tile_bytes)
 
     def scaled(self, weights: torch.Tensor) -> FeatureMatrix:
         """Row ``i`` multiplied by ``weights[i]`` (``Tensor[n]``, cast to the features' dtype)."""
@@ -178,7 +194,7 @@ class FeatureMatrix:
         tensor = self.tensor()
         return FeatureMatrix(n=self.n, width=self.width, dtype=tensor.dtype, device=self.device, spans=self._spans,
                              read=lambda lo, hi: tensor[lo:hi], resident=tensor, partitioned=self.partitioned,
-                             budget=self.budget)
+                             budget=self.budget, tile_bytes=self.tile_bytes)
 
     # -- reading ------------------------------------------------------------------------
 
@@ -223,7 +239,9 @@ class FeatureMatrix:
         ):
             raise MemoryBudgetError(
                 f"the whole feature matrix ({self.n} x {self.width}, {self.n * self.width * self.dtype.itemsize} "
-                f"bytes) is asked for and exceeds memory_budget={self.budget}; raise the budget or use components "
+                f"bytes) is asked for and exceeds memory_budget={self.budget}; raise the budget "
+                "(fit(memory_budget=...) or the environment variable ATTRKIT_MEMORY_BUDGET, e.g. '8GiB', or inf for "
+                "none) or use components "
                 "that stream the features (a solver with streams_features = True)"
             )
         mine = self.tensor()

@@ -73,6 +73,10 @@ class FeatureStore(ABC):
         """``Tensor[n, k]``: the member's chunks concatenated."""
         return torch.cat(list(self.chunks(member, count)))
 
+    def release(self, member: int, chunk: int | None = None) -> None:
+        """Free the memory of one chunk (``chunk``) or of every chunk of ``member`` held in this
+        process, once they have been read for good (a store on disk keeps its files)."""
+
 
 class MemoryStore(FeatureStore):
     """Chunks held in memory (the default)."""
@@ -88,3 +92,7 @@ class MemoryStore(FeatureStore):
 
     def get(self, member: int, chunk: int) -> torch.Tensor:
         return self._chunks[(member, chunk)]
+
+    def release(self, member: int, chunk: int | None = None) -> None:
+        for key in [k for k in self._chunks if k[0] == member and chunk in (None, k[1])]:
+            del self._chunks[key]

@@ -237,6 +237,12 @@ def test_cli_quick_run(
     assert main(["mnist-lr", "--quick", "--methods", "grad-dot", "--cache", str(cache), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "grad-dot" in printed and "LDS ground truth" in printed
+    lines = [line.strip() for line in printed.splitlines()]
+    assert {"LDS: ", "LOO: ", "noisy AUC: "} <= {line[:line.find(":") + 2] for line in lines}  # the legend
+    written = lines[lines.index("written:") + 1:]  # the output ends with where its files went
+    assert written[0] == f"results: {out / 'mnist-lr-quick.json'}"
+    assert f"plot: {out / 'mnist-lr-quick-vs-time.png'}" in written or written[1].startswith("no plots")
+    assert written[-1].startswith("explanation: none (--explain N writes")
     document = json.loads((out / "mnist-lr-quick.json").read_text())
     assert document["quick"] and document["info"]["n_train"] == mnist_lr.QUICK.n_train
     assert [run["label"] for run in document["runs"]] == ["grad-dot"]

@@ -171,6 +171,45 @@ def test_sequence_first_layout_and_reused_module_are_per_example():
     torch.testing.assert_close(fg.materialize(), exact, **TOL)
 
 
+def _forbid_vmap(monkeypatch):
+    import attrkit.functional.factored as module
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the one-example-at-a-time path ran")
+
+    monkeypatch.setattr(module, "vmap_factors", refuse)
+
+
+def test_one_hooked_pass_gives_factors_and_layernorm_gradients(monkeypatch):
+    _forbid_vmap(monkeypatch)
+    model = _seeded_tiny(0)
+    plan = plan_factors(model, select_parameters(model, ("*",)))
+    assert plan.norms == (("norm", "norm.weight", "norm.bias"),)
+    fg, exact = _both(model, _tokens())
+    torch.testing.assert_close(fg.materialize(), exact, **TOL)
+
+
+def test_examples_that_interact_fall_back_to_one_at_a_time():
+    class Centred(nn.Module):  # subtracts the batch mean: a hooked pass would mix examples
+        def __init__(self):
+            super().__init__()
+            self.a, self.c = nn.Linear(4, 5), nn.Linear(5, 3)
+
+        def forward(self, x):
+            h = torch.tanh(self.a(x))
+            return self.c(h + 0.1 * (h.sum(0, keepdim=True) - h))
+
+    torch.manual_seed(0)
+    model = Centred().double()
+    names = select_parameters(model, ("*",))
+    batch = _data(6, 4)
+    fg = factored_gradients(model, _ce, _state(model), batch, plan_factors(model, names))
+    rows = [per_example_gradients(model, _ce, _state(model), (batch[0][i:i + 1], batch[1][i:i + 1]), names)
+            for i in range(6)]
+    # alone, an example sees no others; the factored source must give exactly that, not the batch's mix
+    torch.testing.assert_close(fg.materialize(), torch.cat(rows), **TOL)
+
+
 def test_a_weight_used_outside_its_module_is_refused():
     class Misuse(nn.Module):
         def __init__(self):

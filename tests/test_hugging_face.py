@@ -68,6 +68,26 @@ def test_grad_dot_equals_the_per_example_autograd_loop(build, gradients):
     torch.testing.assert_close(scores, expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("gradients", ["per-example", "factored"])
+def test_the_last_layer_and_head_take_one_hooked_pass_without_vmap(monkeypatch, gradients):
+    import attrkit.functional.factored as module
+
+    monkeypatch.setattr(module, "vmap_factors", lambda *a, **k: pytest.fail("one example at a time"))
+    model = _bert()
+    task = attrkit.AttributionTask(model=model, loss_fn=attrkit.cross_entropy)
+    spec = {"method": "grad-dot", "gradients": {"name": gradients, "params": ["bert.encoder.layer.1.*", "classifier.*"]}}
+    train, test = _batches(), _batches(n=4, seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", attrkit.AttrkitWarning)
+        warnings.simplefilter("error", attrkit.UntraceableWarning)  # Linear and LayerNorm only: no vmap, no loop
+        attributor = attrkit.compose(spec, task).fit(train)
+        scores = attributor.attribute(test)
+    names = attributor.gradients.names(task)
+    assert any("LayerNorm" in n for n in names)
+    expected = _brute(model, test, names) @ _brute(model, train, names).T
+    torch.testing.assert_close(scores, expected, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("spec", [
     {"method": "trak", "projector": {"name": "gaussian", "dim": 16}},
     {"method": "if", "gradients": "factored", "solver": {"name": "ekfac", "regularization": 0.1}},

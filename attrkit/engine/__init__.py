@@ -7,7 +7,9 @@ The life of ``attributor.fit(train).attribute(test)``, one function per step:
 1. ``GradientAttributor.fit`` -> :func:`fitting.fit`: check the loader
    (:func:`attrkit.loaders.checked`), take the members (hook ``members()``) and guard their
    weights (:class:`attrkit.fit_guard.FitGuard`), open the feature store
-   (:func:`features.open_store`), compute the example weights (hook ``example_weights``);
+   (:func:`features.open_store`), plan where the features go — in memory or streamed from
+   disk, from an estimate and the memory budget (:func:`memory_plan.plan`) — and compute the
+   example weights (hook ``example_weights``);
 2. per member, :func:`fitting.fit_member`: make and fit its projector (``parts["projector"]
    .make(m)``), assign groups (first member), compute its training features
    (:func:`features.example_features`: gradients -> :func:`sides.gradients`, projected ->
@@ -24,6 +26,7 @@ The life of ``attributor.fit(train).attribute(test)``, one function per step:
 """
 
 from attrkit.engine.attributor import GradientAttributor
+from attrkit.engine.memory_plan import MemoryPlan
 from attrkit.engine.state import Fit, FittedMember
 
-__all__ = ["Fit", "FittedMember", "GradientAttributor"]
+__all__ = ["Fit", "FittedMember", "GradientAttributor", "MemoryPlan"]

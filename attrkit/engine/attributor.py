@@ -47,9 +47,10 @@ class GradientAttributor(Attributor):
     """The shared score formula: fit / attribute / top_k / self_influence for gradient methods.
 
     Subclasses set ``name``, ``Config``, ``slots``, ``defaults`` and the hooks above.
-    Memory: the training features of every member, ``Tensor[n_train, k]`` each — or, with
-    a ``memory_budget`` they exceed, tiles of at most that many bytes read from an on-disk
-    store (see :meth:`fit`).
+    Memory: the training features of every member, ``Tensor[n_train, k]`` each — or, when
+    they exceed the memory budget (by default a quarter of the memory available at fit
+    time), tiles read from an on-disk store: the fit's ``store``, or a temporary one (see
+    :meth:`fit`).
 
     With an initialised ``torch.distributed`` process group (:mod:`attrkit.distributed`),
     ``fit`` splits the per-example training features and the solvers' curvature passes
@@ -112,7 +113,8 @@ class GradientAttributor(Attributor):
     # -- the public calls -------------------------------------------------------------------
 
     def fit(
-        self, train: Iterable[Any], store: str | os.PathLike | None = None, memory_budget: int | None = None,
+        self, train: Iterable[Any], store: str | os.PathLike | None = None,
+        memory_budget: int | float | str | None = None,
         nonfinite: str = "raise", on_mismatch: str = "error",
     ) -> GradientAttributor:
         """Compute and keep the training features of every member.
@@ -131,18 +133,35 @@ class GradientAttributor(Attributor):
         holds features of this spec, these weights, these functions and these batches, with
         intact files.
 
+        Memory: before the feature pass the features' bytes are estimated (members ×
+        ``n_train`` × width × itemsize; ``n_train`` from ``len(loader.dataset)`` or
+        ``len(loader) × batch_size``, the width from the projector's ``dim`` or the gradient
+        dimension) and compared with the budget: within it they are held in memory, over it
+        they are streamed from disk — from ``store``, or without one from a temporary store
+        (a folder ``attrkit-*`` in ``ATTRKIT_TMPDIR`` or the system's temporary folder, deleted
+        when the attributor is garbage-collected or fitted again, or at interpreter exit). When
+        the estimate is unknown (or low) and the features outgrow the budget during the pass,
+        they spill to the temporary store then. The choice is said in one line on stderr, with
+        the progress bars (``ATTRKIT_PROGRESS=0`` silences both), and kept in
+        ``self.fitted.memory_plan`` (:class:`~attrkit.engine.memory_plan.MemoryPlan`: estimate,
+        budget, choice, folder). Streamed features give the in-memory scores to round-off.
+
         Args:
             train: fixed-order batches (a ``DataLoader`` with ``shuffle=False``).
             store: a folder for a resumable on-disk feature store: each batch's features (on
                 the group-gradient path: each member's group features) are written atomically,
                 and a rerun after a kill computes only what is missing (bit-identical
-                results). ``None`` keeps them in memory.
-            memory_budget: bytes of training features this process may hold at once. When
+                results). ``None``: in memory, or a temporary store over the budget.
+            memory_budget: bytes of training features this process may hold at once: an
+                ``int``, a size with a unit (``"2GiB"``, ``"500MB"``), or ``float("inf")`` for
+                no budget. ``None`` (default): the environment variable
+                ``ATTRKIT_MEMORY_BUDGET`` (same forms; ``inf``: none) when set, else a quarter of
+                the memory available now where the features are held (the task's device). When
                 every member's features (this rank's rows) fit, they are held in memory;
-                otherwise they stay in ``store`` (required then) and are streamed in tiles of
-                at most this many bytes — to fit the solver (``ΦᵀΦ``), to sum groups and to
+                otherwise they are streamed in tiles of at most this many bytes (at most 256 MiB
+                under the default budget) — to fit the solver (``ΦᵀΦ``), to sum groups and to
                 score — so no ``[n_train, k]`` matrix is ever formed. Each test batch then reads
-                the features once: use large test batches. ``None``: no budget.
+                the features once: use large test batches.
             nonfinite: ``"raise"`` (default): an error naming the first training example (and
                 later test example) with a NaN or infinite input, loss or gradient. ``"skip"``:
                 leave such training examples out (their score columns are 0, ``top_k`` never
@@ -163,8 +182,10 @@ class GradientAttributor(Attributor):
             ModelChangedError: weights changed in place while fitting.
             StoreMismatchError: ``store`` holds features of another spec, model, loss, data or
                 batching, or (``StoreCorruptError``) damaged files.
-            MemoryBudgetError: a bad budget, one too small for a tile, or features over the
-                budget without an on-disk ``store``.
+            MemoryBudgetError: a malformed budget (argument or ``ATTRKIT_MEMORY_BUDGET``), one too
+                small for a tile row, a solver that needs every feature in memory over the budget,
+                or features over the budget that cannot be streamed (too little free space in the
+                temporary folder: set ``ATTRKIT_TMPDIR``, or pass ``store``).
         """
         self.fitted = None
         self.fitted = fit_engine(self, train, store=store, memory_budget=memory_budget, nonfinite=nonfinite,

@@ -3,8 +3,9 @@
 Per example: each training batch's projected gradients become one chunk of a feature
 store (computed only when missing, so an on-disk store resumes), by the rank that owns
 the batch (:func:`attrkit.distributed.owns`); the matrix holds this rank's chunks, in
-memory or — over the memory budget — on disk. Per group (GGDA): one ``group_gradients``
-call per member, projected, held whole.
+memory or — over the memory budget — on disk (a fit without a store spills to a temporary
+one: :mod:`attrkit.engine.memory_plan`). Per group (GGDA): one ``group_gradients`` call per
+member, projected, held whole.
 """
 
 from __future__ import annotations
@@ -21,19 +22,20 @@ from attrkit.context import Member
 from attrkit.data import batch_size, to_device
 from attrkit.engine.sides import gradients, project, training_fn
 from attrkit.engine.skips import Skips
-from attrkit.errors import DataLoaderError, MemoryBudgetError, NonFiniteError
+from attrkit.errors import DataLoaderError, NonFiniteError
 from attrkit.budget import tile_rows
 from attrkit.feature_matrix import FeatureMatrix
 from attrkit.finite import cause, check_rows, locate
 from attrkit.functional.nonfinite import nonfinite_rows
 from attrkit.loaders import CheckedLoader
-from attrkit.progress import progress
-from attrkit.disk_store import DiskStore
-from attrkit.store import FeatureStore, MemoryStore, fingerprint
+from attrkit.progress import length_of, progress
+from attrkit.disk_store import DiskStore, SpillingStore
+from attrkit.store import FeatureStore, fingerprint
 from attrkit.user_code import user_code_pass
 
 if TYPE_CHECKING:
     from attrkit.engine.attributor import GradientAttributor
+    from attrkit.engine.memory_plan import MemoryPlanner
 
 __all__ = ["example_features", "group_sum", "grouped_features", "open_store"]
 
@@ -41,10 +43,11 @@ __all__ = ["example_features", "group_sum", "grouped_features", "open_store"]
 def open_store(
     method: GradientAttributor, store: str | os.PathLike | None, members: list[Member], on_mismatch: str
 ) -> FeatureStore:
-    """A memory store, or the disk store at ``store`` keyed by the resolved spec, the members' weights
-    and the loss and target functions (the data is checked chunk by chunk)."""
+    """A memory store that spills to a temporary disk store over the budget, or the disk store at
+    ``store`` keyed by the resolved spec, the members' weights and the loss and target functions
+    (the data is checked chunk by chunk)."""
     if store is None:
-        return MemoryStore()
+        return SpillingStore()
     spec = method.resolved.spec.to_dict() if method.resolved is not None else {"method": method.name}
     functions = [method.task.loss_fn, method.task.target]
     return DiskStore(store, fingerprint(spec, [m.state for m in members], functions), on_mismatch)
@@ -76,23 +79,25 @@ def _checked_features(
 
 def example_features(
     method: GradientAttributor, index: int, member: Member, projector: Any, train: CheckedLoader,
-    chunks: FeatureStore, n_members: int, budget: int | None, skips: Skips,
+    chunks: FeatureStore, n_members: int, budget: MemoryPlanner, skips: Skips,
 ) -> FeatureMatrix:
     """Projected per-example training gradients of member ``index``: ``[n_train, k]``, this rank's
-    batches (all of them when not distributed), held in memory or, over ``budget``, on disk.
+    batches (all of them when not distributed), held in memory or, over the budget, on disk.
 
     Each fresh chunk is checked to be finite before it is stored; with ``nonfinite="skip"``,
-    the rows of skipped examples read as 0.
+    the rows of skipped examples read as 0. Features held in memory that pass the budget
+    spill to a temporary store (:meth:`~attrkit.engine.memory_plan.MemoryPlanner.overflow`);
+    once a resident matrix is built, the store's in-memory copies are released.
 
     Raises:
         StoreMismatchError: a stored chunk of another batch, or with another number of rows.
         NonFiniteError: a non-finite training example (``nonfinite="raise"``).
-        MemoryBudgetError: features over the budget in a memory store.
+        MemoryBudgetError: the budget cannot hold one tile row.
     """
     desc = f"{method.name}: train features ({member.label}, {index + 1}/{n_members})"
     held, offset, count, nbytes = [], 0, 0, 0
     width, dtype = 0, torch.float32
-    for j, batch in enumerate(progress(train, desc)):
+    for j, batch in enumerate(progress(train, desc, total=length_of(train))):
         size, count = batch_size(batch), j + 1
         if distributed.owns(j):
             if not chunks.has(index, j, data=train.digest(j), rows=size):
@@ -103,20 +108,17 @@ def example_features(
             rows, width, dtype = chunks.meta(index, j)
             held.append((j, offset, size))
             nbytes += n_members * size * width * dtype.itemsize
-            if not chunks.on_disk and budget is not None and nbytes > budget:
-                raise MemoryBudgetError(
-                    f"the training features exceed memory_budget={budget} bytes in memory ({nbytes} bytes "
-                    f"for {n_members} member(s) by batch {j}); pass fit(..., store=<folder>) to keep them on "
-                    "disk and stream them, or raise memory_budget"
-                )
+            if not chunks.on_disk and budget.bytes is not None and nbytes > budget.bytes:
+                budget.overflow(j, nbytes)
         offset += size
     ranks = distributed.world()
     if ranks is not None and count < ranks[1]:
         raise DataLoaderError(f"the train loader yielded {count} batches for {ranks[1]} ranks; every rank needs "
                               "at least one: use smaller batches")
-    resident = budget is None or nbytes <= budget
+    resident = budget.bytes is None or nbytes <= budget.bytes
     matrix = FeatureMatrix.stored(chunks, index, held, n=offset, width=width, dtype=dtype,
-                                  device=method.task.device, resident=resident, budget=budget)
+                                  device=method.task.device, resident=resident, budget=budget.bytes,
+                                  tile_bytes=budget.tile_bytes, release=True)  # the matrix holds a copy
     if not resident:
         tile_rows([matrix] * n_members)  # fail now, not at scoring, when not even one row fits
     return matrix.mapped(skips.zero_rows(offset)) if skips.skipping else matrix

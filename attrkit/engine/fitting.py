@@ -2,6 +2,8 @@
 
     fit(method, train) -> Fit
         guard the weights; find the examples to skip (nonfinite="skip"); open the store;
+        the memory plan: the budget (argument, ATTRKIT_MEMORY_BUDGET or a share of the available
+        memory), the features' estimate, in memory or streamed (memory_plan.plan; said on stderr);
         example weights q (method.example_weights)
         for each member m:  fit_member -> FittedMember
             projector_m = parts["projector"].make(m); projector_m.fit(context)
@@ -23,10 +25,11 @@ import torch
 from attrkit import capabilities
 from attrkit.context import FitContext, Member
 from attrkit.engine.features import example_features, group_sum, grouped_features, open_store
+from attrkit.engine.memory_plan import MemoryPlanner, plan
 from attrkit.engine.sides import explainer, train_side, training_fn, user_pass
 from attrkit.engine.skips import Skips, scan
 from attrkit.engine.state import Fit, FittedMember
-from attrkit.budget import check_budget
+from attrkit.budget import resolve_budget
 from attrkit.feature_matrix import FeatureMatrix
 from attrkit.fit_guard import FitGuard
 from attrkit.loaders import CheckedLoader, checked
@@ -72,7 +75,8 @@ def _solver_context(
     method: GradientAttributor, member: Member, train: Iterable[Any], solver: Any, plain: FeatureMatrix, n_columns: int
 ) -> FitContext:
     """The solver's context: ``feature_matrix`` always; ``features`` when held whole here, or
-    gathered for a feature-space solver that does not stream (within the budget)."""
+    gathered for a feature-space solver that does not stream (within the budget: else
+    :meth:`~attrkit.feature_matrix.FeatureMatrix.full` refuses)."""
     whole = _whole(plain)
     if whole is None and solver.space == "feature" and not solver.streams_features:
         whole = plain.full()
@@ -81,7 +85,7 @@ def _solver_context(
 
 def fit_member(
     method: GradientAttributor, index: int, member: Member, train: CheckedLoader, chunks: FeatureStore,
-    weights: torch.Tensor | None, groups: torch.Tensor | None, skips: Skips, budget: int | None, n_members: int,
+    weights: torch.Tensor | None, groups: torch.Tensor | None, skips: Skips, budget: MemoryPlanner, n_members: int,
 ) -> tuple[FittedMember, torch.Tensor]:
     """Fit member ``index``: its projector, its training features and its solver.
 
@@ -93,7 +97,7 @@ def fit_member(
         weights: per-example weights ``q`` (``Tensor[n_train]``) or ``None``.
         groups: the partition found at an earlier member, or ``None`` (this member assigns it).
         skips: the non-finite policy and the examples left out.
-        budget: bytes of features that may be held at once, or ``None``.
+        budget: the memory plan (bytes of features that may be held at once, tile size, spilling).
         n_members: members in all (for the budget of streamed features).
 
     Returns:
@@ -111,14 +115,14 @@ def fit_member(
         if skips.indices:
             skips.finish(pointwise=False, n_train=groups.numel())  # refuses: group gradients would include them
         pair = grouped_features(method, index, member, projector, train, chunks, weights, groups)
-        plain, feats = (FeatureMatrix.whole(x, budget) for x in pair)
+        plain, feats = (FeatureMatrix.whole(x, budget.bytes) for x in pair)
     else:
         feats = example_features(method, index, member, projector, train, chunks, n_members, budget, skips)
         if groups is None:
             groups = _assign(method, _context(method, member, train, n_train=feats.n, features=_whole(feats),
                                               feature_matrix=feats))
-        plain = group_sum(feats, groups, budget)
-        feats = plain if weights is None else group_sum(feats.scaled(weights), groups, budget)
+        plain = group_sum(feats, groups, budget.bytes)
+        feats = plain if weights is None else group_sum(feats.scaled(weights), groups, budget.bytes)
     solver = method.parts["solver"].make(index) if "solver" in method.parts else None
     if solver is not None:
         with member.applied(method.task.model), user_pass(method, member, clean):
@@ -143,7 +147,7 @@ def _weight_explainer(method: GradientAttributor, members: list[Member], train: 
 
 def fit(
     method: GradientAttributor, train: Iterable[Any], *, store: str | os.PathLike | None = None,
-    memory_budget: int | None = None, nonfinite: str = "raise", on_mismatch: str = "error",
+    memory_budget: int | float | str | None = None, nonfinite: str = "raise", on_mismatch: str = "error",
 ) -> Fit:
     """Fit every member of ``method`` on ``train``; see :meth:`GradientAttributor.fit` for the arguments.
 
@@ -152,7 +156,7 @@ def fit(
     """
     train = checked(train, "train")
     skips = Skips(nonfinite)
-    budget = check_budget(memory_budget)
+    budget = resolve_budget(memory_budget, method.task.device)
     members = method.members()
     guard = FitGuard(method.task, members)
     if skips.skipping:
@@ -161,15 +165,18 @@ def fit(
         skips.add(scan(method.task.model, fns, states, progress(train, f"{method.name}: non-finite scan"),
                        method.task.device))
     chunks = open_store(method, store, members, on_mismatch)
+    grouped = method.grouper is not None and capabilities.GROUP in method.gradients.provides
+    planner = plan(method, train, members, store, budget, chunks, grouped)
     with user_pass(method, members[0], train):
         weights = skips.weights(method.example_weights(members, train), _weight_explainer(method, members, train))
     fitted, groups = [], None
     for index, member in enumerate(members):
-        one, groups = fit_member(method, index, member, train, chunks, weights, groups, skips, budget, len(members))
+        one, groups = fit_member(method, index, member, train, chunks, weights, groups, skips, planner, len(members))
         fitted.append(one)
     pointwise = torch.equal(groups, torch.arange(groups.numel()))
     state = Fit(members=fitted, groups=groups, weights=weights, skipped=skips.finish(pointwise, groups.numel()),
-                policy=skips.policy, guard=guard, train=train)
+                policy=skips.policy, guard=guard, train=train,
+                memory_plan=planner.finish([f.train for f in fitted]))
     scale = method.column_scale(state, train)
     for f in fitted:
         f.train = (f.train if scale is None else f.train.scaled(scale)).baked()

@@ -14,9 +14,10 @@
 
 The training sides are written to ``features/``, a :class:`~attrkit.disk_store.DiskStore`
 (one ``.npy`` per chunk with its SHA-256, verified when read). A resident side becomes one
-chunk, read back into memory at load. A side streamed from an out-of-core fit store is
-*copied*, tile by tile within the memory budget, and streamed from the copy under the same
-budget and with the same tiles (so every floating-point sum is as before). A copy, not a
+chunk, read back into memory at load. A side streamed from an out-of-core fit store — the
+fit's ``store``, or the temporary store a fit without one streams from — is *copied*, tile
+by tile within the memory budget, and streamed from the copy under the same budget and with
+the same tiles (so every floating-point sum is as before; the temporary store may go). A copy, not a
 reference to the fit store: the row transforms of a streamed side (TRAK's ``Q``, cosine
 normalisation, RelatIF's column scale, zeroed skipped rows) are applied per tile and live
 only in the fitted process, and a saved folder should not break when the fit store is
@@ -65,7 +66,7 @@ def _write_side(store: DiskStore, index: int, side: FeatureMatrix) -> dict[str, 
         chunks.append([j, tile.start, int(tile.values.shape[0])])
         del tile
     return {"n": side.n, "width": side.width, "dtype": str(side.dtype).removeprefix("torch."),
-            "resident": side.resident, "budget": side.budget, "chunks": chunks,
+            "resident": side.resident, "budget": side.budget, "tile_bytes": side.tile_bytes, "chunks": chunks,
             "transformed": side.row_bytes > side.width * side.dtype.itemsize}
 
 
@@ -105,7 +106,7 @@ def _read_side(
         raise LoadError(f"{saved.path} is damaged: its training features do not match their checksums ({exc})") from exc
     matrix = FeatureMatrix.stored(store, index, chunks, n=record["n"], width=record["width"],
                                   dtype=getattr(torch, record["dtype"]), device=device, resident=record["resident"],
-                                  budget=record["budget"])
+                                  budget=record["budget"], tile_bytes=record.get("tile_bytes"))
     return matrix.mapped(_unchanged) if record["transformed"] and not record["resident"] else matrix
 
 

@@ -8,6 +8,7 @@ import attrs
 import torch
 
 from attrkit.context import Member
+from attrkit.engine.memory_plan import MemoryPlan
 from attrkit.feature_matrix import FeatureMatrix
 from attrkit.fit_guard import FitGuard
 from attrkit.loaders import CheckedLoader
@@ -48,6 +49,9 @@ class Fit:
         guard: the weights' check (:class:`~attrkit.fit_guard.FitGuard`).
         train: the checked training loader (later passes over the same loader are compared with
             it); ``None`` in an attributor read back by :func:`attrkit.load`.
+        memory_plan: where ``fit`` kept the training features and why (estimate, budget, in
+            memory or streamed, the folder): :class:`~attrkit.engine.memory_plan.MemoryPlan`;
+            ``None`` in an attributor read back by :func:`attrkit.load`.
     """
 
     members: list[FittedMember]
@@ -57,6 +61,7 @@ class Fit:
     policy: str
     guard: FitGuard
     train: CheckedLoader | None
+    memory_plan: MemoryPlan | None = None
 
     @property
     def pointwise(self) -> bool:

@@ -22,6 +22,7 @@ from attrkit import distributed
 from attrkit.data import batch_size, to_device
 from attrkit.errors import ArgumentError, ArgumentTypeError, DataLoaderError, LossShapeError
 from attrkit.functional.gradients import BoundLoss, eval_mode
+from attrkit.progress import progress
 from attrkit.types import LossFn
 
 __all__ = ["dataset_gnvp", "dataset_hvp", "gnvp", "hvp", "lanczos"]
@@ -265,6 +266,7 @@ def lanczos(
     *,
     dtype: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
+    desc: str = "Lanczos iterations",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-``k`` eigenpairs of a symmetric operator: Lanczos (symmetric Arnoldi) with full reorthogonalisation.
 
@@ -285,6 +287,7 @@ def lanczos(
         seed: fixes the start vector (drawn on the CPU: the same on every device).
         dtype: precision of the basis and of the Rayleigh-Ritz step.
         device: where the basis lives (default CPU).
+        desc: the label of the progress bar over the iterations (silent under ``ATTRKIT_PROGRESS=0``).
 
     Returns:
         ``(eigenvalues, eigenvectors)``: ``Tensor[k]`` descending and ``Tensor[p, k]`` with
@@ -309,7 +312,7 @@ def lanczos(
 
     basis[0] = fresh(0)
     scale = 0.0
-    for j in range(m):
+    for j in progress(range(m), desc):
         w = matvec(basis[j]).to(dtype=dtype, device=basis.device)
         for _ in range(2):
             coef = basis[: j + 1] @ w

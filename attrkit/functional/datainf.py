@@ -36,6 +36,7 @@ from attrkit.data import batch_size, to_device
 from attrkit.errors import ArgumentError, CurvatureError, DataLoaderError
 from attrkit.functional.gradients import per_example_gradients
 from attrkit.functional.ihvp import check_finite_solve
+from attrkit.progress import length_of, progress
 from attrkit.types import LossFn
 
 __all__ = ["DataInfSolve", "datainf_ihvp_at"]
@@ -97,7 +98,8 @@ class DataInfSolve:
         rows = vectors.to(dtype=like.dtype, device=like.device)[:, order].split(sizes, 1)
         totals = [torch.zeros(v.shape, dtype=v.dtype, device=v.device) for v in rows]
         n = 0
-        for batch in distributed.shard(self.batches):
+        total = length_of(self.batches) if distributed.world() is None else None
+        for batch in progress(distributed.shard(self.batches), "datainf: solve pass", total=total):
             batch = to_device(batch, like.device)
             grads = per_example_gradients(self.model, self.loss_fn, self.state, batch, self.names)[:, order]
             for v, total, g, lam in zip(rows, totals, grads.split(sizes, 1), self.damping, strict=True):
@@ -170,7 +172,8 @@ def _default_damping(model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str
     for index, cols in enumerate(columns):
         layer_of[cols] = index
     squares, n = like.new_zeros(len(columns)), 0
-    for batch in distributed.shard(batches):
+    total = length_of(batches) if distributed.world() is None else None
+    for batch in progress(distributed.shard(batches), "datainf: default damping pass", total=total):
         batch = to_device(batch, like.device)
         squares.index_add_(0, layer_of, per_example_gradients(model, loss_fn, state, batch, names).square().sum(0))
         n += batch_size(batch)

@@ -1,15 +1,17 @@
 """Per-example gradients of ``fn(model, batch) -> Tensor[b]`` via ``torch.func``.
 
 ``fn`` is written with plain ``model(x)`` calls; the model is re-parametrised with
-``torch.func.functional_call`` so that its own weights are never touched.
+``torch.func.functional_call`` so that its own weights are never touched. Where ``vmap``
+cannot trace the model (stock Hugging Face attention masks), gradients of Linear, Conv and
+LayerNorm parameters come from one hooked pass over the batch
+(:mod:`attrkit.functional.factored_hooks`), anything else from a loop of plain autograd.
 """
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 import fnmatch
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -17,7 +19,9 @@ from torch.func import functional_call, grad, vmap
 from torch.utils._pytree import tree_map
 
 from attrkit.data import batch_size
-from attrkit.errors import AttrkitError, LossFunctionError, LossShapeError, SpecError, UntraceableWarning
+from attrkit.errors import AttrkitError, LossShapeError, SpecError, UntraceableWarning
+from attrkit.functional.bound import BoundLoss, eval_mode
+from attrkit.functional.factored_hooks import hooked_gradients
 from attrkit.memory import require
 
 __all__ = [
@@ -82,43 +86,6 @@ def flat_dimension(model: torch.nn.Module, names: Sequence[str]) -> int:
     """``p``: total number of entries of the named parameters."""
     params = dict(model.named_parameters())
     return sum(params[n].numel() for n in names)
-
-
-@contextlib.contextmanager
-def eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    """Put ``model`` in eval mode (dropout off, batch-norm running statistics) and restore it.
-
-    Raises:
-        LossFunctionError: the block switched a module back to training mode (``model.train()``
-            inside ``loss_fn``), which would make gradients random (dropout) and update
-            batch-norm statistics in place.
-    """
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-        training = [name or type(model).__name__ for name, m in model.named_modules() if m.training]
-        if training:
-            raise LossFunctionError(
-                f"loss_fn switched the model to training mode (modules {', '.join(training[:5])}): do not call "
-                "model.train() inside loss_fn; attrkit evaluates the model in eval mode (dropout off, batch-norm "
-                "running statistics), and training mode would update batch-norm statistics in place"
-            )
-    finally:
-        for module, training in modes:
-            module.training = training
-
-
-class BoundLoss(torch.nn.Module):
-    """``fn(model, batch)`` as a module, so ``functional_call`` can swap its weights."""
-
-    def __init__(self, model: torch.nn.Module, fn: Callable[[torch.nn.Module, Any], torch.Tensor]):
-        super().__init__()
-        self.model = model
-        self.fn = fn
-
-    def forward(self, batch: Any) -> torch.Tensor:
-        return self.fn(self.model, batch)
 
 
 def evaluate(
@@ -195,7 +162,11 @@ def per_example_gradients(
             grads = vmap(grad(one), in_dims=(None, 0))(trainable, batch)
         except AttrkitError:
             raise
-        except Exception as exc:  # model code vmap cannot trace (data-dependent masks, .item()): one at a time
+        except Exception as exc:  # model code vmap cannot trace (data-dependent masks, .item())
+            hooked = hooked_gradients(model, bound, {**fixed, **{f"model.{k}": v for k, v in trainable.items()}},
+                                      batch, names, b)
+            if hooked is not None:  # Linear, Conv and LayerNorm parameters only: one hooked pass, exact
+                return hooked
             grads = _one_at_a_time(bound, fixed, trainable, batch, b)
             warn_untraceable(exc)
     return torch.cat([grads[n].reshape(b, -1) for n in names], dim=1)

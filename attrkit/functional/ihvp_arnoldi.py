@@ -119,7 +119,8 @@ def arnoldi_ihvp_at(
     meter, p = prepare_at(state, names, batches, regularization, curvature)
     rank, max_iter = _clamped_rank(rank, max_iter, p)
     matvec = dataset_matvec(meter, model, loss_fn, state, names, curvature)
-    values, basis = lanczos(matvec, p, rank, max_iter, seed, device=state[names[0]].device)
+    values, basis = lanczos(matvec, p, rank, max_iter, seed, device=state[names[0]].device,
+                            desc="arnoldi: Lanczos iterations")
     inverse = _inverse(values, basis, regularization, torch.finfo(state[names[0]].dtype).eps)
     saved = {"basis": basis, "inverse": inverse}
     info = {"largest_eigenvalue": float(values.max()), "smallest_eigenvalue": float(values.min()), "rank": rank}

@@ -25,6 +25,7 @@ from attrkit.functional.ihvp import (
     dataset_matvec,
     prepare_at,
 )
+from attrkit.progress import progress
 from attrkit.types import LossFn
 
 __all__ = ["cg_ihvp_at", "cg_solve"]
@@ -45,7 +46,9 @@ def _block_cg(
     targets = (tol * vectors.norm(dim=1)).square()
     active = squares > targets
     iterations = 0
-    while iterations < max_iter and bool(active.any()):
+    for _ in progress(range(max_iter), "cg: iterations"):
+        if not bool(active.any()):
+            break
         rows = active.nonzero().squeeze(1)
         d = direction[rows]
         product = matvec(d) + regularization * d

@@ -24,6 +24,7 @@ from attrkit.functional.ihvp import (
     dataset_matvec,
     prepare_at,
 )
+from attrkit.progress import progress
 from attrkit.types import LossFn
 
 __all__ = ["cholesky_solve_columns", "explicit_ihvp_at", "explicit_solve", "restore_explicit"]
@@ -125,9 +126,11 @@ def _check_dim(p: int, max_dim: int, dtype: torch.dtype) -> None:
 
 
 def _assemble(matvec: MatVec, p: int, chunk_size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """``Tensor[p, p]``: the symmetrised matrix of ``matvec``, ``chunk_size`` identity rows per call."""
+    """``Tensor[p, p]``: the symmetrised matrix of ``matvec``, ``chunk_size`` identity rows per call
+    (one pass over the data each, under a progress bar)."""
     matrix = torch.empty(p, p, dtype=dtype, device=device)
-    for start in range(0, p, chunk_size):
+    for start in progress(range(0, p, chunk_size), f"explicit: building the {p} x {p} curvature ({chunk_size} rows "
+                          "a pass)"):
         stop = min(start + chunk_size, p)
         rows = torch.zeros(stop - start, p, dtype=dtype, device=device)
         rows[:, start:stop].fill_diagonal_(1.0)

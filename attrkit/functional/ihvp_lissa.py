@@ -28,6 +28,7 @@ from attrkit.functional.ihvp import (
     check_regularization,
     prepare_at,
 )
+from attrkit.progress import progress
 from attrkit.types import LossFn
 
 __all__ = ["lissa_ihvp_at", "lissa_solve"]
@@ -89,7 +90,7 @@ def _lissa(
     last_step = 0.0
     for run in range(repeat):
         current = vectors
-        for step in range(depth):
+        for step in progress(range(depth), f"lissa: recursion (run {run + 1}/{repeat})"):
             previous = current
             current = vectors + current - (sample_matvec(current) + regularization * current) / scale
             size = current.norm(dim=1)

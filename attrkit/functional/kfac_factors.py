@@ -28,6 +28,9 @@ of ``F_l`` in that basis, ``Λ = (1/n) Σ_i (Q_Gᵀ G_i Q_A)²`` (elementwise sq
 second pass over the data: the ``F_l`` of the form ``(Q_G ⊗ Q_A) diag (Q_G ⊗ Q_A)ᵀ`` that is
 closest to the true one in Frobenius norm.
 
+Each pass over the data shows a progress bar (:func:`attrkit.progress.progress`; silent under
+``ATTRKIT_PROGRESS=0``), and so do the eigendecompositions.
+
 Factors are kept in the parameters' dtype and device; sums are accumulated batch by batch,
 so the result does not depend on how the training set is batched. In distributed mode
 (:mod:`attrkit.distributed`) each rank accumulates its shard of the batches and the sums
@@ -47,6 +50,7 @@ from attrkit.data import batch_size, to_device
 from attrkit.errors import DataLoaderError
 from attrkit.functional.factored import FactorPlan, factored_gradients, plan_factors
 from attrkit.functional.gradient_factors import FactoredGradients, LayerFactors
+from attrkit.progress import length_of, progress
 from attrkit.types import LossFn
 
 __all__ = ["EKFACFactors", "KFACFactors", "KroneckerLayer", "fit_ekfac", "fit_kfac"]
@@ -119,11 +123,13 @@ class EKFACFactors:
 
 
 def _stream(model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str, torch.Tensor], plan: FactorPlan,
-            batches: Iterable[Any], visit: Callable[[FactoredGradients], None]) -> int:
+            batches: Iterable[Any], visit: Callable[[FactoredGradients], None], desc: str = "factored pass") -> int:
     """``visit`` each of this rank's batches' factored per-example gradients (every batch
-    when not distributed); returns the number of examples visited."""
+    when not distributed), under a progress bar labelled ``desc``; returns the number of
+    examples visited."""
     device, n = state[plan.names[0]].device, 0
-    for batch in distributed.shard(batches):
+    total = length_of(batches) if distributed.world() is None else None
+    for batch in progress(distributed.shard(batches), desc, total=total):
         batch = to_device(batch, device)
         visit(factored_gradients(model, loss_fn, state, batch, plan))
         n += batch_size(batch)
@@ -194,10 +200,12 @@ def fit_kfac(model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str, torch.
             positions[j] += a.shape[0]
         diagonal.add_(grads.dense.square().sum(0))
 
-    n = _stream(model, loss_fn, state, plan, batches, visit)
+    n = _stream(model, loss_fn, state, plan, batches, visit, "K-FAC: factor pass (A, G)")
     n, *positions = _reduce([t for pair in sums for t in pair] + [diagonal], [n, *positions])
     layers = []
-    for (module, weight, bias), (a_sum, g_sum), count in zip(plan.layers, sums, positions, strict=True):
+    eigh_bar = progress(zip(plan.layers, sums, positions, strict=True), "K-FAC: eigendecompositions",
+                        total=len(plan.layers))
+    for (module, weight, bias), (a_sum, g_sum), count in eigh_bar:
         a_cov, g_cov = a_sum / max(count, 1), g_sum / n
         (a_val, a_vec), (g_val, g_vec) = _eigh(a_cov), _eigh(g_cov)
         layers.append(KroneckerLayer(
@@ -239,6 +247,7 @@ def fit_ekfac(model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str, torch
                 part = grads[start : start + step].layers[j]
                 total += part.project(fitted.input_basis, fitted.output_basis).square().sum(0).view_as(total)
 
-    (n,) = _reduce(sums, [_stream(model, loss_fn, state, plan_factors(model, names), batches, visit)])
+    (n,) = _reduce(sums, [_stream(model, loss_fn, state, plan_factors(model, names), batches, visit,
+                                  "EK-FAC: eigenvalue-correction pass")])
     return EKFACFactors(kfac=kfac, eigenvalues=tuple(total / n for total in sums))
 

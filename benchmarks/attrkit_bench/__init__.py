@@ -6,7 +6,7 @@ from offline data (``data/``), models (``models/``) and seeded training (``train
 all cached on disk. ``attrkit bench SETTING`` (``runner/``) composes each method spec for
 it, times ``fit`` + ``attribute``, measures peak memory (``memory``), scores every metric
 and writes a JSON file, a table and plots (``report/``), beside dattri's counterparts with
-``--compare dattri`` (``compare/``).
+``--compare dattri`` or kronfluence's EK-FAC with ``--compare kronfluence`` (``compare/``).
 
 A *study* (``studies/``, ``attrkit bench STUDY``) runs one experiment from its spec file in
 ``benchmarks/specs``; the tools (``tools/``) render result files and bundle ground truth.

@@ -11,8 +11,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import shlex
+import textwrap
 
 from attrkit_bench.commands import STUDIES, TOOLS, Command
+from attrkit_bench.report.table import TITLES, legend
 from attrkit_bench.runner import command as setting_command
 from attrkit_bench.settings import SETTINGS
 from attrkit_bench.studies.spec import load_spec, spec_file
@@ -20,12 +22,23 @@ from attrkit_bench.studies.spec import load_spec, spec_file
 __all__ = ["listing", "main"]
 
 
+def _epilog() -> str:
+    """What the table's columns measure (the lines printed under it), then the studies, tools and launch."""
+    columns = [textwrap.fill(line, 100, initial_indent="  ", subsequent_indent="    ") for line in legend(list(TITLES))]
+    rest = (f"Studies: {', '.join(STUDIES)}; tools: {', '.join(TOOLS)} (attrkit bench NAME --help for each). "
+            "Distributed: torchrun --nproc-per-node N -m attrkit bench SETTING ...")
+    return "\n".join(["What the table's columns measure (the same lines are printed under it):", *columns, "",
+                      "Written: DIR/SETTING.json (every run in full), DIR/SETTING-vs-time.png and DIR/SETTING-bars.png "
+                      "(plots),", "and with --explain N DIR/SETTING-explain.html (+ .png for images).", "",
+                      textwrap.fill(rest, 100)])
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="attrkit bench",
         description="Benchmark attribution methods on a setting: every metric, wall time and peak memory.",
-        epilog=f"Studies: {', '.join(STUDIES)}; tools: {', '.join(TOOLS)} (attrkit bench NAME --help for each). "
-        "Distributed: torchrun --nproc-per-node N -m attrkit bench SETTING ...",
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("setting", nargs="?", help="the setting to run (see --list)")
     parser.add_argument("--list", action="store_true", help="list the settings, studies and tools and exit")

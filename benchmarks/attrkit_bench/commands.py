@@ -48,7 +48,7 @@ STUDIES: dict[str, Command] = {c.name: c for c in (
     Command(name="engine", module="attrkit_bench.studies.engine",
             description="speed and memory of the gradient and projection engine on the MNIST MLP (ENGINE.md)"),
     Command(name="checks", module="attrkit_bench.studies.checks",
-            description="what attrkit's safety checks cost: a setting's default benchmark with and without them"),
+            description="what attrkit's safety checks cost: the spec's methods on a setting, with and without them"),
 )}
 #: The tools, by name.
 TOOLS: dict[str, Command] = {c.name: c for c in (

@@ -172,7 +172,8 @@ class KroneckerProjector(Projector):
         """Restore the layer layout of :meth:`state_dict`."""
         plan = json.loads(state["plan"])
         self._plan = FactorPlan(names=tuple(plan["names"]), layers=tuple(tuple(x) for x in plan["layers"]),
-                                fallback=tuple(plan["fallback"]), fallback_modules=tuple(plan["fallback_modules"]))
+                                fallback=tuple(plan["fallback"]), fallback_modules=tuple(plan["fallback_modules"]),
+                                norms=tuple(tuple(x) for x in plan.get("norms", ())))
         self._sizes, self._out_dims = json.loads(state["sizes"]), json.loads(state["out_dims"])
 
     def _pair(self, index: int, in_features: int, d_out: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,6 +1,8 @@
 """Mistakes in the user's data, loss function or checkpoints get an attrkit error with the batch and the fix,
 never a raw torch or functorch traceback."""
 
+import warnings
+
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -63,9 +65,21 @@ def test_a_loss_that_vmap_cannot_trace_runs_one_example_at_a_time_and_says_so(lo
     from attrkit.functional import gradients
 
     monkeypatch.setattr(gradients, "_WARNED", set())  # said once per process
+    monkeypatch.setattr(gradients, "hooked_gradients", lambda *args: None)  # as for a model beyond Linear/LayerNorm
     with pytest.warns(attrkit.UntraceableWarning, match="one example at a time with plain autograd"):
         scores = _fit(loss_fn=loss_fn).attribute(TOY.test_loader())
     # per example, both losses are the plain cross-entropy: the same scores as a traceable loss
+    torch.testing.assert_close(scores, _fit().attribute(TOY.test_loader()))
+
+
+@pytest.mark.parametrize("loss_fn", [_item_loss, _branching_loss], ids=["item", "data-dependent-if"])
+def test_a_loss_that_vmap_cannot_trace_takes_one_hooked_pass_over_linear_layers(loss_fn, monkeypatch):
+    from attrkit.functional import gradients
+
+    monkeypatch.setattr(gradients, "_WARNED", set())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", attrkit.UntraceableWarning)  # no loop, so nothing to say
+        scores = _fit(loss_fn=loss_fn).attribute(TOY.test_loader())
     torch.testing.assert_close(scores, _fit().attribute(TOY.test_loader()))
 
 

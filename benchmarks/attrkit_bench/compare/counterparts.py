@@ -1,7 +1,8 @@
-"""dattri's counterpart of a resolved attrkit spec, for ``attrkit bench SETTING --compare dattri``.
+"""dattri's or kronfluence's counterpart of a resolved attrkit spec, for ``attrkit bench SETTING --compare LIBRARY``.
 
-:func:`counterpart` maps a spec (every default explicit) to a runner of dattri 0.3 on the
-same model, members, loaders and hyper-parameters, or says why there is none:
+:func:`counterpart` maps a spec (every default explicit) to a runner of dattri 0.3
+(``library="dattri"``) or kronfluence 1.0.1 (``library="kronfluence"``) on the same model,
+members, loaders and hyper-parameters, or says why there is none. dattri:
 
 * ``grad-dot`` / ``grad-cos`` → ``TracInAttributor`` with one checkpoint, weight 1,
   ``normalized_grad`` off / on, dattri's default projection off (exact products, as attrkit's);
@@ -18,10 +19,18 @@ A spec with a projector (other than TRAK's), a grouper, a non-default gradient s
 an ensemble other than the members has no counterpart. Where dattri computes something
 different, :data:`attrkit_bench.compare.influence.DIFFERENCES` and
 :mod:`attrkit_bench.compare.ensembles` say what.
+
+kronfluence: ``if`` with solver ``ekfac`` or ``kfac`` on the trained model (no members),
+per-example or factored gradients, no projector, grouper or ensemble → kronfluence's ``Analyzer``
+with that strategy, the same absolute damping ``λ``, the empirical Fisher, tracking the
+``nn.Linear`` / ``nn.Conv2d`` modules that hold attrkit's differentiated parameters
+(:mod:`attrkit_bench.compare.kronfluence`); the counterpart's ``note`` says which of
+attrkit's parameters kronfluence leaves out.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -29,27 +38,34 @@ import attrs
 import torch
 from torch.utils.data import DataLoader
 
-from attrkit.functional import resolve_linear_layer
+from attrkit.functional import resolve_linear_layer, select_parameters
 from attrkit_bench.compare.ensembles import dattri_rps, dattri_tracin, dattri_trak
 from attrkit_bench.compare.influence import KINDS, dattri_scores
+from attrkit_bench.compare.kronfluence import STRATEGIES, coverage, kronfluence_scores
 from attrkit_bench.problem import Problem
 
-__all__ = ["Counterpart", "counterpart"]
+__all__ = ["LIBRARIES", "Counterpart", "counterpart"]
+
+#: The libraries ``--compare`` runs.
+LIBRARIES = ("dattri", "kronfluence")
 
 
 @attrs.frozen(kw_only=True)
 class Counterpart:
-    """dattri's counterpart of one method, or why there is none.
+    """dattri's or kronfluence's counterpart of one method, or why there is none.
 
     Attributes:
-        name: dattri's attributor (``"TRAKAttributor"``), or ``None``.
+        name: the counterpart (``"TRAKAttributor"``, ``"kronfluence EK-FAC"``), or ``None``.
         scores: ``scores() -> Tensor[n_targets, n_train]``, or ``None``.
         reason: why there is no counterpart (``None`` when there is one).
+        note: what the counterpart computes differently (kronfluence: the parameters it
+            covers, the damping), or ``None``.
     """
 
     name: str | None = None
     scores: Callable[[], torch.Tensor] | None = attrs.field(default=None, repr=False)
     reason: str | None = None
+    note: str | None = None
 
 
 def _name(part: Any) -> str | None:
@@ -73,15 +89,21 @@ def _extra_parts(spec: Mapping[str, Any], method: str) -> str | None:
     return None
 
 
-def counterpart(spec: Mapping[str, Any], problem: Problem, states: Sequence[dict[str, torch.Tensor]]) -> Counterpart:
-    """dattri's counterpart of ``spec`` on ``problem``.
+def counterpart(spec: Mapping[str, Any], problem: Problem, states: Sequence[dict[str, torch.Tensor]],
+                library: str = "dattri") -> Counterpart:
+    """dattri's (or kronfluence's) counterpart of ``spec`` on ``problem``.
 
     Args:
         spec: the resolved spec (``resolved.spec.to_dict()``).
         problem: the prepared setting.
         states: the members' state dicts the attrkit run used (the trained model's when
             it used none).
+        library: one of :data:`LIBRARIES`.
     """
+    if library == "kronfluence":
+        return _kronfluence(spec, problem, states)
+    if library != "dattri":
+        raise LookupError(f"no counterparts from {library!r}; known: {', '.join(LIBRARIES)}")
     method, params = _name(spec["method"]), _params(spec["method"])
     extra = _extra_parts(spec, method)
     if extra is not None:
@@ -118,3 +140,37 @@ def counterpart(spec: Mapping[str, Any], problem: Problem, states: Sequence[dict
         return Counterpart(name=f"IFAttributor({solver})",
                            scores=dattri_scores(solver, model, full, full, targets, lam, solver_params))
     return Counterpart(reason=f"dattri has no counterpart of {method!r}")
+
+
+def _kronfluence(spec: Mapping[str, Any], problem: Problem, states: Sequence[dict[str, torch.Tensor]]) -> Counterpart:
+    """kronfluence's counterpart of an ``if`` + ``ekfac`` / ``kfac`` spec (see the module docstring)."""
+    method, solver = _name(spec["method"]), _name(spec.get("solver"))
+    if method != "if" or solver not in STRATEGIES:
+        what = f"{method} with solver {solver!r}" if method == "if" else repr(method)
+        return Counterpart(reason=f"kronfluence has no counterpart of {what}: it computes K-FAC / EK-FAC influence")
+    gradients = spec.get("gradients")
+    if _name(gradients) not in (None, "per-example", "factored"):
+        return Counterpart(reason=f"kronfluence has no influence on gradient source {_name(gradients)!r}")
+    for slot, default in (("projector", "identity"), ("grouper", "singleton"), ("ensemble", "checkpoints")):
+        if _name(spec.get(slot)) not in (None, default):
+            return Counterpart(reason=f"kronfluence has no influence with {slot} {_name(spec[slot])!r}")
+    if len(states) != 1:
+        return Counterpart(reason="kronfluence has no ensembles: it attributes one model")
+    model = copy.deepcopy(problem.model)  # at the weights the attrkit run used (a member of one, or the model)
+    model.load_state_dict(states[0])
+    options = _params(gradients)
+    names = select_parameters(model, options.get("params", ["*"]), frozen=bool(options.get("frozen", False)))
+    covered = coverage(model, names)
+    if not covered.modules:
+        return Counterpart(reason="kronfluence tracks only nn.Linear and nn.Conv2d modules; attrkit's parameters "
+                                  f"hold none ({', '.join(covered.uncovered[:6])})")
+    lam = float(_params(spec["solver"]).get("regularization", 0.0))
+    label = "EK-FAC" if solver == "ekfac" else "K-FAC"
+    note = (f"empirical Fisher, damping λ = {lam:g} on both sides (absolute, added to the eigenvalues); "
+            f"{covered.note()}")
+    if solver == "kfac":
+        note += ("; K-FAC differs for layers applied at several positions per example (sequences, convolutions): "
+                 "kronfluence averages G over positions, attrkit over examples, so the same λ damps them differently")
+    return Counterpart(name=f"kronfluence {label}", note=note,
+                       scores=kronfluence_scores(model, problem.loss_fn, problem.train, problem.targets, names, lam,
+                                                 strategy=solver))

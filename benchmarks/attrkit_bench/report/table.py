@@ -7,48 +7,97 @@ from typing import Any
 
 from attrkit_bench.report.markdown import number, table
 
-__all__ = ["TITLES", "format_table", "markdown_table", "page", "table_rows"]
+__all__ = ["HIGHER_IS_BETTER", "MEANINGS", "TITLES", "format_table", "legend", "markdown_table", "page", "table_rows"]
 
+#: The libraries whose counterparts a run may carry (``run[library]``), in column order.
+LIBRARIES = ("dattri", "kronfluence")
 #: Column titles of the metrics.
 TITLES = {"lds": "LDS", "loo": "LOO", "auc": "noisy AUC", "brittleness": "brittleness",
           "retraining": "retraining", "pruning": "pruning"}
+#: Whether a higher value of a metric is better (every metric the bench knows: yes).
+HIGHER_IS_BETTER = {name: True for name in TITLES}
+#: What each column measures, one line each, printed under the table (:func:`legend`) and
+#: in ``attrkit bench --help``; the metrics' entries end with their direction.
+MEANINGS = {
+    "lds": "Spearman correlation between predicted and actual outputs of models retrained on random halves of "
+    "the training set (mean over targets); higher is better",
+    "loo": "correlation of the scores with the actual effect of leaving one training point out and retraining "
+    "(mean over targets); higher is better",
+    "auc": "how well self-influence ranks the flipped labels first, on a model trained with 10 % of its labels "
+    "flipped (ROC AUC, 0.5 = chance); higher is better",
+    "brittleness": "fraction of targets whose prediction flips when their top proponents are removed and the "
+    "model retrained; higher is better",
+    "retraining": "drop in test accuracy when the highest-scored training points are removed and the model "
+    "retrained; higher is better",
+    "pruning": "test accuracy kept when the lowest-scored training points are removed and the model retrained; "
+    "higher is better",
+    "time": "wall seconds of fit + attribute on all targets; lower is better",
+    "memory": "peak process memory (RSS) above its level at the start of fit + attribute; lower is better",
+}
+
+
+def legend(metrics: Sequence[str]) -> list[str]:
+    """``TITLE: meaning`` per metric in ``metrics``, then time, peak memory and what ``–`` means.
+
+    >>> legend(["lds"])[0].startswith("LDS: Spearman correlation")
+    True
+    """
+    lines = [f"{TITLES.get(m, m)}: {MEANINGS[m]}" for m in metrics if m in MEANINGS]
+    return [*lines, f"time (s): {MEANINGS['time']}", f"peak mem (MiB): {MEANINGS['memory']}",
+            "–: not computed for that method (the JSON file says why; e.g. noisy AUC for methods over members, "
+            "which are trained on the clean labels)"]
+
+
+def _compared(runs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The libraries (:data:`LIBRARIES`) with a counterpart entry in any run."""
+    return [library for library in LIBRARIES if any(run.get(library) for run in runs)]
 
 
 def table_rows(document: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """``(header, rows)``: method, each metric, time (s), peak mem (MiB), and with dattri its
-    score-based metrics, time and the time ratio dattri / attrkit (above 1: attrkit faster)."""
+    """``(header, rows)``: method, each metric, time (s), peak mem (MiB), and for each library
+    compared (dattri, kronfluence) its score-based metrics, time and the time ratio
+    library / attrkit (above 1: attrkit faster); kronfluence's also its peak memory and the
+    Pearson correlation ``r`` of its scores with attrkit's."""
     metrics = [m["name"] for m in document["metrics"]]
     runs: Sequence[Mapping[str, Any]] = document["runs"]
-    compared = any(run.get("dattri") for run in runs)
-    dattri_metrics = [m for m in metrics if m in ("lds", "loo")]
+    libraries = _compared(runs)
+    score_metrics = [m for m in metrics if m in ("lds", "loo")]
     header = ["method", *(TITLES.get(m, m) for m in metrics), "time (s)", "peak mem (MiB)"]
-    if compared:
-        header += [f"dattri {TITLES[m]}" for m in dattri_metrics] + ["dattri (s)", "dattri/attrkit time"]
+    for library in libraries:
+        header += [f"{library} {TITLES[m]}" for m in score_metrics] + [f"{library} (s)"]
+        header += [f"{library} peak mem (MiB)", f"{library} r"] if library != "dattri" else []
+        header += [f"{library}/attrkit time"]
     rows = []
     for run in runs:
         row = [run["label"], *(number(run["metrics"].get(m)) for m in metrics), f"{run['seconds']:.2f}",
                f"{run['peak_mib']:.0f}"]
-        theirs = run.get("dattri")
-        if compared and theirs and theirs["seconds"] is not None:
-            row += [number(theirs["metrics"].get(m)) for m in dattri_metrics]
-            row += [f"{theirs['seconds']:.2f}", f"{theirs['seconds'] / run['seconds']:.2f}"]
-        elif compared:
-            row += ["–"] * len(dattri_metrics) + ["–", "–"]
+        for library in libraries:
+            theirs = run.get(library)
+            memory = library != "dattri"
+            if theirs and theirs["seconds"] is not None:
+                row += [number(theirs["metrics"].get(m)) for m in score_metrics] + [f"{theirs['seconds']:.2f}"]
+                row += [number(theirs.get("peak_mib"), 0), number(theirs.get("correlation"), 4)] if memory else []
+                row += [f"{theirs['seconds'] / run['seconds']:.2f}"]
+            else:
+                row += ["–"] * (len(score_metrics) + 2 + 2 * memory)
         rows.append(row)
     return header, rows
 
 
 def format_table(document: Mapping[str, Any]) -> str:
-    """The runs as a fixed-width text table (see :func:`table_rows`), with dattri's reasons below."""
+    """The runs as a fixed-width text table (see :func:`table_rows`), with the counterparts' reasons and notes
+    below, then one line per column saying what it measures and which way is better (:func:`legend`)."""
     header, rows = table_rows(document)
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
 
     def line(cells: Sequence[str]) -> str:
         return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
 
-    notes = [f"  {run['label']}: dattri: {run['dattri']['reason']}" for run in document["runs"]
-             if run.get("dattri") and run["dattri"]["reason"]]
-    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows), *notes])
+    notes = [f"  {run['label']}: {library}: {run[library].get(key)}" for library in _compared(document["runs"])
+             for run in document["runs"] for key in ("reason", "note") if run.get(library) and run[library].get(key)]
+    explained = legend([m["name"] for m in document["metrics"]])
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows), *notes,
+                      *(f"  {text}" for text in explained)])
 
 
 def markdown_table(document: Mapping[str, Any]) -> str:

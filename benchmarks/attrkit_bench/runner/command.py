@@ -25,6 +25,7 @@ from attrkit_bench.report.table import format_table
 from attrkit_bench.runner.choices import MethodChoice, MetricChoice, parse_methods, parse_metrics, split_specs
 from attrkit_bench.runner.document import default_metrics, run_benchmark, write_document
 from attrkit_bench.runner.explain import explain_targets, write_explanation
+from attrkit_bench.runner.method import MethodRun
 from attrkit_bench.settings import get_setting
 
 __all__ = ["add_arguments", "run"]
@@ -48,7 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="metrics: lds, loo, auc, brittleness, retraining, pruning, or JSON {\"name\": ..., params}; "
         "default: lds, loo (where the setting has it) and auc",
     )
-    parser.add_argument("--compare", choices=["dattri"], help="also run dattri's counterpart of each method")
+    parser.add_argument("--compare", choices=["dattri", "kronfluence"],
+                        help="also run each method's counterpart in dattri, or kronfluence's EK-FAC / K-FAC beside "
+                        "attrkit's if + ekfac / kfac rows (same model, data, target and damping)")
     parser.add_argument("--targets", type=int, metavar="N",
                         help="judge on the setting's first N targets only (default: all of them)")
     parser.add_argument("--out", type=Path, default=Path("bench-out"), metavar="DIR",
@@ -85,15 +88,17 @@ def run(args: argparse.Namespace) -> int:
     """Run the setting ``args.setting`` with the parsed options.
 
     Prints the setting's facts and a table (method, each metric, time, peak memory, and
-    dattri's with ``--compare dattri``), and writes ``{out}/{setting}.json`` plus the PNG
-    plots ``{setting}-vs-time.png`` and ``{setting}-bars.png`` (``-quick`` in the names
-    with ``--quick``). With ``--explain N`` it also writes the first method's explanation
-    of the first ``N`` targets, ``{setting}-explain.html`` (and ``.png`` for images), and
-    prints where (:mod:`attrkit_bench.runner.explain`).
+    the counterpart's with ``--compare dattri`` or ``--compare kronfluence``), and writes
+    ``{out}/{setting}.json`` plus the PNG plots ``{setting}-vs-time.png`` and
+    ``{setting}-bars.png`` (``-quick`` in the names with ``--quick``). With ``--explain N``
+    it also writes the first method's explanation of the first ``N`` targets,
+    ``{setting}-explain.html`` (and ``.png`` for images) (:mod:`attrkit_bench.runner.explain`). Under the table, one line per column says what
+    it measures and which way is better; the output ends with where each file was written.
 
     Returns:
         0 on success, 2 on a usage error (unknown setting, invalid method or metric spec,
-        dattri missing) or when the setting's data needs a package that is not installed.
+        dattri or kronfluence missing) or when the setting's data needs a package that is not
+        installed.
     """
     try:
         setting = get_setting(args.setting)
@@ -120,9 +125,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.compare:
         from attrkit_bench.compare.dattri import require_dattri
+        from attrkit_bench.compare.kronfluence import require_kronfluence
 
         try:
-            require_dattri()
+            require_kronfluence() if args.compare == "kronfluence" else require_dattri()
         except ImportError as exc:
             print(f"attrkit bench: {exc}", file=sys.stderr)
             return 2
@@ -140,6 +146,15 @@ def run(args: argparse.Namespace) -> int:
 def _values(metrics: dict[str, float | None]) -> str:
     """``lds=0.312 auc=0.97`` (``–`` where undefined): a finished run in the log."""
     return " ".join(f"{k}={'–' if v is None else f'{v:.3f}'}" for k, v in metrics.items())
+
+
+def _compared(run: MethodRun) -> str:
+    """`` kronfluence lds=0.345 (9.1 s)`` after a run's own values: its counterpart's, when it ran."""
+    for library in ("dattri", "kronfluence"):
+        theirs = getattr(run, library)
+        if theirs is not None and theirs.seconds is not None:
+            return f" {library} {_values(theirs.metrics)} ({theirs.seconds:.1f} s)"
+    return ""
 
 
 def _run(args: argparse.Namespace, setting: Setting, choices: list[MethodChoice], metrics: list[MetricChoice] | None,
@@ -177,28 +192,31 @@ def _run(args: argparse.Namespace, setting: Setting, choices: list[MethodChoice]
         print(f"attrkit bench: --explain needs 1 <= N <= {n_targets} (the targets), got {args.explain}",
               file=sys.stderr)
         return 2
-    document = run_benchmark(problem, choices, metrics, compare=bool(args.compare), registry=registry,
+    document = run_benchmark(problem, choices, metrics, compare=args.compare or False, registry=registry,
                              on_run=lambda run: say(f"  done: {run.label} ({run.seconds:.1f} s) {_values(run.metrics)}"
-                                                    f"{'' if run.dattri is None else ' dattri ' + _values(run.dattri.metrics)}",
-                                                    flush=True))
+                                                    f"{_compared(run)}", flush=True))
     explanation = None if args.explain is None else explain_targets(problem, choices[0], args.explain, registry)
     if rank != 0:
         return 0
     print(format_table(document))
     path = write_document(document, args.out, args.quick)
-    print(f"results: {path}")
-    if explanation is not None:
-        written, no_png = write_explanation(explanation, args.out, path.stem)
-        for file in written:
-            print(f"explanation: {file}")
-        if no_png is not None:
-            print(f"no explanation PNG: {no_png}")
-    if not args.no_plots:
+    written = [f"results: {path}"]  # printed last: where everything went
+    if args.no_plots:
+        written.append("plots: none (--no-plots)")
+    else:
         from attrkit_bench.report.plots import write_plots
 
         try:
-            for plot in write_plots(document, args.out, path.stem):
-                print(f"plot: {plot}")
+            written += [f"plot: {plot}" for plot in write_plots(document, args.out, path.stem)]
         except ImportError as exc:
-            print(f"no plots: {exc}")
+            written.append(f"no plots: {exc}")
+    if explanation is not None:
+        files, no_png = write_explanation(explanation, args.out, path.stem)
+        written += [f"explanation: {file}" for file in files]
+        if no_png is not None:
+            written.append(f"no explanation PNG: {no_png}")
+    else:
+        written.append(f"explanation: none (--explain N writes {args.out / (path.stem + '-explain.html')}: the "
+                       f"first method, {choices[0].label}, on the first N targets)")
+    print("written:", *(f"  {line}" for line in written), sep="\n")
     return 0

@@ -15,7 +15,7 @@ import attrkit
 from attrkit import Registry
 from attrkit_bench.problem import Problem
 from attrkit_bench.runner.choices import MethodChoice, MetricChoice
-from attrkit_bench.runner.method import MethodRun, run_method
+from attrkit_bench.runner.method import MethodRun, compared_library, run_method
 
 __all__ = ["default_metrics", "run_benchmark", "write_document"]
 
@@ -30,21 +30,22 @@ def run_benchmark(
     choices: Sequence[MethodChoice],
     metrics: Sequence[MetricChoice],
     *,
-    compare: bool = False,
+    compare: bool | str = False,
     registry: Registry | None = None,
     on_run: Callable[[MethodRun], None] | None = None,
 ) -> dict[str, Any]:
     """Run every method on ``problem``; the JSON-able result document.
 
     The document holds the setting's facts (sizes, training time and accuracy,
-    ground-truth time), the versions of torch, attrkit (and dattri), every metric's
+    ground-truth time), the versions of torch, attrkit (and the library compared), every metric's
     config and provenance, and one entry per run (see :class:`MethodRun`).
 
     Args:
         problem: the prepared setting.
         choices: the methods, in table order.
         metrics: the metrics, in column order.
-        compare: also run dattri's counterpart of each method.
+        compare: also run each method's counterpart from ``"dattri"`` (or ``True``) or
+            ``"kronfluence"``.
         registry: where the methods' parts are looked up; defaults to every installed plugin.
         on_run: called with each run as it finishes (e.g. to print progress).
     """
@@ -57,10 +58,15 @@ def run_benchmark(
     info = {**problem.info, "torch": torch.__version__, "attrkit": attrkit.__version__,
             "device": str(problem.task().device), "torch_threads": torch.get_num_threads(),
             "python": platform.python_version(), "platform": platform.platform()}
-    if compare:
+    library = compared_library(compare)
+    if library == "dattri":
         from attrkit_bench.compare.dattri import dattri_version
 
         info["dattri"] = dattri_version()
+    elif library == "kronfluence":
+        from attrkit_bench.compare.kronfluence import kronfluence_version
+
+        info["kronfluence"] = kronfluence_version()
     return {
         "setting": problem.name,
         "info": info,

@@ -3,9 +3,10 @@
 An untimed warm-up, then ``fit`` + ``attribute`` on all targets timed under
 :class:`~attrkit_bench.memory.PeakMemory`; then each metric on the scores with the
 setting's ground truth (``auc`` refits the method on the noisy-label model and ranks the
-training points by self-influence). With ``compare``, dattri's counterpart
-(:mod:`attrkit_bench.compare.counterparts`) runs on the same inputs and is scored with the
-score-based metrics (``lds``, ``loo``); the retraining metrics are not run for it.
+training points by self-influence). With ``compare`` (``"dattri"`` or ``"kronfluence"``),
+that library's counterpart (:mod:`attrkit_bench.compare.counterparts`) runs on the same
+inputs, timed and measured the same way, and is scored with the score-based metrics
+(``lds``, ``loo``); the retraining metrics are not run for it.
 """
 
 from __future__ import annotations
@@ -26,22 +27,29 @@ from attrkit_bench.memory import PeakMemory
 from attrkit_bench.problem import Problem
 from attrkit_bench.runner.choices import MethodChoice, MetricChoice
 
-__all__ = ["SCORE_METRICS", "DattriRun", "MethodRun", "run_method"]
+__all__ = ["SCORE_METRICS", "CounterpartRun", "DattriRun", "MethodRun", "compared_library", "run_method"]
 
 #: Metrics judged on the scores alone (run for dattri's counterparts too).
 SCORE_METRICS = ("lds", "loo")
 
 
 @attrs.frozen(kw_only=True)
-class DattriRun:
-    """dattri's counterpart of one method, run on the same inputs.
+class CounterpartRun:
+    """dattri's or kronfluence's counterpart of one method, run on the same inputs.
 
     Attributes:
-        name: dattri's attributor, or ``None`` when there is no counterpart.
+        name: the counterpart (dattri's attributor, ``"kronfluence EK-FAC"``), or ``None``
+            when there is none.
         reason: why there is none, or the error it raised; ``None`` when it ran.
         metrics: ``{metric: value}`` for the score-based metrics.
-        seconds: wall seconds of its cache + attribute.
+        seconds: wall seconds of its whole run (dattri: cache + attribute; kronfluence:
+            fit_all_factors + compute_pairwise_scores).
         peak_mib: peak RSS above the start, MiB.
+        cuda_peak_mib: peak CUDA allocation above the start, MiB; ``None`` off CUDA.
+        correlation: Pearson correlation of its scores with attrkit's, over every
+            ``(target, training example)`` pair; ``None`` when either is not finite.
+        note: what it computes differently (kronfluence: the parameters it covers, the
+            damping), or ``None``.
     """
 
     name: str | None
@@ -49,6 +57,20 @@ class DattriRun:
     metrics: dict[str, float | None] = attrs.field(factory=dict)
     seconds: float | None = None
     peak_mib: float | None = None
+    cuda_peak_mib: float | None = None
+    correlation: float | None = None
+    note: str | None = None
+
+
+#: The former name of :class:`CounterpartRun` (dattri was the only library compared).
+DattriRun = CounterpartRun
+
+
+def compared_library(compare: bool | str | None) -> str | None:
+    """The library ``compare`` names: ``True`` is ``"dattri"`` (the former boolean), falsy is ``None``."""
+    if not compare:
+        return None
+    return "dattri" if compare is True else str(compare)
 
 
 @attrs.frozen(kw_only=True)
@@ -67,7 +89,8 @@ class MethodRun:
         peak_mib: peak process RSS above its level at the start, MiB.
         cuda_peak_mib: peak CUDA allocation above the start, MiB; ``None`` off CUDA.
         memory_source: how ``peak_mib`` was measured (``"statm"`` or ``"getrusage"``).
-        dattri: dattri's counterpart, when compared.
+        dattri: dattri's counterpart, when compared with dattri.
+        kronfluence: kronfluence's counterpart, when compared with kronfluence.
     """
 
     label: str
@@ -81,7 +104,8 @@ class MethodRun:
     peak_mib: float
     cuda_peak_mib: float | None
     memory_source: str
-    dattri: DattriRun | None = None
+    dattri: CounterpartRun | None = None
+    kronfluence: CounterpartRun | None = None
 
 
 def _first(loader: Iterable[Any]) -> list[Any]:
@@ -130,31 +154,40 @@ def _states(problem: Problem, choice: MethodChoice) -> list[dict[str, torch.Tens
     return problem.members(*choice.members)
 
 
-def _dattri(choice_spec: dict[str, Any], problem: Problem, states: list[dict[str, torch.Tensor]] | None,
-            metrics: Sequence[MetricChoice]) -> DattriRun:
+def _correlation(ours: torch.Tensor, theirs: torch.Tensor) -> float | None:
+    """Pearson correlation of two score matrices over every entry; ``None`` if not finite or of other shapes."""
+    if ours.shape != theirs.shape or not (torch.isfinite(ours).all() and torch.isfinite(theirs).all()):
+        return None
+    return _number(float(torch.corrcoef(torch.stack([ours.flatten().double(), theirs.flatten().double()]))[0, 1]))
+
+
+def _counterpart(library: str, choice_spec: dict[str, Any], problem: Problem,
+                 states: list[dict[str, torch.Tensor]] | None, metrics: Sequence[MetricChoice],
+                 ours: torch.Tensor) -> CounterpartRun:
     from attrkit_bench.compare.counterparts import counterpart
 
-    found = counterpart(choice_spec, problem, states or [problem.model.state_dict()])
+    found = counterpart(choice_spec, problem, states or [problem.model.state_dict()], library)
     if found.scores is None:
-        return DattriRun(name=None, reason=found.reason)
+        return CounterpartRun(name=None, reason=found.reason)
     gc.collect()
     try:
-        with PeakMemory() as memory:
+        with PeakMemory(device=problem.task().device) as memory:
             start = time.perf_counter()
             scores = found.scores()
         seconds = time.perf_counter() - start
-    except Exception as exc:  # dattri's failures are reported in the table, not fatal to the run
-        return DattriRun(name=found.name, reason=f"{type(exc).__name__}: {exc}")
+    except Exception as exc:  # the library's failures are reported in the table, not fatal to the run
+        return CounterpartRun(name=found.name, reason=f"{type(exc).__name__}: {exc}", note=found.note)
     finite, values = bool(torch.isfinite(scores).all()), {}
     for choice in metrics:
         if choice.name in SCORE_METRICS and (choice.name == "lds" or choice.name in problem.truths):
             truth = problem.truth(choice.name)
             values[choice.name] = _number(choice.metric.evaluate(scores, truth).value) if finite else None
-    return DattriRun(name=found.name, metrics=values, seconds=seconds, peak_mib=memory.peak_mib)
+    return CounterpartRun(name=found.name, metrics=values, seconds=seconds, peak_mib=memory.peak_mib,
+                          cuda_peak_mib=memory.cuda_peak_mib, correlation=_correlation(scores, ours), note=found.note)
 
 
 def run_method(problem: Problem, choice: MethodChoice, metrics: Sequence[MetricChoice], registry: Registry | None = None,
-               compare: bool = False) -> MethodRun:
+               compare: bool | str = False) -> MethodRun:
     """Compose ``choice`` for ``problem``, time fit + attribute, evaluate every metric.
 
     An untimed warm-up on the first batch of each loader comes first, so one-off
@@ -165,7 +198,8 @@ def run_method(problem: Problem, choice: MethodChoice, metrics: Sequence[MetricC
         choice: the method, its label and members.
         metrics: the metrics to evaluate.
         registry: where the method's parts are looked up; defaults to every installed plugin.
-        compare: also run dattri's counterpart (dattri must be installed).
+        compare: also run a counterpart: ``"dattri"`` (or ``True``) or ``"kronfluence"``
+            (the library must be installed).
 
     Raises:
         SpecError: the spec cannot be composed.
@@ -201,6 +235,11 @@ def run_method(problem: Problem, choice: MethodChoice, metrics: Sequence[MetricC
         values[metric.name], details[metric.name] = value, detail
         if targets is not None:
             per_target[metric.name] = targets
+    library, compared = compared_library(compare), None
+    if library is not None and not choice.compare:
+        compared = CounterpartRun(name=None, reason="not run (the spec says \"compare\": false)")
+    elif library is not None:
+        compared = _counterpart(library, spec, problem, states, metrics, scores)
     return MethodRun(
         label=choice.label,
         spec=spec,
@@ -213,6 +252,6 @@ def run_method(problem: Problem, choice: MethodChoice, metrics: Sequence[MetricC
         peak_mib=memory.peak_mib,
         cuda_peak_mib=memory.cuda_peak_mib,
         memory_source=memory.source,
-        dattri=None if not compare else _dattri(spec, problem, states, metrics) if choice.compare
-        else DattriRun(name=None, reason="not run (the spec says \"compare\": false)"),
+        dattri=compared if library == "dattri" else None,
+        kronfluence=compared if library == "kronfluence" else None,
     )

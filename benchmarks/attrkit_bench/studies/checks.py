@@ -1,12 +1,12 @@
-"""The checks study: what attrkit's safety checks cost, a setting's default benchmark with and without them.
+"""The checks study: what attrkit's safety checks cost, a setting's benchmark with and without them.
 
     attrkit bench checks [--setting mnist-lr] [--repeats 3] [--out DIR] [--spec FILE]
 
-The setting is prepared once; then its default methods and metrics (what ``attrkit bench
-SETTING`` runs) run ``--repeats`` times with the checks on and as many times inside
-:func:`attrkit.checks.disabled`, alternating which goes first, each timed whole (every
-method's warm-up, fit, attribute and metrics). The overhead is the ratio of the medians.
-Prints a table and writes ``{out}/check_overhead-{setting}.json``.
+The setting is prepared once; then the spec's ``"methods"`` (names or spec objects; without
+them the setting's default methods) and its default metrics run ``--repeats`` times with the
+checks on and as many times inside :func:`attrkit.checks.disabled`, alternating which goes
+first, each timed whole (every method's warm-up, fit, attribute and metrics). The overhead
+is the ratio of the medians. Prints a table and writes ``{out}/check_overhead-{setting}.json``.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +31,14 @@ from attrkit_bench.settings import get_setting
 __all__ = ["add_arguments", "measure", "run"]
 
 
-def measure(setting: str, repeats: int) -> dict[str, Any]:
-    """``{"on": [seconds...], "off": [...], "methods": {...}}`` of ``repeats`` runs each, alternating."""
+def measure(setting: str, repeats: int, specs: Sequence[str | Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """``{"on": [seconds...], "off": [...], "methods": {...}}`` of ``repeats`` runs each, alternating,
+    of the methods ``specs`` (names or spec dicts; default: the setting's default methods)."""
     chosen = get_setting(setting)
     problem = chosen.prepare(default_cache_dir(chosen.name), False)
     registry = attrkit.default_registry()
-    choices = parse_methods(chosen.default_methods, registry)
+    texts = chosen.default_methods if specs is None else [s if isinstance(s, str) else json.dumps(s) for s in specs]
+    choices = parse_methods(texts, registry)
     metrics = parse_metrics(default_metrics(problem), registry)
     seconds: dict[str, list[float]] = {"on": [], "off": []}
     methods: dict[str, dict[str, list[float]]] = {"on": {}, "off": {}}
@@ -64,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Measure and report; returns 0."""
     setting, repeats = args.setting or args.spec["setting"], args.repeats or args.spec["repeats"]
-    result = measure(setting, repeats)
+    result = measure(setting, repeats, args.spec.get("methods"))
     on, off = (statistics.median(result["seconds"][m]) for m in ("on", "off"))
     result["overhead"] = on / off - 1
     print(markdown(result))
