@@ -82,6 +82,8 @@ class DiskStore(FeatureStore):
     on_disk: ClassVar[bool] = True
     #: Whether each write is flushed to the disk (``fsync``) before it is renamed into place.
     sync: ClassVar[bool] = True
+    #: Whether each chunk's SHA-256 is recorded at write and checked at its first read.
+    checksums: ClassVar[bool] = True
 
     def __init__(self, root: str | os.PathLike, key: str, on_mismatch: str = "error"):
         if on_mismatch not in MISMATCH_POLICIES:
@@ -159,9 +161,9 @@ class DiskStore(FeatureStore):
         path = self._path(member, chunk)
         path.parent.mkdir(exist_ok=True)
         array = np.ascontiguousarray(features.detach().cpu().numpy())
+        digest = hashlib.sha256(memoryview(array).cast("B")).hexdigest() if self.checksums else None
         meta = {"member": member, "chunk": chunk, "rows": int(array.shape[0]), "width": int(array.shape[1]),
-                "dtype": array.dtype.str, "sha256": hashlib.sha256(memoryview(array).cast("B")).hexdigest(),
-                "data": data}
+                "dtype": array.dtype.str, "sha256": digest, "data": data}
         _atomic_write(path.with_suffix(".json"), lambda f: f.write(json.dumps(meta).encode()), sync=self.sync)
         _atomic_write(path, lambda f: np.save(f, array), sync=self.sync)
         self._verified.pop(path, None)
@@ -197,7 +199,8 @@ class DiskStore(FeatureStore):
                 f"{path} holds a {mapped.dtype} array of shape {mapped.shape}, but was written as "
                 f"{_dtype_name(expected[2])} ({expected[0]}, {expected[1]}) (replaced or altered); {_FIX}"
             )
-        if hashlib.sha256(memoryview(np.ascontiguousarray(mapped)).cast("B")).hexdigest() != meta.get("sha256"):
+        if self.checksums and hashlib.sha256(memoryview(np.ascontiguousarray(mapped)).cast("B")).hexdigest() != meta.get(
+                "sha256"):
             raise StoreCorruptError(f"{path} does not match its checksum (altered, or copied from another chunk); "
                                     f"{_FIX}")
         self._verified[path] = signature
@@ -307,7 +310,9 @@ class TemporaryStore(DiskStore):
     everything in it when this object is garbage-collected (no feature matrix reads it any more:
     its attributor was deleted or fitted again) or at interpreter exit, whichever comes first.
 
-    Writes are not ``fsync``-ed: nothing resumes from a temporary store.
+    Writes are not ``fsync``-ed and chunks carry no SHA-256 (shapes and dtypes are still checked):
+    nothing resumes from a temporary store, and its folder (``mkdtemp``: private to this user)
+    lives only as long as the process that wrote it.
 
     Attributes:
         root: the folder.
@@ -317,6 +322,7 @@ class TemporaryStore(DiskStore):
     """
 
     sync: ClassVar[bool] = False
+    checksums: ClassVar[bool] = False
 
     def __init__(self, parent: str | os.PathLike | None = None):
         parent = Path(parent) if parent is not None else temporary_root()

@@ -303,3 +303,15 @@ def test_the_public_builders_run_the_fit_and_the_solve(build, fit, solve, passes
         inverse(v[0])
     with pytest.raises(DataLoaderError, match="empty"):
         build(model, loss, state, names, [])
+
+
+@pytest.mark.parametrize("name", ["mlp", "conv2d", "sequence"])
+def test_float32_vectors_are_solved_in_float32_to_its_round_off(name):
+    # the factors stay float64; a float32 block is rotated in float32, in blocks of vectors
+    model, loss, state, names, x, y = _case(name, n=40)
+    ekfac = fit_ekfac(model, loss, state, names, _batches(x, y, 7))
+    vectors = per_example_gradients(model, loss, state, (x, y), names)
+    exact = ekfac_solve(ekfac, vectors, 1e-3)
+    single = ekfac_solve(ekfac, vectors.float(), 1e-3)
+    assert single.dtype == torch.float32
+    assert float((single.double() - exact).norm() / exact.norm()) < 1e-5

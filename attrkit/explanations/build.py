@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 
 from attrkit.errors import ArgumentError, ArgumentTypeError
 from attrkit.explanations.explanation import Example, Explanation, TestExplanation
-from attrkit.explanations.items import KINDS, as_image, gather, infer_kind, input_of, label_of, text_of
+from attrkit.explanations.items import KINDS, LABEL_KEYS, as_image, gather, infer_kind, input_of, label_of, text_of
 from attrkit.selection import TopK
 
 __all__ = ["explain", "top_k_of"]
@@ -31,19 +31,27 @@ def top_k_of(attributor: Any, test: Iterable[Any], k: int) -> TopK:
                 opponents=low.indices)
 
 
-def _predictions(attributor: Any, inputs: list[torch.Tensor]) -> list[int | None]:
-    """The model's argmax class per test input, where ``model(stacked inputs)`` gives ``[n, C]`` logits."""
+def _predictions(attributor: Any, items: list[Any]) -> list[int | None]:
+    """The model's argmax class per test item: ``model(stacked inputs)``, or for dict items
+    ``model(**stacked entries but the labels)`` (the Hugging Face convention), giving ``[n, C]``
+    logits (a tensor, or an output with ``.logits``); ``None`` each where the model is not called so."""
     model = getattr(getattr(attributor, "task", None), "model", None)
-    if not isinstance(model, torch.nn.Module) or not inputs:
-        return [None] * len(inputs)
+    if not isinstance(model, torch.nn.Module) or not items:
+        return [None] * len(items)
     first = next(model.parameters(), None)
+    device = first.device if first is not None else "cpu"
     try:
         with torch.no_grad():
-            out = model(torch.stack(inputs).to(first.device if first is not None else "cpu"))
+            if isinstance(items[0], Mapping):
+                keys = [k for k in items[0] if k not in LABEL_KEYS and isinstance(items[0][k], torch.Tensor)]
+                out = model(**{k: torch.stack([item[k] for item in items]).to(device) for k in keys})
+            else:
+                out = model(torch.stack([input_of(item) for item in items]).to(device))
     except (RuntimeError, TypeError, ValueError, IndexError):  # a model not called as model(x): no predictions
-        return [None] * len(inputs)
-    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != len(inputs):
-        return [None] * len(inputs)
+        return [None] * len(items)
+    out = out.get("logits") if isinstance(out, Mapping) else getattr(out, "logits", out)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != len(items):
+        return [None] * len(items)
     return [int(c) for c in out.argmax(dim=1).tolist()]
 
 
@@ -111,7 +119,7 @@ def explain(
     width = input_of(tests[0]).numel() if n_test else 0
     if kind == "table" and names is not None and len(names) != width:
         raise ArgumentError(f"names must name each of the {width} features of a table row, got {len(names)} names")
-    predictions = _predictions(attributor, [input_of(tests[t]) for t in range(n_test)])
+    predictions = _predictions(attributor, [tests[t] for t in range(n_test)])
 
     def side(indices: torch.Tensor, scores: torch.Tensor) -> tuple[Example, ...]:
         return tuple(_shown(trains[i], i, kind, decode, s) for i, s in zip(indices.tolist(), scores.tolist())

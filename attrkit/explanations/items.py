@@ -22,12 +22,13 @@ import torch
 from attrkit.data import batch_size
 from attrkit.errors import ArgumentError
 
-__all__ = ["KINDS", "as_image", "differences", "gather", "infer_kind", "input_of", "label_of", "text_of"]
+__all__ = ["KINDS", "LABEL_KEYS", "as_image", "differences", "gather", "infer_kind", "input_of", "label_of", "text_of"]
 
 #: What an explanation shows: images, sentences (token sequences) or table rows.
 KINDS = ("image", "text", "table")
 _INPUT_KEYS = ("input_ids", "pixel_values", "inputs", "input", "x", "image", "features")
-_LABEL_KEYS = ("labels", "label", "y", "target", "targets")
+#: Keys of a dict item that hold its class label (never passed to the model).
+LABEL_KEYS = ("labels", "label", "y", "target", "targets")
 
 
 def _row(batch: Any, r: int) -> Any:
@@ -85,7 +86,7 @@ def input_of(item: Any) -> torch.Tensor:
 def label_of(item: Any) -> int | None:
     """The class label of ``item``, or ``None`` when it has none (see the module's conventions)."""
     if isinstance(item, Mapping):
-        candidates = [item[k] for k in _LABEL_KEYS if k in item]
+        candidates = [item[k] for k in LABEL_KEYS if k in item]
     elif isinstance(item, (tuple, list)):
         candidates = list(item[1:2])
     else:

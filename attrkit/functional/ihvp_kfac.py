@@ -35,16 +35,26 @@ from attrkit.types import LossFn
 __all__ = ["ekfac_ihvp_at", "ekfac_solve", "kfac_ihvp_at", "kfac_solve", "restore_ekfac", "restore_kfac"]
 
 
+#: Vectors rotated into a layer's eigenbasis at once (bounds the solve's working memory).
+_BLOCK = 32
+
+
 def _apply(factors: KFACFactors, vectors: torch.Tensor, regularization: float,
            eigenvalues: Sequence[torch.Tensor], solver: str) -> torch.Tensor:
-    """``vectors`` through each layer's ``Q [(Qᵀ V) / (eigenvalues + λ)] Qᵀ`` and the fallback diagonal."""
+    """``vectors`` through each layer's ``Q [(Qᵀ V) / (eigenvalues + λ)] Qᵀ`` and the fallback diagonal.
+
+    The factors are fitted in float64; the rotations run in the vectors' floating dtype (float32
+    GEMMs, half the time and memory of float64; the denominators, where cancellation could
+    matter, are formed and checked in float64), ``_BLOCK`` vectors at a time.
+    """
     p = sum(factors.sizes[n] for n in factors.names)
     if vectors.dim() != 2 or vectors.shape[1] != p:
         raise ArgumentError(f"expected a block of vectors Tensor[m, {p}], got shape {tuple(vectors.shape)}")
     if not regularization >= 0:
         raise ArgumentError(f"regularization must be >= 0 (damping λ added as λI), got {regularization}")
     like = factors.fallback_diagonal
-    rows = vectors.to(dtype=like.dtype, device=like.device)
+    dtype = vectors.dtype if vectors.is_floating_point() else like.dtype
+    rows = vectors.to(dtype=dtype, device=like.device)
     m, out = rows.shape[0], torch.empty_like(rows)
     starts = dict(zip(factors.names, itertools.accumulate((factors.sizes[n] for n in factors.names), initial=0)))
     cols = lambda name: slice(starts[name], starts[name] + factors.sizes[name])  # noqa: E731
@@ -65,20 +75,25 @@ def _apply(factors: KFACFactors, vectors: torch.Tensor, regularization: float,
 
     for layer, values in zip(factors.layers, eigenvalues, strict=True):
         d_out = layer.output_basis.shape[0]
-        parts = [rows[:, cols(layer.weight)].reshape(m, d_out, -1)] if layer.weight else []
-        parts += [rows[:, cols(layer.bias)].reshape(m, d_out, 1)] if layer.bias else []
-        q_g, q_a = layer.output_basis, layer.input_basis
+        q_g, q_a = layer.output_basis.to(dtype), layer.input_basis.to(dtype)
         noise = max(q_g.shape[0], q_a.shape[0]) * eps * float(values.max()) if values.numel() else 0.0
-        scale = denominator(values, f"layer {layer.module or '<root>'!r}", noise)
-        solved = q_g @ ((q_g.T @ torch.cat(parts, 2) @ q_a) / scale) @ q_a.T
-        if layer.weight:
-            out[:, cols(layer.weight)] = solved[..., : q_a.shape[0] - (layer.bias is not None)].reshape(m, -1)
-        if layer.bias:
-            out[:, cols(layer.bias)] = solved[..., -1]
+        scale = denominator(values, f"layer {layer.module or '<root>'!r}", noise).to(dtype)
+        for lo in range(0, m, _BLOCK):
+            block = rows[lo : lo + _BLOCK]
+            parts = [block[:, cols(layer.weight)].reshape(-1, d_out, q_a.shape[0] - (layer.bias is not None))] \
+                if layer.weight else []
+            parts += [block[:, cols(layer.bias)].reshape(-1, d_out, 1)] if layer.bias else []
+            solved = q_g @ ((q_g.T @ torch.cat(parts, 2) @ q_a) / scale) @ q_a.T
+            if layer.weight:
+                out[lo : lo + _BLOCK, cols(layer.weight)] = solved[..., : q_a.shape[0] - (layer.bias is not None)].reshape(
+                    len(block), -1)
+            if layer.bias:
+                out[lo : lo + _BLOCK, cols(layer.bias)] = solved[..., -1]
     if factors.fallback:
         flat = torch.cat([rows[:, cols(name)] for name in factors.fallback], 1)
         # a mean of squares: no cancellation, so only an exact 0 is singular
-        solved = flat / denominator(factors.fallback_diagonal, f"the fallback parameters {list(factors.fallback)}", 0.0)
+        diagonal = denominator(factors.fallback_diagonal, f"the fallback parameters {list(factors.fallback)}", 0.0)
+        solved = flat / diagonal.to(dtype)
         for name, part in zip(factors.fallback, solved.split([factors.sizes[n] for n in factors.fallback], 1)):
             out[:, cols(name)] = part
     return check_finite_solve(solver, vectors, out.to(dtype=vectors.dtype, device=vectors.device))

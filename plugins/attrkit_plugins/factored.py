@@ -78,12 +78,16 @@ class FactoredGradientSource(ParameterGradients):
 
     def _grads(self, task: AttributionTask, fn: Any, member: Member, batch: Any) -> FactoredGradients:
         plan = plan_factors(task.model, self.names(task))
-        if plan.fallback and not self._warned:
+        norms = {n for layer in plan.norms for n in layer[1:] if n}  # exact and cheap, from the same pass
+        others = [n for n in plan.fallback if n not in norms]
+        if others and not self._warned:
             self._warned = True
-            q = sum(member.state[n].numel() for n in plan.fallback)
+            q = sum(member.state[n].numel() for n in others)
+            owners = dict.fromkeys(n.rpartition(".")[0] for n in others)
+            described = [f"{m or '<root>'} ({type(task.model.get_submodule(m)).__name__})" for m in owners]
             warnings.warn(
-                f"gradient source 'factored' cannot factor {', '.join(plan.fallback_modules)}: their "
-                f"{len(plan.fallback)} parameter tensors ({q} entries) use exact per-example gradients",
+                f"gradient source 'factored' cannot factor {', '.join(described)}: their "
+                f"{len(others)} parameter tensors ({q} entries) use exact per-example gradients",
                 AttrkitWarning, stacklevel=3,
             )
         return factored_gradients(task.model, fn, member.state, to_device(batch, task.device), plan)

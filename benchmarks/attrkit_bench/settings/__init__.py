@@ -8,7 +8,9 @@ constructor and recipes, not only its prepared problem.
 from __future__ import annotations
 
 from attrkit_bench.problem import Setting
-from attrkit_bench.settings import adult, bach_music, fmnist_cnn, mnist_lr, mnist_mlp, shakespeare_gpt
+from attrkit_bench.settings import (
+    adult, bach_music, fmnist_cnn, minilm_sentiment, mnist_lr, mnist_mlp, shakespeare_gpt,
+)
 from attrkit_bench.settings.classifier import ClassifierSetting
 
 __all__ = ["CLASSIFIERS", "SETTINGS", "get_classifier", "get_setting"]
@@ -24,6 +26,7 @@ SETTINGS: dict[str, Setting] = {
         adult.MLP.setting(),
         shakespeare_gpt.SETTING,
         bach_music.SETTING,
+        minilm_sentiment.SETTING,
     )
 }
 #: The classifier settings' declarations, by name.

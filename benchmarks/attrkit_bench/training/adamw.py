@@ -9,7 +9,7 @@ optimiser small transformers need to learn in a few epochs.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import attrs
 import torch
@@ -17,7 +17,7 @@ import torch
 from attrkit_bench.training.sgd import epoch_order, one_thread, seeded_model
 from attrkit_bench.types import LossFn
 
-__all__ = ["AdamWRecipe", "learning_rate", "train_adamw"]
+__all__ = ["AdamWRecipe", "learning_rate", "run_adamw", "train_adamw"]
 
 
 @attrs.frozen(kw_only=True)
@@ -89,25 +89,56 @@ def train_adamw(
     Returns:
         The trained model, in eval mode.
     """
+    n = x.shape[0] if keep is None else int(keep.sum())
+
+    def epoch(model: torch.nn.Module, generator: torch.Generator) -> Iterator[torch.Tensor]:
+        for batch in epoch_order(x.shape[0], generator, keep).split(recipe.batch_size):
+            yield loss_fn(model, (x[batch], y[batch]))
+
+    return run_adamw(make_model, recipe, n, seed, epoch, on_epoch)
+
+
+def run_adamw(
+    make_model: Callable[[], torch.nn.Module],
+    recipe: AdamWRecipe,
+    n: int,
+    seed: int,
+    epoch: Callable[[torch.nn.Module, torch.Generator], Iterator[torch.Tensor]],
+    on_epoch: Callable[[int, torch.nn.Module], None] | None = None,
+) -> torch.nn.Module:
+    """The loop of :func:`train_adamw`, for any batching: a seeded fresh model, AdamW on its
+    trainable parameters with :func:`learning_rate`'s schedule, on one intra-op thread.
+
+    Args:
+        make_model: builds the untrained model (under ``torch.manual_seed(seed)``).
+        recipe: the optimiser settings.
+        n: examples per epoch (the schedule has ``epochs * ceil(n / batch_size)`` steps).
+        seed: fixes initialisation and the ``generator`` handed to ``epoch``.
+        epoch: ``epoch(model, generator)`` yields each batch's per-example loss ``Tensor[b]``
+            of one epoch, in its order; their means are minimised, one step each.
+        on_epoch: called as ``on_epoch(epoch, model)`` after each epoch (1-based, eval mode).
+
+    Returns:
+        The trained model, in eval mode.
+    """
     model = seeded_model(make_model, seed)
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=recipe.betas,
-                                  weight_decay=recipe.weight_decay)
-    n = x.shape[0] if keep is None else int(keep.sum())
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=recipe.lr,
+                                  betas=recipe.betas, weight_decay=recipe.weight_decay)
     total = recipe.epochs * math.ceil(n / recipe.batch_size)
     step = 0
     model.train()
     with one_thread():
-        for epoch in range(1, recipe.epochs + 1):
-            for batch in epoch_order(x.shape[0], generator, keep).split(recipe.batch_size):
+        for number in range(1, recipe.epochs + 1):
+            for losses in epoch(model, generator):
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(recipe, step, total)
                 optimizer.zero_grad(set_to_none=True)
-                loss_fn(model, (x[batch], y[batch])).mean().backward()
+                losses.mean().backward()
                 optimizer.step()
                 step += 1
             if on_epoch is not None:
                 model.eval()
-                on_epoch(epoch, model)
+                on_epoch(number, model)
                 model.train()
     return model.eval()
