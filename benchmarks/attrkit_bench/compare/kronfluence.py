@@ -205,7 +205,8 @@ def _task(loss_fn: LossFn, target_fn: LossFn, modules: Sequence[str], mask_paddi
     class _AttrkitTask(Task):
         def compute_train_loss(self, batch: Any, model: torch.nn.Module, sample: bool = False) -> torch.Tensor:
             if sample:  # only with use_empirical_fisher=False, which this runner never sets
-                raise NotImplementedError("the attrkit bench task has no sampled-label loss (true Fisher)")
+                raise RuntimeError("the attrkit bench task has no sampled-label loss (true Fisher); the comparison "
+                                   "sets use_empirical_fisher=True, so kronfluence never asks for it")
             return loss_fn(model, batch).sum()
 
         def compute_measurement(self, batch: Any, model: torch.nn.Module) -> torch.Tensor:
