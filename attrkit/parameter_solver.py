@@ -48,7 +48,10 @@ class ParameterSolver(HessianSolver):
     Curvature is computed in float64 (state, floating batch tensors and vectors are cast):
     truncated iterative solvers on ill-conditioned curvature otherwise amplify float32
     round-off until results depend on the loader's batch size. The cost is about twice
-    float32 arithmetic on the CPU; results are returned in the input's dtype.
+    float32 arithmetic on the CPU; results are returned in the input's dtype. A solver whose
+    solve is a fixed factorisation applied with well-conditioned rotations (K-FAC, EK-FAC) sets
+    ``solves_in_input_dtype``: its vectors are then not cast, and it solves float32 vectors in
+    float32 (half the time and memory of a float64 copy).
     Subclasses set ``name``, ``Config`` and ``requires``, and implement ``build``.
 
     Saving (:meth:`state_dict`): a solver that factorises at ``fit`` (``local_solve``) and
@@ -58,6 +61,8 @@ class ParameterSolver(HessianSolver):
     """
 
     space: ClassVar[str] = "parameter"
+    #: Whether ``solve`` hands the vectors to the built solve in their own dtype (else float64).
+    solves_in_input_dtype: ClassVar[bool] = False
 
     def __init__(self, config: Any):
         super().__init__(config)
@@ -86,7 +91,8 @@ class ParameterSolver(HessianSolver):
         """``Tensor[m, p] -> Tensor[m, p]`` in the input's dtype and device."""
         if self._solve is None:
             raise NotFittedError(f"solver {self.name!r} used before fit(context)")
-        return self._solve(vectors.double()).to(device=vectors.device, dtype=vectors.dtype)
+        given = vectors if self.solves_in_input_dtype and vectors.is_floating_point() else vectors.double()
+        return self._solve(given).to(device=vectors.device, dtype=vectors.dtype)
 
     def state_dict(self) -> PartState:
         """The fitted inverse-HVP as plain data (:func:`~attrkit.functional.ihvp_state.ihvp_state`).

@@ -37,6 +37,7 @@ class KFACSolver(ParameterSolver):
     requires: ClassVar[frozenset[str]] = frozenset({PER_EXAMPLE})
     #: ``solve`` applies the (all-reduced) factors only: self-influence splits across ranks.
     local_solve: ClassVar[bool] = True
+    solves_in_input_dtype: ClassVar[bool] = True
     build_at: ClassVar[Callable[..., Solve]] = staticmethod(kfac_ihvp_at)
 
     def build(
