@@ -27,6 +27,8 @@ __all__ = [
     "not_bool",
     "params_field",
     "positive_int",
+    "PRODUCTS",
+    "products_field",
     "seed_field",
     "to_float",
     "to_floats",
@@ -230,3 +232,18 @@ def frozen_field() -> Any:
     differentiates parameters with ``requires_grad=False`` (a frozen backbone, LoRA's base
     weights); the default ``False`` differentiates the trainable parameters only."""
     return attrs.field(default=False, validator=is_bool, metadata={"examples": (False, True)})
+
+
+#: The values of :func:`products_field`.
+PRODUCTS = ("auto", "dense", "structured")
+
+
+def products_field() -> Any:
+    """The ``products`` field of gradient sources that provide ``STRUCTURED``: how the engine
+    takes inner products of per-example gradients when no projector or solver transforms them.
+    ``"auto"`` (default) keeps each factored layer as factors where that is cheaper
+    (:func:`attrkit.functional.structured_products.cheaper_structured`), ``"dense"`` always
+    forms the gradients, ``"structured"`` keeps every factored layer as factors (and refuses a
+    composition where it cannot). Scores agree to float round-off either way."""
+    return attrs.field(default="auto", validator=attrs.validators.in_(PRODUCTS),
+                       metadata={"examples": ("auto", "dense", "structured")})

@@ -15,6 +15,8 @@ import torch
 from attrkit.context import Member
 from attrkit.data import to_device
 from attrkit.errors import SpecError
+from attrkit.functional.factored import factored_gradients, plan_factors
+from attrkit.functional.gradient_factors import FactoredGradients
 from attrkit.functional.gradients import flat_dimension, per_example_gradients, select_parameters
 from attrkit.task import AttributionTask
 from attrkit.protocols import GradientSource
@@ -65,6 +67,13 @@ class ParameterGradients(GradientSource):
 
     def _grads(self, task: AttributionTask, fn: Any, member: Member, batch: Any) -> Any:
         return per_example_gradients(task.model, fn, member.state, to_device(batch, task.device), self.names(task))
+
+    def factors(self, task: AttributionTask, fn: Any, member: Member, batch: Any) -> FactoredGradients:
+        """The per-example gradients of ``fn`` as per-layer factors plus exact fallback gradients
+        (:func:`attrkit.functional.factored_gradients`), for sources that provide ``STRUCTURED``:
+        ``materialize()`` equals :meth:`loss_gradients` (of ``fn``) to round-off."""
+        plan = plan_factors(task.model, self.names(task))
+        return factored_gradients(task.model, fn, member.state, to_device(batch, task.device), plan)
 
     def loss_gradients(self, task: AttributionTask, member: Member, batch: Any) -> torch.Tensor:
         """``Tensor[b, p]`` (or a subclass's equivalent): per-example gradients of ``task.loss_fn``."""

@@ -41,7 +41,7 @@ Example (a projector)::
 from __future__ import annotations
 
 from attrkit import distributed
-from attrkit.capabilities import FACTORED, GROUP, HVP, LAST_LAYER, PER_EXAMPLE
+from attrkit.capabilities import FACTORED, GROUP, HVP, LAST_LAYER, PER_EXAMPLE, STRUCTURED
 from attrkit.context import FitContext, Member
 from attrkit.data import batch_size, to_device
 from attrkit.engine import Fit, FittedMember, GradientAttributor
@@ -79,6 +79,7 @@ from attrkit.fields import (
     not_bool,
     params_field,
     positive_int,
+    products_field,
     seed_field,
 )
 from attrkit.finite import cause, check_rows, check_scores
@@ -114,6 +115,7 @@ __all__ = [
     "HVP",
     "LAST_LAYER",
     "PER_EXAMPLE",
+    "STRUCTURED",
     "ArgumentError",
     "ArgumentTypeError",
     "AttributionTask",
@@ -170,6 +172,7 @@ __all__ = [
     "float_field",
     "floats_field",
     "frozen_field",
+    "products_field",
     "gradient_dimension",
     "hookimpl",
     "int_field",

@@ -189,6 +189,8 @@ class Projector(_Saveable, Component):
     """
 
     kind: ClassVar[str] = "projector"
+    #: ``project`` returns its input unchanged (the engine may then take structured products).
+    identity: ClassVar[bool] = False
 
     def fit(self, context: FitContext) -> None:
         """Prepare for projecting gradients of dimension ``context.dimension`` (default: nothing)."""
@@ -225,6 +227,8 @@ class HessianSolver(_Saveable, Component):
     streams_features: ClassVar[bool] = False
     local_solve: ClassVar[bool] = False
     linear: ClassVar[bool] = True
+    #: ``solve`` returns its input unchanged (the engine may then take structured products).
+    identity: ClassVar[bool] = False
 
     @abstractmethod
     def fit(self, context: FitContext) -> None:
@@ -239,6 +243,8 @@ class Grouper(Component):
     """Partitions the training set into groups."""
 
     kind: ClassVar[str] = "grouper"
+    #: ``assign`` always returns the singletons and reads no features.
+    singletons: ClassVar[bool] = False
 
     @abstractmethod
     def assign(self, context: FitContext) -> torch.Tensor:

@@ -16,7 +16,7 @@ def test_defaults_are_filled_and_recorded(toy):
     full = attributor.resolved.spec.to_dict()
     assert full == {
         "method": "grad-dot",
-        "gradients": {"name": "per-example", "params": ["*"], "frozen": False},
+        "gradients": {"name": "per-example", "params": ["*"], "frozen": False, "products": "auto"},
         "projector": "identity",
         "grouper": "singleton",
     }

@@ -31,7 +31,8 @@ def test_plugins_cg_prints_parameters_capabilities_flags_and_an_example(capsys):
     assert code == 0
     assert out.startswith("solver 'cg' — plugin attrkit-ihvp-solvers (attrkit ")
     assert "Block conjugate gradients on the dataset curvature" in out
-    assert "  max_iter: int = 10  (>= 1)\n      CG iterations per solve, each one pass over the training data." in out
+    assert ("  max_iter: int = 10  (>= 1)\n      CG iterations per solve, each one curvature product (with HVPs, one "
+            "pass over the training data).") in out
     assert '  curvature: str = "gauss-newton"  (one of "hessian", "gauss-newton")' in out
     assert "  tol: float = 1e-06  (> 0.0)\n      relative residual at which a vector stops." in out
     assert "  regularization: float = 0.001  (>= 0.0)\n      damping `λ >= 0`." in out
@@ -48,7 +49,7 @@ def test_plugins_gaussian(capsys):
     assert "  dim: int = 512  (>= 1)\n      output dimension `k`." in out
     assert '  dtype: str = "float32"  (one of "float32", "float16", "bfloat16")' in out
     assert "  seed: int = 0\n      fixes the matrix" in out
-    assert "requires: nothing" in out and "flags:" not in out  # projectors declare no flags
+    assert "requires: nothing" in out and "flags: identity = false" in out
     example = '{"method": "grad-dot", "projector": {"name": "gaussian", "dim": 512}}'
     assert f"example: attrkit.compose({example}, task)" in out
 
@@ -100,9 +101,10 @@ def test_plugins_json(capsys):
     assert code == 0
     (cg,) = json.loads(out)
     assert cg["kind"] == "solver" and cg["plugin"] == "attrkit-ihvp-solvers"
-    assert [p["name"] for p in cg["parameters"]] == ["regularization", "curvature", "max_iter", "tol"]
+    assert [p["name"] for p in cg["parameters"]] == ["regularization", "curvature", "max_iter", "tol", "matvec"]
     assert cg["parameters"][2] == {"name": "max_iter", "type": "int", "default": 10, "required": False,
-                                   "meaning": "CG iterations per solve, each one pass over the training data.",
+                                   "meaning": "CG iterations per solve, each one curvature product (with HVPs, one "
+                                              "pass over the training data).",
                                    "allowed": [">= 1"]}
     assert cg["flags"]["space"] == "parameter"
 
@@ -143,7 +145,8 @@ def test_every_example_spec_resolves(registry, kind, name):
 @pytest.mark.parametrize("kind", list(BASES))
 def test_flags_are_the_attributes_the_kind_declares(registry, kind):
     named = registry.components()[kind]
-    declared = {"solver": {"space", "streams_features", "local_solve", "linear"}, "ensemble": {"gradient_params"},
+    declared = {"solver": {"space", "streams_features", "local_solve", "linear", "identity"},
+                "projector": {"identity"}, "grouper": {"singletons"}, "ensemble": {"gradient_params"},
                 "method": {"slots", "defaults"}, "metric": {"needs", "higher_is_better", "target_axes"}}
     for entry in named.values():
         assert set(description(entry, registry).flags) == declared.get(kind, set())
@@ -233,7 +236,8 @@ def test_attrkit_docs_writes_the_reference_offline(capsys, tmp_path, offline, re
     for kind, named in registry.components().items():
         assert all(f"## `{name}`" in pages[f"{kind}.md"] for name in named)
     solver = pages["solver.md"]
-    row = "| `max_iter` | `int` | `10` | >= 1 | CG iterations per solve, each one pass over the training data. |"
+    row = ("| `max_iter` | `int` | `10` | >= 1 | CG iterations per solve, each one curvature product (with HVPs, one "
+           "pass over the training data). |")
     assert row in solver
     assert "**Flags:** `space = \"parameter\"`" in solver
     assert 'attrkit.compose({"method": "if", "solver": {"name": "cg", "regularization": 0.001}}, task)' in solver

@@ -1,7 +1,9 @@
 """Scores of every registered method on the shared fixtures, against a recorded file.
 
 The file (``tests/data/engine_scores.pt``) was recorded before the score engine was
-restructured; a restructuring must leave every score bit for bit as it was. On another
+restructured; a restructuring must leave every score bit for bit as it was. The record is of
+dense products (``products="dense"``); the structured products that ``"auto"`` takes where it
+can (:mod:`attrkit.engine.products`) must equal it to float32 round-off. On another
 machine (another CPU or torch build, whose float kernels may differ in the last bits) the
 comparison is to float round-off instead. Record anew, deliberately, with::
 
@@ -72,13 +74,26 @@ def _toy():
     return toy_problem(n_train=20, n_test=5, dropout=0.2, lora_rank=2, checkpoints=2)
 
 
-def _run(name, spec, toy, tmp_path=None):
-    attributor = attrkit.compose(spec, toy.task)
+def _with_products(spec, products):
+    """``spec`` with the per-example source's ``products`` set (other sources, and RPS, which has no
+    gradient source, have none)."""
+    method = spec["method"] if isinstance(spec["method"], str) else spec["method"]["name"]
+    source = spec.get("gradients", "per-example")
+    if method == "rps" or (source if isinstance(source, str) else source["name"]) != "per-example":
+        return spec
+    source = {"name": source} if isinstance(source, str) else dict(source)
+    return {**spec, "gradients": {**source, "products": products}}
+
+
+def _run(name, spec, toy, tmp_path=None, products="dense"):
+    attributor = attrkit.compose(_with_products(spec, products), toy.task)
     kwargs = {"store": tmp_path / name, "memory_budget": STREAMED[name]} if tmp_path is not None else {}
     attributor.fit(toy.train_loader(6), **kwargs)
     if tmp_path is not None:
         assert not attributor.features[0].resident or name.endswith("groups"), f"{name} did not stream"
-    out = {"scores": attributor.attribute(toy.test_loader(4))}
+    out = {"scores": attributor.attribute(toy.test_loader(4)),
+           "structured": torch.tensor([f.layout is not None for f in attributor.fitted.members]
+                                      if hasattr(attributor, "fitted") else [False])}
     if spec.get("grouper") is None or "given" in str(spec.get("grouper")):
         out["self"] = attributor.self_influence(toy.train_loader(6))
     return out
@@ -109,8 +124,34 @@ def test_every_method_scores_as_recorded(tmp_path):
     exact = recorded["machine"] == _machine()
     for name, parts in results.items():
         for part, value in parts.items():
+            if part == "structured":
+                continue
             expected = recorded["results"][name][part]
             if exact:
                 assert torch.equal(value, expected), f"{name} {part} is not bit-identical to the record"
             else:
                 torch.testing.assert_close(value, expected, rtol=1e-4, atol=1e-6, msg=f"{name} {part}")
+
+
+def test_structured_products_match_the_record():
+    """Every spec fitted with ``products="auto"``: those that take structured products (grad-dot,
+    grad-cos, TracIn, IF with the identity) equal the dense record to round-off, the others are
+    unchanged (dense, bit for bit on the recording machine)."""
+    torch.manual_seed(0)
+    toy = _toy()
+    recorded = torch.load(RECORD, weights_only=True)
+    exact = recorded["machine"] == _machine()
+    structured = []
+    for name, spec in SPECS.items():
+        got = _run(name, spec, toy, products="auto")
+        if bool(got["structured"].any()):
+            structured.append(name)
+        for part, value in got.items():
+            if part == "structured":
+                continue
+            expected = recorded["results"][name][part]
+            if exact and not bool(got["structured"].any()):
+                assert torch.equal(value, expected), f"{name} {part} (dense) is not bit-identical to the record"
+            else:
+                torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-5, msg=f"{name} {part}")
+    assert {"grad-dot", "grad-cos", "tracin", "tracin-dropout", "if-identity"} <= set(structured), structured

@@ -52,8 +52,8 @@ class Problem:
         matrix = self.hessian if matrix is None else matrix
         return torch.linalg.solve(matrix + lam * torch.eye(self.p, dtype=F64), self.vectors.T).T
 
-    def at(self, build, batch=8, **kw):
-        return build(self.model, cross_entropy, self.state, self.names, self.toy.train_loader(batch), **kw)
+    def at(self, builder, batch=8, **kw):
+        return builder(self.model, cross_entropy, self.state, self.names, self.toy.train_loader(batch), **kw)
 
 
 @pytest.fixture(scope="module")
@@ -144,10 +144,15 @@ def test_results_do_not_depend_on_the_loader_batch_size_nor_on_the_block(build, 
 
 
 def test_stats_count_passes_and_example_hvps(lr):
-    explicit = lr.at(explicit_ihvp_at, regularization=0.1, chunk_size=5)
+    explicit = lr.at(explicit_ihvp_at, regularization=0.1, chunk_size=5, build="hvp")
     assert (explicit.stats.build.passes, explicit.stats.build.example_hvps) == (4, lr.n * lr.p)
     explicit(lr.vectors)
     assert explicit.stats.solve.passes == 0 and explicit.stats.solves == 1
+    structured = lr.at(explicit_ihvp_at, regularization=0.1, chunk_size=5)  # auto: p = 18 > 5, H = G
+    # one structured pass (no HVPs); the Hessian probe: H v and G v of 2 vectors on the first batch (8 examples),
+    # then H v on the whole set (one pass)
+    assert (structured.stats.build.passes, structured.stats.build.example_hvps) == (2, 2 * 2 * 8 + 2 * lr.n)
+    assert structured.stats.info["structured"] == 1.0 and explicit.stats.info["structured"] == 0.0
     cg = lr.at(cg_ihvp_at, regularization=0.1, max_iter=50, tol=1e-8)
     cg(lr.vectors)
     iterations = cg.stats.info["iterations"]

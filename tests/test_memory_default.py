@@ -19,6 +19,8 @@ from attrkit.testing import toy_problem
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TOY = toy_problem(n_train=24, n_test=4, dtype=torch.float64)
+#: Grad-Dot over dense per-example gradients (structured products would hold fewer columns than p).
+DENSE = {"method": "grad-dot", "gradients": {"name": "per-example", "products": "dense"}}
 CHECKPOINTS = toy_problem(n_train=24, n_test=4, dtype=torch.float64, checkpoints=2)
 GAUSSIAN = {"name": "gaussian", "dim": 16}
 #: A few rows of 57 float64 features a tile (k = p = 57 for the identity projector).
@@ -129,7 +131,7 @@ def test_inf_means_no_budget():
 
 def test_the_estimate_is_members_times_examples_times_width_times_itemsize(monkeypatch):
     _available(monkeypatch, 2**40)
-    fitted = attrkit.compose({"method": "grad-dot"}, TOY.task).fit(TOY.train_loader(5))
+    fitted = attrkit.compose(DENSE, TOY.task).fit(TOY.train_loader(5))
     plan = fitted.fitted.memory_plan
     assert plan.estimate == plan.held == 24 * 57 * 8  # n_train × p × float64
     assert (plan.choice, plan.budget_source, plan.path, plan.temporary) == ("memory", "default", None, False)
@@ -161,16 +163,16 @@ def test_over_the_default_budget_features_stream_from_a_temporary_store_with_the
 
 def test_features_that_outgrow_the_budget_during_the_pass_spill_instead_of_raising():
     train = _Unsized(TOY.train_loader(5))
-    expected = _outputs(attrkit.compose({"method": "grad-dot"}, TOY.task).fit(train, memory_budget=float("inf")),
+    expected = _outputs(attrkit.compose(DENSE, TOY.task).fit(train, memory_budget=float("inf")),
                         TOY, train)
-    streamed = attrkit.compose({"method": "grad-dot"}, TOY.task).fit(train, memory_budget=TINY)
+    streamed = attrkit.compose(DENSE, TOY.task).fit(train, memory_budget=TINY)
     plan = streamed.fitted.memory_plan
     assert plan.estimate is None and (plan.choice, plan.temporary) == ("stream", True)
     assert "passed the budget 2.93 KiB (memory_budget) at batch 1" in plan.message
     assert "the estimate was unknown" in plan.message and plan.message.count("\n") == 0
     _same(_outputs(streamed, TOY, train), expected)
     # unknown and small: in memory, said after the pass
-    small = attrkit.compose({"method": "grad-dot"}, TOY.task).fit(train, memory_budget=10**6).fitted.memory_plan
+    small = attrkit.compose(DENSE, TOY.task).fit(train, memory_budget=10**6).fitted.memory_plan
     assert (small.estimate, small.held, small.choice) == (None, 24 * 57 * 8, "memory")
     assert "no estimate before the pass" in small.message
 
@@ -318,4 +320,4 @@ def test_without_a_budget_features_larger_than_the_available_memory_are_refused_
     monkeypatch.setattr(attrkit.memory, "available_bytes", lambda device="cpu": 6000)  # a batch's gradients fit
     with pytest.raises(attrkit.InsufficientMemoryError, match=r"holding 24 x 57 training features in memory needs "
                                                               r"10.7 KiB, more than the 5.86 KiB available.*budget"):
-        attrkit.compose({"method": "grad-dot"}, TOY.task).fit(TOY.train_loader(5), memory_budget=float("inf"))
+        attrkit.compose(DENSE, TOY.task).fit(TOY.train_loader(5), memory_budget=float("inf"))

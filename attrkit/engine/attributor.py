@@ -27,7 +27,7 @@ import torch
 
 from attrkit import capabilities
 from attrkit.context import Member
-from attrkit.engine import persist, scoring
+from attrkit.engine import persist, products, scoring
 from attrkit.engine.fitting import fit as fit_engine
 from attrkit.engine.self_influence import self_influence as self_influence_engine
 from attrkit.engine.state import Fit
@@ -89,6 +89,7 @@ class GradientAttributor(Attributor):
         if ensemble is not None and ensemble.cls.gradient_params is not None:
             self.gradients = restrict_gradients(self.gradients, ensemble.cls.gradient_params, ensemble.name)
         self.dimension = self.gradients.dimension(task)
+        products.check_spec(self)
         self.fitted: Fit | None = None
 
     # -- hooks: what a method changes ------------------------------------------------------

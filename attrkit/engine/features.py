@@ -36,6 +36,7 @@ from attrkit.user_code import user_code_pass
 if TYPE_CHECKING:
     from attrkit.engine.attributor import GradientAttributor
     from attrkit.engine.memory_plan import MemoryPlanner
+    from attrkit.engine.products import Chooser
 
 __all__ = ["example_features", "group_sum", "grouped_features", "open_store"]
 
@@ -55,16 +56,18 @@ def open_store(
 
 def _checked_features(
     method: GradientAttributor, member: Member, projector: Any, batch: Any, j: int, offset: int, train: CheckedLoader,
-    skips: Skips,
+    skips: Skips, products: Chooser | None,
 ) -> torch.Tensor:
-    """``Proj(∇ loss)`` of training batch ``j`` (``Tensor[b, k]``), its non-finite rows refused or skipped."""
-    raw = gradients(method, member, batch, target=False, where=f"training batch {j}")
-    feats = project(projector, raw)
+    """``Proj(∇ loss)`` of training batch ``j`` (``Tensor[b, k]``; packed factor rows with structured
+    ``products``), its non-finite rows refused or skipped."""
+    raw = gradients(method, member, batch, target=False, where=f"training batch {j}", products=products)
+    packed = products is not None and products.layout is not None
+    feats = raw if packed else project(projector, raw)
     fn, task = training_fn(method), method.task
 
     def explain(row: int) -> str:
         with member.applied(task.model):
-            if isinstance(raw, torch.Tensor) and bool(torch.isfinite(raw[row]).all()):
+            if not packed and isinstance(raw, torch.Tensor) and bool(torch.isfinite(raw[row]).all()):
                 found = locate(task.model, fn, member.state, train, task.device)
                 why = (f"it was fitted on non-finite data: {found}" if found
                        else "its fit met a singular or ill-conditioned curvature")
@@ -79,10 +82,11 @@ def _checked_features(
 
 def example_features(
     method: GradientAttributor, index: int, member: Member, projector: Any, train: CheckedLoader,
-    chunks: FeatureStore, n_members: int, budget: MemoryPlanner, skips: Skips,
+    chunks: FeatureStore, n_members: int, budget: MemoryPlanner, skips: Skips, products: Chooser | None = None,
 ) -> FeatureMatrix:
     """Projected per-example training gradients of member ``index``: ``[n_train, k]``, this rank's
     batches (all of them when not distributed), held in memory or, over the budget, on disk.
+    With structured ``products`` (:mod:`attrkit.engine.products`) the rows are packed factors.
 
     Each fresh chunk is checked to be finite before it is stored; with ``nonfinite="skip"``,
     the rows of skipped examples read as 0. Features held in memory that pass the budget
@@ -101,7 +105,7 @@ def example_features(
         size, count = batch_size(batch), j + 1
         if distributed.owns(j):
             if not chunks.has(index, j, data=train.digest(j), rows=size):
-                feats = _checked_features(method, member, projector, batch, j, offset, train, skips)
+                feats = _checked_features(method, member, projector, batch, j, offset, train, skips, products)
                 chunks.put(index, j, feats, train.digest(j))
             elif skips.skipping:
                 skips.add(offset + int(r) for r in nonfinite_rows(chunks.get(index, j)))

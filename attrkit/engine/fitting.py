@@ -11,6 +11,7 @@
             Φ_m = Proj_m(∇ loss_i) per example (summed per group), or group gradients (GGDA)
             solver_m = parts["solver"].make(m); solver_m.fit(context with Φ_m)
             train side: q_i Φ_m[i] (summed per group), unit rows for cosine
+            (structured products, engine.products: Φ_m holds packed per-layer factors instead)
         column scale (method.column_scale: RelatIF), baked into every member's training side
 """
 
@@ -26,6 +27,7 @@ from attrkit import capabilities
 from attrkit.context import FitContext, Member
 from attrkit.engine.features import example_features, group_sum, grouped_features, open_store
 from attrkit.engine.memory_plan import MemoryPlanner, plan
+from attrkit.engine.products import Chooser, chooser
 from attrkit.engine.sides import explainer, train_side, training_fn, user_pass
 from attrkit.engine.skips import Skips, scan
 from attrkit.engine.state import Fit, FittedMember
@@ -86,6 +88,7 @@ def _solver_context(
 def fit_member(
     method: GradientAttributor, index: int, member: Member, train: CheckedLoader, chunks: FeatureStore,
     weights: torch.Tensor | None, groups: torch.Tensor | None, skips: Skips, budget: MemoryPlanner, n_members: int,
+    products: Chooser | None = None,
 ) -> tuple[FittedMember, torch.Tensor]:
     """Fit member ``index``: its projector, its training features and its solver.
 
@@ -99,6 +102,7 @@ def fit_member(
         skips: the non-finite policy and the examples left out.
         budget: the memory plan (bytes of features that may be held at once, tile size, spilling).
         n_members: members in all (for the budget of streamed features).
+        products: the fit's structured-products chooser (:mod:`attrkit.engine.products`), or ``None``.
 
     Returns:
         ``(fitted member, groups)``.
@@ -117,7 +121,7 @@ def fit_member(
         pair = grouped_features(method, index, member, projector, train, chunks, weights, groups)
         plain, feats = (FeatureMatrix.whole(x, budget.bytes) for x in pair)
     else:
-        feats = example_features(method, index, member, projector, train, chunks, n_members, budget, skips)
+        feats = example_features(method, index, member, projector, train, chunks, n_members, budget, skips, products)
         if groups is None:
             groups = _assign(method, _context(method, member, train, n_train=feats.n, features=_whole(feats),
                                               feature_matrix=feats))
@@ -127,8 +131,11 @@ def fit_member(
     if solver is not None:
         with member.applied(method.task.model), user_pass(method, member, clean):
             solver.fit(_solver_context(method, member, clean, solver, plain, groups.numel()))
-    side = feats.mapped(lambda tile, _: train_side(tile, True)) if method.normalize else feats
-    return FittedMember(member=member, projector=projector, solver=solver, train=side), groups
+    layout = None if products is None else products.layout
+    if method.normalize:
+        normalize = (lambda tile: train_side(tile, True)) if layout is None else layout.normalize
+        feats = feats.mapped(lambda tile, _: normalize(tile))
+    return FittedMember(member=member, projector=projector, solver=solver, train=feats, layout=layout), groups
 
 
 def _weight_explainer(method: GradientAttributor, members: list[Member], train: CheckedLoader) -> Any:
@@ -169,9 +176,11 @@ def fit(
     planner = plan(method, train, members, store, budget, chunks, grouped)
     with user_pass(method, members[0], train):
         weights = skips.weights(method.example_weights(members, train), _weight_explainer(method, members, train))
+    products = chooser(method, store, weights)
     fitted, groups = [], None
     for index, member in enumerate(members):
-        one, groups = fit_member(method, index, member, train, chunks, weights, groups, skips, planner, len(members))
+        one, groups = fit_member(method, index, member, train, chunks, weights, groups, skips, planner, len(members),
+                                 products)
         fitted.append(one)
     pointwise = torch.equal(groups, torch.arange(groups.numel()))
     state = Fit(members=fitted, groups=groups, weights=weights, skipped=skips.finish(pointwise, groups.numel()),
@@ -179,6 +188,9 @@ def fit(
                 memory_plan=planner.finish([f.train for f in fitted]))
     scale = method.column_scale(state, train)
     for f in fitted:
-        f.train = (f.train if scale is None else f.train.scaled(scale)).baked()
+        if scale is not None:
+            f.train = f.train.scaled(scale) if f.layout is None else f.train.mapped(
+                lambda tile, rows, layout=f.layout: layout.scale(tile, scale[rows]))
+        f.train = f.train.baked()
     guard.finished()
     return state

@@ -113,9 +113,11 @@ def estimate_examples(train: CheckedLoader) -> int | None:
 
 
 def _width(method: GradientAttributor) -> int | None:
-    """Features per example: ``p`` with no projector or the identity, the projector's ``dim``, else ``None``."""
+    """Features per example: ``p`` with no projector or the identity (an upper bound of the packed
+    rows of structured products, :mod:`attrkit.engine.products`, which ``"auto"`` takes only where
+    narrower), the projector's ``dim``, else ``None``."""
     part = method.parts.get("projector")
-    if part is None or getattr(part.cls, "name", None) == "identity":
+    if part is None or part.cls.identity:
         return method.dimension
     dim = getattr(part.config, "dim", None)
     return dim if isinstance(dim, int) and not isinstance(dim, bool) else None

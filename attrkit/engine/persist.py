@@ -38,6 +38,7 @@ import torch
 
 from attrkit.disk_store import DiskStore
 from attrkit.engine.state import Fit, FittedMember
+from attrkit.functional.structured_products import ProductLayout
 from attrkit.errors import LoadError, SaveError, StoreMismatchError
 from attrkit.feature_matrix import FeatureMatrix
 from attrkit.fit_guard import FitGuard
@@ -82,7 +83,9 @@ def save(method: GradientAttributor, fit: Fit, path: str | os.PathLike) -> None:
 
     def features(folder: Path) -> dict[str, Any]:
         store = DiskStore(folder / FEATURES, key)
-        return {"features_key": key, "features": [_write_side(store, i, f.train) for i, f in enumerate(fit.members)]}
+        return {"features_key": key,
+                "features": [{**_write_side(store, i, f.train), "layout": None if f.layout is None else f.layout.to_dict()}
+                             for i, f in enumerate(fit.members)]}
 
     save_attributor(path, method, [f.member for f in fit.members], tensors, {"policy": fit.policy}, features)
 
@@ -133,8 +136,11 @@ def restore(method: GradientAttributor, saved: Saved) -> Fit:
             if slot in method.parts:
                 parts[slot] = method.parts[slot].make(i)
                 parts[slot].load_state_dict(saved.part(f"member.{i}.{slot}.", device))
-        train = _read_side(saved, store, i, saved.fitted["features"][i], device)
-        fitted.append(FittedMember(member=member, projector=parts["projector"], solver=parts["solver"], train=train))
+        record = saved.fitted["features"][i]
+        train = _read_side(saved, store, i, record, device)
+        layout = None if record.get("layout") is None else ProductLayout.from_dict(record["layout"])
+        fitted.append(FittedMember(member=member, projector=parts["projector"], solver=parts["solver"], train=train,
+                                   layout=layout))
     weights = saved.tensors["weights"]
     return Fit(members=fitted, groups=saved.tensors["groups"], weights=None if weights is None else weights.to(device),
                skipped=saved.tensors["skipped"], policy=saved.fitted["policy"], guard=FitGuard(method.task, members),

@@ -19,6 +19,7 @@ import torch
 
 from attrkit import distributed
 from attrkit.data import batch_size
+from attrkit.engine.products import Chooser
 from attrkit.engine.sides import explainer, gradients, query
 from attrkit.engine.state import Fit
 from attrkit.engine.tiles import score_block, top_k_block
@@ -57,7 +58,8 @@ def queries(method: GradientAttributor, fit: Fit, batch: Any, index: int, offset
     """
     out, skipped = [], torch.zeros(batch_size(batch), dtype=torch.bool)
     for f in fit.members:
-        raw = gradients(method, f.member, batch, target=True, where=f"test batch {index}")
+        packing = None if f.layout is None else Chooser.fixed(method, f.layout)
+        raw = gradients(method, f.member, batch, target=True, where=f"test batch {index}", products=packing)
         explain = explainer(method, f.member, batch, method.task.target)
         if isinstance(raw, torch.Tensor):
             bad = check_rows(raw, side="test", batch=index, offset=offset, member=f.member.label, explain=explain,
@@ -89,16 +91,17 @@ def attribute(method: GradientAttributor, fit: Fit, test: Iterable[Any] | None) 
     See :meth:`GradientAttributor.attribute`.
     """
     sides = [f.train.owned() for f in fit.members]
+    products = [f.products for f in fit.members]
     if test is None:
         fit.guard.check(method.task)
         block = [(f.member.weight, query(f, _property_side(method, f.member), method.normalize)) for f in fit.members]
-        scores = distributed.gather_columns(score_block(block, sides), sides[0].spans, sides[0].n)
+        scores = distributed.gather_columns(score_block(block, sides, products), sides[0].spans, sides[0].n)
         check_scores(scores, first_row=0)
         return scores
     rows, skipped = [], []
     for index, offset, batch in _test_batches(method, fit, test, "scoring"):
         block, bad = queries(method, fit, batch, index, offset)
-        scores = distributed.gather_columns(score_block(block, sides), sides[0].spans, sides[0].n)
+        scores = distributed.gather_columns(score_block(block, sides, products), sides[0].spans, sides[0].n)
         check_scores(scores, first_row=offset, skipped_rows=bad)
         rows.append(scores)
         skipped.extend(offset + int(r) for r in bad)
@@ -134,7 +137,7 @@ def top_k(method: GradientAttributor, fit: Fit, test: Iterable[Any], k: int, til
     parts, skipped = [], []
     for index, offset, batch in _test_batches(method, fit, test, f"top-{k}"):
         block, bad = queries(method, fit, batch, index, offset)
-        best, worst = top_k_block(block, sides, k, tile_rows, excluded)
+        best, worst = top_k_block(block, sides, k, tile_rows, excluded, [f.products for f in fit.members])
         best, worst = distributed.gather_top_k(best, k, True), distributed.gather_top_k(worst, k, False)
         for values, columns in (best, worst):
             check_scores(values, first_row=offset, skipped_rows=bad)

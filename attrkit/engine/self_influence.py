@@ -3,6 +3,7 @@
     self_influence(method, fit, train) -> Tensor[n]
         per batch and member: raw gradients g (recomputed; the stored features are not read),
         keys = q_i Proj(g) (the training side), score = Σ_m w_m <Precond(Proj(g)), keys>
+        (structured products: ‖packed side‖² from the layer factors, engine.products)
         with groups: group sums of g and of the keys over the whole set, solved at once
 """
 
@@ -16,7 +17,8 @@ import torch
 from attrkit import distributed
 from attrkit.data import batch_size
 from attrkit.engine.sides import dense, explainer, gradients, project, query, train_side, training_fn
-from attrkit.engine.state import Fit
+from attrkit.engine.products import Chooser
+from attrkit.engine.state import Fit, FittedMember
 from attrkit.errors import DataLoaderError
 from attrkit.finite import check_rows
 from attrkit.functional.scoring import row_dots
@@ -52,6 +54,9 @@ def _batch(
     """
     total = 0.0
     for f in fit.members:
+        if f.layout is not None:  # structured products: ‖side‖² of packed rows (no projector, solver or weights)
+            total = total + f.member.weight * _packed(method, fit, f, batch, index, offset)
+            continue
         raw = dense(gradients(method, f.member, batch, target=False, where=f"training batch {index}"))
         bad = check_rows(raw, side="training", batch=index, offset=offset, member=f.member.label,
                          explain=explainer(method, f.member, batch, training_fn(method)), policy=fit.policy)
@@ -62,6 +67,18 @@ def _batch(
             keys = keys * weights.to(keys)[:, None]
         total = total + f.member.weight * row_dots(query(f, raw, method.normalize), train_side(keys, method.normalize))
     return total.float().cpu()
+
+
+def _packed(method: GradientAttributor, fit: Fit, f: FittedMember, batch: Any, index: int, offset: int) -> torch.Tensor:
+    """``Tensor[b]``: ``<side_i, side_i>`` of a structured member's packed rows of training batch ``index``."""
+    rows = gradients(method, f.member, batch, target=False, where=f"training batch {index}",
+                     products=Chooser.fixed(method, f.layout))
+    bad = check_rows(rows, side="training", batch=index, offset=offset, member=f.member.label,
+                     explain=explainer(method, f.member, batch, training_fn(method)), policy=fit.policy)
+    if len(bad):
+        rows = rows.index_fill(0, bad.to(rows.device), 0.0)
+    side = f.layout.normalize(rows) if method.normalize else rows
+    return f.layout.squared_norms(side)
 
 
 def _grouped(method: GradientAttributor, fit: Fit, train: Iterable[Any]) -> torch.Tensor:

@@ -24,6 +24,7 @@ from attrkit.user_code import user_code, user_code_pass
 
 if TYPE_CHECKING:
     from attrkit.engine.attributor import GradientAttributor
+    from attrkit.engine.products import Chooser
     from attrkit.engine.state import FittedMember
 
 __all__ = ["dense", "explainer", "gradients", "project", "query", "train_side", "training_fn", "user_pass"]
@@ -34,8 +35,10 @@ def training_fn(method: GradientAttributor) -> Callable[..., torch.Tensor]:
     return method.task.target if method.train_target else method.task.loss_fn
 
 
-def gradients(method: GradientAttributor, member: Member, batch: Any, target: bool, where: str = "a batch") -> Any:
-    """Raw gradients of one batch: ``Tensor[b, p]``, or a factored block (``shape``, ``materialize()``).
+def gradients(method: GradientAttributor, member: Member, batch: Any, target: bool, where: str = "a batch",
+              products: Chooser | None = None) -> Any:
+    """Raw gradients of one batch: ``Tensor[b, p]``, or a factored block (``shape``, ``materialize()``),
+    or packed factor rows ``Tensor[b, width]`` when ``products`` takes structured products.
 
     Args:
         method: the attributor (its task, gradient source and ``train_target``).
@@ -43,6 +46,7 @@ def gradients(method: GradientAttributor, member: Member, batch: Any, target: bo
         batch: the batch.
         target: the test side (the target); else the training side.
         where: the batch, for messages (``"training batch 3"``).
+        products: the fit's structured-products chooser (:mod:`attrkit.engine.products`), or ``None``.
 
     Raises:
         LossFunctionError: the user's function failed (explained, see :mod:`attrkit.user_code`).
@@ -54,8 +58,9 @@ def gradients(method: GradientAttributor, member: Member, batch: Any, target: bo
     user = task.target if use_target else task.loss_fn
     name = "target_fn" if use_target and task.target_fn is not None else "loss_fn"
     with member.applied(task.model), user_code(task.model, user, member.state, batch, where, name):
-        grads = fn(task, member, batch)
-    expected = (batch_size(batch), method.dimension)
+        packed = None if products is None else products.rows(member, batch, user)
+        grads = fn(task, member, batch) if packed is None else packed
+    expected = (batch_size(batch), method.dimension if packed is None else products.layout.width)
     if tuple(grads.shape) != expected:
         raise DataLoaderError(f"gradient source {method.gradients.name!r} returned {tuple(grads.shape)}, expected "
                               f"{expected}")
@@ -93,11 +98,14 @@ def _solved(fitted: FittedMember, vectors: torch.Tensor) -> torch.Tensor:
 
 
 def query(fitted: FittedMember, grads: Any, normalize: bool) -> torch.Tensor:
-    """``Precond(Proj(g))`` for raw gradients ``[b, p]`` -> ``[b, k]`` (unit rows for cosine).
+    """``Precond(Proj(g))`` for raw gradients ``[b, p]`` -> ``[b, k]`` (unit rows for cosine); packed
+    factor rows of a structured member stay packed (normalised for cosine).
 
     Raises:
         NonFiniteError: the solver returned non-finite values for finite input rows.
     """
+    if fitted.layout is not None:  # packed factor rows of raw gradients, no projector or solver to apply
+        return fitted.layout.normalize(grads) if normalize else grads
     solver = fitted.solver
     if solver is not None and solver.space == "parameter":
         grads = _solved(fitted, dense(grads))

@@ -11,6 +11,7 @@ from attrkit.context import Member
 from attrkit.engine.memory_plan import MemoryPlan
 from attrkit.feature_matrix import FeatureMatrix
 from attrkit.fit_guard import FitGuard
+from attrkit.functional.structured_products import ProductLayout
 from attrkit.loaders import CheckedLoader
 
 __all__ = ["Fit", "FittedMember"]
@@ -27,12 +28,20 @@ class FittedMember:
         train: the training side ``Φ_m``, ``[n_train or n_groups, k]`` (this rank's rows), with
             the train-side transforms applied (example weights, cosine normalisation, column
             scale): what a query is multiplied with.
+        layout: with structured products (:mod:`attrkit.engine.products`), the layout of the
+            packed factor rows that ``train`` and the queries then hold, scored by
+            ``layout.products`` instead of a matrix product; ``None`` for dense features.
     """
 
     member: Member
     projector: Any
     solver: Any
     train: FeatureMatrix
+    layout: ProductLayout | None = None
+
+    def products(self, queries: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """``Tensor[b, t]``: the score products of query rows ``[b, k]`` with training rows ``[t, k]``."""
+        return queries @ rows.T if self.layout is None else self.layout.products(queries, rows)
 
 
 @attrs.define

@@ -9,7 +9,7 @@ held whole. Used by :mod:`attrkit.engine.scoring`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
@@ -23,6 +23,9 @@ __all__ = ["score_block", "top_k_block"]
 Query = tuple[float, torch.Tensor]
 #: ``(Tensor[b, c] scores, LongTensor[b, c] global columns)``: top-k candidates.
 Candidates = tuple[torch.Tensor, torch.Tensor]
+#: ``products(q [b, k], rows [t, k]) -> Tensor[b, t]``: a member's score products
+#: (:meth:`~attrkit.engine.state.FittedMember.products`); ``None`` for ``q @ rows.T``.
+Products = Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
 
 
 def _score_bytes(queries: Sequence[Query]) -> int:
@@ -33,19 +36,20 @@ def _score_bytes(queries: Sequence[Query]) -> int:
 
 
 def _tiles(
-    queries: Sequence[Query], matrices: Sequence[FeatureMatrix], rows: int
+    queries: Sequence[Query], matrices: Sequence[FeatureMatrix], rows: int, products: Sequence[Products] | None = None
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """``(local start, Tensor[b, t] scores summed over members)`` per tile of ``rows`` rows.
 
     Each member's tile is dropped before the next is read (no ``zip``, which would keep them).
     """
     readers = [x.tiles(rows) for x in matrices]
+    products = products or [None] * len(matrices)
     for first in readers[0]:
         tiles = [first, *(next(reader) for reader in readers[1:])]
         start, scores = first.start, None
         del first
-        for (w, q), tile in zip(queries, tiles):
-            part = (q @ tile.values.T).mul_(w)
+        for (w, q), tile, product in zip(queries, tiles, products):
+            part = (q @ tile.values.T if product is None else product(q, tile.values)).mul_(w)
             scores = part if scores is None else scores.add_(part)
             del part
         del tiles, tile
@@ -53,18 +57,21 @@ def _tiles(
         del scores
 
 
-def score_block(queries: Sequence[Query], matrices: Sequence[FeatureMatrix]) -> torch.Tensor:
+def score_block(
+    queries: Sequence[Query], matrices: Sequence[FeatureMatrix], products: Sequence[Products] | None = None
+) -> torch.Tensor:
     """``Tensor[b, rows]`` float32 CPU: the scores of this rank's rows of ``matrices`` (one per member).
 
     Args:
         queries: per member ``(w_m, Tensor[b, k_m])``, in the order of ``matrices``.
         matrices: the members' training sides, with the same held rows.
+        products: per member its score products (structured members), default ``q @ rows.T``.
 
     Raises:
         MemoryBudgetError: the budget cannot hold one tile row of every member and its scores.
     """
     out = torch.empty(queries[0][1].shape[0], matrices[0].rows, dtype=torch.float32)
-    for start, scores in _tiles(queries, matrices, tile_rows(matrices, _score_bytes(queries))):
+    for start, scores in _tiles(queries, matrices, tile_rows(matrices, _score_bytes(queries)), products):
         out[:, start : start + scores.shape[1]] = scores.float().cpu()
         del scores
     return out
@@ -72,12 +79,12 @@ def score_block(queries: Sequence[Query], matrices: Sequence[FeatureMatrix]) -> 
 
 def top_k_block(
     queries: Sequence[Query], matrices: Sequence[FeatureMatrix], k: int, rows: int,
-    excluded: torch.Tensor | None = None,
+    excluded: torch.Tensor | None = None, products: Sequence[Products] | None = None,
 ) -> tuple[Candidates | None, Candidates | None]:
     """This rank's best ``k`` proponent and opponent candidates, from one pass over the tiles.
 
     Args:
-        queries, matrices: as :func:`score_block`.
+        queries, matrices, products: as :func:`score_block`.
         k: how many to keep of each.
         rows: most training rows per tile (the budget may allow fewer).
         excluded: ``BoolTensor[n]`` over the global columns: never return these (or ``None``).
@@ -89,7 +96,7 @@ def top_k_block(
     step = min(rows, tile_rows(matrices, _score_bytes(queries)))
     index = matrices[0].global_index
     best = worst = None
-    for start, scores in _tiles(queries, matrices, step):
+    for start, scores in _tiles(queries, matrices, step, products):
         scores = scores.float().cpu()
         high = low = scores
         if excluded is not None:

@@ -127,13 +127,26 @@ def _hessian_product(
     return lambda v: hvp(total, point, v)
 
 
-def _gauss_newton_product(
-    model: torch.nn.Module, loss_fn: LossFn, state: State, names: Sequence[str], batch: Any
-) -> Product:
-    """One batch's ``v -> Jᵀ H_ℓ J v``, ``loss_fn`` split at its (single) call of the model."""
-    chosen = set(names)
-    fixed = {k: v for k, v in state.items() if k not in chosen}
-    spy = _StandIn(lambda *a, **kw: functional_call(model, dict(state), a, kw))
+def model_call(
+    model: torch.nn.Module, loss_fn: LossFn, state: State, batch: Any
+) -> tuple[tuple[Any, ...], dict[str, Any], Any]:
+    """``(args, kwargs, output)``: the arguments of ``loss_fn``'s single call of the model on
+    ``batch``, and the model's output at ``state`` (computed without gradients).
+
+    Where the Gauss-Newton split cuts ``loss_fn``: outputs ``z = model(*args, **kwargs)``
+    (:func:`logits_of` finds ``z`` in the output) and the loss of ``z``
+    (:func:`loss_of_outputs`).
+
+    Raises:
+        ArgumentError: ``loss_fn`` calls the model more or less than once.
+    """
+    outputs: list[Any] = []
+
+    def respond(*a: Any, **kw: Any) -> Any:
+        outputs.append(functional_call(model, dict(state), a, kw))
+        return outputs[-1]
+
+    spy = _StandIn(respond)
     with torch.no_grad():
         _summed(loss_fn(spy, batch))
     if len(spy.calls) != 1:
@@ -142,21 +155,61 @@ def _gauss_newton_product(
             f"call the model exactly once per batch; it called it {len(spy.calls)} times. Use curvature='hessian'."
         )
     args, kwargs = spy.calls[0]
+    return args, kwargs, outputs[0]
+
+
+def loss_of_outputs(
+    loss_fn: LossFn, batch: Any, rebuild: Callable[[torch.Tensor], Any]
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``z -> Σ_i ℓ_i``: ``loss_fn`` on ``batch`` with the model's output replaced by ``rebuild(z)``
+    (``z`` the tensor of outputs :func:`model_call` splits at; ``Tensor[]``)."""
+    return lambda z: _summed(loss_fn(_StandIn(lambda *a, **kw: rebuild(z)), batch))
+
+
+def output_entry(loss_fn: LossFn, index: int) -> LossFn:
+    """``(model, batch) -> Tensor[b]``: entry ``index`` of every example's flattened outputs
+    ``z`` (``z.reshape(b, -1)[:, index]``, :func:`logits_of`), read at ``loss_fn``'s call of
+    ``model`` on ``batch`` (its loss is computed and dropped). A per-example function for
+    :func:`~attrkit.functional.factored.factored_gradients`: its output gradients are the rows
+    ``∂z_i[index]/∂(layer output)`` of the Jacobian."""
+
+    def entry(model: torch.nn.Module, batch: Any) -> torch.Tensor:
+        outputs: list[Any] = []
+
+        def respond(*a: Any, **kw: Any) -> Any:
+            outputs.append(model(*a, **kw))
+            return outputs[-1]
+
+        loss_fn(_StandIn(respond), batch)
+        if len(outputs) != 1:
+            raise ArgumentError(f"loss_fn must call the model exactly once per batch to split it at the model's "
+                                f"outputs; it called it {len(outputs)} times")
+        z, _ = logits_of(outputs[0])
+        return z.reshape(z.shape[0], -1)[:, index]
+
+    return entry
+
+
+def _gauss_newton_product(
+    model: torch.nn.Module, loss_fn: LossFn, state: State, names: Sequence[str], batch: Any
+) -> Product:
+    """One batch's ``v -> Jᵀ H_ℓ J v``, ``loss_fn`` split at its (single) call of the model."""
+    chosen = set(names)
+    fixed = {k: v for k, v in state.items() if k not in chosen}
+    args, kwargs, _ = model_call(model, loss_fn, state, batch)
     shape: list[Callable[[torch.Tensor], Any]] = []
 
     def outputs(params: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        z, rebuild = _logits_of(functional_call(model, {**fixed, **params}, args, kwargs))
+        z, rebuild = logits_of(functional_call(model, {**fixed, **params}, args, kwargs))
         shape[:] = [rebuild]
         return z
 
-    def loss_of(z: torch.Tensor) -> torch.Tensor:
-        return _summed(loss_fn(_StandIn(lambda *a, **kw: shape[0](z)), batch))
-
+    loss_of = loss_of_outputs(loss_fn, batch, lambda z: shape[0](z))
     point = {n: state[n] for n in names}
     return lambda v: gnvp(outputs, loss_of, point, v)
 
 
-def _logits_of(out: Any) -> tuple[torch.Tensor, Callable[[torch.Tensor], Any]]:
+def logits_of(out: Any) -> tuple[torch.Tensor, Callable[[torch.Tensor], Any]]:
     """``(z, rebuild)``: the tensor of model outputs the Gauss-Newton split differentiates (the output
     itself, its ``logits`` — a Hugging Face output or a dict — or the first element of a tuple), and
     ``rebuild(z')``: the same kind of output around ``z'``, what ``loss_fn`` reads.

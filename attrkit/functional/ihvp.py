@@ -32,7 +32,10 @@ Costs are counted in passes over the training batches and in *example-HVPs*: the
 of (training example, vector) pairs whose curvature product was taken. A pass with a
 block of ``m`` vectors over ``n`` examples is ``n m`` example-HVPs, whatever the batch
 size; a LiSSA step on ``b`` sampled examples is ``b m``. One example-HVP costs about 2-3
-gradient evaluations of one example.
+gradient evaluations of one example. The products of a structured operator
+(:mod:`~attrkit.functional.structured_matvec`, CG's and Arnoldi's ``matvec=``) count the
+same ``n m`` per block, but make no pass (the one pass that caches its factors is counted)
+and cost about ``4 p`` flops of GEMMs each, without autograd.
 """
 
 from __future__ import annotations
@@ -64,8 +67,10 @@ class Cost:
     """Work done by one phase of an inverse-HVP.
 
     Attributes:
-        passes: full passes over the training batches (one curvature product per batch each).
-        example_hvps: (training example, vector) pairs whose curvature product was taken.
+        passes: full passes over the training batches (curvature products per batch, or the
+            collection of a structured operator's factors).
+        example_hvps: (training example, vector) pairs whose curvature product was taken
+            (by HVPs, or in GEMMs by a structured operator).
         seconds: wall-clock time.
     """
 

@@ -1,9 +1,10 @@
 """Low-rank Arnoldi ``(H + λI)⁻¹`` (Schioppa et al., 2022): top Lanczos eigenpairs, found once.
 
-The build pays for the curvature once (``max_iter`` HVPs) and each solve applies the
-cached eigenpairs to a block of vectors without touching the training data again. The
-public form is :func:`arnoldi_ihvp_at`. See :mod:`attrkit.functional.ihvp` for the family
-and the cost units.
+The build pays for the curvature once (``max_iter`` dataset products: passes of HVPs, or
+products of a structured operator cached from one pass,
+:mod:`~attrkit.functional.structured_matvec`) and each solve applies the cached eigenpairs to
+a block of vectors without touching the training data again. The public form is
+:func:`arnoldi_ihvp_at`. See :mod:`attrkit.functional.ihvp` for the family and the cost units.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import torch
 
 from attrkit.errors import ArgumentError
 from attrkit.functional.curvature import MatVec, lanczos
-from attrkit.functional.ihvp import CurvatureError, InverseHVP, dataset_matvec, prepare_at
+from attrkit.functional.ihvp import CurvatureError, InverseHVP, prepare_at
+from attrkit.functional.structured_matvec import curvature_matvec
 from attrkit.types import LossFn
 
 __all__ = ["arnoldi_ihvp_at", "restore_arnoldi"]
@@ -74,7 +76,7 @@ def _clamped_rank(rank: int, max_iter: int, p: int) -> tuple[int, int]:
 def arnoldi_ihvp_at(
     model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str, torch.Tensor], names: Sequence[str],
     batches: Iterable[Any], *, regularization: float = 0.0, curvature: str = "hessian", rank: int = 50,
-    max_iter: int = 100, seed: int = 0,
+    max_iter: int = 100, seed: int = 0, matvec: str = "auto",
 ) -> InverseHVP:
     """Low-rank ``(H + λI)⁻¹ ≈ U (Λ + λI)⁻¹ Uᵀ`` on the top eigenpairs (Schioppa et al., 2022).
 
@@ -101,27 +103,33 @@ def arnoldi_ihvp_at(
         max_iter: Lanczos iterations (``2 rank + 20`` is usual; ``p`` gives exact pairs);
             clamped to ``p``.
         seed: fixes the Lanczos start vector.
+        matvec: how the curvature products are taken: ``"auto"`` (default), ``"hvp"`` or
+            ``"structured"``, as :func:`~attrkit.functional.ihvp_cg.cg_ihvp_at`'s.
 
     Returns:
         :class:`InverseHVP`; ``stats.info`` holds the ``largest_eigenvalue`` (a safe
         LiSSA ``scale`` exceeds it plus ``λ``) and ``smallest_eigenvalue`` kept, undamped,
-        and the ``rank`` used (after clamping). Build: ``min(max_iter, p)`` passes of one
-        vector (``n`` example-HVPs each) and ``min(max_iter, p) × p`` float64 memory.
-        Solve: ``4 m p rank`` flops, no pass.
+        the ``rank`` used (after clamping), ``structured`` (``1.0`` when the structured
+        operator was used) and ``hessian_probe`` when its probe ran. Build:
+        ``min(max_iter, p)`` products of one vector (``n`` example-HVPs each): HVP passes,
+        or one pass to cache the structured operator (plus the Hessian probe's, see
+        :func:`~attrkit.functional.ihvp_cg.cg_ihvp_at`) and ``4 n p`` flops of GEMMs each;
+        ``min(max_iter, p) × p`` float64 memory. Solve: ``4 m p rank`` flops, no pass.
 
     Raises:
         CurvatureError: a kept ``λ_i + λ < 0`` beyond round-off (the message gives the
-            ``regularization`` needed).
-        ValueError: ``rank`` outside ``[1, max_iter]``.
+            ``regularization`` needed), or ``matvec="structured"`` where it does not apply.
+        ValueError: ``rank`` outside ``[1, max_iter]``, ``matvec`` not one of ``"auto"``,
+            ``"hvp"``, ``"structured"``.
         DataLoaderError: ``batches`` empty or a one-shot iterator.
     """
     started = time.perf_counter()
     meter, p = prepare_at(state, names, batches, regularization, curvature)
     rank, max_iter = _clamped_rank(rank, max_iter, p)
-    matvec = dataset_matvec(meter, model, loss_fn, state, names, curvature)
-    values, basis = lanczos(matvec, p, rank, max_iter, seed, device=state[names[0]].device,
+    product, info = curvature_matvec(meter, model, loss_fn, state, names, curvature, matvec, "arnoldi")
+    values, basis = lanczos(product, p, rank, max_iter, seed, device=state[names[0]].device,
                             desc="arnoldi: Lanczos iterations")
     inverse = _inverse(values, basis, regularization, torch.finfo(state[names[0]].dtype).eps)
     saved = {"basis": basis, "inverse": inverse}
-    info = {"largest_eigenvalue": float(values.max()), "smallest_eigenvalue": float(values.min()), "rank": rank}
+    info.update(largest_eigenvalue=float(values.max()), smallest_eigenvalue=float(values.min()), rank=rank)
     return InverseHVP(restore_arnoldi(saved), p, meter, started, info, name="arnoldi", state=saved)

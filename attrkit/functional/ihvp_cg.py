@@ -1,7 +1,9 @@
 """Block conjugate gradients for ``(H + λI)⁻¹``: iterate per solve, nothing factorised.
 
 Each solve runs CG on the curvature products of the block of vectors, all ``m`` vectors
-together, one dataset pass per iteration. The public form is :func:`cg_ihvp_at`;
+together: one dataset pass of HVPs per iteration, or, where the layer structure applies, one
+product of a structured operator cached from a single pass
+(:mod:`~attrkit.functional.structured_matvec`). The public form is :func:`cg_ihvp_at`;
 :func:`cg_solve` is the algorithm it runs, on a matvec. See :mod:`attrkit.functional.ihvp`
 for the family and the cost units.
 """
@@ -22,9 +24,9 @@ from attrkit.functional.ihvp import (
     InverseHVP,
     check_block,
     check_regularization,
-    dataset_matvec,
     prepare_at,
 )
+from attrkit.functional.structured_matvec import curvature_matvec
 from attrkit.progress import progress
 from attrkit.types import LossFn
 
@@ -134,28 +136,44 @@ def cg_solve(
 def cg_ihvp_at(
     model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str, torch.Tensor], names: Sequence[str],
     batches: Iterable[Any], *, regularization: float = 0.0, curvature: str = "hessian", max_iter: int = 10,
-    tol: float = 1e-6,
+    tol: float = 1e-6, matvec: str = "auto",
 ) -> InverseHVP:
     """``(H + λI)⁻¹`` of the mean training loss by block CG on dataset curvature products.
 
-    Nothing is precomputed: every CG iteration is one pass over ``batches`` for the whole
-    block of still-running vectors. Truncated CG (small ``max_iter``) is the usual
-    influence-function trade-off; ``max_iter = p`` converges.
+    Every CG iteration is one curvature product of the whole block of still-running vectors:
+    with ``matvec="hvp"`` a pass over ``batches`` of HVPs; with the structured operator
+    (:mod:`~attrkit.functional.structured_matvec`), GEMMs on per-example factors cached at
+    the build from one pass, the same products to round-off. Truncated CG (small
+    ``max_iter``) is the usual influence-function trade-off; ``max_iter = p`` converges.
 
     Args:
         model, loss_fn, state, names, batches, regularization, curvature: as
             :func:`~attrkit.functional.ihvp_explicit.explicit_ihvp_at`.
-        max_iter: most CG iterations (passes) per solve.
+        max_iter: most CG iterations (curvature products) per solve.
         tol: relative residual at which a vector stops.
+        matvec: ``"auto"`` (default): the structured operator where it applies (every
+            selected parameter in an ``nn.Linear`` / ``nn.Conv1d/2d`` applied once per example,
+            ``loss_fn`` calling the model once; for ``"hessian"``, a probe finding it equal to
+            Gauss-Newton; its factors within a quarter of the available memory) and ``p`` exceeds
+            :data:`~attrkit.functional.structured_matvec.MIN_DIM`, else HVPs; ``"hvp"``; or
+            ``"structured"``, which raises where it does not apply.
 
     Returns:
         :class:`InverseHVP`; ``stats.info`` holds the last solve's ``iterations`` and
-        ``max_relative_residual``, and ``unconverged_solves``, the number of solves so far
-        that stopped at ``max_iter`` above ``tol``. Build: nothing. Solve of ``m`` vectors:
-        at most ``max_iter`` passes, at most ``max_iter n m`` example-HVPs.
+        ``max_relative_residual``, ``unconverged_solves``, the number of solves so far that
+        stopped at ``max_iter`` above ``tol``, ``structured`` (``1.0`` when the structured
+        operator is used) and ``hessian_probe`` when its probe ran (as
+        :func:`~attrkit.functional.ihvp_explicit.explicit_ihvp_at`'s). HVP path: build
+        nothing; solve of ``m`` vectors: at most ``max_iter`` passes and ``max_iter n m``
+        example-HVPs. Structured: build one pass (``C`` hooked forward/backward passes per
+        batch; for the Hessian, the probe's first-batch products and one pass of ``Hv``, as
+        the explicit solver's) and ``n (Σ d_in + C Σ d_out + C²)`` elements held; solve: no
+        pass, at most ``max_iter n m`` example-HVPs counted, each about ``4 p`` flops of GEMMs.
 
     Raises:
-        CurvatureError: ``H + λI`` is not positive definite along a CG direction.
+        CurvatureError: ``H + λI`` is not positive definite along a CG direction, or
+            ``matvec="structured"`` where it does not apply (the message says why).
+        ArgumentError: ``matvec`` not one of ``"auto"``, ``"hvp"``, ``"structured"``.
         DataLoaderError: ``batches`` empty or a one-shot iterator.
 
     Warns:
@@ -166,11 +184,11 @@ def cg_ihvp_at(
     started = time.perf_counter()
     meter, p = prepare_at(state, names, batches, regularization, curvature)
     _check_cg(max_iter, tol)
-    matvec = dataset_matvec(meter, model, loss_fn, state, names, curvature)
-    info: dict[str, float] = {"unconverged_solves": 0}
+    product, info = curvature_matvec(meter, model, loss_fn, state, names, curvature, matvec, "cg")
+    info["unconverged_solves"] = 0
 
     def apply(vectors: torch.Tensor) -> torch.Tensor:
-        x, iterations, residual, rows = _block_cg(matvec, vectors, regularization, max_iter, tol)
+        x, iterations, residual, rows = _block_cg(product, vectors, regularization, max_iter, tol)
         info.update(iterations=iterations, max_relative_residual=residual)
         if rows:
             if not info["unconverged_solves"]:

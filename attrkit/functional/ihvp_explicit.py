@@ -1,7 +1,11 @@
 """Explicit ``(H + λI)⁻¹``: assemble the ``p × p`` curvature, Cholesky-factorise once, solve many.
 
-The build pays for the curvature once (``p`` HVPs) and each solve applies the cached
-factor to a block of vectors without touching the training data again. The public form is
+The build pays for the curvature once and each solve applies the cached factor to a block
+of vectors without touching the training data again. The matrix is built either from
+dataset curvature products of identity rows (``p`` HVPs per example, any model) or, when
+every selected parameter is in a factored layer applied once per example, from its layer
+structure in large GEMMs (:mod:`attrkit.functional.explicit_structured`; the same matrix to
+round-off, several times faster). The public form is
 :func:`explicit_ihvp_at`; :func:`explicit_solve` is the algorithm it runs, on a matrix.
 See :mod:`attrkit.functional.ihvp` for the family and the cost units.
 """
@@ -16,6 +20,7 @@ import torch
 
 from attrkit.errors import ArgumentError, NonFiniteError
 from attrkit.functional.curvature import MatVec
+from attrkit.functional.explicit_structured import structured_curvature
 from attrkit.functional.ihvp import (
     CurvatureError,
     InverseHVP,
@@ -31,6 +36,8 @@ __all__ = ["cholesky_solve_columns", "explicit_ihvp_at", "explicit_solve", "rest
 
 #: Default largest ``p`` for which the explicit ``p × p`` matrix is built (3.2 GB in float64; the build holds two).
 MAX_DIM = 20000
+#: ``build=`` values of :func:`explicit_ihvp_at`.
+BUILDS = ("auto", "hvp", "structured")
 
 
 def _factor(damped: torch.Tensor, regularization: float) -> torch.Tensor:
@@ -126,16 +133,22 @@ def _check_dim(p: int, max_dim: int, dtype: torch.dtype) -> None:
 
 
 def _assemble(matvec: MatVec, p: int, chunk_size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """``Tensor[p, p]``: the symmetrised matrix of ``matvec``, ``chunk_size`` identity rows per call
-    (one pass over the data each, under a progress bar)."""
+    """``Tensor[p, p]``: the matrix of ``matvec``, ``chunk_size`` identity rows per call
+    (one pass over the data each, under a progress bar); not yet symmetrised."""
     matrix = torch.empty(p, p, dtype=dtype, device=device)
-    for start in progress(range(0, p, chunk_size), f"explicit: building the {p} x {p} curvature ({chunk_size} rows "
-                          "a pass)"):
+    for start in progress(range(0, p, chunk_size), f"explicit: building the {p} x {p} curvature from HVPs "
+                          f"({chunk_size} rows a pass)"):
         stop = min(start + chunk_size, p)
         rows = torch.zeros(stop - start, p, dtype=dtype, device=device)
         rows[:, start:stop].fill_diagonal_(1.0)
         matrix[start:stop] = matvec(rows).to(dtype)
-    for start in range(0, p, chunk_size):  # (M + Mᵀ)/2, one band of rows at a time
+    return matrix
+
+
+def _symmetrise(matrix: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """``matrix`` (``Tensor[p, p]``) set to ``(M + Mᵀ)/2`` in place, one band of ``chunk_size`` rows at a time."""
+    p = matrix.shape[0]
+    for start in range(0, p, chunk_size):
         stop = min(start + chunk_size, p)
         band = (matrix[start:stop, :stop] + matrix[:stop, start:stop].T) / 2
         matrix[start:stop, :stop] = band
@@ -172,12 +185,23 @@ def explicit_solve(matrix: torch.Tensor, vectors: torch.Tensor, regularization: 
 def explicit_ihvp_at(
     model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str, torch.Tensor], names: Sequence[str],
     batches: Iterable[Any], *, regularization: float = 0.0, curvature: str = "hessian", max_dim: int = MAX_DIM,
-    chunk_size: int = 256, dtype: torch.dtype = torch.float64,
+    chunk_size: int = 256, dtype: torch.dtype = torch.float64, build: str = "auto",
 ) -> InverseHVP:
     """Exact ``(H + λI)⁻¹`` of the mean training loss: build ``H``, factorise once.
 
-    ``H`` is assembled from dataset curvature products of identity rows, ``chunk_size`` at
-    a time, symmetrised, damped and Cholesky-factorised; each solve is two triangular solves.
+    ``H`` is built, symmetrised, damped and Cholesky-factorised; each solve is two
+    triangular solves. Two builds give the same matrix to round-off:
+
+    - ``"hvp"``: dataset curvature products of identity rows, ``chunk_size`` at a time
+      (any model);
+    - ``"structured"``: from the layer structure, ``G = (1/N) Σ_i J_iᵀ H_i J_i`` with
+      ``J_i = B_i ⊗ ā_i`` per layer, in GEMMs over chunks of examples
+      (:mod:`attrkit.functional.explicit_structured`). It needs every selected parameter in
+      a factored layer (``nn.Linear``, ``nn.Conv1d/2d``) applied at one position per
+      example, and ``loss_fn`` calling the model once. For ``curvature="gauss-newton"`` it
+      is exact; for ``"hessian"`` it is used when a probe finds ``H = G`` (outputs linear in
+      the selected parameters, e.g. logistic regression: ``‖Hv − Gv‖ <= 1e-4 ‖Hv‖`` for
+      float32 parameters, see :func:`~attrkit.functional.structured_factors.probe_tolerance`).
 
     Args:
         model: the module ``loss_fn`` calls (its weights are not used or changed).
@@ -190,15 +214,27 @@ def explicit_ihvp_at(
             model once per batch).
         max_dim: refuse ``p`` above it: memory is ``2 p²`` elements of ``dtype``.
         chunk_size: identity rows per dataset pass (memory ``chunk_size`` × one HVP).
-        dtype: precision of the matrix and its factor.
+        dtype: precision of the matrix and its factor (the structured build's GEMMs run in
+            the parameters' dtype and are summed into it chunk by chunk).
+        build: ``"auto"`` (default): the structured build where it applies and the HVP build
+            would take more than one pass (``p > chunk_size``), else the HVP build;
+            ``"hvp"``; or ``"structured"``, which raises where it does not apply.
 
     Returns:
-        :class:`InverseHVP`. Build: ``ceil(p / chunk_size)`` passes, ``n p`` example-HVPs,
-        ``p³/3`` flops. Solve of ``m`` vectors: ``2 m p²`` flops, no pass over the data.
+        :class:`InverseHVP`; ``stats.info["structured"]`` is ``1.0`` when the structured build
+        was used, ``0.0`` otherwise, and ``stats.info["hessian_probe"]`` the probe's relative
+        ``‖Hv − Gv‖/‖Hv‖`` when one ran. HVP build: ``ceil(p / chunk_size)`` passes, ``n p``
+        example-HVPs. Structured build: one pass with ``C`` hooked forward/backward passes
+        per batch (``C`` outputs per example) and about ``p² n`` flops of GEMMs; for the
+        Hessian, the probe adds the first batch's ``Hv`` and ``Gv`` and one pass of ``Hv``,
+        of 2 vectors each. Then ``p³/3`` flops to factorise. Solve of
+        ``m`` vectors: ``2 m p²`` flops, no pass over the data.
 
     Raises:
-        CurvatureError: ``p > max_dim``, or ``H + λI`` not positive definite (the message
-            gives the smallest eigenvalue and the ``regularization`` needed).
+        CurvatureError: ``p > max_dim``, ``H + λI`` not positive definite (the message
+            gives the smallest eigenvalue and the ``regularization`` needed), or
+            ``build="structured"`` where it does not apply (the message says why).
+        ArgumentError: ``build`` not one of ``"auto"``, ``"hvp"``, ``"structured"``.
         DataLoaderError: ``batches`` empty or a one-shot iterator.
     """
     started = time.perf_counter()
@@ -206,11 +242,21 @@ def explicit_ihvp_at(
     _check_dim(p, max_dim, dtype)
     if chunk_size < 1:
         raise ArgumentError(f"chunk_size must be >= 1, got {chunk_size}")
-    matvec = dataset_matvec(meter, model, loss_fn, state, names, curvature)
-    matrix = _assemble(matvec, p, chunk_size, dtype, state[names[0]].device)
-    factor = _factor(matrix, regularization)
+    if build not in BUILDS:
+        raise ArgumentError(f"build must be one of {', '.join(map(repr, BUILDS))}, got {build!r}")
+    matrix, info = None, {}
+    if build == "structured" or (build == "auto" and p > chunk_size):
+        matrix, reason, info = structured_curvature(meter, model, loss_fn, state, names, curvature, dtype)
+        if matrix is None and build == "structured":
+            raise CurvatureError(f"explicit solver: build='structured' cannot be used: {reason}. Use build='hvp' (or "
+                                 "'auto', which takes the HVP build where the structured one does not apply)")
+    info["structured"] = float(matrix is not None)
+    if matrix is None:
+        matvec = dataset_matvec(meter, model, loss_fn, state, names, curvature)
+        matrix = _assemble(matvec, p, chunk_size, dtype, state[names[0]].device)
+    factor = _factor(_symmetrise(matrix, chunk_size), regularization)
     del matrix
-    return InverseHVP(_factored(factor), p, meter, started, {}, name="explicit", state={"factor": factor})
+    return InverseHVP(_factored(factor), p, meter, started, info, name="explicit", state={"factor": factor})
 
 
 def restore_explicit(state: Mapping[str, Any]) -> MatVec:

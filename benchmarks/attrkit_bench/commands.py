@@ -47,6 +47,9 @@ STUDIES: dict[str, Command] = {c.name: c for c in (
             "(OUT_OF_CORE.md)"),
     Command(name="engine", module="attrkit_bench.studies.engine",
             description="speed and memory of the gradient and projection engine on the MNIST MLP (ENGINE.md)"),
+    Command(name="roofline", module="attrkit_bench.studies.roofline",
+            description="each method's time as a multiple of this machine's limit for its work (GEMM rate, "
+            "gradient pass rate, analytic counts)"),
     Command(name="checks", module="attrkit_bench.studies.checks",
             description="what attrkit's safety checks cost: the spec's methods on a setting, with and without them"),
 )}

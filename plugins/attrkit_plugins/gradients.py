@@ -6,7 +6,16 @@ from typing import ClassVar
 
 import attrs
 
-from attrkit.plugin import HVP, PER_EXAMPLE, ParameterGradients, frozen_field, hookimpl, params_field
+from attrkit.plugin import (
+    HVP,
+    PER_EXAMPLE,
+    STRUCTURED,
+    ParameterGradients,
+    frozen_field,
+    hookimpl,
+    params_field,
+    products_field,
+)
 
 
 @attrs.frozen(kw_only=True)
@@ -19,10 +28,17 @@ class PerExampleConfig:
             trainable ones.
         frozen: include parameters with ``requires_grad=False`` (frozen); by default only
             the trainable parameters are differentiated, and ``params`` chooses among them.
+        products: how inner products of these gradients are taken where no projector or
+            solver transforms them (grad-dot, grad-cos, TracIn): ``"auto"`` keeps the
+            ``nn.Linear`` / ``nn.Conv`` layers where it is cheaper as per-layer factors and
+            never forms their gradients, ``"dense"`` forms them, ``"structured"`` keeps every
+            such layer as factors (see :func:`attrkit.fields.products_field`). Scores agree to
+            float round-off.
     """
 
     params: tuple[str, ...] = params_field()
     frozen: bool = frozen_field()
+    products: str = products_field()
 
 
 class PerExampleGradients(ParameterGradients):
@@ -38,7 +54,7 @@ class PerExampleGradients(ParameterGradients):
 
     name: ClassVar[str] = "per-example"
     Config: ClassVar[type] = PerExampleConfig
-    provides: ClassVar[frozenset[str]] = frozenset({PER_EXAMPLE, HVP})
+    provides: ClassVar[frozenset[str]] = frozenset({PER_EXAMPLE, HVP, STRUCTURED})
 
 
 @hookimpl

@@ -100,6 +100,7 @@ class SingletonGrouper(_Grouper):
 
     name: ClassVar[str] = "singleton"
     Config: ClassVar[type] = SingletonConfig
+    singletons: ClassVar[bool] = True
 
     def assign(self, context: FitContext) -> torch.Tensor:
         """``arange(n_train)``."""

@@ -13,10 +13,16 @@ written directly on the parameters (an L2 penalty) is not in it — add it throu
 :mod:`~attrkit.functional.ihvp_cg`, :mod:`~attrkit.functional.ihvp_lissa` and
 :mod:`~attrkit.functional.ihvp_arnoldi`; config fields are their builders' keyword arguments.
 
+Where every selected parameter is in an ``nn.Linear`` / ``nn.Conv1d/2d`` applied once per
+example, ``explicit`` builds its matrix (``build``) and ``cg`` and ``arnoldi`` take their
+products (``matvec``) from the layer structure, in GEMMs on per-example factors collected in
+one pass, instead of from HVPs; ``lissa``, which samples mini-batches, stays on HVPs.
+
 In distributed mode (:mod:`attrkit.distributed`) the curvature products are split over the
 ranks and all-reduced: at ``fit`` for ``explicit`` and ``arnoldi``, which then solve
-locally (``local_solve``), and at every solve for ``cg`` (each iteration's pass) and
-``lissa`` (each sampled batch), whose solves run in lock-step on every rank.
+locally (``local_solve``), and at every solve for ``cg`` (each iteration's pass, or its
+structured product over each rank's cached examples) and ``lissa`` (each sampled batch),
+whose solves run in lock-step on every rank.
 """
 
 from __future__ import annotations
@@ -45,6 +51,12 @@ from attrkit.functional import arnoldi_ihvp_at, cg_ihvp_at, explicit_ihvp_at, li
 
 def _regularization(default: float = 1e-3) -> Any:
     return float_field(default, ge=0.0, examples=(1e-2, 1e-1))
+
+
+def _structure() -> Any:
+    """A ``build`` / ``matvec`` field: ``"auto"``, ``"hvp"`` or ``"structured"`` (how the curvature is taken)."""
+    return attrs.field(default="auto", validator=attrs.validators.in_(("auto", "hvp", "structured")),
+                       metadata={"examples": ("auto", "hvp")})
 
 
 def _curvature() -> Any:
@@ -82,15 +94,25 @@ class ExplicitConfig:
         curvature: ``"gauss-newton"`` (default) or ``"hessian"``.
         max_dim: refuse more selected parameters ``p`` than this (the matrix and its
             factor take ``16 p²`` bytes); checked when the spec is composed.
+        build: how the ``p × p`` curvature is built. ``"auto"`` (default): from the layer
+            structure in large GEMMs where that applies (every selected parameter in an
+            ``nn.Linear`` / ``nn.Conv1d/2d`` applied once per example; for ``"hessian"``, a
+            probe finding it equal to Gauss-Newton, e.g. logistic regression) and ``p`` exceeds
+            one pass of HVPs, else from HVPs; ``"hvp"``: always from HVPs (any model);
+            ``"structured"``: from the layer structure, refused (``CurvatureError``, with the
+            reason) where it does not apply. Both give the same matrix to round-off.
     """
 
     regularization: float = _regularization()
     curvature: str = _curvature()
     max_dim: int = positive_int(20000)
+    build: str = _structure()
 
 
 class ExplicitSolver(_HVPSolver):
-    """Exact ``(H + λI)⁻¹``: ``H`` assembled from HVPs, Cholesky-factorised once (``p³/3`` flops)."""
+    """Exact ``(H + λI)⁻¹``: ``H`` assembled from HVPs or from the layer structure (``build``),
+    Cholesky-factorised once (``p³/3`` flops). The fitted ``InverseHVP``'s ``stats.info["structured"]``
+    says which build ran. See :func:`~attrkit.functional.ihvp_explicit.explicit_ihvp_at`."""
 
     name: ClassVar[str] = "explicit"
     Config: ClassVar[type] = ExplicitConfig
@@ -117,14 +139,22 @@ class CGConfig:
     Attributes:
         regularization: damping ``λ >= 0``.
         curvature: ``"gauss-newton"`` (default) or ``"hessian"``.
-        max_iter: CG iterations per solve, each one pass over the training data.
+        max_iter: CG iterations per solve, each one curvature product (with HVPs, one pass over the training data).
         tol: relative residual at which a vector stops.
+        matvec: how the curvature products are taken: ``"auto"`` (default) from the layer structure where
+            it applies (every selected parameter in an ``nn.Linear`` / ``nn.Conv1d/2d`` applied once per
+            example; for ``"hessian"``, a probe finding it equal to Gauss-Newton, e.g. logistic regression;
+            the factors within a quarter of the available memory) and ``p > 256``, else from HVPs;
+            ``"hvp"``: dataset HVPs, one pass per product; ``"structured"``: GEMMs on per-example factors
+            cached from one pass, refused (``CurvatureError``) where they do not apply. Both give the
+            same products to round-off.
     """
 
     regularization: float = _regularization()
     curvature: str = _curvature()
     max_iter: int = positive_int(10, (5,))
     tol: float = float_field(1e-6, gt=0.0)
+    matvec: str = _structure()
 
 
 class CGSolver(_HVPSolver):
@@ -136,7 +166,8 @@ class CGSolver(_HVPSolver):
     :class:`~attrkit.errors.ConvergenceWarning` per fitted solver (per member), with the
     residual reached and the fixes; every solve records ``iterations``,
     ``max_relative_residual`` and ``unconverged_solves`` in the fitted ``InverseHVP``'s
-    ``stats.info``. See :func:`~attrkit.functional.ihvp_cg.cg_ihvp_at`.
+    ``stats.info`` (and ``structured``, which curvature products were used). See
+    :func:`~attrkit.functional.ihvp_cg.cg_ihvp_at`.
     """
 
     name: ClassVar[str] = "cg"
@@ -169,7 +200,9 @@ class LiSSAConfig:
 
 
 class LiSSASolver(_HVPSolver):
-    """LiSSA (Agarwal et al., 2017): a Neumann series with HVPs on sampled mini-batches."""
+    """LiSSA (Agarwal et al., 2017): a Neumann series with HVPs on sampled mini-batches (always HVPs:
+    each step's product is over a sampled mini-batch, not the whole-training-set product that the
+    structured operator of ``cg`` and ``arnoldi`` caches)."""
 
     name: ClassVar[str] = "lissa"
     Config: ClassVar[type] = LiSSAConfig
@@ -184,8 +217,10 @@ class ArnoldiConfig:
         regularization: damping ``λ >= 0``.
         curvature: ``"gauss-newton"`` (default) or ``"hessian"``.
         rank: eigenpairs kept.
-        max_iter: Lanczos iterations (``>= rank``).
+        max_iter: Lanczos iterations (``>= rank``), each one curvature product.
         seed: fixes the start vector.
+        matvec: how the curvature products are taken: ``"auto"`` (default), ``"hvp"`` or
+            ``"structured"``, as for ``cg``.
     """
 
     regularization: float = _regularization()
@@ -193,6 +228,7 @@ class ArnoldiConfig:
     rank: int = positive_int(50, (4, 8))
     max_iter: int = positive_int(100, (20,))
     seed: int = seed_field()
+    matvec: str = _structure()
 
     def __attrs_post_init__(self) -> None:
         if self.rank > self.max_iter:

@@ -31,6 +31,7 @@ class IdentityProjector(Projector):
 
     name: ClassVar[str] = "identity"
     Config: ClassVar[type] = IdentityConfig
+    identity: ClassVar[bool] = True
 
     def fit(self, context: FitContext) -> None:
         """Nothing to fit."""

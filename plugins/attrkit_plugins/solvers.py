@@ -35,6 +35,7 @@ class IdentitySolver(HessianSolver):
     Config: ClassVar[type] = IdentityConfig
     space: ClassVar[str] = "feature"
     local_solve: ClassVar[bool] = True
+    identity: ClassVar[bool] = True
 
     def fit(self, context: FitContext) -> None:
         """Nothing to fit."""

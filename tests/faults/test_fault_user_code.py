@@ -66,8 +66,9 @@ def test_a_loss_that_vmap_cannot_trace_runs_one_example_at_a_time_and_says_so(lo
 
     monkeypatch.setattr(gradients, "_WARNED", set())  # said once per process
     monkeypatch.setattr(gradients, "hooked_gradients", lambda *args: None)  # as for a model beyond Linear/LayerNorm
+    dense = {"method": "grad-dot", "gradients": {"name": "per-example", "products": "dense"}}  # per-example gradients
     with pytest.warns(attrkit.UntraceableWarning, match="one example at a time with plain autograd"):
-        scores = _fit(loss_fn=loss_fn).attribute(TOY.test_loader())
+        scores = _fit(loss_fn=loss_fn, spec=dense).attribute(TOY.test_loader())
     # per example, both losses are the plain cross-entropy: the same scores as a traceable loss
     torch.testing.assert_close(scores, _fit().attribute(TOY.test_loader()))
 

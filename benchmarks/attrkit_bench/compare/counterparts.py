@@ -7,7 +7,9 @@ members, loaders and hyper-parameters, or says why there is none. dattri:
 * ``grad-dot`` / ``grad-cos`` → ``TracInAttributor`` with one checkpoint, weight 1,
   ``normalized_grad`` off / on, dattri's default projection off (exact products, as attrkit's);
 * ``tracin`` → ``TracInAttributor`` over the same checkpoints and learning rates;
-* ``trak`` → ``TRAKAttributor`` over the same members, same projection dimension and λ;
+* ``trak`` → ``TRAKAttributor`` over the same members, same projection dimension and λ (for the
+  LoGra form, factored gradients with a ``kronecker`` projector, dattri's dense projection to
+  as many features, ``layers × dim_in × dim_out``);
 * ``rps`` → ``RPSAttributor`` with the same L2 strength;
 * ``if`` with solver ``explicit``, ``cg``, ``lissa``, ``arnoldi``, ``ekfac`` or ``datainf``
   → the matching ``IFAttributor*`` (:mod:`attrkit_bench.compare.influence`), cached on and
@@ -38,7 +40,7 @@ import attrs
 import torch
 from torch.utils.data import DataLoader
 
-from attrkit.functional import resolve_linear_layer, select_parameters
+from attrkit.functional import plan_factors, resolve_linear_layer, select_parameters
 from attrkit_bench.compare.ensembles import dattri_rps, dattri_tracin, dattri_trak
 from attrkit_bench.compare.influence import KINDS, dattri_scores
 from attrkit_bench.compare.kronfluence import STRATEGIES, coverage, kronfluence_scores
@@ -78,7 +80,8 @@ def _params(part: Any) -> dict[str, Any]:
 
 def _extra_parts(spec: Mapping[str, Any], method: str) -> str | None:
     """Why ``spec`` has a part dattri's counterpart cannot have, or ``None``."""
-    if _name(spec.get("gradients")) not in (None, "per-example"):
+    if _name(spec.get("gradients")) not in (None, "per-example") and not (
+            method == "trak" and _name(spec.get("gradients")) == "factored"):
         return f"gradient source {_name(spec['gradients'])!r}"
     if _name(spec.get("grouper")) not in (None, "singleton"):
         return f"grouper {_name(spec['grouper'])!r}"
@@ -121,9 +124,15 @@ def counterpart(spec: Mapping[str, Any], problem: Problem, states: Sequence[dict
         return Counterpart(name="TracInAttributor", scores=dattri_tracin(model, states, rates, train, targets))
     if method == "trak":
         projector, solver = spec.get("projector"), spec.get("solver")
-        if _name(projector) not in ("gaussian", "rademacher") or _name(solver) != "gauss-newton":
+        if _name(projector) not in ("gaussian", "rademacher", "kronecker") or _name(solver) != "gauss-newton":
             return Counterpart(reason="dattri's TRAK projects randomly and solves by Gauss-Newton only")
-        dim, lam = _params(projector)["dim"], float(_params(solver).get("regularization", 0.0))
+        lam = float(_params(solver).get("regularization", 0.0))
+        if _name(projector) == "kronecker":  # LoGra: dattri's dense random projection to as many features
+            layers = len(plan_factors(model, select_parameters(model, ["*"])).layers)
+            dim = layers * _params(projector)["dim_in"] * _params(projector)["dim_out"]
+            return Counterpart(name=f"TRAKAttributor (dense projection, k = {dim})",
+                               scores=dattri_trak(model, states, train, targets, dim, lam))
+        dim = _params(projector)["dim"]
         return Counterpart(name="TRAKAttributor", scores=dattri_trak(model, states, train, targets, dim, lam))
     if method == "rps":
         lam = float(params.get("regularization", 3e-3))

@@ -32,6 +32,9 @@ MEANINGS = {
     "pruning": "test accuracy kept when the lowest-scored training points are removed and the model retrained; "
     "higher is better",
     "time": "wall seconds of fit + attribute on all targets; lower is better",
+    "roofline": "examples differentiated / this machine's gradient pass rate + the method's necessary GEMM flops / "
+    "its float32 GEMM rate, both measured in this run (attrkit_bench.roofline), and the time as its multiple; "
+    "lower is better",
     "memory": "peak process memory (RSS) above its level at the start of fit + attribute; lower is better",
 }
 
@@ -54,32 +57,39 @@ def _compared(runs: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def table_rows(document: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """``(header, rows)``: method, each metric, time (s), peak mem (MiB), and for each library
-    compared (dattri, kronfluence) its score-based metrics, time and the time ratio
-    library / attrkit (above 1: attrkit faster); kronfluence's also its peak memory and the
+    """``(header, rows)``: method, each metric, time (s), peak mem (MiB), the roofline limit and
+    the time as its multiple (where the document has them, :mod:`attrkit_bench.roofline`), and
+    for each library compared (dattri, kronfluence) its score-based metrics, time, peak memory
+    and the time ratio library / attrkit (above 1: attrkit faster); kronfluence's also the
     Pearson correlation ``r`` of its scores with attrkit's."""
     metrics = [m["name"] for m in document["metrics"]]
     runs: Sequence[Mapping[str, Any]] = document["runs"]
     libraries = _compared(runs)
     score_metrics = [m for m in metrics if m in ("lds", "loo")]
+    roofline = any(run.get("roofline") for run in runs)
     header = ["method", *(TITLES.get(m, m) for m in metrics), "time (s)", "peak mem (MiB)"]
+    header += ["roofline (s)", "× roofline"] if roofline else []
     for library in libraries:
-        header += [f"{library} {TITLES[m]}" for m in score_metrics] + [f"{library} (s)"]
-        header += [f"{library} peak mem (MiB)", f"{library} r"] if library != "dattri" else []
+        header += [f"{library} {TITLES[m]}" for m in score_metrics] + [f"{library} (s)", f"{library} peak mem (MiB)"]
+        header += [f"{library} r"] if library != "dattri" else []
         header += [f"{library}/attrkit time"]
     rows = []
     for run in runs:
         row = [run["label"], *(number(run["metrics"].get(m)) for m in metrics), f"{run['seconds']:.2f}",
                f"{run['peak_mib']:.0f}"]
+        if roofline:
+            limit = run.get("roofline")
+            row += [f"{limit['limit']:.3f}", f"{limit['multiple']:.1f}"] if limit else ["–", "–"]
         for library in libraries:
             theirs = run.get(library)
-            memory = library != "dattri"
+            correlation = library != "dattri"
             if theirs and theirs["seconds"] is not None:
                 row += [number(theirs["metrics"].get(m)) for m in score_metrics] + [f"{theirs['seconds']:.2f}"]
-                row += [number(theirs.get("peak_mib"), 0), number(theirs.get("correlation"), 4)] if memory else []
+                row += [number(theirs.get("peak_mib"), 0)]
+                row += [number(theirs.get("correlation"), 4)] if correlation else []
                 row += [f"{theirs['seconds'] / run['seconds']:.2f}"]
             else:
-                row += ["–"] * (len(score_metrics) + 2 + 2 * memory)
+                row += ["–"] * (len(score_metrics) + 3 + correlation)
         rows.append(row)
     return header, rows
 
@@ -96,6 +106,8 @@ def format_table(document: Mapping[str, Any]) -> str:
     notes = [f"  {run['label']}: {library}: {run[library].get(key)}" for library in _compared(document["runs"])
              for run in document["runs"] for key in ("reason", "note") if run.get(library) and run[library].get(key)]
     explained = legend([m["name"] for m in document["metrics"]])
+    if any(run.get("roofline") for run in document["runs"]):
+        explained.append(f"roofline (s), × roofline: {MEANINGS['roofline']}")
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows), *notes,
                       *(f"  {text}" for text in explained)])
 

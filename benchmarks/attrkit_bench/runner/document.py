@@ -14,6 +14,7 @@ import torch
 import attrkit
 from attrkit import Registry
 from attrkit_bench.problem import Problem
+from attrkit_bench.roofline import Sizes, limits, measure_rates, sizes_of
 from attrkit_bench.runner.choices import MethodChoice, MetricChoice
 from attrkit_bench.runner.method import MethodRun, compared_library, run_method
 
@@ -50,14 +51,26 @@ def run_benchmark(
         on_run: called with each run as it finishes (e.g. to print progress).
     """
     registry = registry or attrkit.default_registry()
+    sizes = _roofline_sizes(problem)
+    rates = None if sizes is None else measure_rates(problem.model, problem.loss_fn, problem.train)
     runs = []
     for choice in choices:
         runs.append(run_method(problem, choice, metrics, registry, compare))
+        if rates is not None:
+            try:
+                members = choice.members[1] if choice.members else 1
+                runs[-1] = attrs.evolve(runs[-1], roofline=limits(runs[-1].spec, members, sizes, rates,
+                                                                  runs[-1].seconds))
+            except LookupError:  # a method the roofline does not count
+                pass
         if on_run is not None:
             on_run(runs[-1])
     info = {**problem.info, "torch": torch.__version__, "attrkit": attrkit.__version__,
             "device": str(problem.task().device), "torch_threads": torch.get_num_threads(),
             "python": platform.python_version(), "platform": platform.platform()}
+    if rates is not None:
+        info["roofline"] = {"gemm_gflops": rates.gemm / 1e9, "pass_examples_per_s": rates.passes,
+                            "n_train": sizes.n, "n_targets": sizes.m, "parameters": sizes.p}
     library = compared_library(compare)
     if library == "dattri":
         from attrkit_bench.compare.dattri import dattri_version
@@ -76,6 +89,15 @@ def run_benchmark(
         ],
         "runs": [attrs.asdict(run) for run in runs],
     }
+
+
+def _roofline_sizes(problem: Problem) -> Sizes | None:
+    """The roofline's sizes of ``problem`` (:mod:`attrkit_bench.roofline`), or ``None`` when its model
+    has parameters outside ``nn.Linear`` layers (the counts cover only those)."""
+    try:
+        return sizes_of(problem.model, len(problem.train.dataset), len(problem.targets.dataset))
+    except (ValueError, AttributeError, TypeError):  # other layers, or loaders without a sized dataset
+        return None
 
 
 def write_document(document: dict[str, Any], out_dir: Path, quick: bool) -> Path:

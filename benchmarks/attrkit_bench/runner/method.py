@@ -91,6 +91,8 @@ class MethodRun:
         memory_source: how ``peak_mib`` was measured (``"statm"`` or ``"getrusage"``).
         dattri: dattri's counterpart, when compared with dattri.
         kronfluence: kronfluence's counterpart, when compared with kronfluence.
+        roofline: ``{"limit", "multiple", "gflop", "examples", "counted"}`` where the setting's
+            model is counted (:func:`attrkit_bench.roofline.limits`), else ``None``.
     """
 
     label: str
@@ -106,6 +108,7 @@ class MethodRun:
     memory_source: str
     dattri: CounterpartRun | None = None
     kronfluence: CounterpartRun | None = None
+    roofline: dict[str, Any] | None = None
 
 
 def _first(loader: Iterable[Any]) -> list[Any]:

@@ -1,0 +1,151 @@
+"""Structured inner products: when to take the score's inner products from per-layer factors.
+
+    score(t, i) = Σ_m w_m <∇ target_t, ∇ loss_i>      (grad-dot, grad-cos, TracIn, IF with the identity)
+
+needs only inner products of raw gradients. For ``nn.Linear`` / ``nn.Conv`` layers those come
+exactly from the layers' inputs and output gradients
+(:mod:`attrkit.functional.structured_products`), at a fraction of the cost and memory of forming
+the gradients. :class:`Chooser` decides at the first training batch, for the whole fit, which
+layers stay as factors (the gradient source's ``products``: ``"auto"`` where cheaper,
+``"structured"`` all, ``"dense"`` none); every member's training side and queries are then
+packed factor rows of that :class:`~attrkit.functional.structured_products.ProductLayout`,
+scored by its ``products`` instead of a matrix product.
+
+The composition must leave the raw gradients untransformed: the identity projector, no solver
+or the identity, the singleton grouper, no example weights, no properties on the task (their
+gradients are dense), no feature store (its chunks would hold another representation) and a
+single process.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from attrkit import capabilities, distributed
+from attrkit.errors import FactorisationError, SpecError
+from attrkit.functional.structured_products import ProductLayout, product_layout
+
+if TYPE_CHECKING:
+    from attrkit.context import Member
+    from attrkit.engine.attributor import GradientAttributor
+
+__all__ = ["Chooser", "check_spec", "chooser"]
+
+
+def _why_dense_parts(method: GradientAttributor) -> str | None:
+    """Which part of the spec needs the dense gradients, or ``None``."""
+    parts = method.parts
+    if "projector" in parts and not parts["projector"].cls.identity:
+        return f"projector {parts['projector'].name!r} transforms the gradients"
+    if "solver" in parts and not parts["solver"].cls.identity:
+        return f"solver {parts['solver'].name!r} transforms the gradients"
+    if "grouper" in parts and not parts["grouper"].cls.singletons:
+        return f"grouper {parts['grouper'].name!r} sums gradients per group"
+    return None
+
+
+def _refuse(why: str) -> SpecError:
+    return SpecError([f"gradients.products='structured' needs the raw gradients untransformed, but {why}; "
+                      "use products='auto' (which takes dense products here) or 'dense'"])
+
+
+def check_spec(method: GradientAttributor) -> None:
+    """Refuse ``products="structured"`` in a spec whose parts transform the gradients (at composition).
+
+    Raises:
+        SpecError: naming the part.
+    """
+    source = method.gradients
+    if capabilities.STRUCTURED in source.provides and source.config.products == "structured":
+        why = _why_dense_parts(method)
+        if why is not None:
+            raise _refuse(why)
+
+
+def _why_dense(method: GradientAttributor, store: Any, weights: torch.Tensor | None) -> str | None:
+    """What in the composition or the fit needs the dense gradients, or ``None``."""
+    why = _why_dense_parts(method)
+    if why is not None:
+        return why
+    if weights is not None:
+        return f"method {method.name!r} weights the training examples"
+    if method.task.properties is not None:
+        return "the task's properties are attributed with dense gradients"
+    if store is not None:
+        return "a feature store holds dense features (fit without store=, or products='dense')"
+    if distributed.world() is not None:
+        return "distributed runs take dense products"
+    return None
+
+
+class Chooser:
+    """The product layout of one fit, chosen at its first training batch.
+
+    Attributes:
+        mode: ``"auto"`` or ``"structured"``.
+        layout: the chosen :class:`ProductLayout`, ``None`` before the first batch; after it,
+            ``None`` when the fit takes dense products.
+        decided: whether the first batch has been seen.
+    """
+
+    def __init__(self, method: GradientAttributor, mode: str):
+        self.method, self.mode = method, mode
+        self.layout: ProductLayout | None = None
+        self.decided = False
+
+    @classmethod
+    def fixed(cls, method: GradientAttributor, layout: ProductLayout) -> Chooser:
+        """A chooser already decided on ``layout`` (a fitted member's, for its queries)."""
+        out = cls(method, "structured")
+        out.layout, out.decided = layout, True
+        return out
+
+    def rows(self, member: Member, batch: Any, fn: Any) -> torch.Tensor | None:
+        """``Tensor[b, width]`` packed factor rows of ``fn``'s per-example gradients on ``batch``, or
+        ``None`` when this fit takes dense products (decided at the first call).
+
+        Raises:
+            SpecError: ``products="structured"`` on a model without factored layers.
+            FactorisationError: ``products="structured"`` where a layer's weight is also used
+                outside its module; or a later batch with more positions than the first.
+        """
+        if self.decided and self.layout is None:
+            return None
+        task = self.method.task
+        try:
+            grads = self.method.gradients.factors(task, fn, member, batch)
+        except FactorisationError:
+            if self.decided or self.mode == "structured":
+                raise
+            self.decided = True
+            return None
+        if not self.decided:
+            self.decided = True
+            layout = product_layout(grads, None if self.mode == "auto" else [True] * len(grads.layers))
+            if not layout.structured:
+                if self.mode == "structured":
+                    raise SpecError([f"gradients.products='structured': the model has no nn.Linear or nn.Conv1d/2d "
+                                     "layer among the differentiated parameters; use products='auto' or 'dense'"])
+                return None
+            self.layout = layout
+        return self.layout.pack(grads)
+
+
+def chooser(method: GradientAttributor, store: Any, weights: torch.Tensor | None) -> Chooser | None:
+    """The fit's :class:`Chooser`, or ``None`` when it takes dense products.
+
+    Raises:
+        SpecError: ``products="structured"`` in a composition that needs dense gradients
+            (the message says which part).
+    """
+    source = method.gradients
+    if capabilities.STRUCTURED not in source.provides or source.config.products == "dense":
+        return None
+    why = _why_dense(method, store, weights)
+    if why is None:
+        return Chooser(method, source.config.products)
+    if source.config.products == "structured":
+        raise _refuse(why)
+    return None

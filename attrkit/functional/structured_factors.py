@@ -1,0 +1,304 @@
+"""The per-example factors of the curvature's layer structure, collected in one pass.
+
+When every selected parameter belongs to a factored layer (``nn.Linear``, ``nn.Conv1d/2d``,
+:func:`~attrkit.functional.factored_plan.plan_factors`) applied at one position per example,
+the Jacobian of example ``i``'s flattened outputs ``z_i`` (``C`` of them, e.g. logits) with
+respect to layer ``l``'s extended weight ``[W | b]`` (``Tensor[d_out, d_in + 1]`` flattened
+row-major) is ``J_il = B_il ⊗ ā_il``: ``B_il = ∂z_i/∂(layer output)`` (``Tensor[C, d_out]``) and
+``ā_il = [a_il, 1]`` the layer's input (the 1 only with a selected bias). The Gauss-Newton
+matrix of the mean loss is ``G = (1/N) Σ_i J_iᵀ H_i J_i`` with ``H_i = ∇²_z ℓ(z_i)``
+(``Tensor[C, C]``). Two consumers use these factors: the explicit solver's ``p × p`` matrix
+(:mod:`~attrkit.functional.explicit_structured`) and the cached operator ``V -> G V`` of CG and
+Arnoldi (:mod:`~attrkit.functional.structured_matvec`).
+
+The factors come from the factored-gradient machinery (:func:`~attrkit.functional.factored.factored_gradients`,
+one hooked forward/backward per batch and output): with the per-example function ``z_i[c]``
+its output gradients are the rows ``B_il[c]``, its inputs the ``a_il``. ``H_i`` comes from
+``C`` backward passes through the loss's gradient in output space (cheap), ``loss_fn`` split at its
+single call of the model as for ``curvature="gauss-newton"``
+(:func:`~attrkit.functional.curvature.model_call`). For ``curvature="hessian"``,
+:func:`collect_factors` checks by a probe that ``H = G`` (:func:`probe_tolerance`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
+
+import attrs
+import torch
+
+from attrkit import distributed
+from attrkit.data import batch_size, to_device
+from attrkit.errors import ArgumentError, ArgumentTypeError, FactorisationError
+from attrkit.functional.bound import eval_mode
+from attrkit.functional.curvature import (
+    MatVec,
+    dataset_gnvp,
+    dataset_hvp,
+    logits_of,
+    loss_of_outputs,
+    model_call,
+    output_entry,
+)
+from attrkit.functional.factored import factored_gradients
+from attrkit.functional.factored_plan import FactorPlan, plan_factors
+from attrkit.functional.ihvp import _Meter, dataset_matvec
+from attrkit.progress import length_of, progress
+from attrkit.types import LossFn
+
+__all__ = ["FactorSink", "Layer", "Unusable", "batch_factors", "collect_factors", "probe_tolerance"]
+
+
+def probe_tolerance(dtype: torch.dtype) -> float:
+    """Relative ``‖Hv − Gv‖ / ‖Hv‖`` below which the Hessian is taken to be the Gauss-Newton matrix.
+
+    ``1e-4`` for float32 (and lower) parameters: float32 dataset products of ``N`` examples are
+    accurate to about ``1e-6`` relative, while a second-order term ``Σ_i Σ_c (∂ℓ/∂z_ic) ∇²z_ic``
+    of a nonlinear model moves a random ``Hv`` by far more (``O(1)`` relative on a ReLU MLP).
+    ``1e-8`` for float64 parameters, for the same reason at float64 round-off. Below it,
+    putting ``G`` for ``H`` moves the products less than this, near their own round-off.
+    """
+    return 1e-8 if torch.finfo(dtype).eps < 1e-10 else 1e-4
+
+
+class Unusable(Exception):
+    """The layer structure does not apply; the message says why (shown by ``"structured"`` choices)."""
+
+
+@attrs.frozen
+class Layer:
+    """A factored layer's place in the flat layout of ``names``.
+
+    Attributes:
+        module: the layer's module name.
+        weight: offset of the weight's first entry, or ``None`` when it is not selected.
+        bias: offset of the bias's first entry, or ``None``.
+        d_in: entries of one weight row (``0`` without a selected weight).
+        d_out: output features (weight rows).
+    """
+
+    module: str
+    weight: int | None
+    bias: int | None
+    d_in: int
+    d_out: int
+
+    @property
+    def width(self) -> int:
+        """``d_in (+1 with a bias)``: the length of ``ā``."""
+        return self.d_in + (self.bias is not None)
+
+
+def _layout(plan: FactorPlan, state: Mapping[str, torch.Tensor], names: Sequence[str]) -> list[Layer]:
+    """The planned layers' offsets in the layout of ``names`` (each flattened row-major, in that order)."""
+    offsets, at = {}, 0
+    for name in names:
+        offsets[name] = at
+        at += state[name].numel()
+    layers = []
+    for module, weight, bias in plan.layers:
+        d_out = state[weight].shape[0] if weight else state[bias].shape[0]
+        d_in = state[weight][0].numel() if weight else 0
+        layers.append(Layer(module, offsets.get(weight), offsets.get(bias), d_in, d_out))
+    return layers
+
+
+def _output_hessians(loss_of: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor) -> torch.Tensor:
+    """``H``: ``Tensor[b, C, C]``, each example's Hessian of its loss in its flattened outputs
+    ``z`` (``Tensor[b, ...]``, ``C`` entries per example).
+
+    Column ``c`` of every ``H_i`` is one backward pass through the loss's gradient in ``z``
+    with ``e_c`` at every example (reverse over reverse; the batch's Hessian is block
+    diagonal when an example's loss reads only its own outputs). A seeded random direction
+    checks that assumption.
+
+    Raises:
+        Unusable: an example's loss depends on other examples' outputs.
+    """
+    b, c = z.shape[0], z[0].numel()
+    with torch.enable_grad():
+        point = z.detach().requires_grad_()
+        (gradient,) = torch.autograd.grad(loss_of(point), point, create_graph=True)
+
+        def product(v: torch.Tensor) -> torch.Tensor:
+            if not gradient.requires_grad:  # a loss linear in z
+                return torch.zeros_like(v)
+            (out,) = torch.autograd.grad(gradient, point, v.reshape(z.shape), retain_graph=True, allow_unused=True)
+            return torch.zeros_like(v) if out is None else out.detach().reshape(b, c)
+
+        eye = torch.eye(c, dtype=z.dtype, device=z.device)
+        hessians = torch.stack([product(eye[k].expand(b, c)) for k in range(c)], 2)  # [i, :, k] = H_i e_k
+        probe = torch.randn(b, c, generator=torch.Generator().manual_seed(0), dtype=z.dtype).to(z.device)
+        found = product(probe)
+    expected = (hessians @ probe[..., None])[..., 0]
+    scale = float((hessians.square().sum((1, 2)) * probe.square().sum(1)).sum().sqrt())
+    if float((found - expected).norm()) > math.sqrt(torch.finfo(z.dtype).eps) * scale:
+        raise Unusable("an example's loss depends on other examples' outputs (the loss's Hessian in the outputs is "
+                       "not block diagonal over the batch)")
+    return hessians
+
+
+def batch_factors(model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str, torch.Tensor], plan: FactorPlan,
+                  batch: Any, admit: Callable[[int, int], None] | None = None,
+                  ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+    """``(ā per layer: Tensor[b, width], B per layer: Tensor[b, C, d_out], H: Tensor[b, C, C])`` of one batch,
+    in the parameters' dtype.
+
+    ``admit(b, C)``, when given, is called after the forward pass that finds ``C``, before the
+    ``C + 1`` backward passes and the ``C`` hooked passes; it raises :class:`Unusable` to stop.
+
+    Raises:
+        Unusable: the structure does not apply (outputs not batch-first, a layer at other than
+            one position per example, a weight used outside its layer, interacting losses), or
+            ``admit`` refused.
+    """
+    b = batch_size(batch)
+    try:
+        _, _, out = model_call(model, loss_fn, state, batch)
+        z, rebuild = logits_of(out)
+    except (ArgumentError, ArgumentTypeError) as exc:
+        raise Unusable(f"loss_fn cannot be split at the model's outputs ({exc})") from None
+    if z.dim() == 0 or z.shape[0] != b:
+        raise Unusable(f"the model's outputs {tuple(z.shape)} do not have the {b} examples of the batch first")
+    if admit is not None:
+        admit(b, z[0].numel())
+    hessians = _output_hessians(loss_of_outputs(loss_fn, batch, rebuild), z.detach())
+    rows: list[list[torch.Tensor]] = [[] for _ in plan.layers]
+    inputs: list[torch.Tensor] = []
+    for c in range(hessians.shape[1]):
+        try:
+            found = factored_gradients(model, output_entry(loss_fn, c), state, batch, plan)
+        except FactorisationError as exc:
+            raise Unusable(str(exc)) from None
+        for layer, bucket in zip(found.layers, rows):
+            if layer.inputs.shape[1] != 1:
+                raise Unusable(f"layer {layer.module!r} is applied at {layer.inputs.shape[1]} positions per example "
+                               "(a sequence, a convolution's patches, or a layer called more than once), not one")
+            bucket.append(layer.output_grads[:, 0])
+        if c == 0:
+            for layer in found.layers:
+                a = layer.inputs[:, 0]
+                inputs.append(torch.cat([a, a.new_ones(b, 1)], 1) if layer.bias is not None else a)
+    return inputs, [torch.stack(r, 1) for r in rows], hessians
+
+
+class FactorSink(Protocol):
+    """What :func:`collect_factors` hands the factors to: the matrix build or the cached operator."""
+
+    def admit(self, examples: int, outputs: int) -> None:
+        """Before a batch's factors are computed: refuse (:class:`Unusable`) a batch of ``examples``
+        with ``outputs`` (``C``) each that the consumer cannot take (e.g. over its memory budget)."""
+
+    def add(self, inputs: list[torch.Tensor], jacobians: list[torch.Tensor], hessians: torch.Tensor) -> None:
+        """Take one batch's factors (:func:`batch_factors`; this rank's examples, in order)."""
+
+    def finish(self, n: int) -> MatVec:
+        """After the pass, with ``n`` examples seen by this rank: sum over the ranks (collective)
+        and return ``V -> G V`` on ``Tensor[k, p]`` float64 rows (used by the Hessian probe)."""
+
+
+Sink = TypeVar("Sink", bound=FactorSink)
+
+
+def collect_factors(
+    meter: _Meter, model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str, torch.Tensor],
+    names: Sequence[str], curvature: str, start: Callable[[list[Layer]], Sink], desc: str,
+) -> tuple[Sink | None, str, dict[str, float]]:
+    """One pass over the training set feeding every batch's factors to a sink, or why the structure does not apply.
+
+    Gauss-Newton: exact whenever it applies. Hessian: ``H = G + Σ_i Σ_c (∂ℓ/∂z_ic) ∇²z_ic``,
+    which is ``G`` when the outputs are linear in the selected parameters (e.g. logistic
+    regression). Decided by a probe with two seeded random ``v``: after the pass, one pass of
+    dataset ``Hv`` against the sink's ``G v``, within :func:`probe_tolerance`. Before it, the
+    same comparison on the first batch alone (its ``Hv`` and ``Gv``) skips a pass that
+    would be thrown away (a nonlinear model, a penalty on the parameters in ``loss_fn``).
+
+    It does not apply either with more outputs per example than selected parameters
+    (``C > p``, e.g. a language model's logits: ``C`` hooked passes per batch would cost more than
+    the HVPs), or when the sink's ``admit`` refuses a batch; both are checked after the batch's
+    forward pass, before its backward passes.
+
+    In distributed mode each rank takes its shard of the batches (the sink sums over the
+    ranks in ``finish``); whether the structure applies is agreed between the ranks
+    (collective): one rank's reason makes every rank give up.
+
+    Args:
+        meter: the counting view of the training batches (``prepare_at``): the pass and the
+            probe's are counted in it, the first batch's ``Hv`` and ``Gv`` as example-HVPs.
+        model, loss_fn, state, names, curvature: as :func:`~attrkit.functional.ihvp_explicit.explicit_ihvp_at`.
+        start: ``start(layers) -> sink``, given the factored layers in the layout of ``names``.
+        desc: the label of the pass's progress bar.
+
+    Returns:
+        ``(sink, "", info)`` after its ``finish``; or ``(None, reason, info)`` when the
+        structure does not apply. ``info["hessian_probe"]``: the probe's relative
+        ``‖Hv − Gv‖ / ‖Hv‖`` (largest over the two ``v``), when one ran.
+    """
+    info: dict[str, float] = {}
+    plan = plan_factors(model, names)
+    if plan.fallback:
+        shown = ", ".join(plan.fallback[:3]) + (", ..." if len(plan.fallback) > 3 else "")
+        return None, (f"the selected parameters {shown} are not in a factored layer (nn.Linear, nn.Conv1d/2d): they "
+                      f"belong to {', '.join(plan.fallback_modules[:3])}"), info
+    first = state[names[0]]
+    p = sum(state[n].numel() for n in names)
+    tol = probe_tolerance(first.dtype)
+    v = torch.randn(2, p, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(first.device)
+
+    def not_gauss_newton(where: str) -> str:
+        return (f"the Hessian is not the Gauss-Newton matrix here: ‖Hv − Gv‖/‖Hv‖ = "
+                f"{info['hessian_probe']:.3g} > {tol:g} on a random v ({where}; the model's outputs are not linear "
+                "in the selected parameters, or loss_fn has terms on the parameters)")
+
+    if curvature == "hessian":  # the first batch alone (on one rank), before the pass
+        head = [next(iter(meter.batches))]
+        try:
+            gv = dataset_gnvp(model, loss_fn, state, names, head)(v)
+        except (ArgumentError, ArgumentTypeError) as exc:
+            return None, f"loss_fn cannot be split at the model's outputs ({exc})", info
+        info["hessian_probe"] = _relative(dataset_hvp(model, loss_fn, state, names, head)(v), gv)
+        meter.example_hvps += 2 * len(v) * batch_size(head[0])
+        if not info["hessian_probe"] <= tol:
+            return None, not_gauss_newton("the first batch"), info
+    sink = start(_layout(plan, state, names))
+    reason, n, outputs = None, 0, []
+
+    def admit(examples: int, c: int) -> None:
+        if outputs and c != outputs[0]:
+            raise Unusable(f"examples have different numbers of outputs ({outputs[0]} and {c})")
+        if c > p:
+            raise Unusable(f"the model has more outputs per example (C = {c}) than there are selected parameters "
+                           f"(p = {p}): the factors would take C hooked passes per batch and C² entries per example, "
+                           "more than the p HVPs per example that give the whole curvature")
+        outputs[:] = [c]
+        sink.admit(examples, c)
+
+    total = length_of(meter) if distributed.world() is None else None
+    with eval_mode(model):
+        for batch in progress(distributed.shard(meter), desc, total=total):
+            batch = to_device(batch, first.device)
+            try:
+                sink.add(*batch_factors(model, loss_fn, state, plan, batch, admit))
+            except Unusable as exc:
+                reason = str(exc)
+                break
+            n += batch_size(batch)
+    reasons = [r for r in distributed.all_ranks(reason) if r is not None]
+    if reasons:
+        return None, reasons[0], info
+    product = sink.finish(n)
+    if curvature == "hessian":  # the whole training set: H v against the sink's G v
+        hv = dataset_matvec(meter, model, loss_fn, state, names, "hessian")(v)
+        info["hessian_probe"] = _relative(hv, product(v).to(hv.dtype))
+        if not info["hessian_probe"] <= tol:
+            return None, not_gauss_newton("the whole training set"), info
+    return sink, "", info
+
+
+def _relative(reference: torch.Tensor, other: torch.Tensor) -> float:
+    """Largest ``‖r − o‖ / ‖r‖`` over the rows (``0`` for a zero pair)."""
+    difference = (reference - other).norm(dim=1)
+    size = reference.norm(dim=1)
+    return float(torch.where(difference == 0, 0.0, difference / size).max())

@@ -1,0 +1,248 @@
+"""The dataset curvature as a cached operator ``V -> G V`` from its layer structure, applied in GEMMs.
+
+``G`` is the Gauss-Newton matrix of the mean training loss, or its Hessian where the probe of
+:func:`~attrkit.functional.structured_factors.collect_factors` finds ``H = G`` (outputs linear in
+the selected parameters, e.g. logistic regression).
+
+With the per-example factors of :mod:`~attrkit.functional.structured_factors` (``ā_il``:
+``Tensor[d_in_l (+1)]``, ``B_il``: ``Tensor[C, d_out_l]``, ``H_i``: ``Tensor[C, C]``), the
+Gauss-Newton product of the mean loss on a vector ``v`` (layer blocks ``V_l``:
+``Tensor[d_out_l, d_in_l (+1)]``, the weight then the bias column) is
+
+    z_i = Σ_l B_il V_l ā_il,    y_i = H_i z_i / N,    (G v)_l = Σ_i B_ilᵀ y_i ā_ilᵀ.
+
+For a block of ``m`` vectors and a chunk of examples that is, per layer, one GEMM
+``W_l = V_l Ā_lᵀ`` (``Tensor[m, d_out, n]``), small batched products for ``z`` and ``y``, and
+one GEMM back, ``(B_lᵀ y) Ā_l``; no autograd, no pass over the training loader. The factors are
+collected once (one pass, ``C`` hooked forward/backward passes per batch) and held:
+``n (Σ_l width_l + C Σ_l d_out_l + C²)`` elements in the parameters' dtype for this rank's
+``n`` examples, within :data:`MEMORY_FRACTION` of the available memory (checked batch by batch,
+before each batch's backward passes: the pass stops at the first batch past it and the solver
+takes HVPs). CG and Arnoldi take it through :func:`curvature_matvec` (their ``matvec=``
+option); LiSSA samples mini-batches and stays on HVPs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from attrkit import distributed
+from attrkit.errors import ArgumentError, CurvatureError
+from attrkit.functional.curvature import MatVec
+from attrkit.functional.ihvp import _Meter, dataset_matvec
+from attrkit.functional.structured_factors import Layer, Unusable, collect_factors
+from attrkit.memory import available_bytes, format_bytes
+from attrkit.types import LossFn
+
+__all__ = ["MATVECS", "MEMORY_FRACTION", "MIN_DIM", "StructuredMatVec", "curvature_matvec", "structured_matvec"]
+
+#: ``matvec=`` values of the CG and Arnoldi builders.
+MATVECS = ("auto", "hvp", "structured")
+#: ``matvec="auto"`` uses the structured operator only for more selected parameters than this.
+#: Below it a pass of dataset HVPs costs little (the explicit solver builds the whole ``p × p``
+#: curvature in one such pass at its default ``chunk_size``, the same rule as its ``build="auto"``),
+#: so the collection pass (``C`` hooked passes per batch), the Hessian probe and the cache would
+#: save milliseconds; and small problems keep the HVP path on which results were recorded (the
+#: structured products equal it only to float32 round-off).
+MIN_DIM = 256
+#: Share of the memory available when the factors are collected that they may take (as
+#: :data:`attrkit.budget.DEFAULT_FRACTION`, the default budget of a fit's features).
+MEMORY_FRACTION = 0.25
+#: Elements of the largest temporary (``Tensor[chunk, m, max(d_out, C)]``); sets the examples per chunk.
+_CHUNK = 1 << 24
+
+
+class StructuredMatVec:
+    """``V -> G V`` (``Tensor[m, p]`` or ``Tensor[p]``) from the held per-example factors of this rank's examples.
+
+    Attributes:
+        p: dimension of the vectors (the layout of ``names``).
+        dtype, device: the factors' (the parameters').
+        examples: ``N``, the training examples over all ranks.
+        layers: the factored layers (:class:`~attrkit.functional.structured_factors.Layer`).
+        inputs: per layer, ``ā``: ``Tensor[n, width]`` (``n`` this rank's examples).
+        jacobians: per layer, ``B``: ``Tensor[n, C, d_out]``.
+        hessians: ``H``: ``Tensor[n, C, C]``.
+        nbytes: bytes the factors hold.
+    """
+
+    def __init__(self, layers: Sequence[Layer], p: int, dtype: torch.dtype, device: torch.device, budget: int | None,
+                 where: str):
+        self.layers, self.p, self.dtype, self.device = list(layers), p, dtype, device
+        self.examples = self.nbytes = 0
+        self._budget, self._where = budget, where
+        self._parts: list[list[torch.Tensor]] = [[] for _ in range(2 * len(self.layers) + 1)]
+        self.inputs: list[torch.Tensor] = []
+        self.jacobians: list[torch.Tensor] = []
+        self.hessians = torch.empty(0, 0, 0, dtype=dtype, device=device)
+
+    def admit(self, examples: int, outputs: int) -> None:
+        """Refuse a batch whose factors (``examples (Σ width + C Σ d_out + C²)`` elements) would pass the budget.
+
+        Raises:
+            Unusable: they would; the message gives the sizes.
+        """
+        per_example = sum(layer.width + outputs * layer.d_out for layer in self.layers) + outputs * outputs
+        held = self.nbytes + examples * per_example * self.dtype.itemsize
+        if self._budget is not None and held > self._budget:
+            seen = sum(len(t) for t in self._parts[-1]) + examples
+            raise Unusable(f"the per-example factors of the first {seen} examples take {format_bytes(held)}, more "
+                           f"than the structured operator's budget of {format_bytes(self._budget)} ({self._where})")
+
+    def add(self, inputs: list[torch.Tensor], jacobians: list[torch.Tensor], hessians: torch.Tensor) -> None:
+        """Hold one batch's factors (admitted by :meth:`admit`)."""
+        tensors = [*inputs, *jacobians, hessians]
+        for bucket, tensor in zip(self._parts, tensors):
+            bucket.append(tensor)
+        self.nbytes += sum(t.numel() * t.element_size() for t in tensors)
+
+    def finish(self, n: int) -> MatVec:
+        """Join the held batches (one array at a time, so that memory peaks at the factors plus one
+        array), count the ``N`` examples over the ranks (collective); ``self``."""
+        k, joined = len(self.layers), []
+        for i in range(2 * k + 1):  # a rank without batches: empty factors (only their lengths are read)
+            parts = self._parts[i]
+            joined.append(torch.cat(parts) if parts else torch.empty(0, dtype=self.dtype, device=self.device))
+            self._parts[i] = []
+        self.inputs, self.jacobians, self.hessians = joined[:k], joined[k : 2 * k], joined[-1]
+        self.examples = sum(distributed.all_ranks(n))
+        return self
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        """``G v`` for every row of ``v`` (``Tensor[m, p]``, or ``Tensor[p]``), summed over the ranks (collective).
+
+        The GEMMs run in the factors' dtype (``v`` is cast to it, as the HVP path casts to the
+        parameters'); each chunk's result is added to a sum in ``v``'s dtype promoted with the
+        factors' (float64 for Lanczos's float64 vectors, float32 for float32 blocks): the sum
+        has few terms (chunks and ranks) and the caller keeps working in ``v``'s dtype.
+
+        Returns:
+            ``v``'s shape, dtype and device. Cost: about ``4 m n p`` flops in GEMMs (``n``
+            this rank's examples) and ``m n C (4 Σ d_out + 2 C)`` in small batched products;
+            temporaries of at most ``2^24`` elements each.
+        """
+        if v.dim() not in (1, 2) or v.shape[-1] != self.p:
+            raise ArgumentError(f"expected vectors of shape [{self.p}] or [m, {self.p}], got {tuple(v.shape)}")
+        h = self.hessians
+        rows = v.reshape(-1, self.p).to(device=self.device, dtype=self.dtype)
+        m, n, total = rows.shape[0], len(h), torch.promote_types(v.dtype, self.dtype)
+        blocks = [_block(rows, layer) for layer in self.layers]  # [m * d_out, width]
+        sums = [torch.zeros(m * layer.d_out, layer.width, dtype=total, device=self.device) for layer in self.layers]
+        widest = max([h.shape[1] if n else 1] + [layer.d_out for layer in self.layers])
+        chunk = max(1, _CHUNK // (m * widest))
+        for s in range(0, n, chunk):
+            e = min(s + chunk, n)
+            z = h.new_zeros(e - s, m, h.shape[1])
+            for block, a, b in zip(blocks, self.inputs, self.jacobians):
+                w = (a[s:e] @ block.T).view(e - s, m, -1)  # W_l: [chunk, m, d_out]
+                z.baddbmm_(w, b[s:e].mT)  # Σ_l B_l W_l: [chunk, m, C]
+            y = z @ h[s:e].mT  # (H_i z_i)ᵀ
+            for a, b, out in zip(self.inputs, self.jacobians, sums):
+                u = (y @ b[s:e]).view(e - s, -1)  # B_lᵀ y: [chunk, m * d_out]
+                out += u.T @ a[s:e]
+        out = torch.empty(m, self.p, dtype=total, device=self.device)
+        for layer, part in zip(self.layers, sums):
+            part = part.view(m, layer.d_out, layer.width)
+            if layer.weight is not None:
+                out[:, layer.weight : layer.weight + layer.d_out * layer.d_in] = part[..., : layer.d_in].reshape(m, -1)
+            if layer.bias is not None:
+                out[:, layer.bias : layer.bias + layer.d_out] = part[..., layer.d_in]
+        distributed.sum_over_ranks([out])
+        out /= self.examples
+        return out.to(device=v.device, dtype=v.dtype).reshape(v.shape)
+
+
+def _block(rows: torch.Tensor, layer: Layer) -> torch.Tensor:
+    """``Tensor[m * d_out, width]``: each row's block ``[W | b]`` of ``layer`` (weight row-major, then the bias)."""
+    m = rows.shape[0]
+    parts = []
+    if layer.weight is not None:
+        parts.append(rows[:, layer.weight : layer.weight + layer.d_out * layer.d_in].reshape(m, layer.d_out, -1))
+    if layer.bias is not None:
+        parts.append(rows[:, layer.bias : layer.bias + layer.d_out, None])
+    return torch.cat(parts, 2).reshape(m * layer.d_out, layer.width)
+
+
+def _budget(device: torch.device) -> tuple[int | None, str]:
+    """``(bytes, words)``: :data:`MEMORY_FRACTION` of what ``device`` has available (the CPU's when it
+    cannot say; ``None``, no budget, when neither can), and how it was set, for messages."""
+    free = available_bytes(device)
+    if free is None and device.type != "cpu":
+        device, free = torch.device("cpu"), available_bytes("cpu")
+    if free is None:
+        return None, "none: the available memory is unknown"
+    return int(free * MEMORY_FRACTION), f"{MEMORY_FRACTION:.0%} of the {format_bytes(free)} available on {device}"
+
+
+def structured_matvec(
+    meter: _Meter, model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str, torch.Tensor],
+    names: Sequence[str], curvature: str,
+) -> tuple[StructuredMatVec | None, str, dict[str, float]]:
+    """The cached structured operator of the mean training loss's curvature, or why it cannot be made.
+
+    One pass of :func:`~attrkit.functional.structured_factors.collect_factors`, which decides
+    whether the structure applies (for ``curvature="hessian"``, by its probe of ``H = G``;
+    agreed between the ranks), holding this rank's factors. It does not apply, either, when
+    they would take more than :data:`MEMORY_FRACTION` of the memory available on the
+    parameters' device.
+
+    Args:
+        meter: the counting view of the training batches (``prepare_at``): the pass (and the
+            probe's) is counted in it; the operator's products are not (see :func:`curvature_matvec`).
+        model, loss_fn, state, names, curvature: as :func:`~attrkit.functional.ihvp_explicit.explicit_ihvp_at`.
+
+    Returns:
+        ``(operator, "", info)`` or ``(None, reason, info)``; ``info["hessian_probe"]``: the
+        probe's relative ``‖Hv − Gv‖ / ‖Hv‖``, when one ran.
+    """
+    first, p = state[names[0]], sum(state[n].numel() for n in names)
+    budget, where = _budget(first.device)
+    return collect_factors(meter, model, loss_fn, state, names, curvature,
+                           lambda layers: StructuredMatVec(layers, p, first.dtype, first.device, budget, where),
+                           f"structured curvature: caching the layer factors of the {p} parameters (one pass)")
+
+
+def curvature_matvec(
+    meter: _Meter, model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str, torch.Tensor],
+    names: Sequence[str], curvature: str, matvec: str, solver: str,
+) -> tuple[MatVec, dict[str, float]]:
+    """The counted dataset curvature product of an iterative solver (CG, Arnoldi): structured or HVPs.
+
+    Args:
+        meter, model, loss_fn, state, names, curvature: as :func:`structured_matvec`.
+        matvec: ``"auto"``: the structured operator where it applies and ``p >`` :data:`MIN_DIM`,
+            else dataset HVPs (:func:`~attrkit.functional.ihvp.dataset_matvec`, one pass per
+            call); ``"hvp"``; or ``"structured"``, which raises where it does not apply.
+        solver: the solver's name, for the error.
+
+    Returns:
+        ``(matvec, info)``: ``Tensor[m, p] -> Tensor[m, p]`` (or ``Tensor[p]``), which counts
+        ``N m`` example-HVPs in ``meter`` per call on either path (the structured one with no
+        pass); ``info["structured"]``: ``1.0`` when structured, else ``0.0``, and
+        ``info["hessian_probe"]`` when the probe ran.
+
+    Raises:
+        ArgumentError: ``matvec`` not one of :data:`MATVECS`.
+        CurvatureError: ``matvec="structured"`` where it does not apply (the message says why).
+    """
+    if matvec not in MATVECS:
+        raise ArgumentError(f"matvec must be one of {', '.join(map(repr, MATVECS))}, got {matvec!r}")
+    operator, info = None, {}
+    if matvec == "structured" or (matvec == "auto" and sum(state[n].numel() for n in names) > MIN_DIM):
+        operator, reason, info = structured_matvec(meter, model, loss_fn, state, names, curvature)
+        if operator is None and matvec == "structured":
+            raise CurvatureError(f"{solver} solver: matvec='structured' cannot be used: {reason}. Use matvec='hvp' "
+                                 "(or 'auto', which takes HVPs where the structured operator does not apply)")
+    info["structured"] = float(operator is not None)
+    if operator is None:
+        return dataset_matvec(meter, model, loss_fn, state, names, curvature), info
+    structured = operator
+
+    def counted(v: torch.Tensor) -> torch.Tensor:
+        out = structured(v)
+        meter.example_hvps += structured.examples * (v.shape[0] if v.dim() == 2 else 1)
+        return out
+
+    return counted, info

@@ -1,0 +1,239 @@
+"""Exact inner products of per-example gradients from their per-layer factors.
+
+For a factored layer (``nn.Linear``, unfolded ``nn.Conv1d/2d``, a Linear over a sequence) an
+example's gradient is ``Σ_s g_s ⊗ ā_s`` over its positions ``s`` (``ā_s = [a_s, 1]`` with a
+bias, see :mod:`attrkit.functional.gradient_factors`), so the inner product of two examples'
+gradients is
+
+    ⟨∇ℓ_i, ∇ℓ_t⟩ = Σ_layers Σ_{s,s'} (ā_is · ā_ts')(g_is · g_ts')  +  ⟨dense_i, dense_t⟩
+
+at ``T_i T_t (d_in + d_out)`` flops per pair and layer instead of ``d_in d_out``, and the
+gradient is never formed. A :class:`ProductLayout` says, per layer, whether it is kept as
+factors (*structured*) or materialised into the dense part, and packs a block of
+:class:`~attrkit.functional.gradient_factors.FactoredGradients` into one row per example
+(:meth:`ProductLayout.pack`); :meth:`ProductLayout.products` is then the Gram block between
+two packed blocks, equal to ``materialize() @ materialize().T`` to float round-off.
+
+A packed row stands for a gradient vector ``v`` (in another parameter order than
+``materialize``); :meth:`ProductLayout.scale` multiplies ``v`` (its ``g`` parts and dense
+part), :meth:`ProductLayout.normalize` makes ``‖v‖ = 1`` without overflow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import attrs
+import torch
+
+from attrkit.errors import FactorisationError
+from attrkit.functional.gradient_factors import FactoredGradients, LayerFactors
+
+__all__ = ["LayerSlot", "ProductLayout", "cheaper_structured", "product_layout"]
+
+#: Most elements of one ``[b, T, t, T]`` position-pair temporary of :meth:`ProductLayout.products`.
+_PAIR_ELEMENTS = 1 << 24
+
+
+def cheaper_structured(positions: int, d_in: int, d_out: int) -> bool:
+    """Whether a layer's factors give cheaper pair products than its dense gradient:
+    ``T² (d_in + d_out) < d_in d_out`` (``d_in`` with the bias column)."""
+    return positions * positions * (d_in + d_out) < d_in * d_out
+
+
+@attrs.frozen(kw_only=True)
+class LayerSlot:
+    """One factored layer's place in a packed row.
+
+    Attributes:
+        module: the module's name in the model.
+        positions: ``T``, positions per example kept (fewer are zero-padded, exactly).
+        d_in: input width, with the bias column when the bias is selected.
+        d_out: output width.
+        structured: kept as factors (``T * (d_in + d_out)`` columns); else materialised
+            into the dense part.
+    """
+
+    module: str
+    positions: int
+    d_in: int
+    d_out: int
+    structured: bool
+
+    @property
+    def columns(self) -> int:
+        """Columns the factors take in a packed row (0 for a materialised layer)."""
+        return self.positions * (self.d_in + self.d_out) if self.structured else 0
+
+
+def _extended_inputs(layer: LayerFactors) -> torch.Tensor:
+    """``Tensor[b, T, d_in (+1)]``: the inputs, with a column of ones when the bias is selected."""
+    if layer.bias is None:
+        return layer.inputs
+    ones = layer.inputs.new_ones(*layer.inputs.shape[:2], 1)
+    return torch.cat([layer.inputs, ones], 2)
+
+
+@attrs.frozen(kw_only=True)
+class ProductLayout:
+    """Which layers are kept as factors, and the packed row of a block of gradients.
+
+    Attributes:
+        layers: one :class:`LayerSlot` per factored layer, in the order of the gradients' layers.
+        dense: width of the dense part (fallback parameters and materialised layers).
+    """
+
+    layers: tuple[LayerSlot, ...]
+    dense: int
+
+    @property
+    def width(self) -> int:
+        """Columns of a packed row."""
+        return sum(slot.columns for slot in self.layers) + self.dense
+
+    @property
+    def structured(self) -> bool:
+        """Whether at least one layer is kept as factors."""
+        return any(slot.structured for slot in self.layers)
+
+    def to_dict(self) -> dict:
+        """A JSON-able record (:meth:`from_dict` reads it back)."""
+        return {"dense": self.dense, "layers": [attrs.asdict(slot) for slot in self.layers]}
+
+    @classmethod
+    def from_dict(cls, record: dict) -> ProductLayout:
+        """The layout :meth:`to_dict` recorded."""
+        return cls(layers=tuple(LayerSlot(**slot) for slot in record["layers"]), dense=int(record["dense"]))
+
+    # -- packing ---------------------------------------------------------------------------
+
+    def pack(self, grads: FactoredGradients) -> torch.Tensor:
+        """``Tensor[b, width]``: per structured layer ``[ā (T d_in), g (T d_out)]``, then the dense part.
+
+        Raises:
+            FactorisationError: the block has other layers, or more positions than the layout keeps.
+        """
+        b = grads.shape[0]
+        if len(grads.layers) != len(self.layers):
+            raise FactorisationError(f"the gradients have {len(grads.layers)} factored layers, the product layout "
+                                     f"{len(self.layers)}")
+        parts, dense = [], [grads.dense]
+        for slot, layer in zip(self.layers, grads.layers):
+            if not slot.structured:
+                dense.extend(v.reshape(b, -1) for v in layer.materialize().values())
+                continue
+            a, g = _extended_inputs(layer), layer.output_grads
+            short = slot.positions - a.shape[1]
+            if short < 0:
+                raise FactorisationError(
+                    f"layer {slot.module!r} has {a.shape[1]} positions in this batch, more than the {slot.positions} "
+                    "of the first training batch its product layout was made for: pad every batch to one length, "
+                    "or use dense products (gradients: {\"name\": \"per-example\", \"products\": \"dense\"})"
+                )
+            if short:  # zero positions add nothing to any product
+                a = torch.nn.functional.pad(a, (0, 0, 0, short))
+                g = torch.nn.functional.pad(g, (0, 0, 0, short))
+            parts += [a.reshape(b, -1), g.reshape(b, -1)]
+        packed = torch.cat([*parts, *dense], 1)
+        if packed.shape[1] != self.width:
+            raise FactorisationError(f"packed gradients have {packed.shape[1]} columns, the layout {self.width}")
+        return packed
+
+    def _views(self, x: torch.Tensor) -> tuple[list[tuple[int, torch.Tensor, torch.Tensor]], torch.Tensor]:
+        """``([(T, ā [b, T, d_in], g [b, T, d_out]) per structured layer], dense [b, q])`` views of packed rows."""
+        b, out, start = x.shape[0], [], 0
+        for slot in self.layers:
+            if slot.structured:
+                t, size_a = slot.positions, slot.positions * slot.d_in
+                a = x[:, start : start + size_a].reshape(b, t, slot.d_in)
+                g = x[:, start + size_a : start + slot.columns].reshape(b, t, slot.d_out)
+                out.append((t, a, g))
+                start += slot.columns
+        return out, x[:, start:]
+
+    # -- products --------------------------------------------------------------------------
+
+    def products(self, q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``Tensor[b, t]``: ``⟨v(q_j), v(x_i)⟩`` for packed rows ``q`` (``[b, width]``) and ``x`` (``[t, width]``).
+
+        Equals ``Q @ X.T`` of the materialised gradients to float round-off. Cost per pair:
+        ``Σ_structured T² (d_in + d_out) + dense``; a ``[b, T, t', T]`` temporary per layer
+        with ``T > 1`` (``t'`` rows of ``x`` at a time, at most 16M elements).
+        """
+        q_layers, q_dense = self._views(q)
+        x_layers, x_dense = self._views(x)
+        out = q_dense @ x_dense.T
+        b = q.shape[0]
+        for (t, qa, qg), (_, xa, xg) in zip(q_layers, x_layers):
+            if t == 1:
+                out += (qa[:, 0] @ xa[:, 0].T).mul_(qg[:, 0] @ xg[:, 0].T)
+                continue
+            step = max(1, _PAIR_ELEMENTS // (b * t * t))
+            for lo in range(0, x.shape[0], step):
+                hi = min(lo + step, x.shape[0])
+                pa = (qa.reshape(b * t, -1) @ xa[lo:hi].reshape((hi - lo) * t, -1).T).view(b, t, hi - lo, t)
+                pg = (qg.reshape(b * t, -1) @ xg[lo:hi].reshape((hi - lo) * t, -1).T).view(b, t, hi - lo, t)
+                out[:, lo:hi] += pa.mul_(pg).sum((1, 3))
+        return out
+
+    def squared_norms(self, x: torch.Tensor) -> torch.Tensor:
+        """``Tensor[b]``: ``‖v(x_i)‖²`` of packed rows ``x`` (the diagonal of ``products(x, x)``)."""
+        layers, dense = self._views(x)
+        out = (dense * dense).sum(1)
+        for t, a, g in layers:
+            if t == 1:
+                out += (a[:, 0] * a[:, 0]).sum(1) * (g[:, 0] * g[:, 0]).sum(1)
+            else:
+                out += (torch.bmm(a, a.transpose(1, 2)) * torch.bmm(g, g.transpose(1, 2))).sum((1, 2))
+        return out
+
+    # -- linear maps of the represented vectors ---------------------------------------------
+
+    def scale(self, x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+        """Packed rows of ``factors[i] · v(x_i)`` (``factors``: ``Tensor[b]``): the ``g`` parts and the
+        dense part scaled, ``ā`` kept."""
+        out = x.clone()
+        layers, dense = self._views(out)
+        f = factors.to(x)[:, None]
+        dense.mul_(f)
+        for _, _, g in layers:
+            g.mul_(f[:, :, None])
+        return out
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Packed rows of ``v(x_i) / ‖v(x_i)‖``, whatever the scale (as
+        :func:`attrkit.functional.scoring.normalize_rows`): each layer's ``ā`` is first divided by its
+        largest entry (and its ``g`` multiplied by it, ``v`` unchanged), then the ``g`` and dense
+        parts by their largest entry, so no square overflows. Zero rows stay zero; a row with a
+        NaN or an infinity comes out NaN."""
+        out = x.clone()
+        layers, dense = self._views(out)
+        for _, a, g in layers:
+            top = a.abs().amax((1, 2))
+            top = torch.where(top > 0, top, torch.ones_like(top))
+            a.div_(top[:, None, None])
+            g.mul_(top[:, None, None])
+        parts = [dense.abs().amax(1) if dense.shape[1] else dense.new_zeros(dense.shape[0])]
+        parts += [g.abs().amax((1, 2)) for _, _, g in layers]
+        top = torch.stack(parts, 1).amax(1)
+        out = self.scale(out, torch.where(top > 0, 1.0 / top, torch.ones_like(top)))
+        norms = self.squared_norms(out).sqrt()
+        bad = ~torch.isfinite(x).all(1)
+        factors = torch.where(norms > 0, 1.0 / norms, torch.zeros_like(norms))
+        out = self.scale(out, factors)
+        out[bad] = float("nan")
+        return out
+
+
+def product_layout(grads: FactoredGradients, structured: Sequence[bool] | None = None) -> ProductLayout:
+    """The layout of ``grads``'s shapes (a first training batch): each layer structured when
+    ``structured[i]`` (default: when :func:`cheaper_structured`), with its positions ``T``."""
+    slots, dense = [], grads.dense.shape[1]
+    for i, layer in enumerate(grads.layers):
+        positions, d_in, d_out = layer.inputs.shape[1], layer.in_features, layer.output_grads.shape[2]
+        keep = cheaper_structured(positions, d_in, d_out) if structured is None else bool(structured[i])
+        if not keep:
+            dense += (layer.inputs.shape[2] * d_out if layer.weight is not None else 0) + (
+                d_out if layer.bias is not None else 0)
+        slots.append(LayerSlot(module=layer.module, positions=positions, d_in=d_in, d_out=d_out, structured=keep))
+    return ProductLayout(layers=tuple(slots), dense=dense)

@@ -1,0 +1,244 @@
+"""The cached structured curvature operator (attrkit.functional.structured_matvec) against dataset HVPs,
+alone and inside CG and Arnoldi."""
+
+import pytest
+import torch
+
+import attrkit
+import attrkit.functional.structured_factors as structured_factors
+import attrkit.functional.structured_matvec as structured_matvec
+from attrkit.errors import ArgumentError, CurvatureError
+from attrkit.functional import arnoldi_ihvp_at, cg_ihvp_at, select_parameters
+from attrkit.functional.ihvp import prepare_at
+from attrkit.functional.structured_matvec import MIN_DIM, curvature_matvec
+from attrkit.targets import cross_entropy
+from attrkit.testing import toy_problem
+from thread_ranks import threaded
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+LAM = 0.1
+
+
+def _data(n=64, dim=20, classes=3):
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(n, dim, generator=gen), torch.randint(0, classes, (n,), generator=gen)
+    return [(x[i : i + 16], y[i : i + 16]) for i in range(0, n, 16)]
+
+
+def _logistic(dim=20, bias=True):
+    torch.manual_seed(0)
+    return torch.nn.Linear(dim, 3, bias=bias)
+
+
+def _mlp(bias=True):
+    torch.manual_seed(0)  # p = 20·16 + 16 + 16·3 + 3 = 387 > MIN_DIM with biases
+    return torch.nn.Sequential(torch.nn.Linear(20, 16, bias=bias), torch.nn.ReLU(), torch.nn.Linear(16, 3, bias=bias))
+
+
+def _products(model, curvature, choice, patterns=("*",), data=None):
+    """``(matvec, info, meter, p)`` of ``curvature_matvec`` on the shared data."""
+    names = select_parameters(model, patterns)
+    state = dict(model.state_dict())
+    meter, p = prepare_at(state, names, data or _data(), LAM, curvature)
+    matvec, info = curvature_matvec(meter, model, cross_entropy, state, names, curvature, choice, "test")
+    return matvec, info, meter, p
+
+
+def _relative(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+def _vectors(p, m=5, dtype=torch.float32):
+    return torch.randn(m, p, generator=torch.Generator().manual_seed(1), dtype=dtype)
+
+
+_CASES = [
+    ("logistic gauss-newton", _logistic, ("*",), "gauss-newton"),
+    ("logistic hessian", _logistic, ("*",), "hessian"),
+    ("logistic weight", _logistic, ("weight",), "hessian"),
+    ("logistic bias", _logistic, ("bias",), "gauss-newton"),
+    ("logistic no bias", lambda: _logistic(bias=False), ("*",), "hessian"),
+    ("mlp", _mlp, ("*",), "gauss-newton"),
+    ("mlp no bias", lambda: _mlp(bias=False), ("*",), "gauss-newton"),
+    ("mlp some", _mlp, ("0.weight", "2.*"), "gauss-newton"),
+]
+
+
+@pytest.mark.parametrize(("make", "patterns", "curvature"), [c[1:] for c in _CASES], ids=[c[0] for c in _CASES])
+def test_structured_products_equal_the_hvp_products(make, patterns, curvature):
+    structured, info, meter, p = _products(make(), curvature, "structured", patterns)
+    hvp, _, _, _ = _products(make(), curvature, "hvp", patterns)
+    assert info["structured"] == 1.0
+    assert meter.passes == (2 if curvature == "hessian" else 1)  # the collection (and the probe's H v)
+    for dtype in (torch.float32, torch.float64):  # CG's float32 blocks, Lanczos's float64 vectors
+        vectors = _vectors(p, dtype=dtype)
+        got, expected = structured(vectors), hvp(vectors)
+        assert got.dtype == dtype and got.shape == vectors.shape
+        assert _relative(got, expected) < 2e-6  # float32 round-off of both
+        assert _relative(structured(vectors[0]), expected[0]) < 2e-6  # one vector, Tensor[p]
+    assert meter.passes == (2 if curvature == "hessian" else 1)  # the products read no batch
+
+
+def test_products_chunked_over_examples_equal_the_whole(monkeypatch):
+    structured, _, _, p = _products(_mlp(), "gauss-newton", "structured")
+    vectors = _vectors(p)
+    whole = structured(vectors)
+    monkeypatch.setattr(structured_matvec, "_CHUNK", 5 * 16 * 7)  # chunks of 7 examples for 5 vectors, d_out <= 16
+    assert _relative(structured(vectors), whole) < 1e-6
+
+
+def test_float64_parameters_give_float64_products():
+    model = _logistic().double()
+    data = [(x.double(), y) for x, y in _data()]
+    structured, _, _, p = _products(model, "hessian", "structured", data=data)
+    hvp, _, _, _ = _products(model, "hessian", "hvp", data=data)
+    vectors = _vectors(p, dtype=torch.float64)
+    assert _relative(structured(vectors), hvp(vectors)) < 1e-13
+
+
+def test_mlp_hessian_falls_back_under_auto_and_is_refused_when_forced():
+    auto, info, _, p = _products(_mlp(), "hessian", "auto")  # p = 387 > MIN_DIM: tried, the probe says H != G
+    hvp, _, _, _ = _products(_mlp(), "hessian", "hvp")
+    assert p > MIN_DIM and info["structured"] == 0.0 and info["hessian_probe"] > 1e-2
+    vectors = _vectors(p)
+    assert torch.equal(auto(vectors), hvp(vectors))
+    with pytest.raises(CurvatureError, match=r"test solver: matvec='structured' cannot be used: the Hessian is not the "
+                                             r"Gauss-Newton matrix.*Use matvec='hvp'"):
+        _products(_mlp(), "hessian", "structured")
+
+
+def test_auto_is_structured_above_min_dim_only():
+    assert _products(_logistic(), "hessian", "auto")[1]["structured"] == 0.0  # p = 63
+    wide = _data(dim=100)
+    _, info, meter, p = _products(_logistic(dim=100), "hessian", "auto", data=wide)  # p = 303
+    assert p > MIN_DIM and info["structured"] == 1.0 and meter.passes == 2
+
+
+def test_parameters_outside_factored_layers_are_refused():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(20, 6), torch.nn.LayerNorm(6), torch.nn.Linear(6, 3))
+    with pytest.raises(CurvatureError, match=r"cannot be used: the selected parameters 1.weight, 1.bias are not in a "
+                                             r"factored layer"):
+        _products(model, "gauss-newton", "structured")
+    assert _products(model, "gauss-newton", "structured", ("0.*", "2.*"))[1]["structured"] == 1.0
+
+
+def test_more_outputs_than_parameters_are_refused_before_any_backward_pass(monkeypatch):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(20, 2), torch.nn.Linear(2, 3))
+    hessians = []
+    monkeypatch.setattr(structured_factors, "_output_hessians", lambda *args: hessians.append(args))
+    with pytest.raises(CurvatureError, match=r"more outputs per example \(C = 3\) than there are selected parameters "
+                                             r"\(p = 2\)"):
+        _products(model, "gauss-newton", "structured", ("0.bias",))
+    assert not hessians
+
+
+def test_unknown_matvec_is_refused():
+    with pytest.raises(ArgumentError, match=r"matvec must be one of 'auto', 'hvp', 'structured', got 'fast'"):
+        _products(_logistic(), "hessian", "fast")
+    toy = toy_problem(n_train=8)
+    for solver in ("cg", "arnoldi"):
+        with pytest.raises(attrkit.SpecError, match=r"solver.matvec: 'matvec' must be in \('auto', 'hvp', "
+                                                    r"'structured'\)"):
+            attrkit.compose({"method": "if", "solver": {"name": solver, "matvec": "fast"}}, toy.task)
+
+
+def test_factors_over_the_memory_budget_fall_back(monkeypatch):
+    monkeypatch.setattr(structured_matvec, "available_bytes", lambda device: 36_000)  # a budget of 9 kB
+    with pytest.raises(CurvatureError, match=r"the per-example factors of the first 64 examples take 9.75 KiB, more "
+                                             r"than the structured operator's budget of 8.79 KiB \(25% of the 35.2 "
+                                             r"KiB available on cpu\)"):
+        _products(_logistic(), "gauss-newton", "structured")  # 64 × (21 + 3·3 + 3²) float32 = 9984 B
+    wide = _data(dim=100)
+    assert _products(_logistic(dim=100), "gauss-newton", "auto", data=wide)[1]["structured"] == 0.0
+
+
+@pytest.mark.parametrize(("make", "curvature"), [(_logistic, "hessian"), (_mlp, "gauss-newton")],
+                         ids=["logistic-hessian", "mlp-gauss-newton"])
+def test_cg_solves_alike_on_both_paths_with_one_pass(make, curvature):
+    names, data = select_parameters(make(), ("*",)), _data()
+    solves = {choice: cg_ihvp_at(make(), cross_entropy, dict(make().state_dict()), names, data, regularization=LAM,
+                                 curvature=curvature, max_iter=8, tol=0.0, matvec=choice)
+              for choice in ("hvp", "structured")}
+    vectors = _vectors(solves["hvp"].p, m=4, dtype=torch.float64)
+    with pytest.warns(attrkit.errors.ConvergenceWarning):
+        out = {choice: solve(vectors) for choice, solve in solves.items()}
+    assert _relative(out["structured"], out["hvp"]) < 5e-6
+    fast, slow = solves["structured"].stats, solves["hvp"].stats
+    assert fast.info["structured"] == 1.0 and slow.info["structured"] == 0.0
+    probe = curvature == "hessian"
+    assert (fast.build.passes, fast.solve.passes) == (1 + probe, 0)  # the collection (and the probe's H v) only
+    assert (slow.build.passes, slow.solve.passes) == (0, 8)
+    n = 64  # every product counts n example-HVPs per vector: 8 iterations of 4 vectors (tol=0: none stops)
+    assert fast.solve.example_hvps == slow.solve.example_hvps == 8 * 4 * n
+    assert fast.build.example_hvps == (2 * 2 * 16 + 2 * n if probe else 0)
+
+
+@pytest.mark.parametrize(("make", "curvature"), [(_logistic, "hessian"), (_mlp, "gauss-newton")],
+                         ids=["logistic-hessian", "mlp-gauss-newton"])
+def test_arnoldi_solves_alike_on_both_paths_with_one_pass(make, curvature):
+    names, data = select_parameters(make(), ("*",)), _data()
+    solves = {choice: arnoldi_ihvp_at(make(), cross_entropy, dict(make().state_dict()), names, data,
+                                      regularization=LAM, curvature=curvature, rank=10, max_iter=40, matvec=choice)
+              for choice in ("hvp", "structured")}
+    vectors = _vectors(solves["hvp"].p, m=4, dtype=torch.float64)
+    assert _relative(solves["structured"](vectors), solves["hvp"](vectors)) < 1e-5
+    fast, slow = solves["structured"].stats, solves["hvp"].stats
+    assert fast.info["structured"] == 1.0
+    assert fast.info["largest_eigenvalue"] == pytest.approx(slow.info["largest_eigenvalue"], rel=1e-5)
+    probe = curvature == "hessian"
+    assert fast.build.passes == 1 + probe and slow.build.passes == 40  # the collection (and the probe's H v)
+    assert slow.build.example_hvps == 40 * 64  # 40 products of one vector over 64 examples
+    assert fast.build.example_hvps == 40 * 64 + (2 * 2 * 16 + 2 * 64 if probe else 0)
+
+
+@pytest.mark.parametrize("curvature", ["gauss-newton", "hessian"])
+def test_ranks_hold_their_shards_and_sum_their_products(curvature, monkeypatch):
+    """Each rank caches the factors of its shard of the batches; every product is all-reduced."""
+    single, _, _, p = _products(_logistic(), curvature, "structured")
+    vectors = _vectors(p)
+    expected = single(vectors)
+    models = [_logistic() for _ in range(2)]  # built before the threads: torch.manual_seed is process-wide
+    ranks = threaded(monkeypatch)
+
+    def on_rank(rank):
+        matvec, info, _, _ = _products(models[rank], curvature, "structured")
+        return matvec(vectors), info
+
+    got = ranks.run(on_rank)
+    for out, info in got:
+        assert info["structured"] == 1.0
+        assert _relative(out, expected) < 1e-6  # other sums of the same float32 products
+    assert torch.equal(got[0][0], got[1][0])
+
+
+def test_ranks_agree_to_fall_back_when_one_cannot_use_the_structure(monkeypatch):
+    ranks = threaded(monkeypatch)
+    factors = structured_factors.batch_factors
+
+    def broken_on_rank_1(*args):
+        if ranks.local.rank == 1:
+            raise structured_factors.Unusable("rank 1's batches")
+        return factors(*args)
+
+    monkeypatch.setattr(structured_factors, "batch_factors", broken_on_rank_1)
+    models = [_logistic(dim=100) for _ in range(2)]
+    wide = _data(dim=100)
+    got = ranks.run(lambda rank: _products(models[rank], "gauss-newton", "auto", data=wide)[1])
+    assert [info["structured"] for info in got] == [0.0, 0.0]
+    raised = ranks.run(lambda rank: pytest.raises(CurvatureError, _products, models[rank], "gauss-newton",
+                                                  "structured", data=wide))
+    assert all("cannot be used: rank 1's batches" in str(info.value) for info in raised)
+
+
+def test_the_cg_solver_spec_takes_the_structured_products():
+    toy = toy_problem(n_train=12, n_test=3)
+    scores = {}
+    for choice in ("hvp", "structured"):
+        spec = {"method": "if", "solver": {"name": "cg", "max_iter": 5, "regularization": 0.1, "matvec": choice}}
+        attributor = attrkit.compose(spec, toy.task)
+        attributor.fit(toy.train_loader(4))
+        scores[choice] = attributor.attribute(toy.test_loader(3))
+    torch.testing.assert_close(scores["structured"], scores["hvp"], rtol=1e-4, atol=1e-5)

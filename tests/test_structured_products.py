@@ -1,0 +1,207 @@
+"""Structured inner products (per-layer factors) equal the dense path: an MLP, a CNN, a transformer block."""
+
+import warnings
+
+import pytest
+import torch
+
+import attrkit
+from attrkit import AttributionTask
+from attrkit.errors import FactorisationError, SpecError
+from attrkit.functional import factored_gradients, plan_factors, select_parameters
+from attrkit.functional.scoring import normalize_rows
+from attrkit.functional.structured_products import cheaper_structured, product_layout
+from attrkit.targets import cross_entropy
+
+
+class Block(torch.nn.Module):
+    """A small transformer block: embedding, LayerNorm, self-attention, an MLP over positions, a head."""
+
+    def __init__(self, vocab=11, width=8, classes=3):
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab, width)
+        self.norm = torch.nn.LayerNorm(width)
+        self.attention = torch.nn.MultiheadAttention(width, 2, batch_first=True)
+        self.up = torch.nn.Linear(width, 16)
+        self.down = torch.nn.Linear(16, width, bias=False)
+        self.head = torch.nn.Linear(width, classes)
+
+    def forward(self, tokens):
+        h = self.norm(self.embed(tokens))
+        h = h + self.attention(h, h, h, need_weights=False)[0]
+        h = h + self.down(torch.relu(self.up(h)))
+        return self.head(h.mean(1))
+
+
+def _mlp():
+    return torch.nn.Sequential(torch.nn.Linear(6, 7), torch.nn.Tanh(), torch.nn.Linear(7, 3))
+
+
+def _cnn():
+    return torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                               torch.nn.Linear(3 * 4 * 4, 3))
+
+
+def _data(kind, n, gen):
+    if kind == "mlp":
+        return torch.randn(n, 6, generator=gen)
+    if kind == "cnn":
+        return torch.randn(n, 2, 6, 6, generator=gen)
+    return torch.randint(0, 11, (n, 5), generator=gen)
+
+
+MODELS = {"mlp": _mlp, "cnn": _cnn, "block": Block}
+
+
+def _problem(kind, n_train=18, n_test=5, seed=0):
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model = MODELS[kind]().eval()
+    x, y = _data(kind, n_train + n_test, gen), torch.randint(0, 3, (n_train + n_test,), generator=gen)
+    train = [(x[i : i + 6], y[i : i + 6]) for i in range(0, n_train, 6)]
+    test = [(x[n_train:], y[n_train:])]
+    return AttributionTask(model=model, loss_fn=cross_entropy), train, test
+
+
+def _factors(kind):
+    task, train, _ = _problem(kind)
+    model = task.model
+    state = {k: v.detach() for k, v in [*model.named_parameters(), *model.named_buffers()]}
+    return factored_gradients(model, cross_entropy, state, train[0], plan_factors(model, select_parameters(model, ["*"])))
+
+
+@pytest.mark.parametrize("kind", MODELS)
+@pytest.mark.parametrize("structured", [None, True, False])
+def test_packed_products_equal_the_dense_gram(kind, structured):
+    grads = _factors(kind)
+    dense = grads.materialize()
+    layout = product_layout(grads, None if structured is None else [structured] * len(grads.layers))
+    packed = layout.pack(grads)
+    assert packed.shape == (dense.shape[0], layout.width)
+    torch.testing.assert_close(layout.products(packed[:2], packed), dense[:2] @ dense.T, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(layout.squared_norms(packed), (dense * dense).sum(1), rtol=1e-5, atol=1e-6)
+    unit = layout.normalize(packed)
+    torch.testing.assert_close(layout.products(unit, unit), normalize_rows(dense) @ normalize_rows(dense).T,
+                               rtol=1e-5, atol=1e-6)
+    factors = torch.linspace(-2.0, 3.0, dense.shape[0])
+    torch.testing.assert_close(layout.products(layout.scale(packed, factors), packed),
+                               factors[:, None] * (dense @ dense.T), rtol=1e-5, atol=1e-5)
+
+
+def test_auto_keeps_a_layer_as_factors_only_where_cheaper():
+    assert cheaper_structured(1, 785, 10)  # logistic regression on MNIST: 795 against 7850 per pair
+    assert not cheaper_structured(576, 19, 8)  # a convolution's 576 patches: dense is cheaper
+    layout = product_layout(_factors("cnn"))
+    assert [slot.structured for slot in layout.layers] == [False, True]
+
+
+def test_normalize_is_scale_free_and_keeps_zero_and_nan_rows():
+    grads = _factors("mlp")
+    layout = product_layout(grads, [True, True])
+    packed = layout.pack(grads)
+    huge = layout.scale(packed, torch.full((packed.shape[0],), 1e30))
+    torch.testing.assert_close(layout.normalize(huge), layout.normalize(packed), rtol=1e-5, atol=1e-6)
+    packed[1] = 0.0
+    packed[2, 0] = float("nan")
+    unit = layout.normalize(packed)
+    assert bool((unit[1] == 0).all()) and bool(unit[2].isnan().all())
+
+
+def test_more_positions_than_the_layout_kept_are_refused():
+    grads = _factors("block")
+    layout = product_layout(grads, [True] * len(grads.layers))
+    longer = grads + grads  # a sum concatenates positions: 10 where the layout keeps 5
+    with pytest.raises(FactorisationError, match="positions"):
+        layout.pack(longer)
+
+
+def _spec(method, products, **extra):
+    return {"method": method, "gradients": {"name": "per-example", "products": products}, **extra}
+
+
+METHODS = {
+    "grad-dot": {},
+    "grad-cos": {},
+    "if": {"solver": "identity"},
+    "tracin": {"ensemble": "checkpoints"},
+}
+
+
+@pytest.mark.parametrize("kind", MODELS)
+@pytest.mark.parametrize("method", METHODS)
+def test_structured_and_dense_scores_agree(kind, method):
+    task, train, test = _problem(kind)
+    if method == "tracin":
+        task = _with_checkpoints(task)
+    results = {}
+    for products in ("dense", "structured", "auto"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            attributor = attrkit.compose(_spec(method, products, **METHODS[method]), task).fit(train)
+            results[products] = (attributor.attribute(test), attributor.self_influence(train),
+                                 attributor.top_k(test, 3).proponents,
+                                 [f.layout is not None for f in attributor.fitted.members])
+    dense = results["dense"]
+    assert not any(dense[3])
+    assert all(results["structured"][3])
+    for products in ("structured", "auto"):
+        scores, self_scores, top, _ = results[products]
+        torch.testing.assert_close(scores, dense[0], rtol=1e-4, atol=1e-5 * float(dense[0].abs().max()))
+        torch.testing.assert_close(self_scores, dense[1], rtol=1e-4, atol=1e-5 * float(dense[1].abs().max()))
+        assert (top == dense[2]).float().mean() > 0.9  # ties at round-off may swap
+
+
+def _with_checkpoints(task):
+    states, gen = [], torch.Generator().manual_seed(1)
+    for _ in range(2):
+        state = {k: v.detach().clone() for k, v in task.model.state_dict().items()}
+        for name, value in state.items():
+            if value.is_floating_point():
+                value += 0.2 * torch.randn(value.shape, generator=gen)
+        states.append(state)
+    return AttributionTask(model=task.model, loss_fn=task.loss_fn, checkpoints=states)
+
+
+def test_a_saved_structured_attributor_scores_the_same(tmp_path):
+    task, train, test = _problem("mlp")
+    attributor = attrkit.compose(_spec("grad-cos", "structured"), task).fit(train)
+    attributor.save(tmp_path / "saved")
+    again = attrkit.load(tmp_path / "saved", task)
+    assert again.fitted.members[0].layout == attributor.fitted.members[0].layout
+    assert torch.equal(again.attribute(test), attributor.attribute(test))
+
+
+def test_forced_structured_names_what_needs_dense_gradients(tmp_path):
+    task, train, _ = _problem("mlp")
+    cases = [
+        (_spec("grad-dot", "structured", projector={"name": "gaussian", "dim": 4}), {}, "projector 'gaussian'"),
+        (_spec("if", "structured", solver={"name": "explicit", "regularization": 0.1}), {}, "solver 'explicit'"),
+        (_spec("grad-dot", "structured", grouper={"name": "random", "n_groups": 3}), {}, "grouper 'random'"),
+        (_spec("grad-dot", "structured"), {"store": tmp_path / "store"}, "feature store"),
+    ]
+    for spec, kwargs, reason in cases:
+        with pytest.raises(SpecError, match=reason):
+            attrkit.compose(spec, task).fit(train, **kwargs)
+
+
+def test_auto_takes_dense_products_where_it_must():
+    task, train, test = _problem("mlp")
+    spec = _spec("grad-dot", "auto", projector={"name": "gaussian", "dim": 4})
+    attributor = attrkit.compose(spec, task).fit(train)
+    assert attributor.fitted.members[0].layout is None
+
+
+def test_products_must_be_a_known_mode():
+    task, _, _ = _problem("mlp")
+    with pytest.raises(SpecError, match="products"):
+        attrkit.compose(_spec("grad-dot", "fast"), task)
+
+
+def test_structured_on_a_model_without_factored_layers_is_refused():
+    model = torch.nn.Sequential(torch.nn.Embedding(5, 3), torch.nn.Flatten(), torch.nn.LayerNorm(6))
+    task = AttributionTask(model=model, loss_fn=lambda m, b: m(b[0]).pow(2).sum(1))
+    train = [(torch.randint(0, 5, (4, 2)), torch.zeros(4))]
+    with pytest.raises(SpecError, match="no nn.Linear"):
+        attrkit.compose(_spec("grad-dot", "structured"), task).fit(train)
+    auto = attrkit.compose(_spec("grad-dot", "auto"), task).fit(train)
+    assert auto.fitted.members[0].layout is None
