@@ -110,7 +110,8 @@ def test_run_writes_table_and_json_with_positive_lds(tmp_path: Path, data: tuple
 
     table = format_table(document)
     assert table.splitlines()[0].split() == [
-        "method", "LDS", "LOO", "noisy", "AUC", "retraining", "time", "(s)", "peak", "mem", "(MiB)"]
+        "method", "LDS", "LOO", "noisy", "AUC", "retraining", "time", "(s)", "peak", "mem", "(MiB)", "roofline", "(s)",
+        "×", "roofline"]
     assert "grad-dot" in table and "grad-cos" in table
     assert markdown_table(document).count("\n") == 3
 
