@@ -4,12 +4,11 @@ import pytest
 import torch
 
 import attrkit
-import attrkit.functional.structured_factors as structured_factors
 from attrkit.errors import ArgumentError, CurvatureError
 from attrkit.functional import explicit_ihvp_at, select_parameters
 from attrkit.targets import cross_entropy
 from attrkit.testing import toy_problem
-from thread_ranks import threaded
+from thread_ranks import structure_broken_on_rank_1, threaded
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -149,14 +148,7 @@ def test_ranks_sum_their_shards_into_the_single_process_matrix(curvature_, monke
 def test_ranks_agree_to_fall_back_when_one_cannot_use_the_structure(monkeypatch):
     """A rank whose batches break the structure makes every rank take the HVP build (no hang)."""
     ranks = threaded(monkeypatch)
-    factors = structured_factors.batch_factors
-
-    def broken_on_rank_1(*args):
-        if ranks.local.rank == 1:
-            raise structured_factors.Unusable("rank 1's batches")
-        return factors(*args)
-
-    monkeypatch.setattr(structured_factors, "batch_factors", broken_on_rank_1)
+    structure_broken_on_rank_1(monkeypatch, ranks)
     models = [_logistic() for _ in range(2)]
     got = ranks.run(lambda rank: _build(models[rank], curvature="gauss-newton", chunk_size=16))
     assert [solve.stats.info["structured"] for solve, _ in got] == [0.0, 0.0]

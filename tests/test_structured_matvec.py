@@ -13,7 +13,7 @@ from attrkit.functional.ihvp import prepare_at
 from attrkit.functional.structured_matvec import MIN_DIM, curvature_matvec
 from attrkit.targets import cross_entropy
 from attrkit.testing import toy_problem
-from thread_ranks import threaded
+from thread_ranks import structure_broken_on_rank_1, threaded
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -216,14 +216,7 @@ def test_ranks_hold_their_shards_and_sum_their_products(curvature, monkeypatch):
 
 def test_ranks_agree_to_fall_back_when_one_cannot_use_the_structure(monkeypatch):
     ranks = threaded(monkeypatch)
-    factors = structured_factors.batch_factors
-
-    def broken_on_rank_1(*args):
-        if ranks.local.rank == 1:
-            raise structured_factors.Unusable("rank 1's batches")
-        return factors(*args)
-
-    monkeypatch.setattr(structured_factors, "batch_factors", broken_on_rank_1)
+    structure_broken_on_rank_1(monkeypatch, ranks)
     models = [_logistic(dim=100) for _ in range(2)]
     wide = _data(dim=100)
     got = ranks.run(lambda rank: _products(models[rank], "gauss-newton", "auto", data=wide)[1])

@@ -74,3 +74,18 @@ def threaded(monkeypatch, size=2):
     for name in ("hvp", "gnvp", "vmap"):
         monkeypatch.setattr(curvature, name, locked(getattr(curvature, name)))
     return ranks
+
+
+def structure_broken_on_rank_1(monkeypatch, ranks):
+    """Make rank 1's batches unusable for the structured curvature (``batch_factors`` raises
+    ``Unusable`` there), to check that every rank then falls back together."""
+    from attrkit.functional import structured_factors
+
+    factors = structured_factors.batch_factors
+
+    def broken_on_rank_1(*args):
+        if ranks.local.rank == 1:
+            raise structured_factors.Unusable("rank 1's batches")
+        return factors(*args)
+
+    monkeypatch.setattr(structured_factors, "batch_factors", broken_on_rank_1)
