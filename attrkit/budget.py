@@ -27,7 +27,7 @@ import attrs
 import torch
 
 from attrkit.errors import MemoryBudgetError
-from attrkit.memory import available_bytes, format_bytes
+from attrkit.memory import DEFAULT_FRACTION, available_bytes, format_bytes
 
 if TYPE_CHECKING:
     from attrkit.feature_matrix import FeatureMatrix
@@ -41,8 +41,6 @@ __all__ = [
 INDEX_BYTES = 8
 #: The environment variable that sets the budget when ``fit`` is given none.
 ENV_VAR = "ATTRKIT_MEMORY_BUDGET"
-#: The default budget: this share of the memory available at fit time.
-DEFAULT_FRACTION = 0.25
 #: The most bytes one tile of a matrix streamed under the *default* budget occupies (a budget
 #: given by the user bounds its tiles itself).
 DEFAULT_TILE_BYTES = 256 * 2**20

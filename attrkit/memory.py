@@ -14,7 +14,12 @@ import torch
 
 from attrkit.errors import InsufficientMemoryError
 
-__all__ = ["available_bytes", "format_bytes", "require"]
+__all__ = ["DEFAULT_FRACTION", "available_bytes", "format_bytes", "require"]
+
+#: Share of the memory available that attrkit's default budgets take: a fit's training features
+#: (:mod:`attrkit.budget`) and the structured curvature's cached factors
+#: (:mod:`attrkit.functional.structured_matvec`).
+DEFAULT_FRACTION = 0.25
 
 #: Allocations below this size are not checked (reading the free memory costs more than they risk).
 _ALWAYS_AVAILABLE = 256 * 2**20

@@ -16,9 +16,9 @@ For a block of ``m`` vectors and a chunk of examples that is, per layer, one GEM
 one GEMM back, ``(B_lᵀ y) Ā_l``; no autograd, no pass over the training loader. The factors are
 collected once (one pass, ``C`` hooked forward/backward passes per batch) and held:
 ``n (Σ_l width_l + C Σ_l d_out_l + C²)`` elements in the parameters' dtype for this rank's
-``n`` examples, within :data:`MEMORY_FRACTION` of the available memory (checked batch by batch,
-before each batch's backward passes: the pass stops at the first batch past it and the solver
-takes HVPs). CG and Arnoldi take it through :func:`curvature_matvec` (their ``matvec=``
+``n`` examples, within :data:`attrkit.memory.DEFAULT_FRACTION` of the available memory
+(checked batch by batch, before each batch's backward passes: the pass stops at the first batch
+past it and the solver takes HVPs). CG and Arnoldi take it through :func:`curvature_matvec` (their ``matvec=``
 option); LiSSA samples mini-batches and stays on HVPs.
 """
 
@@ -33,10 +33,10 @@ from attrkit.errors import ArgumentError, CurvatureError
 from attrkit.functional.curvature import MatVec
 from attrkit.functional.ihvp import _Meter, dataset_matvec
 from attrkit.functional.structured_factors import Layer, Unusable, collect_factors
-from attrkit.memory import available_bytes, format_bytes
+from attrkit.memory import DEFAULT_FRACTION, available_bytes, format_bytes
 from attrkit.types import LossFn
 
-__all__ = ["MATVECS", "MEMORY_FRACTION", "MIN_DIM", "StructuredMatVec", "curvature_matvec", "structured_matvec"]
+__all__ = ["MATVECS", "MIN_DIM", "StructuredMatVec", "curvature_matvec", "structured_matvec"]
 
 #: ``matvec=`` values of the CG and Arnoldi builders.
 MATVECS = ("auto", "hvp", "structured")
@@ -47,9 +47,6 @@ MATVECS = ("auto", "hvp", "structured")
 #: save milliseconds; and small problems keep the HVP path on which results were recorded (the
 #: structured products equal it only to float32 round-off).
 MIN_DIM = 256
-#: Share of the memory available when the factors are collected that they may take (as
-#: :data:`attrkit.budget.DEFAULT_FRACTION`, the default budget of a fit's features).
-MEMORY_FRACTION = 0.25
 #: Elements of the largest temporary (``Tensor[chunk, m, max(d_out, C)]``); sets the examples per chunk.
 _CHUNK = 1 << 24
 
@@ -166,14 +163,15 @@ def _block(rows: torch.Tensor, layer: Layer) -> torch.Tensor:
 
 
 def _budget(device: torch.device) -> tuple[int | None, str]:
-    """``(bytes, words)``: :data:`MEMORY_FRACTION` of what ``device`` has available (the CPU's when it
-    cannot say; ``None``, no budget, when neither can), and how it was set, for messages."""
+    """``(bytes, words)``: :data:`attrkit.memory.DEFAULT_FRACTION` of what ``device`` has available
+    (the CPU's when it cannot say; ``None``, no budget, when neither can), and how it was set, for
+    messages."""
     free = available_bytes(device)
     if free is None and device.type != "cpu":
         device, free = torch.device("cpu"), available_bytes("cpu")
     if free is None:
         return None, "none: the available memory is unknown"
-    return int(free * MEMORY_FRACTION), f"{MEMORY_FRACTION:.0%} of the {format_bytes(free)} available on {device}"
+    return int(free * DEFAULT_FRACTION), f"{DEFAULT_FRACTION:.0%} of the {format_bytes(free)} available on {device}"
 
 
 def structured_matvec(
@@ -185,7 +183,7 @@ def structured_matvec(
     One pass of :func:`~attrkit.functional.structured_factors.collect_factors`, which decides
     whether the structure applies (for ``curvature="hessian"``, by its probe of ``H = G``;
     agreed between the ranks), holding this rank's factors. It does not apply, either, when
-    they would take more than :data:`MEMORY_FRACTION` of the memory available on the
+    they would take more than :data:`attrkit.memory.DEFAULT_FRACTION` of the memory available on the
     parameters' device.
 
     Args:
