@@ -97,6 +97,27 @@ def test_float64_parameters_give_float64_products():
     assert _relative(structured(vectors), hvp(vectors)) < 1e-13
 
 
+def test_one_batched_backward_gives_every_output_row_and_the_loop_is_the_fallback(monkeypatch):
+    factored = []
+    real = structured_factors.factored_gradients
+    monkeypatch.setattr(structured_factors, "factored_gradients", lambda *a: factored.append(1) or real(*a))
+    batched, _, _, p = _products(_mlp(), "gauss-newton", "structured")
+    assert len(factored) == len(_data())  # output 0 alone, checked; the other rows from one batched backward
+    monkeypatch.setattr(structured_factors, "hooked_output_jacobians", lambda *a: None)
+    looped, _, _, _ = _products(_mlp(), "gauss-newton", "structured")
+    assert len(factored) == len(_data()) * (1 + 3)  # one pass per output, C = 3
+    vectors = _vectors(p)
+    assert _relative(batched(vectors), looped(vectors)) < 1e-6
+
+
+def test_only_identity_jacobians_skip_their_products():
+    eye = torch.eye(3).expand(4, 3, 3)
+    assert structured_matvec._is_identity(eye.clone())
+    assert not structured_matvec._is_identity(torch.cat([eye[:3], 2 * eye[3:]]))  # one example's B differs
+    assert not structured_matvec._is_identity(torch.eye(3, 4).expand(4, 3, 4))  # C != d_out
+    assert not structured_matvec._is_identity(torch.empty(0))  # a rank without examples
+
+
 def test_mlp_hessian_falls_back_under_auto_and_is_refused_when_forced():
     auto, info, _, p = _products(_mlp(), "hessian", "auto")  # p = 387 > MIN_DIM: tried, the probe says H != G
     hvp, _, _, _ = _products(_mlp(), "hessian", "hvp")

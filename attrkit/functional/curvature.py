@@ -166,12 +166,13 @@ def loss_of_outputs(
     return lambda z: _summed(loss_fn(_StandIn(lambda *a, **kw: rebuild(z)), batch))
 
 
-def output_entry(loss_fn: LossFn, index: int) -> LossFn:
+def output_entry(loss_fn: LossFn, index: int | None) -> LossFn:
     """``(model, batch) -> Tensor[b]``: entry ``index`` of every example's flattened outputs
     ``z`` (``z.reshape(b, -1)[:, index]``, :func:`logits_of`), read at ``loss_fn``'s call of
     ``model`` on ``batch`` (its loss is computed and dropped). A per-example function for
     :func:`~attrkit.functional.factored.factored_gradients`: its output gradients are the rows
-    ``∂z_i[index]/∂(layer output)`` of the Jacobian."""
+    ``∂z_i[index]/∂(layer output)`` of the Jacobian. ``index=None``: every entry,
+    ``Tensor[b, C]``."""
 
     def entry(model: torch.nn.Module, batch: Any) -> torch.Tensor:
         outputs: list[Any] = []
@@ -185,7 +186,8 @@ def output_entry(loss_fn: LossFn, index: int) -> LossFn:
             raise ArgumentError(f"loss_fn must call the model exactly once per batch to split it at the model's "
                                 f"outputs; it called it {len(outputs)} times")
         z, _ = logits_of(outputs[0])
-        return z.reshape(z.shape[0], -1)[:, index]
+        z = z.reshape(z.shape[0], -1)
+        return z if index is None else z[:, index]
 
     return entry
 

@@ -33,7 +33,7 @@ from attrkit.functional.factored_plan import FactorPlan, assemble_layers, check_
 from attrkit.functional.gradient_factors import FactoredGradients, LayerFactors
 from attrkit.functional.bound import BoundLoss
 
-__all__ = ["HookedFactors", "hooked_factors", "hooked_gradients"]
+__all__ = ["HookedFactors", "hooked_factors", "close_to_round_off", "hooked_gradients", "hooked_output_jacobians"]
 
 
 @attrs.frozen(kw_only=True, eq=False)
@@ -61,9 +61,13 @@ class HookedFactors:
 
 
 def _hooked(model: torch.nn.Module, modules: Sequence[str], bound: BoundLoss, params: Mapping[str, torch.Tensor],
-            batch: Any, b: int, exact: Sequence[str] = ()) -> _Pass | None:
+            batch: Any, b: int, exact: Sequence[str] = (), rows: int | None = None) -> _Pass | None:
     """``Σ fn`` over ``batch`` forward and backward with a hook on each of ``modules``, plus the
-    exact gradients of the parameters ``exact``; ``None`` unless ``fn`` gives ``Tensor[b]``."""
+    exact gradients of the parameters ``exact``; ``None`` unless ``fn`` gives ``Tensor[b]``.
+
+    With ``rows``, ``fn`` gives ``Tensor[b, rows]`` instead and the backward is batched over its
+    columns (``is_grads_batched``): each gradient gets a leading ``rows`` axis, entry ``k`` being
+    that of ``Σ_i fn(i)[k]``; ``None`` when the output has another shape."""
     calls: list[int] = []
     inputs: list[torch.Tensor] = []
     zeros: list[torch.Tensor] = []
@@ -85,11 +89,18 @@ def _hooked(model: torch.nn.Module, modules: Sequence[str], bound: BoundLoss, pa
     finally:
         for handle in handles:
             handle.remove()
-    if not isinstance(out, torch.Tensor) or out.shape != (b,):
+    if not isinstance(out, torch.Tensor) or out.shape != ((b,) if rows is None else (b, rows)):
         return None
     wanted = zeros + list(leaves.values())
-    found = torch.autograd.grad(out.sum(), wanted, allow_unused=True) if out.requires_grad else [None] * len(wanted)
-    found = [torch.zeros_like(w) if g is None else g.detach() for g, w in zip(found, wanted)]
+    if not out.requires_grad:
+        found = [None] * len(wanted)
+    elif rows is None:
+        found = torch.autograd.grad(out.sum(), wanted, allow_unused=True)
+    else:
+        cotangents = torch.eye(rows, dtype=out.dtype, device=out.device)[:, None, :].expand(rows, b, rows)
+        found = torch.autograd.grad(out, wanted, cotangents, allow_unused=True, is_grads_batched=True)
+    lead = () if rows is None else (rows,)
+    found = [w.new_zeros(*lead, *w.shape) if g is None else g.detach() for g, w in zip(found, wanted)]
     return _Pass(calls=calls, inputs=inputs, grads=found[: len(zeros)], exact=dict(zip(exact, found[len(zeros) :])))
 
 
@@ -119,7 +130,8 @@ def _layer_calls(plan: FactorPlan, found: _Pass) -> tuple[list[int], list[torch.
     return [found.calls[i] for i in keep], [found.inputs[i] for i in keep], [found.grads[i] for i in keep]
 
 
-def _close(got: torch.Tensor, want: torch.Tensor) -> bool:
+def close_to_round_off(got: torch.Tensor, want: torch.Tensor) -> bool:
+    """``‖got − want‖ <= √eps (‖want‖ + √eps)`` in ``want``'s dtype: equal up to round-off."""
     tol = math.sqrt(torch.finfo(want.dtype).eps)
     return bool((got - want).norm() <= tol * (want.norm() + tol))
 
@@ -142,14 +154,14 @@ def hooked_factors(model: torch.nn.Module, plan: FactorPlan, bound: BoundLoss, p
     calls, inputs, grads = _layer_calls(plan, lone)
     check_factors(assemble_layers(model, plan, calls, inputs, grads, 1), lone.exact)
     norms = _norm_gradients(model, plan, lone, 1)
-    if not all(_close(norms[n][0], lone.exact[n].reshape(-1)) for n in norms):
+    if not all(close_to_round_off(norms[n][0], lone.exact[n].reshape(-1)) for n in norms):
         return None
     found = lone if b == 1 else _hooked(model, modules, bound, params, batch, b)
     if found is None or found.calls != lone.calls:
         return None
     for tensors, alone in ((found.inputs, lone.inputs), (found.grads, lone.grads)):
         for x, y in zip(tensors, alone):
-            if x.shape != (b, *y.shape[1:]) or not _close(x[:1], y):
+            if x.shape != (b, *y.shape[1:]) or not close_to_round_off(x[:1], y):
                 return None
     calls, inputs, grads = _layer_calls(plan, found)
     return HookedFactors(layers=assemble_layers(model, plan, calls, inputs, grads, b),
@@ -178,3 +190,23 @@ def hooked_gradients(model: torch.nn.Module, bound: BoundLoss, params: dict[str,
     grads = FactoredGradients(names=tuple(names), sizes=sizes, layers=found.layers, dense_names=plan.fallback,
                               dense=torch.cat(dense, 1) if dense else like.new_zeros(b, 0))
     return grads.materialize()
+
+
+def hooked_output_jacobians(model: torch.nn.Module, plan: FactorPlan, bound: BoundLoss, params: dict[str, torch.Tensor],
+                            batch: Any, b: int, rows: int) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
+    """Per planned layer, its inputs ``Tensor[b, d_in]`` and the Jacobians ``Tensor[b, rows, d_out]`` of
+    every example's ``rows`` outputs (``bound`` gives ``Tensor[b, rows]``) in the layer's output,
+    from one hooked forward and one backward batched over the ``rows`` outputs; ``None`` when
+    the output has another shape or a layer is called other than once with ``Tensor[b, d]``
+    tensors. Call in eval mode, with examples that do not interact.
+
+    Not checked against a lone example here: the caller compares a row with
+    :func:`hooked_factors`'s (which is) before trusting it.
+    """
+    found = _hooked(model, [m for m, _, _ in plan.layers], bound, params, batch, b, rows=rows)
+    if found is None or found.calls != list(range(len(plan.layers))):
+        return None
+    if any(x.dim() != 2 or x.shape[0] != b or g.dim() != 3 or g.shape[:2] != (rows, b)
+           for x, g in zip(found.inputs, found.grads)):
+        return None
+    return found.inputs, [g.transpose(0, 1) for g in found.grads]

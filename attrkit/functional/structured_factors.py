@@ -32,7 +32,7 @@ import torch
 from attrkit import distributed
 from attrkit.data import batch_size, to_device
 from attrkit.errors import ArgumentError, ArgumentTypeError, FactorisationError
-from attrkit.functional.bound import eval_mode
+from attrkit.functional.bound import BoundLoss, eval_mode
 from attrkit.functional.curvature import (
     MatVec,
     dataset_gnvp,
@@ -43,6 +43,7 @@ from attrkit.functional.curvature import (
     output_entry,
 )
 from attrkit.functional.factored import factored_gradients
+from attrkit.functional.factored_hooks import close_to_round_off, hooked_output_jacobians
 from attrkit.functional.factored_plan import FactorPlan, plan_factors
 from attrkit.functional.ihvp import _Meter, dataset_matvec
 from attrkit.progress import length_of, progress
@@ -165,11 +166,12 @@ def batch_factors(model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str, t
     if admit is not None:
         admit(b, z[0].numel())
     hessians = _output_hessians(loss_of_outputs(loss_fn, batch, rebuild), z.detach())
+    c = hessians.shape[1]
     rows: list[list[torch.Tensor]] = [[] for _ in plan.layers]
     inputs: list[torch.Tensor] = []
-    for c in range(hessians.shape[1]):
+    for k in range(c):
         try:
-            found = factored_gradients(model, output_entry(loss_fn, c), state, batch, plan)
+            found = factored_gradients(model, output_entry(loss_fn, k), state, batch, plan)
         except FactorisationError as exc:
             raise Unusable(str(exc)) from None
         for layer, bucket in zip(found.layers, rows):
@@ -177,11 +179,38 @@ def batch_factors(model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str, t
                 raise Unusable(f"layer {layer.module!r} is applied at {layer.inputs.shape[1]} positions per example "
                                "(a sequence, a convolution's patches, or a layer called more than once), not one")
             bucket.append(layer.output_grads[:, 0])
-        if c == 0:
-            for layer in found.layers:
-                a = layer.inputs[:, 0]
-                inputs.append(torch.cat([a, a.new_ones(b, 1)], 1) if layer.bias is not None else a)
-    return inputs, [torch.stack(r, 1) for r in rows], hessians
+        if k == 0:
+            inputs = [layer.inputs[:, 0] for layer in found.layers]
+            jacobians = _batched_jacobians(model, loss_fn, state, plan, batch, c, inputs, [r[0] for r in rows])
+            if jacobians is not None:
+                break
+    else:
+        jacobians = [torch.stack(r, 1) for r in rows]
+    inputs = [torch.cat([a, a.new_ones(b, 1)], 1) if layer[2] is not None else a for a, layer in zip(inputs, plan.layers)]
+    return inputs, jacobians, hessians
+
+
+def _batched_jacobians(model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str, torch.Tensor], plan: FactorPlan,
+                       batch: Any, c: int, inputs: list[torch.Tensor], first: list[torch.Tensor],
+                       ) -> list[torch.Tensor] | None:
+    """Every layer's ``B``: ``Tensor[b, C, d_out]`` from one hooked pass whose backward is batched over
+    the ``C`` outputs (:func:`~attrkit.functional.factored_hooks.hooked_output_jacobians`), trusted
+    only when its inputs and first rows equal the checked pass's (``inputs``: ``Tensor[b, d_in]``,
+    ``first``: ``Tensor[b, d_out]`` per layer, from :func:`~attrkit.functional.factored.factored_gradients`
+    of output 0) to round-off; else ``None`` (the caller takes one pass per output)."""
+    bound = BoundLoss(model, output_entry(loss_fn, None))
+    params = {f"model.{k}": v for k, v in state.items()}
+    try:
+        found = hooked_output_jacobians(model, plan, bound, params, batch, batch_size(batch), c)
+    except RuntimeError:  # an operation without a batching rule for the batched backward
+        return None
+    if found is None:
+        return None
+    got_inputs, jacobians = found
+    for got, want in zip(got_inputs + [j[:, 0] for j in jacobians], inputs + first):
+        if got.shape != want.shape or not close_to_round_off(got, want):
+            return None
+    return jacobians
 
 
 class FactorSink(Protocol):

@@ -12,8 +12,9 @@ Gauss-Newton product of the mean loss on a vector ``v`` (layer blocks ``V_l``:
     z_i = Σ_l B_il V_l ā_il,    y_i = H_i z_i / N,    (G v)_l = Σ_i B_ilᵀ y_i ā_ilᵀ.
 
 For a block of ``m`` vectors and a chunk of examples that is, per layer, one GEMM
-``W_l = V_l Ā_lᵀ`` (``Tensor[m, d_out, n]``), small batched products for ``z`` and ``y``, and
-one GEMM back, ``(B_lᵀ y) Ā_l``; no autograd, no pass over the training loader. The factors are
+``W_l = V_l Ā_lᵀ`` (held as ``Tensor[n, d_out, m]``), small batched products for ``z`` and ``y``
+(those with ``B_l`` skipped for a layer whose ``B_il`` are all the identity: the output
+layer), and one GEMM back, ``(B_lᵀ y) Ā_l``; no autograd, no pass over the training loader. The factors are
 collected once (one pass, ``C`` hooked forward/backward passes per batch) and held:
 ``n (Σ_l width_l + C Σ_l d_out_l + C²)`` elements in the parameters' dtype for this rank's
 ``n`` examples, within :data:`attrkit.memory.DEFAULT_FRACTION` of the available memory
@@ -74,6 +75,7 @@ class StructuredMatVec:
         self.inputs: list[torch.Tensor] = []
         self.jacobians: list[torch.Tensor] = []
         self.hessians = torch.empty(0, 0, 0, dtype=dtype, device=device)
+        self._identity: list[bool] = []  # per layer: every B_i is the identity (an output layer), skipped
 
     def admit(self, examples: int, outputs: int) -> None:
         """Refuse a batch whose factors (``examples (Σ width + C Σ d_out + C²)`` elements) would pass the budget.
@@ -104,6 +106,7 @@ class StructuredMatVec:
             joined.append(torch.cat(parts) if parts else torch.empty(0, dtype=self.dtype, device=self.device))
             self._parts[i] = []
         self.inputs, self.jacobians, self.hessians = joined[:k], joined[k : 2 * k], joined[-1]
+        self._identity = [_is_identity(b) for b in self.jacobians]
         self.examples = sum(distributed.all_ranks(n))
         return self
 
@@ -125,23 +128,24 @@ class StructuredMatVec:
         h = self.hessians
         rows = v.reshape(-1, self.p).to(device=self.device, dtype=self.dtype)
         m, n, total = rows.shape[0], len(h), torch.promote_types(v.dtype, self.dtype)
-        blocks = [_block(rows, layer) for layer in self.layers]  # [m * d_out, width]
-        sums = [torch.zeros(m * layer.d_out, layer.width, dtype=total, device=self.device) for layer in self.layers]
+        blocks = [_block(rows, layer) for layer in self.layers]  # [d_out * m, width]
+        sums = [torch.zeros(layer.d_out * m, layer.width, dtype=total, device=self.device) for layer in self.layers]
         widest = max([h.shape[1] if n else 1] + [layer.d_out for layer in self.layers])
         chunk = max(1, _CHUNK // (m * widest))
         for s in range(0, n, chunk):
             e = min(s + chunk, n)
-            z = h.new_zeros(e - s, m, h.shape[1])
-            for block, a, b in zip(blocks, self.inputs, self.jacobians):
-                w = (a[s:e] @ block.T).view(e - s, m, -1)  # W_l: [chunk, m, d_out]
-                z.baddbmm_(w, b[s:e].mT)  # Σ_l B_l W_l: [chunk, m, C]
-            y = z @ h[s:e].mT  # (H_i z_i)ᵀ
-            for a, b, out in zip(self.inputs, self.jacobians, sums):
-                u = (y @ b[s:e]).view(e - s, -1)  # B_lᵀ y: [chunk, m * d_out]
+            z: torch.Tensor | None = None
+            for block, a, b, same in zip(blocks, self.inputs, self.jacobians, self._identity):
+                w = (a[s:e] @ block.T).view(e - s, -1, m)  # W_lᵀ: [chunk, d_out, m]
+                w = w if same else b[s:e] @ w  # B_l W_lᵀ: [chunk, C, m]
+                z = w if z is None else z + w
+            y = h[s:e] @ z  # H_i z_i: [chunk, C, m]
+            for a, b, same, out in zip(self.inputs, self.jacobians, self._identity, sums):
+                u = (y if same else b[s:e].mT @ y).reshape(e - s, -1)  # B_lᵀ y: [chunk, d_out * m]
                 out += u.T @ a[s:e]
         out = torch.empty(m, self.p, dtype=total, device=self.device)
         for layer, part in zip(self.layers, sums):
-            part = part.view(m, layer.d_out, layer.width)
+            part = part.view(layer.d_out, m, layer.width).transpose(0, 1)
             if layer.weight is not None:
                 out[:, layer.weight : layer.weight + layer.d_out * layer.d_in] = part[..., : layer.d_in].reshape(m, -1)
             if layer.bias is not None:
@@ -151,15 +155,26 @@ class StructuredMatVec:
         return out.to(device=v.device, dtype=v.dtype).reshape(v.shape)
 
 
+def _is_identity(jacobians: torch.Tensor) -> bool:
+    """Whether every ``B_i`` (``Tensor[n, C, d_out]``) is the ``C × C`` identity: a layer whose outputs
+    are the model's outputs (e.g. the last ``nn.Linear``), whose products with ``B`` can be skipped."""
+    if jacobians.dim() != 3:  # a rank without examples
+        return False
+    c, d = jacobians.shape[1:]
+    eye = torch.eye(c, dtype=jacobians.dtype, device=jacobians.device)
+    return c == d and bool((jacobians == eye).all())
+
+
 def _block(rows: torch.Tensor, layer: Layer) -> torch.Tensor:
-    """``Tensor[m * d_out, width]``: each row's block ``[W | b]`` of ``layer`` (weight row-major, then the bias)."""
+    """``Tensor[d_out * m, width]``: each row's block ``[W | b]`` of ``layer`` (weight row-major, then the
+    bias), output row major over the ``m`` rows (so that ``Ā`` times its transpose is ``Tensor[n, d_out, m]``)."""
     m = rows.shape[0]
     parts = []
     if layer.weight is not None:
         parts.append(rows[:, layer.weight : layer.weight + layer.d_out * layer.d_in].reshape(m, layer.d_out, -1))
     if layer.bias is not None:
         parts.append(rows[:, layer.bias : layer.bias + layer.d_out, None])
-    return torch.cat(parts, 2).reshape(m * layer.d_out, layer.width)
+    return torch.cat(parts, 2).transpose(0, 1).reshape(layer.d_out * m, layer.width)
 
 
 def _budget(device: torch.device) -> tuple[int | None, str]:
