@@ -443,6 +443,13 @@ def test_dattri_counterparts_match_specs_or_say_why_not(tmp_path: Path, data: tu
     grouped = counterpart(resolved({"method": "grad-dot", "grouper": {"name": "random", "group_size": 4}}), problem, states)
     assert grouped.scores is None and "grouper 'random'" in grouped.reason
     assert "kfac" in counterpart(resolved({"method": "if", "solver": "kfac"}), problem, states).reason
+    preconditioned = {"method": "if", "solver": {"name": "cg", "max_iter": 3, "preconditioner": "kfac"}}
+    assert counterpart(resolved(preconditioned), problem, states).name == \
+        "IFAttributor(cg) (no preconditioner, max_iter = 10)"
+    projected = {"method": "if", "projector": {"name": "arnoldi", "dim": 8}, "solver": "identity"}
+    assert counterpart(resolved(projected), problem, states).name == "IFAttributor(arnoldi)"
+    unscaled = {**projected, "projector": {"name": "arnoldi", "dim": 8, "scale": False}}
+    assert "projector 'arnoldi'" in counterpart(resolved(unscaled), problem, states).reason
     pytest.importorskip("dattri")
     for method in ("grad-dot", "grad-cos"):  # the same exact dot products (dattri's default projection is off)
         theirs = counterpart(resolved({"method": method}), problem, states).scores()

@@ -101,7 +101,8 @@ def test_plugins_json(capsys):
     assert code == 0
     (cg,) = json.loads(out)
     assert cg["kind"] == "solver" and cg["plugin"] == "attrkit-ihvp-solvers"
-    assert [p["name"] for p in cg["parameters"]] == ["regularization", "curvature", "max_iter", "tol", "matvec"]
+    assert [p["name"] for p in cg["parameters"]] == ["regularization", "curvature", "max_iter", "tol", "matvec",
+                                                   "preconditioner"]
     assert cg["parameters"][2] == {"name": "max_iter", "type": "int", "default": 10, "required": False,
                                    "meaning": "CG iterations per solve, each one curvature product (with HVPs, one "
                                               "pass over the training data).",

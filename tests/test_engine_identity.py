@@ -10,6 +10,7 @@ comparison is to float round-off instead. Record anew, deliberately, with::
     ATTRKIT_RECORD_ENGINE_SCORES=1 python -m pytest tests/test_engine_identity.py
 """
 
+import hashlib
 import os
 import platform
 from pathlib import Path
@@ -100,9 +101,16 @@ def _run(name, spec, toy, tmp_path=None, products="dense"):
 
 
 def _machine():
-    model = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in line), "") \
-        if Path("/proc/cpuinfo").exists() else platform.processor()
-    return f"{model}|{platform.machine()}|torch {torch.__version__}|threads {torch.get_num_threads()}"
+    """The CPU (name, family, model, stepping and a digest of its flags: one name covers CPU generations
+    whose kernels differ in the last bits), the torch build and the thread count."""
+    cpu = platform.processor()
+    if Path("/proc/cpuinfo").exists():
+        first = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
+        fields = dict(line.split(":", 1) for line in first.splitlines() if ":" in line)
+        fields = {k.strip(): v.strip() for k, v in fields.items()}
+        flags = hashlib.sha256(fields.get("flags", "").encode()).hexdigest()[:12]
+        cpu = "|".join([*(fields.get(k, "") for k in ("model name", "cpu family", "model", "stepping")), flags])
+    return f"{cpu}|{platform.machine()}|torch {torch.__version__}|threads {torch.get_num_threads()}"
 
 
 def _all(tmp_path):

@@ -13,7 +13,7 @@ only through ``M_i``, so no factorisation of it is needed, and an indefinite ``H
 not convex in ``z``) is exact too.
 
 Cost: one pass over the data with ``C`` hooked forward/backward passes per batch, and about
-``p² N`` flops of GEMMs in the parameters' dtype, against ``p`` HVPs per example for the HVP
+``p² N`` flops of GEMMs in :func:`~attrkit.functional.structured_factors.gemm_dtype` (float32 for a float32 model), against ``p`` HVPs per example for the HVP
 build. Memory: the ``p × p`` matrix (``dtype``), plus ``_CHUNK`` elements of ``W``.
 """
 
@@ -167,7 +167,7 @@ def structured_curvature(
     Args:
         meter: the counting view of the training batches (``prepare_at``).
         model, loss_fn, state, names, curvature: as :func:`~attrkit.functional.ihvp_explicit.explicit_ihvp_at`.
-        dtype: the matrix's dtype (GEMMs run in the parameters' dtype, each chunk of
+        dtype: the matrix's dtype (GEMMs run in :func:`~attrkit.functional.structured_factors.gemm_dtype`, each chunk of
             examples is added to the matrix in ``dtype``).
 
     Returns:

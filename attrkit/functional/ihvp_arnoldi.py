@@ -18,6 +18,7 @@ import torch
 from attrkit.errors import ArgumentError
 from attrkit.functional.curvature import MatVec, lanczos
 from attrkit.functional.ihvp import CurvatureError, InverseHVP, prepare_at
+from attrkit.functional.structured_factors import gemm_dtype
 from attrkit.functional.structured_matvec import curvature_matvec
 from attrkit.types import LossFn
 
@@ -92,7 +93,8 @@ def arnoldi_ihvp_at(
     :func:`~attrkit.functional.ihvp_explicit.explicit_ihvp_at`'s up to round-off.
 
     Kept eigenpairs whose damped value ``λ_i + λ`` is numerically zero (within
-    ``max(p, rank) · eps · max|λ_j|``, ``eps`` of the parameters' dtype: e.g. the null space
+    ``max(p, rank) · eps · max|λ_j|``, ``eps`` of the products' dtype (the parameters', or
+    float32 for the structured products of a float32 model): e.g. the null space
     of a Gauss-Newton matrix at ``λ = 0``) are dropped like the complement: the
     pseudo-inverse, never ``1/round-off``.
 
@@ -129,7 +131,8 @@ def arnoldi_ihvp_at(
     product, info = curvature_matvec(meter, model, loss_fn, state, names, curvature, matvec, "arnoldi")
     values, basis = lanczos(product, p, rank, max_iter, seed, device=state[names[0]].device,
                             desc="arnoldi: Lanczos iterations")
-    inverse = _inverse(values, basis, regularization, torch.finfo(state[names[0]].dtype).eps)
+    products = gemm_dtype(model, state, names) if info["structured"] else state[names[0]].dtype
+    inverse = _inverse(values, basis, regularization, torch.finfo(products).eps)
     saved = {"basis": basis, "inverse": inverse}
     info.update(largest_eigenvalue=float(values.max()), smallest_eigenvalue=float(values.min()), rank=rank)
     return InverseHVP(restore_arnoldi(saved), p, meter, started, info, name="arnoldi", state=saved)

@@ -26,25 +26,36 @@ from attrkit.functional.ihvp import (
     check_regularization,
     prepare_at,
 )
+from attrkit.functional.ihvp_kfac import ekfac_solve, kfac_solve
+from attrkit.functional.kfac_factors import fit_ekfac, fit_kfac
+from attrkit.functional.structured_factors import gemm_dtype
 from attrkit.functional.structured_matvec import curvature_matvec
 from attrkit.progress import progress
 from attrkit.types import LossFn
 
-__all__ = ["cg_ihvp_at", "cg_solve"]
+__all__ = ["PRECONDITIONERS", "cg_ihvp_at", "cg_solve"]
+
+#: ``preconditioner=`` values of :func:`cg_ihvp_at`.
+PRECONDITIONERS = ("none", "kfac", "ekfac")
 
 
 def _block_cg(
-    matvec: MatVec, vectors: torch.Tensor, regularization: float, max_iter: int, tol: float
+    matvec: MatVec, vectors: torch.Tensor, regularization: float, max_iter: int, tol: float,
+    precondition: MatVec | None = None,
 ) -> tuple[torch.Tensor, int, float, int]:
-    """Block CG; returns ``(solutions, iterations, max relative residual, rows not converged)``.
+    """Block CG, preconditioned by ``precondition`` (``M⁻¹``, symmetric positive definite) when given;
+    returns ``(solutions, iterations, max relative residual, rows not converged)``.
 
-    A row has converged when its (recursively updated) residual is at most ``tol`` times
-    its right-hand side's norm; the rows still above it when ``max_iter`` is reached count
-    as not converged.
+    A row has converged when its (recursively updated) residual ``r`` is at most ``tol`` times
+    its right-hand side's norm (the residual of the system itself, not ``M⁻¹ r``: the same
+    stopping rule with or without a preconditioner); the rows still above it when
+    ``max_iter`` is reached count as not converged.
     """
     x = torch.zeros_like(vectors)
-    residual, direction = vectors.clone(), vectors.clone()
+    residual = vectors.clone()
+    direction = vectors.clone() if precondition is None else precondition(residual)
     squares = residual.square().sum(1)
+    weights = squares if precondition is None else (residual * direction).sum(1)  # rᵀ M⁻¹ r
     targets = (tol * vectors.norm(dim=1)).square()
     active = squares > targets
     iterations = 0
@@ -62,11 +73,17 @@ def _block_cg(
                 f"H + λI is not positive definite; set regularization > {regularization - quotient:.3g} or use a "
                 "positive semi-definite curvature such as Gauss-Newton"
             )
-        step = squares[rows] / curvature
+        step = weights[rows] / curvature
         x[rows] += step[:, None] * d
         new = residual[rows] - step[:, None] * product
         new_squares = new.square().sum(1)
-        direction[rows] = new + (new_squares / squares[rows])[:, None] * d
+        if precondition is None:
+            direction[rows] = new + (new_squares / squares[rows])[:, None] * d
+        else:
+            z = precondition(new)
+            new_weights = (new * z).sum(1)
+            direction[rows] = z + (new_weights / weights[rows])[:, None] * d
+            weights[rows] = new_weights
         residual[rows], squares[rows] = new, new_squares
         active[rows] = new_squares > targets[rows]
         iterations += 1
@@ -82,6 +99,30 @@ def _not_converged(where: str, max_iter: int, tol: float, regularization: float,
             f"residual ‖v - (H + λI)x‖/‖v‖ = {residual:.3g}, so the inverse-HVPs (and the scores built on them) are "
             f"approximate. Raise max_iter, raise regularization (now {regularization:g}; a better-conditioned "
             "H + λI converges in fewer iterations), or use a direct solver: explicit, arnoldi or ekfac")
+
+
+def _preconditioner(
+    kind: str, model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str, torch.Tensor], names: Sequence[str],
+    batches: Iterable[Any], regularization: float,
+) -> MatVec | None:
+    """``M⁻¹``: ``(F + λI)⁻¹`` of the K-FAC or EK-FAC factors fitted on ``batches`` now, or ``None`` for ``"none"``.
+
+    Its rotations run in :func:`~attrkit.functional.structured_factors.gemm_dtype` (float32 for a
+    float32 model whose state is float64): a preconditioner changes how fast CG converges, not
+    what to, and CG's own recurrences stay in the vectors' dtype."""
+    if kind == "none":
+        return None
+    fit, solve = (fit_kfac, kfac_solve) if kind == "kfac" else (fit_ekfac, ekfac_solve)
+    factors = fit(model, loss_fn, state, names, batches)
+    dtype = gemm_dtype(model, state, names)
+
+    def apply(rows: torch.Tensor) -> torch.Tensor:
+        try:
+            return solve(factors, rows.to(dtype), regularization).to(rows.dtype)
+        except CurvatureError as exc:
+            raise CurvatureError(f"cg's preconditioner: {exc}") from None
+
+    return apply
 
 
 def _check_cg(max_iter: int, tol: float) -> None:
@@ -136,7 +177,7 @@ def cg_solve(
 def cg_ihvp_at(
     model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str, torch.Tensor], names: Sequence[str],
     batches: Iterable[Any], *, regularization: float = 0.0, curvature: str = "hessian", max_iter: int = 10,
-    tol: float = 1e-6, matvec: str = "auto",
+    tol: float = 1e-6, matvec: str = "auto", preconditioner: str = "none",
 ) -> InverseHVP:
     """``(H + λI)⁻¹`` of the mean training loss by block CG on dataset curvature products.
 
@@ -157,6 +198,13 @@ def cg_ihvp_at(
             Gauss-Newton; its factors within a quarter of the available memory) and ``p`` exceeds
             :data:`~attrkit.functional.structured_matvec.MIN_DIM`, else HVPs; ``"hvp"``; or
             ``"structured"``, which raises where it does not apply.
+        preconditioner: ``"none"`` (default), or ``"kfac"`` / ``"ekfac"``: preconditioned CG
+            with ``M⁻¹ = (F + λI)⁻¹`` of the Kronecker-factored empirical Fisher
+            (:func:`~attrkit.functional.ihvp_kfac.kfac_solve`, :func:`~attrkit.functional.ihvp_kfac.ekfac_solve`),
+            fitted at the build (one pass of factored gradients; two for EK-FAC). The
+            solution and the stopping rule (``tol`` on ``‖v − (H + λI)x‖``) are the same; a
+            preconditioner close to ``H`` reaches them in fewer iterations, at the cost of one
+            application per iteration (``O(m (d_in + d_out) d_in d_out)`` flops per layer).
 
     Returns:
         :class:`InverseHVP`; ``stats.info`` holds the last solve's ``iterations`` and
@@ -184,11 +232,15 @@ def cg_ihvp_at(
     started = time.perf_counter()
     meter, p = prepare_at(state, names, batches, regularization, curvature)
     _check_cg(max_iter, tol)
+    if preconditioner not in PRECONDITIONERS:
+        raise ArgumentError(f"preconditioner must be one of {', '.join(map(repr, PRECONDITIONERS))}, "
+                            f"got {preconditioner!r}")
     product, info = curvature_matvec(meter, model, loss_fn, state, names, curvature, matvec, "cg")
+    precondition = _preconditioner(preconditioner, model, loss_fn, state, names, meter, regularization)
     info["unconverged_solves"] = 0
 
     def apply(vectors: torch.Tensor) -> torch.Tensor:
-        x, iterations, residual, rows = _block_cg(product, vectors, regularization, max_iter, tol)
+        x, iterations, residual, rows = _block_cg(product, vectors, regularization, max_iter, tol, precondition)
         info.update(iterations=iterations, max_relative_residual=residual)
         if rows:
             if not info["unconverged_solves"]:

@@ -215,7 +215,8 @@ def explicit_ihvp_at(
         max_dim: refuse ``p`` above it: memory is ``2 p²`` elements of ``dtype``.
         chunk_size: identity rows per dataset pass (memory ``chunk_size`` × one HVP).
         dtype: precision of the matrix and its factor (the structured build's GEMMs run in
-            the parameters' dtype and are summed into it chunk by chunk).
+            :func:`~attrkit.functional.structured_factors.gemm_dtype`, float32 for a float32 model, and are
+            summed into it chunk by chunk).
         build: ``"auto"`` (default): the structured build where it applies and the HVP build
             would take more than one pass (``p > chunk_size``), else the HVP build;
             ``"hvp"``; or ``"structured"``, which raises where it does not apply.

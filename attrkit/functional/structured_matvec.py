@@ -16,7 +16,7 @@ For a block of ``m`` vectors and a chunk of examples that is, per layer, one GEM
 (those with ``B_l`` skipped for a layer whose ``B_il`` are all the identity: the output
 layer), and one GEMM back, ``(B_lᵀ y) Ā_l``; no autograd, no pass over the training loader. The factors are
 collected once (one pass, ``C`` hooked forward/backward passes per batch) and held:
-``n (Σ_l width_l + C Σ_l d_out_l + C²)`` elements in the parameters' dtype for this rank's
+``n (Σ_l width_l + C Σ_l d_out_l + C²)`` elements in :func:`~attrkit.functional.structured_factors.gemm_dtype` (float32 for a float32 model) for this rank's
 ``n`` examples, within :data:`attrkit.memory.DEFAULT_FRACTION` of the available memory
 (checked batch by batch, before each batch's backward passes: the pass stops at the first batch
 past it and the solver takes HVPs). CG and Arnoldi take it through :func:`curvature_matvec` (their ``matvec=``
@@ -33,7 +33,7 @@ from attrkit import distributed
 from attrkit.errors import ArgumentError, CurvatureError
 from attrkit.functional.curvature import MatVec
 from attrkit.functional.ihvp import _Meter, dataset_matvec
-from attrkit.functional.structured_factors import Layer, Unusable, collect_factors
+from attrkit.functional.structured_factors import Layer, Unusable, collect_factors, gemm_dtype
 from attrkit.memory import DEFAULT_FRACTION, available_bytes, format_bytes
 from attrkit.types import LossFn
 
@@ -57,7 +57,7 @@ class StructuredMatVec:
 
     Attributes:
         p: dimension of the vectors (the layout of ``names``).
-        dtype, device: the factors' (the parameters').
+        dtype, device: the factors' (:func:`~attrkit.functional.structured_factors.gemm_dtype`, the parameters' device).
         examples: ``N``, the training examples over all ranks.
         layers: the factored layers (:class:`~attrkit.functional.structured_factors.Layer`).
         inputs: per layer, ``ā``: ``Tensor[n, width]`` (``n`` this rank's examples).
@@ -212,8 +212,9 @@ def structured_matvec(
     """
     first, p = state[names[0]], sum(state[n].numel() for n in names)
     budget, where = _budget(first.device)
+    dtype = gemm_dtype(model, state, names)
     return collect_factors(meter, model, loss_fn, state, names, curvature,
-                           lambda layers: StructuredMatVec(layers, p, first.dtype, first.device, budget, where),
+                           lambda layers: StructuredMatVec(layers, p, dtype, first.device, budget, where),
                            f"structured curvature: caching the layer factors of the {p} parameters (one pass)")
 
 

@@ -129,12 +129,20 @@ def work(spec: Mapping[str, Any], members: int, s: Sizes) -> Work:
     if method not in ("if", "relatif"):
         raise LookupError(f"no roofline count for method {method!r}")
     kind, dense_scores = _name(solver), 2.0 * m * n * p  # a solved query is dense: <q, u ⊗ a> costs d_in d_out
+    projector = spec.get("projector")
+    if kind == "identity" and _name(projector) == "arnoldi":  # Arnoldi influence in its projected form
+        rank = int(_param(projector, "dim", 64))
+        kind, solver = "arnoldi", {"max_iter": _param(projector, "max_iter", None) or 2 * rank + 20, "rank": rank}
     if kind == "explicit":
         flops = n * p * p + p**3 / 3 + 2.0 * m * p * p + dense_scores
         what = "Kronecker-block Gauss-Newton np² (symmetric half), Cholesky p³/3, solves 2mp², scores 2mnp"
     elif kind == "cg":
         iters = int(_param(solver, "max_iter", 100))
         flops, what = iters * 4.0 * m * n * p + dense_scores, f"{iters} block GN products 4mnp, scores 2mnp"
+        if _param(solver, "preconditioner", "none") != "none":  # a Kronecker solve per vector, at the start
+            fit, _ = _kfac(s, _param(solver, "preconditioner", "none") == "ekfac")  # and each iteration: (iters+1) m
+            flops += fit + iters * m * sum(4.0 * (i * i * o + o * o * i) for i, o in s.layers)
+            what += ", the preconditioner's factors and (iters + 1) m Kronecker solves"
     elif kind == "lissa":
         depth, batch = int(_param(solver, "depth", 1000)), int(_param(solver, "batch_size", 1))
         flops, what = depth * 4.0 * m * batch * p + dense_scores, f"{depth} steps of 4m·{batch}·p, scores 2mnp"

@@ -23,7 +23,9 @@ from attrkit.plugin import (
     positive_int,
     seed_field,
 )
-from attrkit.functional.curvature import dataset_gnvp, dataset_hvp, lanczos
+from attrkit.functional.curvature import lanczos
+from attrkit.functional.ihvp import prepare_at
+from attrkit.functional.structured_matvec import MATVECS, curvature_matvec
 from attrkit.functional.gradients import flat_dimension, select_parameters
 
 
@@ -43,6 +45,11 @@ class ArnoldiConfig:
         scale: project onto ``u_i / sqrt(λ_i + λ)``, so that a plain dot product of two
             projections is ``gᵀ U (Λ + λI)⁻¹ Uᵀ g'``, a rank-``dim`` inverse-curvature product.
             With ``False``, onto the orthonormal eigenvectors ``u_i``.
+        matvec: how the curvature products are taken, as the ``arnoldi`` solver's: ``"auto"``
+            (default) from the layer structure where it applies and ``p > 256``
+            (:func:`~attrkit.functional.structured_matvec.curvature_matvec`: one pass caches
+            per-example factors, each Lanczos step is then GEMMs), else dataset HVPs (one pass per
+            step); ``"hvp"``; or ``"structured"``, refused where it does not apply.
     """
 
     dim: int = positive_int(64, (4, 8))
@@ -57,6 +64,8 @@ class ArnoldiConfig:
     scale: bool = attrs.field(
         default=True, validator=attrs.validators.instance_of(bool), metadata={"examples": (True, False)}
     )
+    matvec: str = attrs.field(default="auto", validator=attrs.validators.in_(MATVECS),
+                              metadata={"examples": ("auto", "hvp")})
 
     def __attrs_post_init__(self) -> None:
         if self.max_iter is not None and self.max_iter < self.dim:
@@ -69,7 +78,8 @@ class ArnoldiProjector(Projector):
 
     Fitting runs Lanczos with full reorthogonalisation (:func:`attrkit.functional.curvature.lanczos`)
     over dataset Hessian- (or Gauss-Newton-) vector products: ``max_iter`` passes over the
-    training data, each one HVP per batch (about 2-3 gradient evaluations); the Krylov
+    training data, each one HVP per batch (about 2-3 gradient evaluations), or, where the
+    layer structure applies (``matvec``), one pass and ``max_iter`` products in GEMMs; the Krylov
     basis takes ``max_iter * p * 8`` bytes. Eigenvectors are those of the largest *algebraic*
     eigenvalues. After fitting, ``eigenvalues`` (``Tensor[min(dim, p)]`` float64, of the undamped
     curvature, descending) and ``basis`` (``Tensor[p, min(dim, p)]`` in the parameters' dtype,
@@ -122,8 +132,10 @@ class ArnoldiProjector(Projector):
                 f"gives vectors of dimension {context.dimension}; use a gradient source of plain parameter gradients"
             ])
         dim = min(c.dim, p)  # dim >= p: every eigenpair, the exact (scaled) change of basis
-        product = dataset_gnvp if c.curvature == "gauss-newton" else dataset_hvp
-        matvec = product(task.model, task.loss_fn, context.member.state, names, context.train)
+        state = context.member.state
+        meter, _ = prepare_at(state, names, context.train, c.regularization, c.curvature)
+        matvec, _ = curvature_matvec(meter, task.model, task.loss_fn, state, names, c.curvature, c.matvec,
+                                     "arnoldi projector")
         max_iter = min(c.max_iter if c.max_iter is not None else 2 * dim + 20, p)
         values, vectors = lanczos(matvec, p, dim, max_iter, c.seed, device=task.device)
         dtype = context.member.state[names[0]].dtype

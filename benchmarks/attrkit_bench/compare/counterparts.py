@@ -15,7 +15,12 @@ members, loaders and hyper-parameters, or says why there is none. dattri:
   → the matching ``IFAttributor*`` (:mod:`attrkit_bench.compare.influence`), cached on and
   attributing to the whole training set as one batch: its per-batch curvature is then the
   whole set's, and its ``attribute``, which redoes the test side (inverse-HVPs included)
-  for every training batch, does it once.
+  for every training batch, does it once. dattri's CG has no preconditioner: a ``cg`` row
+  with one (``"preconditioner": "kfac"`` or ``"ekfac"``) is set beside dattri's plain CG at
+  its default ``max_iter`` (:data:`DATTRI_CG_ITERATIONS`), the comparison of a method at
+  equal or better LDS for less work, as for LoGra. Arnoldi influence in its projected form
+  (``if`` with a scaled ``arnoldi`` projector and the ``identity`` solver, the same scores as the
+  ``arnoldi`` solver) → ``IFAttributorArnoldi`` with the projector's ``dim``, ``max_iter`` and λ.
 
 A spec with a projector (other than TRAK's), a grouper, a non-default gradient source or
 an ensemble other than the members has no counterpart. Where dattri computes something
@@ -46,7 +51,7 @@ from attrkit_bench.compare.influence import KINDS, dattri_scores
 from attrkit_bench.compare.kronfluence import STRATEGIES, coverage, kronfluence_scores
 from attrkit_bench.problem import Problem
 
-__all__ = ["LIBRARIES", "Counterpart", "counterpart"]
+__all__ = ["DATTRI_CG_ITERATIONS", "LIBRARIES", "Counterpart", "counterpart"]
 
 #: The libraries ``--compare`` runs.
 LIBRARIES = ("dattri", "kronfluence")
@@ -78,6 +83,31 @@ def _params(part: Any) -> dict[str, Any]:
     return {k: v for k, v in part.items() if k != "name"} if isinstance(part, Mapping) else {}
 
 
+#: dattri's ``IFAttributorCG`` iterations (its default) against a preconditioned attrkit CG.
+DATTRI_CG_ITERATIONS = 10
+
+
+def _one_batch(train: DataLoader) -> DataLoader:
+    """The training set as one batch, in order: what dattri's IF attributors cache and attribute to."""
+    return DataLoader(train.dataset, batch_size=len(train.dataset), shuffle=False)  # type: ignore[arg-type]
+
+
+def _arnoldi_projection(spec: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The parameters of an ``if`` spec that is Arnoldi influence in its projected form (an ``arnoldi``
+    projector scaled by ``(λ_i + λ)^{-1/2}`` and the identity solver: ``gᵀ U (Λ + λI)⁻¹ Uᵀ g'``, what
+    dattri's ``IFAttributorArnoldi`` computes), as the ``arnoldi`` solver's (``rank``, ``max_iter``,
+    ``regularization``), or ``None``."""
+    projector = spec.get("projector")
+    if _name(spec["method"]) != "if" or _name(projector) != "arnoldi" or _name(spec.get("solver")) != "identity":
+        return None
+    params = _params(projector)
+    if not params.get("scale", True):
+        return None
+    dim = int(params.get("dim", 64))
+    return {"rank": dim, "max_iter": params.get("max_iter") or 2 * dim + 20,
+            "regularization": float(params.get("regularization", 0.0))}
+
+
 def _extra_parts(spec: Mapping[str, Any], method: str) -> str | None:
     """Why ``spec`` has a part dattri's counterpart cannot have, or ``None``."""
     if _name(spec.get("gradients")) not in (None, "per-example") and not (
@@ -85,7 +115,7 @@ def _extra_parts(spec: Mapping[str, Any], method: str) -> str | None:
         return f"gradient source {_name(spec['gradients'])!r}"
     if _name(spec.get("grouper")) not in (None, "singleton"):
         return f"grouper {_name(spec['grouper'])!r}"
-    if _name(spec.get("projector")) not in (None, "identity") and method != "trak":
+    if _name(spec.get("projector")) not in (None, "identity") and method != "trak" and not _arnoldi_projection(spec):
         return f"projector {_name(spec['projector'])!r}"
     if _name(spec.get("ensemble")) not in (None, "checkpoints"):
         return f"ensemble {_name(spec['ensemble'])!r}"
@@ -138,14 +168,22 @@ def counterpart(spec: Mapping[str, Any], problem: Problem, states: Sequence[dict
         lam = float(params.get("regularization", 3e-3))
         return Counterpart(name="RPSAttributor",
                            scores=dattri_rps(model, resolve_linear_layer(model), train, targets, lam))
+    projected = _arnoldi_projection(spec)
+    if projected is not None:
+        full = _one_batch(train)
+        return Counterpart(name="IFAttributor(arnoldi)", scores=dattri_scores(
+            "arnoldi", model, full, full, targets, projected["regularization"], projected))
     if method == "if":
         solver = _name(spec.get("solver"))
         if solver not in KINDS:
             return Counterpart(reason=f"dattri has no influence function with solver {solver!r}")
         solver_params = _params(spec["solver"])
-        n_train = len(train.dataset)  # type: ignore[attr-defined]
-        full = DataLoader(train.dataset, batch_size=n_train, shuffle=False)  # type: ignore[attr-defined]
+        full = _one_batch(train)
         lam = float(solver_params.get("regularization", 0.0))
+        if solver == "cg" and solver_params.get("preconditioner", "none") != "none":
+            solver_params = {**solver_params, "max_iter": DATTRI_CG_ITERATIONS}
+            return Counterpart(name=f"IFAttributor(cg) (no preconditioner, max_iter = {DATTRI_CG_ITERATIONS})",
+                               scores=dattri_scores(solver, model, full, full, targets, lam, solver_params))
         return Counterpart(name=f"IFAttributor({solver})",
                            scores=dattri_scores(solver, model, full, full, targets, lam, solver_params))
     return Counterpart(reason=f"dattri has no counterpart of {method!r}")
