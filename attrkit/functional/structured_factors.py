@@ -199,7 +199,8 @@ def batch_factors(model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str, t
             bucket.append(layer.output_grads[:, 0])
         if k == 0:
             inputs = [layer.inputs[:, 0] for layer in found.layers]
-            jacobians = _batched_jacobians(model, loss_fn, state, plan, batch, c, inputs, [r[0] for r in rows])
+            jacobians = None if c == 1 else (  # one output: this checked pass gave its only row
+                _batched_jacobians(model, loss_fn, state, plan, batch, c, inputs, [r[0] for r in rows]))
             if jacobians is not None:
                 break
     else:
