@@ -282,13 +282,20 @@ def _explicit_matrix(fg: FactoredGradients, config) -> torch.Tensor:
     return torch.cat(blocks, dim=1)
 
 
-_PROBLEMS = {"mlp": lambda: (_mlp(), _data(6, 4)), "attention-with-fallback": lambda: (_seeded_tiny(), _tokens())}
+def _cnn():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(72, 3)).double()
+
+
+_PROBLEMS = {"mlp": lambda: (_mlp(), _data(6, 4)), "cnn": lambda: (_cnn(), _data(5, 1, 6, 6)),
+             "attention-with-fallback": lambda: (_seeded_tiny(), _tokens())}
 
 
 @pytest.mark.parametrize(
     "problem, config",
     [
         ("mlp", factored.KroneckerConfig(dim_in=3, dim_out=2, seed=5)),
+        ("cnn", factored.KroneckerConfig(dim_in=4, dim_out=2, seed=3)),
         ("attention-with-fallback", factored.KroneckerConfig(dim_in=2, dim_out=3, fallback_dim=4, seed=1)),
     ],
 )

@@ -8,7 +8,7 @@ import attrkit
 import attrkit.functional.structured_factors as structured_factors
 import attrkit.functional.structured_matvec as structured_matvec
 from attrkit.errors import ArgumentError, CurvatureError
-from attrkit.functional import arnoldi_ihvp_at, cg_ihvp_at, select_parameters
+from attrkit.functional import arnoldi_ihvp_at, cg_ihvp_at, explicit_ihvp_at, select_parameters
 from attrkit.functional.ihvp import prepare_at
 from attrkit.functional.structured_matvec import MIN_DIM, curvature_matvec
 from attrkit.targets import cross_entropy
@@ -127,6 +127,68 @@ def test_mlp_hessian_falls_back_under_auto_and_is_refused_when_forced():
     with pytest.raises(CurvatureError, match=r"test solver: matvec='structured' cannot be used: the Hessian is not the "
                                              r"Gauss-Newton matrix.*Use matvec='hvp'"):
         _products(_mlp(), "hessian", "structured")
+
+
+def _cnn():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                               torch.nn.Linear(72, 3))
+
+
+class _Block(torch.nn.Module):
+    """A small transformer block: Embedding, LayerNorm, self-attention, a position-wise MLP, a head."""
+
+    def __init__(self, vocab=11, width=6, classes=3):
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab, width)
+        self.norm = torch.nn.LayerNorm(width)
+        self.attention = torch.nn.MultiheadAttention(width, 2, batch_first=True)
+        self.up = torch.nn.Linear(width, 8)
+        self.down = torch.nn.Linear(8, width, bias=False)
+        self.head = torch.nn.Linear(width, classes)
+
+    def forward(self, tokens):
+        h = self.norm(self.embed(tokens))
+        h = h + self.attention(h, h, h, need_weights=False)[0]
+        h = h + self.down(torch.tanh(self.up(h)))
+        return self.head(h.mean(1))
+
+
+def _positions_case(kind):
+    """``(model, data)``: a CNN on 6×6 images or a transformer block on 5 tokens, 32 examples."""
+    gen = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 3, (32,), generator=gen)
+    torch.manual_seed(0)
+    model, x = (_cnn(), torch.randn(32, 1, 6, 6, generator=gen)) if kind == "cnn" else \
+        (_Block(), torch.randint(0, 11, (32, 5), generator=gen))
+    return model, [(x[i : i + 8], y[i : i + 8]) for i in range(0, 32, 8)]
+
+
+@pytest.mark.parametrize("kind", ["cnn", "transformer-block"])
+def test_layers_at_several_positions_take_hvps_under_auto_and_refuse_the_structure(kind):
+    """A convolution's patches and a sequence's tokens are several positions per example: CG / Arnoldi
+    products and the explicit build take HVPs under "auto" (bit for bit the "hvp" path) and a forced
+    structure is refused, naming the layer. The block's attention runs in eval mode, where
+    ``nn.MultiheadAttention`` would take a fused kernel without forward-mode derivatives."""
+    model, data = _positions_case(kind)
+    for curvature in ("gauss-newton", "hessian"):
+        auto, info, _, p = _products(model, curvature, "auto", data=data)
+        hvp, _, _, _ = _products(model, curvature, "hvp", data=data)
+        vectors = _vectors(p)
+        assert info["structured"] == 0.0 and torch.equal(auto(vectors), hvp(vectors))
+    linear = ("0.*", "3.*") if kind == "cnn" else ("up.*", "down.*", "head.*")  # the factored layers only
+    with pytest.raises(CurvatureError, match=r"matvec='structured' cannot be used: layer '(0|up)' is applied at "
+                                             r"(36|5) positions per example"):
+        _products(model, "gauss-newton", "structured", linear, data=data)
+    names, state = select_parameters(model, linear), dict(model.state_dict())
+    builds = [explicit_ihvp_at(model, cross_entropy, state, names, data, regularization=LAM, curvature="gauss-newton",
+                               chunk_size=8, build=b) for b in ("auto", "hvp")]
+    assert builds[0].stats.info["structured"] == 0.0
+    assert torch.equal(builds[0].state["factor"], builds[1].state["factor"])
+    with pytest.raises(CurvatureError, match=r"build='structured' cannot be used: layer '(0|up)' is applied at "
+                                             r"(36|5) positions per example"):
+        explicit_ihvp_at(model, cross_entropy, state, names, data, regularization=LAM, curvature="gauss-newton",
+                         build="structured")
 
 
 def test_auto_is_structured_above_min_dim_only():

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -80,15 +80,25 @@ def gnvp(
         return pullback(hvp(loss_fn, z, jv))[0]
 
 
-def forward_ad_attention() -> contextlib.AbstractContextManager[Any]:
-    """A context in which ``scaled_dot_product_attention`` (Hugging Face transformers' default) runs
-    its math kernel: its fused CPU kernels have no forward-mode derivative (``jvp``) and no double
-    backward, which curvature products need. The math kernel computes the same attention."""
-    try:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-    except ImportError:  # torch < 2.3: no fused kernels to avoid
-        return contextlib.nullcontext()
-    return sdpa_kernel(SDPBackend.MATH)
+@contextlib.contextmanager
+def forward_ad_attention() -> Iterator[None]:
+    """A context in which attention runs kernels that curvature products can differentiate:
+    ``scaled_dot_product_attention`` (Hugging Face transformers' default) its math kernel, and
+    ``nn.MultiheadAttention`` in eval mode its composite path instead of its fused inference
+    kernel (``_native_multi_head_attention``). The fused kernels have no forward-mode derivative
+    (``jvp``) and no double backward; the others compute the same attention."""
+    with contextlib.ExitStack() as stack:
+        try:
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+        except ImportError:  # torch < 2.3: no fused kernels to avoid
+            pass
+        else:
+            stack.enter_context(sdpa_kernel(SDPBackend.MATH))
+        mha = getattr(torch.backends, "mha", None)
+        if mha is not None and mha.get_fastpath_enabled():
+            mha.set_fastpath_enabled(False)
+            stack.callback(mha.set_fastpath_enabled, True)
+        yield
 
 
 class _StandIn(torch.nn.Module):

@@ -230,9 +230,11 @@ def fit_ekfac(model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str, torch
         model, loss_fn, state, names, batches: as :func:`fit_kfac`; ``batches`` is read twice.
 
     Returns:
-        :class:`EKFACFactors`. Cost: two passes of :func:`factored_gradients`; the second forms
-        the rotated per-example gradients ``[b, d_out, d_in + 1]`` in chunks of at most
-        ``2**24`` elements.
+        :class:`EKFACFactors`. Cost: two passes of :func:`factored_gradients`. In the second, a
+        layer with one position per example adds ``(g_i Q_G)²ᵀ (ā_i Q_A)²`` as one GEMM over the
+        batch (``(Q_Gᵀ g āᵀ Q_A)²`` of a rank-one gradient is that outer product); a sequence or
+        convolution layer forms the rotated per-example gradients ``[b, d_out, d_in + 1]`` in
+        chunks of at most ``2**24`` elements.
 
     Raises:
         DataLoaderError, FactorisationError, LossShapeError: as :func:`fit_kfac`.
@@ -242,6 +244,12 @@ def fit_ekfac(model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str, torch
 
     def visit(grads: FactoredGradients) -> None:
         for j, (total, fitted) in enumerate(zip(sums, kfac.layers, strict=True)):
+            layer = grads.layers[j]
+            if layer.inputs.shape[1] == 1:  # G_i = g_i āᵀ_i is rank one: its rotated square is too
+                rotated_in = _extended_inputs(layer)[:, 0] @ fitted.input_basis
+                rotated_out = layer.output_grads[:, 0] @ fitted.output_basis
+                total += rotated_out.square().T @ rotated_in.square()
+                continue
             step = max(1, _CHUNK // total.numel())
             for start in range(0, grads.shape[0], step):
                 part = grads[start : start + step].layers[j]

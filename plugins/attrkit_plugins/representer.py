@@ -75,6 +75,18 @@ def _concat(parts: list[Any]) -> Any:
     return tuple(torch.cat([p[j] for p in parts]) for j in range(len(parts[0])))
 
 
+def _stacked(parts: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.cat(parts)``, emptying ``parts`` as it copies them: at its peak it holds the result and
+    one part, not twice the parts."""
+    out = parts[0].new_empty(sum(p.shape[0] for p in parts), *parts[0].shape[1:])
+    start = 0
+    for _ in range(len(parts)):
+        part = parts.pop(0)
+        out[start : start + part.shape[0]] = part
+        start += part.shape[0]
+    return out
+
+
 def _dlogits(fn: Any, logits: torch.Tensor, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """``(values [b], ∂values_i/∂z_i [b, C])`` of ``fn`` at fixed ``logits``."""
     z = logits.detach().requires_grad_(True)
@@ -225,7 +237,7 @@ class RepresenterPoints(Attributor):
                 feats.append(self._features(member, batch, self.task.loss_fn, f"training batch {j}", offset))
                 labels.append(_labels_only(to_device(batch, self.task.device)))
                 offset += batch_size(batch)
-            heads.append(self._refit(member, torch.cat(feats), _concat(labels)))
+            heads.append(self._refit(member, _stacked(feats), _concat(labels)))
         guard.finished()
         self.heads = heads
         self.groups = torch.arange(heads[0].features.shape[0])
@@ -288,9 +300,10 @@ class RepresenterPoints(Attributor):
         rows, offset = [], 0
         for j, batch in enumerate(progress(checked(test, "test"), "rps: scoring")):
             total = 0.0
-            for head in heads:
+            for head in heads:  # in place: the [b, n] float64 products are the largest temporaries
                 feats, push = self._test_side(head, batch, self.task.target, f"test batch {j}", offset)
-                total = total + head.member.weight * (push @ head.alpha.T) * (feats @ head.features.T)
+                share = (feats @ head.features.T).mul_(push @ head.alpha.T).mul_(head.member.weight)
+                total = share if isinstance(total, float) else total.add_(share)
             rows.append(total.float().cpu())
             check_scores(rows[-1], first_row=offset)
             offset += batch_size(batch)

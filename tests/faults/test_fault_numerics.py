@@ -57,9 +57,10 @@ def _state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 # (seed, n_train, dim) of float32 softmax logistic regressions whose float64 ΦᵀΦ of margin
-# gradients (rank (classes - 1)(dim + 1) < k = classes (dim + 1)) Cholesky-factorises without
-# complaint. The old code inverted the round-off there: correlations 0.15, 0.13, 0.45 with the
-# closed form below.
+# gradients (rank (classes - 1)(dim + 1) < k = classes (dim + 1)) Cholesky factorises without
+# complaint with some BLAS builds (OpenBLAS on AMD; MKL on Intel flags it): the old code, trusting
+# Cholesky, inverted the round-off there: correlations 0.15, 0.13, 0.45 with the closed form below.
+# Whether Cholesky accepts it here or not, the scores must be the closed form's.
 _SINGULAR_BUT_FACTORISABLE = [(4, 20, 5), (0, 30, 3), (1, 30, 3)]
 
 
@@ -71,8 +72,6 @@ def test_trak_identity_at_zero_damping_is_the_pseudo_inverse_closed_form(seed, n
     phi_t = autograd_gradients(model, negated_margin, toy.x_test, toy.y_test).double()
     k = phi.shape[1]
     assert torch.linalg.matrix_rank(phi, rtol=1e-5) == 2 * (dim + 1) < k  # the margin's null directions
-    gram = phi.float().double().T @ phi.float().double()
-    assert torch.linalg.cholesky_ex(gram).info == 0  # the trap: a "successful" factorisation of a singular matrix
     with torch.no_grad():
         q = 1 - torch.softmax(model(toy.x_train).double(), 1).gather(1, toy.y_train[:, None]).squeeze(1)
     expected = phi_t @ torch.linalg.pinv(phi.T @ phi) @ phi.T * q[None, :]
@@ -284,10 +283,9 @@ def test_default_arnoldi_projector_with_dim_above_p_is_the_explicit_influence():
 # -- 4. the other solvers: no division by round-off, no silent inf --------------------------------
 
 
-def test_explicit_refuses_a_numerically_singular_matrix_that_cholesky_accepts():
+def test_explicit_refuses_a_numerically_singular_matrix_that_cholesky_may_accept():
     b = torch.randn(8, 5, dtype=F64, generator=torch.Generator().manual_seed(13))
-    matrix = b @ b.T  # rank 5 of 8
-    assert torch.linalg.cholesky_ex(matrix).info == 0  # the trap
+    matrix = b @ b.T  # rank 5 of 8: some BLAS builds' Cholesky factorises it (the trap), others flag it
     vectors = torch.randn(2, 8, dtype=F64, generator=torch.Generator().manual_seed(0))
     with pytest.raises(CurvatureError, match=r"explicit solver.*numerically singular.*set regularization > "):
         explicit_solve(matrix, vectors, 0.0)
