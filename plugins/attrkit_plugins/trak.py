@@ -80,17 +80,21 @@ class TRAK(GradientAttributor):
         return [attrs.evolve(m, weight=m.weight / total) for m in members]
 
     def example_weights(self, members: list[Member], train: Iterable[Any]) -> torch.Tensor | None:
-        """``Q̄ = Σ_m w̄_m (1 − p_m(y_i | x_i))``, ``Tensor[n_train]`` float64 (``None`` without ``reweight``)."""
+        """``Q̄ = Σ_m w̄_m (1 − p_m(y_i | x_i))``, ``Tensor[n_train]`` float64 (``None`` without ``reweight``).
+
+        One pass over ``train``: each batch is read once and evaluated at every member.
+        """
         if not self.config.reweight:
             return None
+        margins: list[list[torch.Tensor]] = [[] for _ in members]
+        for batch in progress(train, f"trak: Q ({len(members)} member{'s' * (len(members) > 1)})"):
+            batch = to_device(batch, self.task.device)
+            for member, out in zip(members, margins, strict=True):
+                with member.applied(self.task.model):
+                    out.append(evaluate(self.task.model, negated_margin, member.state, batch))
         total = 0.0
-        for member in members:
-            with member.applied(self.task.model):
-                margins = [
-                    evaluate(self.task.model, negated_margin, member.state, to_device(batch, self.task.device))
-                    for batch in progress(train, f"trak: Q ({member.label})")
-                ]
-            total = total + member.weight * torch.sigmoid(torch.cat(margins).double())
+        for member, out in zip(members, margins, strict=True):
+            total = total + member.weight * torch.sigmoid(torch.cat(out).double())
         return total
 
 
