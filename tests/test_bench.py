@@ -263,7 +263,8 @@ def test_cli_quick_run(
 def test_cli_says_what_to_install_without_mlxtend(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setitem(sys.modules, "mlxtend", None)
+    for name in ("mlxtend", "mlxtend.data"):  # a submodule imported by an earlier test would still import
+        monkeypatch.setitem(sys.modules, name, None)
     assert main(["mnist-lr", "--quick", "--cache", str(tmp_path)]) == 2
     assert "pip install" in capsys.readouterr().err
 
