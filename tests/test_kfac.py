@@ -9,6 +9,7 @@ from attrkit.functional.gradients import per_example_gradients, select_parameter
 from attrkit.functional import ekfac_ihvp_at, kfac_ihvp_at
 from attrkit.functional.ihvp_kfac import ekfac_solve, kfac_solve
 from attrkit.functional.kfac_factors import fit_ekfac, fit_kfac
+from test_structured_products import Block
 
 TOL = {"rtol": 1e-9, "atol": 1e-10}
 
@@ -52,29 +53,11 @@ def _seq():
     return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 3)).double()
 
 
-class _Block(nn.Module):
-    """A small transformer block: Embedding, LayerNorm and self-attention (fallback: their weights are
-    not used through a factored module call), a position-wise MLP (factored, 5 positions), a head."""
-
-    def __init__(self, vocab=11, width=6, classes=3):
-        super().__init__()
-        self.embed = nn.Embedding(vocab, width)
-        self.norm = nn.LayerNorm(width)
-        self.attention = nn.MultiheadAttention(width, 2, batch_first=True)
-        self.up = nn.Linear(width, 8)
-        self.down = nn.Linear(8, width, bias=False)
-        self.head = nn.Linear(width, classes)
-
-    def forward(self, tokens):
-        h = self.norm(self.embed(tokens))
-        h = h + self.attention(h, h, h, need_weights=False)[0]
-        h = h + self.down(torch.tanh(self.up(h)))
-        return self.head(h.mean(1))
-
-
 def _block():
+    """Embedding, LayerNorm and self-attention fall back (their weights are not used through a
+    factored module call); the position-wise MLP is factored at 5 positions, the head at one."""
     torch.manual_seed(0)
-    return _Block().double()
+    return Block().double()
 
 
 def _data(n, *shape, classes=3, seed=1):

@@ -13,6 +13,7 @@ from attrkit.functional.ihvp import prepare_at
 from attrkit.functional.structured_matvec import MIN_DIM, curvature_matvec
 from attrkit.targets import cross_entropy
 from attrkit.testing import toy_problem
+from test_structured_products import Block
 from thread_ranks import structure_broken_on_rank_1, threaded
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -135,32 +136,13 @@ def _cnn():
                                torch.nn.Linear(72, 3))
 
 
-class _Block(torch.nn.Module):
-    """A small transformer block: Embedding, LayerNorm, self-attention, a position-wise MLP, a head."""
-
-    def __init__(self, vocab=11, width=6, classes=3):
-        super().__init__()
-        self.embed = torch.nn.Embedding(vocab, width)
-        self.norm = torch.nn.LayerNorm(width)
-        self.attention = torch.nn.MultiheadAttention(width, 2, batch_first=True)
-        self.up = torch.nn.Linear(width, 8)
-        self.down = torch.nn.Linear(8, width, bias=False)
-        self.head = torch.nn.Linear(width, classes)
-
-    def forward(self, tokens):
-        h = self.norm(self.embed(tokens))
-        h = h + self.attention(h, h, h, need_weights=False)[0]
-        h = h + self.down(torch.tanh(self.up(h)))
-        return self.head(h.mean(1))
-
-
 def _positions_case(kind):
     """``(model, data)``: a CNN on 6×6 images or a transformer block on 5 tokens, 32 examples."""
     gen = torch.Generator().manual_seed(0)
     y = torch.randint(0, 3, (32,), generator=gen)
     torch.manual_seed(0)
     model, x = (_cnn(), torch.randn(32, 1, 6, 6, generator=gen)) if kind == "cnn" else \
-        (_Block(), torch.randint(0, 11, (32, 5), generator=gen))
+        (Block(), torch.randint(0, 11, (32, 5), generator=gen))
     return model, [(x[i : i + 8], y[i : i + 8]) for i in range(0, 32, 8)]
 
 
