@@ -76,14 +76,14 @@ def _concat(parts: list[Any]) -> Any:
 
 
 def _stacked(parts: list[torch.Tensor]) -> torch.Tensor:
-    """``torch.cat(parts)``, emptying ``parts`` as it copies them: at its peak it holds the result and
-    one part, not twice the parts."""
+    """``torch.cat(parts)``, dropping each part from ``parts`` once copied: at its peak it holds the
+    result and one part, not twice the parts."""
     out = parts[0].new_empty(sum(p.shape[0] for p in parts), *parts[0].shape[1:])
     start = 0
-    for _ in range(len(parts)):
-        part = parts.pop(0)
+    for i, part in enumerate(parts):
         out[start : start + part.shape[0]] = part
         start += part.shape[0]
+        parts[i] = None  # the loop's own reference goes at the next part
     return out
 
 

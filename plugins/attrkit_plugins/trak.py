@@ -87,7 +87,7 @@ class TRAK(GradientAttributor):
         if not self.config.reweight:
             return None
         margins: list[list[torch.Tensor]] = [[] for _ in members]
-        for batch in progress(train, f"trak: Q ({len(members)} member{'s' * (len(members) > 1)})"):
+        for batch in progress(train, f"trak: Q ({len(members)} members)"):
             batch = to_device(batch, self.task.device)
             for member, out in zip(members, margins, strict=True):
                 with member.applied(self.task.model):
