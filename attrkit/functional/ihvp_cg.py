@@ -63,7 +63,8 @@ def _block_cg(
         if not bool(active.any()):
             break
         rows = active.nonzero().squeeze(1)
-        d = direction[rows]
+        whole = len(rows) == len(active)  # every row active: update in place, no gathered copies
+        d = direction if whole else direction[rows]
         product = matvec(d) + regularization * d
         curvature = (d * product).sum(1)
         if bool((curvature <= 0).any()):
@@ -74,17 +75,26 @@ def _block_cg(
                 "positive semi-definite curvature such as Gauss-Newton"
             )
         step = weights[rows] / curvature
-        x[rows] += step[:, None] * d
-        new = residual[rows] - step[:, None] * product
+        if whole:
+            x += step[:, None] * d
+            new = residual.sub_(step[:, None] * product)
+        else:
+            x[rows] += step[:, None] * d
+            new = residual[rows] - step[:, None] * product
         new_squares = new.square().sum(1)
         if precondition is None:
-            direction[rows] = new + (new_squares / squares[rows])[:, None] * d
+            following, ratio = new, new_squares / squares[rows]
         else:
-            z = precondition(new)
-            new_weights = (new * z).sum(1)
-            direction[rows] = z + (new_weights / weights[rows])[:, None] * d
+            following = precondition(new)
+            new_weights = (new * following).sum(1)
+            ratio = new_weights / weights[rows]
             weights[rows] = new_weights
-        residual[rows], squares[rows] = new, new_squares
+        if whole:  # d is direction itself: the next direction overwrites it
+            direction.mul_(ratio[:, None]).add_(following)
+        else:
+            direction[rows] = following + ratio[:, None] * d
+            residual[rows] = new
+        squares[rows] = new_squares
         active[rows] = new_squares > targets[rows]
         iterations += 1
     norms = vectors.norm(dim=1)
