@@ -468,3 +468,14 @@ def test_plots_are_written_for_each_metric(tmp_path: Path) -> None:
     paths = write_plots(document, tmp_path, "s")
     assert [p.name for p in paths] == ["s-vs-time.png", "s-bars.png"]
     assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_a_short_run_is_timed_as_the_fastest_of_repeats_and_a_long_one_once() -> None:
+    from attrkit_bench.runner.method import REPEAT_UNDER, REPEATS, fastest
+
+    calls = []
+    assert fastest(REPEAT_UNDER + 1.0, lambda: calls.append(1)) == REPEAT_UNDER + 1.0
+    assert calls == []
+    best = fastest(REPEAT_UNDER - 0.5, lambda: calls.append(1))
+    assert len(calls) == REPEATS - 1
+    assert best < REPEAT_UNDER - 0.5  # the repeats (a list append) were faster than the first

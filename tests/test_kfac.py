@@ -299,7 +299,7 @@ def test_errors_name_the_problem():
 
 
 @pytest.mark.parametrize(("build", "fit", "solve", "passes"),
-                         [(kfac_ihvp_at, fit_kfac, kfac_solve, 1), (ekfac_ihvp_at, fit_ekfac, ekfac_solve, 2)])
+                         [(kfac_ihvp_at, fit_kfac, kfac_solve, 1), (ekfac_ihvp_at, fit_ekfac, ekfac_solve, 1)])
 def test_the_public_builders_run_the_fit_and_the_solve(build, fit, solve, passes):
     """``kfac_ihvp_at`` / ``ekfac_ihvp_at``: the helpers' results bit for bit, with their costs recorded
     (one row alone to round-off: BLAS may pick another kernel for another block height)."""
@@ -318,6 +318,26 @@ def test_the_public_builders_run_the_fit_and_the_solve(build, fit, solve, passes
         inverse(v[0])
     with pytest.raises(DataLoaderError, match="empty"):
         build(model, loss, state, names, [])
+
+
+def _passes(build, model, loss, state, names, x, y):
+    return build(model, loss, state, names, _batches(x, y, 5), regularization=0.1).stats.build.passes
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_ekfac_corrects_from_the_kept_factors_bit_for_bit_as_a_second_pass_would(name, monkeypatch):
+    """One-position layers only (an MLP): the K-FAC pass keeps ``ā`` and ``g`` and EK-FAC takes one
+    pass; with no memory for them (or a layer with positions) it takes the second pass, and the
+    eigenvalues are the same bits either way."""
+    model, loss, state, names, x, y = _case(name)
+    kept = fit_ekfac(model, loss, state, names, _batches(x, y, 5))
+    one_position = _passes(ekfac_ihvp_at, model, loss, state, names, x, y) == 1
+    assert one_position == (name == "mlp")
+    monkeypatch.setattr("attrkit.functional.kfac_factors.available_bytes", lambda device: 0)
+    assert _passes(ekfac_ihvp_at, model, loss, state, names, x, y) == 2
+    second = fit_ekfac(model, loss, state, names, _batches(x, y, 5))
+    for a, b in zip(kept.eigenvalues, second.eigenvalues, strict=True):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("name", ["mlp", "conv2d", "sequence"])

@@ -134,6 +134,34 @@ def test_rps_refits_the_layer_and_normalizes_features() -> None:
     assert _scores(spec).shape == (5, 20)
 
 
+def test_rps_refit_in_closed_form_for_cross_entropy_equals_the_autograd_refit() -> None:
+    """The closed-form objective and gradient of :func:`attrkit.targets.cross_entropy` are autograd's, and the
+    refit they drive reaches the same head and scores as the autograd refit of the same loss (another function)."""
+    from attrkit_plugins.representer import _cross_entropy_objective
+
+    gen = torch.Generator().manual_seed(2)
+    feats, w = torch.randn(40, 6, generator=gen, dtype=torch.float64), torch.randn(3, 6, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 3, (40,), generator=gen)
+    labels = (torch.empty(40, 0), y)
+    value, grad = _cross_entropy_objective(cross_entropy, feats, labels, 0.1, 3)(w)
+    w_ = w.clone().requires_grad_(True)
+    expected = torch.nn.functional.cross_entropy(feats @ w_.T, y) + 0.1 * (w_ * w_).sum()
+    expected.backward()
+    torch.testing.assert_close(value, expected.detach(), rtol=1e-13, atol=0)
+    torch.testing.assert_close(grad, w_.grad, rtol=1e-12, atol=1e-14)
+    assert _cross_entropy_objective(negated_margin, feats, labels, 0.1, 3) is None
+    assert _cross_entropy_objective(cross_entropy, feats, (labels[0], y + 3), 0.1, 3) is None  # refused by the loss
+
+    spec = {"method": {"name": "rps", "regularization": 0.05}}
+    closed = attrkit.compose(spec, TOY.task).fit(TOY.train_loader(7))
+    task = attrkit.AttributionTask(model=TOY.task.model, loss_fn=lambda m, b: cross_entropy(m, b))
+    autograd = attrkit.compose(spec, task).fit(TOY.train_loader(7))
+    assert closed.gradient_norms[0] < 1e-6 and autograd.gradient_norms[0] < 1e-6
+    torch.testing.assert_close(closed.heads[0].weight, autograd.heads[0].weight, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(closed.attribute(TOY.test_loader(3)), autograd.attribute(TOY.test_loader(3)),
+                               rtol=1e-5, atol=1e-6)
+
+
 def test_rps_refuses_unlabelled_batches() -> None:
     task = attrkit.AttributionTask(model=TOY.task.model, loss_fn=lambda m, b: m(b).sum(1))
     with pytest.raises(attrkit.errors.DataLoaderError, match="rps needs batches"):

@@ -24,9 +24,12 @@ KFC's ``Ω ⊗ Γ`` (Grosse & Martens 2016), which only puts the factor ``T`` on
 
 EK-FAC (George et al. 2018) keeps K-FAC's eigenbasis ``Q_G ⊗ Q_A`` (``A = Q_A diag(λ_A) Q_Aᵀ``,
 ``G = Q_G diag(λ_G) Q_Gᵀ``) and replaces the eigenvalues ``λ_G λ_Aᵀ`` by the exact diagonal
-of ``F_l`` in that basis, ``Λ = (1/n) Σ_i (Q_Gᵀ G_i Q_A)²`` (elementwise square), found in a
-second pass over the data: the ``F_l`` of the form ``(Q_G ⊗ Q_A) diag (Q_G ⊗ Q_A)ᵀ`` that is
-closest to the true one in Frobenius norm.
+of ``F_l`` in that basis, ``Λ = (1/n) Σ_i (Q_Gᵀ G_i Q_A)²`` (elementwise square): the ``F_l``
+of the form ``(Q_G ⊗ Q_A) diag (Q_G ⊗ Q_A)ᵀ`` that is closest to the true one in Frobenius
+norm. It needs the eigenbasis, so a second pass over the data, unless every layer has one
+position per example: then ``G_i = g_i ā_iᵀ`` is rank one, and the first pass keeps each
+example's ``ā_i`` and ``g_i`` (within the memory budget of :class:`_KeptFactors`) to correct
+from.
 
 Each pass over the data shows a progress bar (:func:`attrkit.progress.progress`; silent under
 ``ATTRKIT_PROGRESS=0``), and so do the eigendecompositions.
@@ -50,6 +53,7 @@ from attrkit.data import batch_size, to_device
 from attrkit.errors import DataLoaderError
 from attrkit.functional.factored import FactorPlan, factored_gradients, plan_factors
 from attrkit.functional.gradient_factors import FactoredGradients, LayerFactors
+from attrkit.memory import DEFAULT_FRACTION, available_bytes
 from attrkit.progress import length_of, progress
 from attrkit.types import LossFn
 
@@ -160,8 +164,36 @@ def _eigh(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return values.clamp_min(0), vectors
 
 
+class _KeptFactors:
+    """EK-FAC's correction without a second pass: each batch's ``ā`` ``Tensor[b, d_in (+1)]`` and
+    ``g`` ``Tensor[b, d_out]`` of every layer, kept from the K-FAC pass while every layer has one
+    position per example and they take at most ``budget`` bytes (:data:`attrkit.memory.DEFAULT_FRACTION`
+    of the memory available on the parameters' device; none when it is unknown).
+
+    Past the budget, or at a layer with more positions, ``usable`` turns false and what was kept is
+    dropped: the second pass runs instead, on the same batches, with the same arithmetic.
+    """
+
+    def __init__(self, n_layers: int, device: torch.device):
+        free = available_bytes(device)
+        self.budget = None if free is None else int(free * DEFAULT_FRACTION)
+        self.batches: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in range(n_layers)]
+        self.nbytes, self.usable = 0, True
+
+    def add(self, j: int, layer: LayerFactors, a: torch.Tensor, g: torch.Tensor) -> None:
+        """Keep layer ``j``'s ``a`` (``ā``) and ``g`` of one batch (flattened over positions)."""
+        if not self.usable:
+            return
+        size = a.numel() * a.element_size() + g.numel() * g.element_size()
+        if layer.inputs.shape[1] != 1 or (self.budget is not None and self.nbytes + size > self.budget):
+            self.usable, self.nbytes, self.batches = False, 0, []
+            return
+        self.nbytes += size
+        self.batches[j].append((a, g))
+
+
 def fit_kfac(model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str, torch.Tensor], names: Sequence[str],
-             batches: Iterable[Any]) -> KFACFactors:
+             batches: Iterable[Any], kept: _KeptFactors | None = None) -> KFACFactors:
     """K-FAC factors ``A``, ``G`` of every factored layer and the fallback diagonal, in one pass:
     the fit that :func:`~attrkit.functional.ihvp_kfac.kfac_ihvp_at` runs (a module-level
     helper, not exported from :mod:`attrkit.functional`).
@@ -172,6 +204,7 @@ def fit_kfac(model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str, torch.
         state: ``{name: Tensor}`` of every parameter and buffer to evaluate at.
         names: selected parameters, in model order (``select_parameters``).
         batches: the whole training set, in batches (any batch size: the factors are sums).
+        kept: where :func:`fit_ekfac` keeps the one-position layers' ``ā`` and ``g`` (private).
 
     Returns:
         :class:`KFACFactors` in the parameters' dtype and device (conventions in the module
@@ -198,6 +231,8 @@ def fit_kfac(model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str, torch.
             a_sum += a.T @ a
             g_sum += g.T @ g
             positions[j] += a.shape[0]
+            if kept is not None:
+                kept.add(j, layer, a, g)
         diagonal.add_(grads.dense.square().sum(0))
 
     n = _stream(model, loss_fn, state, plan, batches, visit, "K-FAC: factor pass (A, G)")
@@ -230,32 +265,47 @@ def fit_ekfac(model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str, torch
         model, loss_fn, state, names, batches: as :func:`fit_kfac`; ``batches`` is read twice.
 
     Returns:
-        :class:`EKFACFactors`. Cost: two passes of :func:`factored_gradients`. In the second, a
-        layer with one position per example adds ``(g_i Q_G)²ᵀ (ā_i Q_A)²`` as one GEMM over the
-        batch (``(Q_Gᵀ g āᵀ Q_A)²`` of a rank-one gradient is that outer product); a sequence or
+        :class:`EKFACFactors`. Cost: one or two passes of :func:`factored_gradients`. A layer with
+        one position per example adds ``(g_i Q_G)²ᵀ (ā_i Q_A)²`` as one GEMM per batch
+        (``(Q_Gᵀ g āᵀ Q_A)²`` of a rank-one gradient is that outer product); when every layer has
+        one position and their ``ā`` and ``g`` (``n Σ_l (d_in + 1 + d_out)`` elements) fit
+        :class:`_KeptFactors`'s budget, the K-FAC pass keeps them and there is no second pass
+        (the same products, bit for bit). Otherwise the second pass runs, and a sequence or
         convolution layer forms the rotated per-example gradients ``[b, d_out, d_in + 1]`` in
         chunks of at most ``2**24`` elements.
 
     Raises:
         DataLoaderError, FactorisationError, LossShapeError: as :func:`fit_kfac`.
     """
-    kfac = fit_kfac(model, loss_fn, state, names, batches)
+    plan = plan_factors(model, names)
+    kept = _KeptFactors(len(plan.layers), state[names[0]].device)
+    kfac = fit_kfac(model, loss_fn, state, names, batches, kept)
     sums = [torch.zeros_like(x.output_eigenvalues[:, None] * x.input_eigenvalues) for x in kfac.layers]
+
+    def rank_one(total: torch.Tensor, fitted: KroneckerLayer, a: torch.Tensor, g: torch.Tensor) -> None:
+        """Add ``Σ_i (Q_Gᵀ g_i ā_iᵀ Q_A)²`` of a batch's rows ``a`` ``[b, d_in (+1)]`` and ``g`` ``[b, d_out]``."""
+        total += (g @ fitted.output_basis).square().T @ (a @ fitted.input_basis).square()
+
+    if all(distributed.all_ranks(kept.usable)):
+        for total, fitted, pairs in zip(sums, kfac.layers, kept.batches, strict=True):
+            for a, g in pairs:
+                rank_one(total, fitted, a, g)
+        del kept
+        distributed.sum_over_ranks(sums)
+        return EKFACFactors(kfac=kfac, eigenvalues=tuple(total / kfac.n_examples for total in sums))
+    del kept
 
     def visit(grads: FactoredGradients) -> None:
         for j, (total, fitted) in enumerate(zip(sums, kfac.layers, strict=True)):
             layer = grads.layers[j]
             if layer.inputs.shape[1] == 1:  # G_i = g_i āᵀ_i is rank one: its rotated square is too
-                rotated_in = _extended_inputs(layer)[:, 0] @ fitted.input_basis
-                rotated_out = layer.output_grads[:, 0] @ fitted.output_basis
-                total += rotated_out.square().T @ rotated_in.square()
+                rank_one(total, fitted, _extended_inputs(layer)[:, 0], layer.output_grads[:, 0])
                 continue
             step = max(1, _CHUNK // total.numel())
             for start in range(0, grads.shape[0], step):
                 part = grads[start : start + step].layers[j]
                 total += part.project(fitted.input_basis, fitted.output_basis).square().sum(0).view_as(total)
 
-    (n,) = _reduce(sums, [_stream(model, loss_fn, state, plan_factors(model, names), batches, visit,
-                                  "EK-FAC: eigenvalue-correction pass")])
+    (n,) = _reduce(sums, [_stream(model, loss_fn, state, plan, batches, visit, "EK-FAC: eigenvalue-correction pass")])
     return EKFACFactors(kfac=kfac, eigenvalues=tuple(total / n for total in sums))
 
