@@ -14,22 +14,61 @@ pass would scramble columns silently. :class:`CheckedLoader` wraps the user's lo
 * every later pass checks the number and sizes of the batches, the digest of the first
   batch and of one more batch (a different one on each pass, so that many passes cover
   them all), and says so when a one-shot iterator (a generator) is exhausted.
+
+A small training set is not read through the loader again: the first pass keeps the batches
+it yielded while they take at most :data:`KEEP_BYTES` (and a sixteenth of the memory available),
+and later passes replay them, unless a tensor of one was changed in place since it was yielded (its
+version counter moved: the model or ``loss_fn`` writes into its inputs), in which case they are
+dropped and the loader is read, as without them. A multi-pass fit then reads the
+user's loader once — its per-item indexing and collation cost as much as a small model's
+gradients — and every pass sees the same examples by construction. The fit drops them
+(:meth:`CheckedLoader.release`) when it ends. Test loaders (read once per call), lists of batches
+(already in memory) and one-shot iterators (which still serve one pass only) are never kept.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Iterator
+from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch.utils.data import DataLoader
 
 from attrkit import checks
 from attrkit.data import batch_size, check_fixed_order
 from attrkit.errors import DataLoaderError
 from attrkit.fingerprint import batch_digest
+from attrkit.memory import available_bytes
 
-__all__ = ["CheckedLoader", "checked"]
+__all__ = ["KEEP_BYTES", "CheckedLoader", "checked"]
+
+#: The most bytes of batches the first pass keeps to replay on later passes (see the module docstring).
+KEEP_BYTES = 256 * 2**20
+
+
+def _leaves(batch: Any) -> Iterator[Any]:
+    """The leaves of ``batch`` (nested tuples, lists and mappings)."""
+    if isinstance(batch, Mapping):
+        for value in batch.values():
+            yield from _leaves(value)
+    elif isinstance(batch, (tuple, list)):
+        for value in batch:
+            yield from _leaves(value)
+    else:
+        yield batch
+
+
+def _nbytes(batch: Any) -> int:
+    """Bytes of the tensors and arrays in ``batch``."""
+    return sum(x.numel() * x.element_size() if isinstance(x, torch.Tensor) else int(getattr(x, "nbytes", 0))
+               for x in _leaves(batch))
+
+
+def _versions(batch: Any) -> list[int]:
+    """The version counters of ``batch``'s tensors: each in-place change (of a tensor or a view of it) adds one."""
+    return [x._version for x in _leaves(batch) if isinstance(x, torch.Tensor)]
 
 
 def checked(loader: Iterable[Any], role: str) -> CheckedLoader:
@@ -64,6 +103,8 @@ class CheckedLoader:
         self._digests: list[str] = []
         self._passes = 0
         self._one_shot = iter(loader) is loader if not isinstance(loader, (list, tuple, DataLoader)) else False
+        self._kept: list[Any] | None = None  # the first pass's batches, replayed by later passes
+        self._kept_versions: list[list[int]] = []
 
     @property
     def n_examples(self) -> int | None:
@@ -85,6 +126,15 @@ class CheckedLoader:
             raise DataLoaderError(f"the {self.role} loader has not been read through yet")
         return hashlib.sha256("".join(self._digests).encode()).hexdigest()
 
+    @property
+    def replaying(self) -> bool:
+        """Whether later passes replay the first pass's kept batches instead of reading the loader."""
+        return self._kept is not None
+
+    def release(self) -> None:
+        """Drop the kept batches: later passes read the loader again (checked as ever)."""
+        self._kept, self._kept_versions = None, []
+
     def __iter__(self) -> Iterator[Any]:
         self._passes += 1
         if self.sizes is None:
@@ -95,9 +145,21 @@ class CheckedLoader:
         digests, sizes = [], []
         self._digests = digests
         probe = self._probe()
+        free = available_bytes("cpu")
+        keeps = self.role == "train" and not self._one_shot and not isinstance(self.loader, (list, tuple))
+        room = min(KEEP_BYTES, KEEP_BYTES if free is None else free // 16) if keeps else 0
+        kept: list[Any] | None = [] if room else None
+        versions: list[list[int]] = []
         for j, batch in enumerate(self.loader):
             digests.append(batch_digest(batch) if self._checking else "")
             sizes.append(batch_size(batch))
+            if kept is not None:
+                room -= _nbytes(batch)
+                if room >= 0:
+                    kept.append(batch)
+                    versions.append(_versions(batch))
+                else:
+                    kept = None
             if j == 0 and probe is not None and probe != digests[0]:
                 raise DataLoaderError(
                     f"the {self.role} loader yields another first batch each time it is iterated (a random order, or "
@@ -107,7 +169,7 @@ class CheckedLoader:
             yield batch
         if not sizes:
             raise DataLoaderError(f"the {self.role} loader yielded no batch")
-        self.sizes = sizes
+        self.sizes, self._kept, self._kept_versions = sizes, kept, versions if kept is not None else []
 
     def _probe(self) -> str | None:
         """Digest of the first batch of a separate iterator, for re-iterables whose order nothing else shows."""
@@ -121,6 +183,11 @@ class CheckedLoader:
     def _later_pass(self, number: int) -> Iterator[Any]:
         sizes, count = self.sizes, len(self.sizes)
         spot = (number - 1) % count
+        if self._kept is not None and [_versions(b) for b in self._kept] != self._kept_versions:
+            self.release()  # the model or loss_fn changed a kept batch in place: read the loader as ever
+        if self._kept is not None:  # unchanged since pass 1, so nothing to check
+            yield from self._kept
+            return
         seen = 0
         for j, batch in enumerate(self.loader):
             seen = j + 1

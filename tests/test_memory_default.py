@@ -294,7 +294,7 @@ def test_silent_under_attrkit_progress_0_but_kept_on_the_attributor(capsys):
 def test_curvature_fits_show_progress_bars(monkeypatch, capsys):
     monkeypatch.setenv("ATTRKIT_PROGRESS", "1")
     expected = {
-        "ekfac": ["K-FAC: factor pass", "K-FAC: eigendecompositions", "EK-FAC: eigenvalue-correction pass"],
+        "ekfac": ["K-FAC: factor pass", "K-FAC: eigendecompositions", "EK-FAC: eigenvalue correction"],
         "explicit": ["explicit: building the 57 x 57 curvature"],
         "arnoldi": ["arnoldi: Lanczos iterations"],
         "cg": ["cg: iterations"],

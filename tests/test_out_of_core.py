@@ -103,7 +103,9 @@ KILLED_FIT = textwrap.dedent(
     import attrkit
     from test_out_of_core import DyingLoader, TOY, TRAK
 
-    # TRAK: pass 1 is the order check's first batch, pass 2 is Q, pass 3 the features
+    # TRAK: pass 1 is the order check's first batch, pass 2 is Q, pass 3 the features (read from the
+    # loader: nothing is kept to replay)
+    attrkit.loaders.KEEP_BYTES = 0
     loader = DyingLoader(TOY.train_loader(5), passes=3, batch=3)
     attrkit.compose(TRAK, TOY.task).fit(loader, store=sys.argv[1], memory_budget=int(sys.argv[2]))
     """

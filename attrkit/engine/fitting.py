@@ -192,5 +192,6 @@ def fit(
             f.train = f.train.scaled(scale) if f.layout is None else f.train.mapped(
                 lambda tile, rows, layout=f.layout: layout.scale(tile, scale[rows]))
         f.train = f.train.baked()
+    train.release()  # the replayed batches: later passes (self-influence) read the loader, checked against them
     guard.finished()
     return state

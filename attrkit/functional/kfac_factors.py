@@ -287,9 +287,10 @@ def fit_ekfac(model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str, torch
         total += (g @ fitted.output_basis).square().T @ (a @ fitted.input_basis).square()
 
     if all(distributed.all_ranks(kept.usable)):
-        for total, fitted, pairs in zip(sums, kfac.layers, kept.batches, strict=True):
-            for a, g in pairs:
-                rank_one(total, fitted, a, g)
+        count = len(kept.batches[0]) if kept.batches else 0
+        for j in progress(range(count), "EK-FAC: eigenvalue correction (factors kept from the K-FAC pass)", total=count):
+            for total, fitted, pairs in zip(sums, kfac.layers, kept.batches, strict=True):
+                rank_one(total, fitted, *pairs[j])
         del kept
         distributed.sum_over_ranks(sums)
         return EKFACFactors(kfac=kfac, eigenvalues=tuple(total / kfac.n_examples for total in sums))

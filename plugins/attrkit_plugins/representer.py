@@ -38,6 +38,7 @@ from attrkit.plugin import (
     check_rows,
     check_scores,
     checked,
+    cross_entropy,
     float_field,
     hookimpl,
     positive_int,
@@ -47,7 +48,6 @@ from attrkit.plugin import (
     user_code,
 )
 from attrkit.functional.last_layer import last_layer_features, resolve_linear_layer
-from attrkit.targets import cross_entropy
 
 
 class _Logits(torch.nn.Module):

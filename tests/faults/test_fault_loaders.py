@@ -131,3 +131,48 @@ def test_self_influence_with_the_fitted_loader_checks_it_against_fit():
 def test_random_orders_are_always_refused(seed, batch, spec):
     with pytest.raises(attrkit.DataLoaderError):
         _fit(spec, DataLoader(DATA, batch_size=batch, sampler=RandomOrder(24, seed)))
+
+
+class CountingLoader(DataLoader):
+    """A DataLoader that counts the times it is iterated."""
+
+    iterations = 0
+
+    def __iter__(self):
+        type(self).iterations += 1
+        return super().__iter__()
+
+
+def _counted_fit(spec, loss_fn=None):
+    CountingLoader.iterations = 0
+    task = TOY.task if loss_fn is None else attrkit.AttributionTask(model=TOY.task.model, loss_fn=loss_fn)
+    loader = CountingLoader(DATA, batch_size=5)
+    fitted = attrkit.compose(spec, task).fit(loader)
+    return fitted, CountingLoader.iterations, fitted.attribute(TOY.test_loader())
+
+
+def test_a_small_training_set_is_read_once_and_replayed_to_later_passes(monkeypatch):
+    """TRAK reads the training set twice (Q, features), EK-FAC three times with its solver: the loader is read
+    once (and once more for the first-batch order probe); with nothing kept, once per pass. Same scores."""
+    for spec, passes in [(TRAK, 2), ({"method": "if", "solver": {"name": "ekfac", "regularization": 0.1}}, 2)]:
+        fitted, reads, replayed = _counted_fit(spec)
+        assert reads == 2, spec
+        assert not fitted.fitted.train.replaying  # dropped when the fit ends
+        monkeypatch.setattr("attrkit.loaders.KEEP_BYTES", 0)
+        _, reads, read = _counted_fit(spec)
+        monkeypatch.undo()
+        assert reads == 1 + passes, spec
+        assert torch.equal(replayed, read)
+
+
+def test_a_batch_changed_in_place_is_not_replayed():
+    """A loss that writes into its inputs (a version counter moves): later passes read the loader again."""
+    from attrkit.targets import cross_entropy
+
+    def writes_into_inputs(model, batch):
+        batch[0].mul_(1.0)
+        return cross_entropy(model, batch)
+
+    fitted, reads, _ = _counted_fit({"method": "if", "solver": {"name": "ekfac", "regularization": 0.1}},
+                                    writes_into_inputs)
+    assert reads == 3
