@@ -60,7 +60,8 @@ def test_logistic_regression_structured_equals_the_hvp_build(curvature, patterns
     torch.testing.assert_close(structured(vectors), hvp(vectors), rtol=1e-5, atol=1e-6)
     if curvature == "hessian":  # probed: the Hessian of logistic regression is its Gauss-Newton matrix
         assert structured.stats.info["hessian_probe"] < 1e-5
-        assert structured.stats.build.passes == 2  # the structured pass, then the probe's H v
+        assert structured.stats.build.passes == 1  # outputs affine (B_i = I): the first batch's probe decides
+        assert structured.stats.info["outputs_affine"] == 1.0
 
 
 def test_auto_is_structured_beyond_one_pass_of_hvps():

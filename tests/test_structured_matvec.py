@@ -37,6 +37,17 @@ def _mlp(bias=True):
     return torch.nn.Sequential(torch.nn.Linear(20, 16, bias=bias), torch.nn.ReLU(), torch.nn.Linear(16, 3, bias=bias))
 
 
+def _head(bias=True):
+    """A fixed linear head after the selected layer: outputs affine in ``0.*`` but ``B_i = W_head``, not ``I``."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(20, 8, bias=bias), torch.nn.Linear(8, 3, bias=bias))
+
+
+def _probed_passes(make, patterns, curvature):
+    """Passes of the collection and, for a Hessian whose ``B_i`` are not all the identity, the whole-set probe's ``H v``."""
+    return 1 + (curvature == "hessian" and make is _head)
+
+
 def _products(model, curvature, choice, patterns=("*",), data=None):
     """``(matvec, info, meter, p)`` of ``curvature_matvec`` on the shared data."""
     names = select_parameters(model, patterns)
@@ -63,6 +74,7 @@ _CASES = [
     ("mlp", _mlp, ("*",), "gauss-newton"),
     ("mlp no bias", lambda: _mlp(bias=False), ("*",), "gauss-newton"),
     ("mlp some", _mlp, ("0.weight", "2.*"), "gauss-newton"),
+    ("fixed head hessian", _head, ("0.*",), "hessian"),
 ]
 
 
@@ -71,14 +83,15 @@ def test_structured_products_equal_the_hvp_products(make, patterns, curvature):
     structured, info, meter, p = _products(make(), curvature, "structured", patterns)
     hvp, _, _, _ = _products(make(), curvature, "hvp", patterns)
     assert info["structured"] == 1.0
-    assert meter.passes == (2 if curvature == "hessian" else 1)  # the collection (and the probe's H v)
+    assert meter.passes == _probed_passes(make, patterns, curvature)  # the collection (and the probe's H v)
+    assert info.get("outputs_affine") == (1.0 if curvature == "hessian" and make is not _head else None)
     for dtype in (torch.float32, torch.float64):  # CG's float32 blocks, Lanczos's float64 vectors
         vectors = _vectors(p, dtype=dtype)
         got, expected = structured(vectors), hvp(vectors)
         assert got.dtype == dtype and got.shape == vectors.shape
         assert _relative(got, expected) < 2e-6  # float32 round-off of both
         assert _relative(structured(vectors[0]), expected[0]) < 2e-6  # one vector, Tensor[p]
-    assert meter.passes == (2 if curvature == "hessian" else 1)  # the products read no batch
+    assert meter.passes == _probed_passes(make, patterns, curvature)  # the products read no batch
 
 
 def test_products_chunked_over_examples_equal_the_whole(monkeypatch):
@@ -113,10 +126,31 @@ def test_one_batched_backward_gives_every_output_row_and_the_loop_is_the_fallbac
 
 def test_only_identity_jacobians_skip_their_products():
     eye = torch.eye(3).expand(4, 3, 3)
-    assert structured_matvec._is_identity(eye.clone())
-    assert not structured_matvec._is_identity(torch.cat([eye[:3], 2 * eye[3:]]))  # one example's B differs
-    assert not structured_matvec._is_identity(torch.eye(3, 4).expand(4, 3, 4))  # C != d_out
-    assert not structured_matvec._is_identity(torch.empty(0))  # a rank without examples
+    assert structured_factors.is_identity(eye.clone())
+    assert not structured_factors.is_identity(torch.cat([eye[:3], 2 * eye[3:]]))  # one example's B differs
+    assert not structured_factors.is_identity(torch.eye(3, 4).expand(4, 3, 4))  # C != d_out
+    assert not structured_factors.is_identity(torch.empty(0))  # a rank without examples
+
+
+def test_a_hessian_that_differs_from_gauss_newton_after_the_first_batch_is_caught_by_the_whole_set_probe():
+    """A fixed head that is nonlinear only beyond the first batch's inputs: the first batch's probe passes, the
+    whole set's refuses (its ``B_i`` are not the identity, so the whole set is probed)."""
+
+    class Bent(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.layer = torch.nn.Linear(20, 3)
+
+        def forward(self, x):
+            z = self.layer(x)
+            bent = x[:, :1].abs() > 10  # only the later batches' examples, scaled below
+            return torch.where(bent, z + 0.1 * z**3, z)
+
+    data = _data()
+    data = data[:1] + [(20 * x, y) for x, y in data[1:]]
+    with pytest.raises(CurvatureError, match=r"the Hessian is not the Gauss-Newton matrix.*the whole training set"):
+        _products(Bent(), "hessian", "structured", data=data)
 
 
 def test_mlp_hessian_falls_back_under_auto_and_is_refused_when_forced():
@@ -177,7 +211,7 @@ def test_auto_is_structured_above_min_dim_only():
     assert _products(_logistic(), "hessian", "auto")[1]["structured"] == 0.0  # p = 63
     wide = _data(dim=100)
     _, info, meter, p = _products(_logistic(dim=100), "hessian", "auto", data=wide)  # p = 303
-    assert p > MIN_DIM and info["structured"] == 1.0 and meter.passes == 2
+    assert p > MIN_DIM and info["structured"] == 1.0 and meter.passes == 1  # outputs affine: the first batch probed
 
 
 def test_parameters_outside_factored_layers_are_refused():
@@ -233,12 +267,12 @@ def test_cg_solves_alike_on_both_paths_with_one_pass(make, curvature):
     assert _relative(out["structured"], out["hvp"]) < 5e-6
     fast, slow = solves["structured"].stats, solves["hvp"].stats
     assert fast.info["structured"] == 1.0 and slow.info["structured"] == 0.0
-    probe = curvature == "hessian"
-    assert (fast.build.passes, fast.solve.passes) == (1 + probe, 0)  # the collection (and the probe's H v) only
+    probe = curvature == "hessian"  # logistic regression: outputs affine, the first batch's probe alone
+    assert (fast.build.passes, fast.solve.passes) == (1, 0)  # the collection only
     assert (slow.build.passes, slow.solve.passes) == (0, 8)
     n = 64  # every product counts n example-HVPs per vector: 8 iterations of 4 vectors (tol=0: none stops)
     assert fast.solve.example_hvps == slow.solve.example_hvps == 8 * 4 * n
-    assert fast.build.example_hvps == (2 * 2 * 16 + 2 * n if probe else 0)
+    assert fast.build.example_hvps == (2 * 2 * 16 if probe else 0)
 
 
 @pytest.mark.parametrize(("make", "curvature"), [(_logistic, "hessian"), (_mlp, "gauss-newton")],
@@ -253,10 +287,10 @@ def test_arnoldi_solves_alike_on_both_paths_with_one_pass(make, curvature):
     fast, slow = solves["structured"].stats, solves["hvp"].stats
     assert fast.info["structured"] == 1.0
     assert fast.info["largest_eigenvalue"] == pytest.approx(slow.info["largest_eigenvalue"], rel=1e-5)
-    probe = curvature == "hessian"
-    assert fast.build.passes == 1 + probe and slow.build.passes == 40  # the collection (and the probe's H v)
+    probe = curvature == "hessian"  # logistic regression: outputs affine, the first batch's probe alone
+    assert fast.build.passes == 1 and slow.build.passes == 40  # the collection only
     assert slow.build.example_hvps == 40 * 64  # 40 products of one vector over 64 examples
-    assert fast.build.example_hvps == 40 * 64 + (2 * 2 * 16 + 2 * 64 if probe else 0)
+    assert fast.build.example_hvps == 40 * 64 + (2 * 2 * 16 if probe else 0)
 
 
 @pytest.mark.parametrize("curvature", ["gauss-newton", "hessian"])

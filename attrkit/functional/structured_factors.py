@@ -49,7 +49,8 @@ from attrkit.functional.ihvp import _Meter, dataset_matvec
 from attrkit.progress import length_of, progress
 from attrkit.types import LossFn
 
-__all__ = ["FactorSink", "Layer", "Unusable", "batch_factors", "collect_factors", "gemm_dtype", "probe_tolerance"]
+__all__ = ["FactorSink", "Layer", "Unusable", "batch_factors", "collect_factors", "gemm_dtype", "is_identity",
+           "probe_tolerance"]
 
 
 def probe_tolerance(dtype: torch.dtype) -> float:
@@ -262,6 +263,11 @@ def collect_factors(
     dataset ``Hv`` against the sink's ``G v``, within :func:`probe_tolerance` of :func:`gemm_dtype`. Before it, the
     same comparison on the first batch alone (its ``Hv`` and ``Gv``) skips a pass that
     would be thrown away (a nonlinear model, a penalty on the parameters in ``loss_fn``).
+    The whole-set probe is skipped when every selected layer's ``B_i`` is exactly the identity
+    for every example (:func:`is_identity`: each layer's outputs are the model's outputs, so these
+    are affine in the selected parameters and ``∇²z_ic = 0``, e.g. logistic regression): ``H − G``
+    can then only come from terms of ``loss_fn`` on the parameters themselves, which the
+    first-batch probe compares (``info["outputs_affine"] = 1``).
 
     It does not apply either with more outputs per example than selected parameters
     (``C > p``, e.g. a language model's logits: ``C`` hooked passes per batch would cost more than
@@ -283,7 +289,9 @@ def collect_factors(
     Returns:
         ``(sink, "", info)`` after its ``finish``; or ``(None, reason, info)`` when the
         structure does not apply. ``info["hessian_probe"]``: the probe's relative
-        ``‖Hv − Gv‖ / ‖Hv‖`` (largest over the two ``v``), when one ran.
+        ``‖Hv − Gv‖ / ‖Hv‖`` (largest over the two ``v``; the first batch's when the whole-set
+        probe was skipped), when one ran; ``info["outputs_affine"]``: ``1.0`` when every ``B_i``
+        was the identity (for ``curvature="hessian"``).
     """
     info: dict[str, float] = {}
     plan = plan_factors(model, names)
@@ -313,7 +321,7 @@ def collect_factors(
         if not info["hessian_probe"] <= tol:
             return None, not_gauss_newton("the first batch"), info
     sink = start(_layout(plan, state, names))
-    reason, n, outputs = None, 0, []
+    reason, n, outputs, identity = None, 0, [], True
 
     def admit(examples: int, c: int) -> None:
         if outputs and c != outputs[0]:
@@ -331,21 +339,35 @@ def collect_factors(
             batch = to_device(batch, first.device)
             try:
                 inputs, jacobians, hessians = batch_factors(model, loss_fn, state, plan, batch, admit)
+                identity = identity and all(is_identity(b) for b in jacobians)
                 sink.add([a.to(dtype) for a in inputs], [b.to(dtype) for b in jacobians], hessians.to(dtype))
             except Unusable as exc:
                 reason = str(exc)
                 break
             n += batch_size(batch)
-    reasons = [r for r in distributed.all_ranks(reason) if r is not None]
+    agreed = distributed.all_ranks((reason, identity))
+    reasons = [r for r, _ in agreed if r is not None]
     if reasons:
         return None, reasons[0], info
     product = sink.finish(n)
-    if curvature == "hessian":  # the whole training set: H v against the sink's G v
+    if curvature == "hessian" and all(same for _, same in agreed):  # affine outputs: the first batch's probe decides
+        info["outputs_affine"] = 1.0
+    elif curvature == "hessian":  # the whole training set: H v against the sink's G v
         hv = dataset_matvec(meter, model, loss_fn, state, names, "hessian")(v)
         info["hessian_probe"] = _relative(hv, product(v).to(hv.dtype))
         if not info["hessian_probe"] <= tol:
             return None, not_gauss_newton("the whole training set"), info
     return sink, "", info
+
+
+def is_identity(jacobians: torch.Tensor) -> bool:
+    """Whether every ``B_i`` (``Tensor[n, C, d_out]``) is exactly the ``C × C`` identity: a layer whose outputs
+    are the model's outputs (e.g. the last ``nn.Linear``)."""
+    if jacobians.dim() != 3:  # a rank without examples
+        return False
+    c, d = jacobians.shape[1:]
+    eye = torch.eye(c, dtype=jacobians.dtype, device=jacobians.device)
+    return c == d and bool((jacobians == eye).all())
 
 
 def _relative(reference: torch.Tensor, other: torch.Tensor) -> float:

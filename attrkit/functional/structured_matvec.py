@@ -33,7 +33,7 @@ from attrkit import distributed
 from attrkit.errors import ArgumentError, CurvatureError
 from attrkit.functional.curvature import MatVec
 from attrkit.functional.ihvp import _Meter, dataset_matvec
-from attrkit.functional.structured_factors import Layer, Unusable, collect_factors, gemm_dtype
+from attrkit.functional.structured_factors import Layer, Unusable, collect_factors, gemm_dtype, is_identity
 from attrkit.memory import DEFAULT_FRACTION, available_bytes, format_bytes
 from attrkit.types import LossFn
 
@@ -106,7 +106,7 @@ class StructuredMatVec:
             joined.append(torch.cat(parts) if parts else torch.empty(0, dtype=self.dtype, device=self.device))
             self._parts[i] = []
         self.inputs, self.jacobians, self.hessians = joined[:k], joined[k : 2 * k], joined[-1]
-        self._identity = [_is_identity(b) for b in self.jacobians]
+        self._identity = [is_identity(b) for b in self.jacobians]
         self.examples = sum(distributed.all_ranks(n))
         return self
 
@@ -153,16 +153,6 @@ class StructuredMatVec:
         distributed.sum_over_ranks([out])
         out /= self.examples
         return out.to(device=v.device, dtype=v.dtype).reshape(v.shape)
-
-
-def _is_identity(jacobians: torch.Tensor) -> bool:
-    """Whether every ``B_i`` (``Tensor[n, C, d_out]``) is the ``C × C`` identity: a layer whose outputs
-    are the model's outputs (e.g. the last ``nn.Linear``), whose products with ``B`` can be skipped."""
-    if jacobians.dim() != 3:  # a rank without examples
-        return False
-    c, d = jacobians.shape[1:]
-    eye = torch.eye(c, dtype=jacobians.dtype, device=jacobians.device)
-    return c == d and bool((jacobians == eye).all())
 
 
 def _block(rows: torch.Tensor, layer: Layer) -> torch.Tensor:
