@@ -150,8 +150,9 @@ def test_stats_count_passes_and_example_hvps(lr):
     assert explicit.stats.solve.passes == 0 and explicit.stats.solves == 1
     structured = lr.at(explicit_ihvp_at, regularization=0.1, chunk_size=5)  # auto: p = 18 > 5, H = G
     # one structured pass (no HVPs); the Hessian probe: H v and G v of 2 vectors on the first batch (8 examples),
-    # then H v on the whole set (one pass)
-    assert (structured.stats.build.passes, structured.stats.build.example_hvps) == (2, 2 * 2 * 8 + 2 * lr.n)
+    # which decides alone: logistic regression's outputs are affine in its parameters (B_i = I)
+    assert (structured.stats.build.passes, structured.stats.build.example_hvps) == (1, 2 * 2 * 8)
+    assert structured.stats.info["outputs_affine"] == 1.0
     assert structured.stats.info["structured"] == 1.0 and explicit.stats.info["structured"] == 0.0
     cg = lr.at(cg_ihvp_at, regularization=0.1, max_iter=50, tol=1e-8)
     cg(lr.vectors)
