@@ -71,7 +71,7 @@ def _versions(batch: Any) -> list[int]:
     return [x._version for x in _leaves(batch) if isinstance(x, torch.Tensor)]
 
 
-def checked(loader: Iterable[Any], role: str) -> CheckedLoader:
+def checked(loader: Iterable[Any], role: str, keep: bool = True) -> CheckedLoader:
     """``loader`` wrapped in a :class:`CheckedLoader` (itself when it already is one).
 
     Raises:
@@ -79,7 +79,7 @@ def checked(loader: Iterable[Any], role: str) -> CheckedLoader:
     """
     if isinstance(loader, CheckedLoader):
         return loader
-    return CheckedLoader(loader, role)
+    return CheckedLoader(loader, role, keep)
 
 
 class CheckedLoader:
@@ -89,16 +89,18 @@ class CheckedLoader:
         loader: a ``DataLoader`` with a fixed order, a list of batches, or any re-iterable
             (a one-shot iterator serves a single pass).
         role: ``"train"`` or ``"test"``, for messages.
+        keep: whether a small training set's first pass may be kept to replay (pass ``False`` when
+            the caller reads it once: keeping would only add its size to the peak memory).
 
     Attributes:
         sizes: examples per batch, after the first complete pass (else ``None``).
     """
 
-    def __init__(self, loader: Iterable[Any], role: str):
+    def __init__(self, loader: Iterable[Any], role: str, keep: bool = True):
         self._checking = checks.enabled()
         if self._checking:
             check_fixed_order(loader, role)
-        self.loader, self.role = loader, role
+        self.loader, self.role, self.keep = loader, role, keep
         self.sizes: list[int] | None = None
         self._digests: list[str] = []
         self._passes = 0
@@ -146,7 +148,7 @@ class CheckedLoader:
         self._digests = digests
         probe = self._probe()
         free = available_bytes("cpu")
-        keeps = self.role == "train" and not self._one_shot and not isinstance(self.loader, (list, tuple))
+        keeps = self.keep and self.role == "train" and not self._one_shot and not isinstance(self.loader, (list, tuple))
         room = min(KEEP_BYTES, KEEP_BYTES if free is None else free // 16) if keeps else 0
         kept: list[Any] | None = [] if room else None
         versions: list[list[int]] = []

@@ -152,6 +152,17 @@ def _weight_explainer(method: GradientAttributor, members: list[Member], train: 
     return explain
 
 
+def _reads_again(method: GradientAttributor, members: list[Member]) -> bool:
+    """Whether the fit may read the training set more than once (several members, a solver, example
+    weights or a column scale), so that its first pass's batches are worth keeping to replay."""
+    from attrkit.engine.attributor import GradientAttributor
+
+    solver = method.parts.get("solver")
+    return (len(members) > 1 or (solver is not None and not solver.cls.identity)
+            or type(method).example_weights is not GradientAttributor.example_weights
+            or type(method).column_scale is not GradientAttributor.column_scale)
+
+
 def fit(
     method: GradientAttributor, train: Iterable[Any], *, store: str | os.PathLike | None = None,
     memory_budget: int | float | str | None = None, nonfinite: str = "raise", on_mismatch: str = "error",
@@ -161,10 +172,10 @@ def fit(
     Returns:
         the :class:`~attrkit.engine.state.Fit`, column scale applied and baked.
     """
-    train = checked(train, "train")
+    members = method.members()
+    train = checked(train, "train", keep=_reads_again(method, members))
     skips = Skips(nonfinite)
     budget = resolve_budget(memory_budget, method.task.device)
-    members = method.members()
     guard = FitGuard(method.task, members)
     if skips.skipping:
         fns = [method.task.loss_fn] + ([method.task.target] if method.train_target else [])

@@ -261,9 +261,9 @@ class RepresenterPoints(Attributor):
             LossFunctionError: ``loss_fn`` failed on a batch (explained).
             ModelChangedError: weights changed in place while fitting.
         """
-        train = checked(train, "train")
-        heads = []
         members = self.members()
+        train = checked(train, "train", keep=len(members) > 1)  # one pass per member
+        heads = []
         self._guard = guard = FitGuard(self.task, members)
         for member in members:
             feats, labels, offset = [], [], 0

@@ -163,6 +163,7 @@ def test_a_small_training_set_is_read_once_and_replayed_to_later_passes(monkeypa
         monkeypatch.undo()
         assert reads == 1 + passes, spec
         assert torch.equal(replayed, read)
+    assert not _counted_fit(GRAD_DOT)[0].fitted.train.keep  # one member, no solver: a single pass, nothing kept
 
 
 def test_a_batch_changed_in_place_is_not_replayed():
