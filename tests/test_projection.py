@@ -37,3 +37,23 @@ def test_johnson_lindenstrauss_inner_products():
 def test_dtype_is_kept():
     x = torch.randn(2, 50, dtype=torch.float64)
     assert SeededMatrix(50, 4, 0, gaussian_sampler).project(x).dtype == torch.float64
+
+
+def test_members_share_one_cache_budget_least_recently_used_first_out():
+    """Three seeds whose matrices fit the budget two at a time: the cache never holds more than the budget,
+    and an evicted matrix drawn again projects bit for bit as before."""
+    from attrkit.functional.projection import CACHE
+
+    CACHE.clear()
+    p, k = 300, 16
+    size = p * k * 4
+    x = torch.randn(5, p, generator=torch.Generator().manual_seed(0))
+    matrices = [SeededMatrix(p, k, seed, gaussian_sampler, cache_bytes=2 * size) for seed in range(3)]
+    first = [m.project(x) for m in matrices]
+    assert CACHE.nbytes == 2 * size  # the third evicted the first
+    again = [m.project(x) for m in matrices]  # the first drawn again (evicting the second), and so on
+    assert CACHE.nbytes <= 2 * size
+    for a, b in zip(first, again):
+        assert torch.equal(a, b)
+    assert not torch.equal(first[0], first[1])
+    CACHE.clear()

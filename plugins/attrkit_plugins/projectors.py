@@ -60,8 +60,10 @@ class DenseConfig:
         seed: fixes the matrix (per device type).
         chunk_rows: input rows multiplied at once when the matrix is not cached;
             bounds memory at ``chunk_rows * dim * 4`` bytes; never changes ``P``.
-        cache_mb: keep the whole matrix when its float32 size is at most this many MiB;
-            otherwise its blocks are regenerated on the input's device at each call.
+        cache_mb: keep the whole matrix when its float32 size is at most this many MiB, in a
+            process-wide cache whose total stays within it (least recently used first out: an
+            ensemble's members share it); otherwise its blocks are regenerated on the input's
+            device at each call.
         dtype: ``"float32"``, ``"float16"`` or ``"bfloat16"``: precision of the matmul
             (see :meth:`attrkit.functional.projection.SeededMatrix.project` for its error).
     """
