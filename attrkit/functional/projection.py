@@ -7,16 +7,18 @@ not depend on batch size, chunk size or which rows are asked for first. Numbers 
 between CPU and CUDA generators: a seed fixes ``P`` per device type.
 
 Whole matrices are cached process-wide (:data:`CACHE`), least recently used first out, while
-their total stays within the cache budget of the matrix asked for: an ensemble's members, each
-with its own seed, then hold one budget's worth of matrices between them, not one each (ten
-members of a 109,386 × 512 projection: one 214 MiB matrix at a time instead of 2.1 GiB), and
-draw again the ones evicted.
+their total stays within the cache budget of the matrix asked for, and only while a
+:class:`SeededMatrix` that drew them is alive: an ensemble's members, each with its own seed,
+then hold one budget's worth of matrices between them, not one each (ten members of a
+109,386 × 512 projection: one 214 MiB matrix at a time instead of 2.1 GiB), and draw again the
+ones evicted; a matrix goes with the last projector that used it.
 """
 
 from __future__ import annotations
 
 import math
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
@@ -68,6 +70,12 @@ class MatrixCache:
                     _, old = self._entries.popitem(last=False)
                     total -= old.numel() * old.element_size()
         return value
+
+    def drop(self, keys: set[Hashable]) -> None:
+        """Drop the matrices of ``keys`` (those a garbage-collected :class:`SeededMatrix` drew)."""
+        with self._lock:
+            for key in keys:
+                self._entries.pop(key, None)
 
     def clear(self) -> None:
         """Drop every cached matrix."""
@@ -127,6 +135,8 @@ class SeededMatrix:
         self.chunk_rows = max(BLOCK_ROWS, math.ceil(chunk_rows / BLOCK_ROWS) * BLOCK_ROWS)
         self.cache_bytes = cache_bytes
         self.cacheable = p * k * 4 <= cache_bytes
+        self._keys: set[Hashable] = set()  # what it put in CACHE: dropped with it
+        weakref.finalize(self, CACHE.drop, self._keys)
         self._matrices: dict[torch.device, torch.Tensor] = {}
 
     def rows(self, start: int, stop: int, device: torch.device) -> torch.Tensor:
@@ -185,6 +195,7 @@ class SeededMatrix:
         """``(start, raw rows)`` rounded to ``storage`` then held in ``compute``: whole and cached, or streamed."""
         if self.cacheable:
             key = (self.sampler, self.seed, self.p, self.k, device, storage, compute)
+            self._keys.add(key)
             yield 0, CACHE.get(key, self.cache_bytes, lambda: self._raw(0, self.p, device).to(storage).to(compute))
             return
         for start in range(0, self.p, self.chunk_rows):
