@@ -241,10 +241,11 @@ def ekfac_ihvp_at(
 
     Args:
         model, loss_fn, state, names, batches, regularization: as :func:`kfac_ihvp_at`;
-            ``batches`` is read twice.
+            ``batches`` is read twice (once when every layer has one position per example).
 
     Returns:
-        :class:`InverseHVP`. Build: two passes of ``factored_gradients`` (no example-HVPs).
+        :class:`InverseHVP`. Build: two passes of ``factored_gradients`` (no example-HVPs), one when
+        every layer has one position per example (:func:`~attrkit.functional.kfac_factors.fit_ekfac`).
         Solve: as :func:`kfac_ihvp_at`'s.
 
     Raises:

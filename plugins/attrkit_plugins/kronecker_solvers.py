@@ -54,7 +54,8 @@ class KFACSolver(ParameterSolver):
 
 class EKFACSolver(KFACSolver):
     """Eigenvalue-corrected K-FAC (George et al., 2018): K-FAC's eigenbases with the
-    per-example second moments in that basis as eigenvalues (a second pass over the data).
+    per-example second moments in that basis as eigenvalues (a second pass over the data, or none
+    when every layer has one position per example and its factors fit in memory).
     See :func:`~attrkit.functional.ihvp_kfac.ekfac_ihvp_at`."""
 
     name: ClassVar[str] = "ekfac"
