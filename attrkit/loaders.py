@@ -29,8 +29,7 @@ gradients — and every pass sees the same examples by construction. The fit dro
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -49,7 +48,8 @@ KEEP_BYTES = 256 * 2**20
 
 
 def _leaves(batch: Any) -> Iterator[Any]:
-    """The leaves of ``batch`` (nested tuples, lists and mappings)."""
+    """The leaves of ``batch`` (nested tuples, lists and any ``Mapping``: unlike ``tree_flatten``, which
+    keeps a Hugging Face ``BatchEncoding`` as one leaf, this reaches the tensors inside it)."""
     if isinstance(batch, Mapping):
         for value in batch.values():
             yield from _leaves(value)
@@ -147,8 +147,8 @@ class CheckedLoader:
         digests, sizes = [], []
         self._digests = digests
         probe = self._probe()
-        free = available_bytes("cpu")
         keeps = self.keep and self.role == "train" and not self._one_shot and not isinstance(self.loader, (list, tuple))
+        free = available_bytes("cpu") if keeps else None  # read only where something may be kept
         room = min(KEEP_BYTES, KEEP_BYTES if free is None else free // 16) if keeps else 0
         kept: list[Any] | None = [] if room else None
         versions: list[list[int]] = []
