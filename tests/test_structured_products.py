@@ -10,7 +10,7 @@ from attrkit import AttributionTask
 from attrkit.errors import FactorisationError, SpecError
 from attrkit.functional import factored_gradients, plan_factors, select_parameters
 from attrkit.functional.scoring import normalize_rows
-from attrkit.functional.structured_products import cheaper_structured, product_layout
+from attrkit.functional.structured_products import ProductLayout, cheaper_solved, cheaper_structured, product_layout
 from attrkit.targets import cross_entropy
 
 
@@ -88,6 +88,31 @@ def test_packed_products_equal_the_dense_gram(kind, structured):
                                factors[:, None] * (dense @ dense.T), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", MODELS)
+@pytest.mark.parametrize("structured", [None, True, False])
+def test_solved_products_equal_the_dense_product(kind, structured):
+    grads = _factors(kind)
+    dense = grads.materialize()
+    layout = product_layout(grads, None if structured is None else [structured] * len(grads.layers))
+    solved = torch.randn(3, dense.shape[1], generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(layout.solved_products(solved, layout.pack(grads)), solved @ dense.T,
+                               rtol=1e-5, atol=1e-5)
+    with pytest.raises(FactorisationError, match="columns"):
+        layout.solved_products(solved[:, 1:], layout.pack(grads))
+
+
+def test_a_layout_without_the_parameters_places_refuses_solved_products():
+    grads = _factors("mlp")
+    layout = product_layout(grads, [True, True])
+    record = layout.to_dict()
+    for slot in record["layers"]:
+        slot.pop("weight_at"), slot.pop("bias_at")
+    old = ProductLayout.from_dict({k: v for k, v in record.items() if k != "dense_at"})
+    with pytest.raises(FactorisationError, match="fit again"):
+        old.solved_products(torch.zeros(1, grads.shape[1]), layout.pack(grads))
+    assert ProductLayout.from_dict(layout.to_dict()) == layout
+
+
 def test_auto_keeps_a_layer_as_factors_only_where_cheaper():
     assert cheaper_structured(1, 785, 10)  # logistic regression on MNIST: 795 against 7850 per pair
     assert not cheaper_structured(576, 19, 8)  # a convolution's 576 patches: dense is cheaper
@@ -124,6 +149,11 @@ METHODS = {
     "grad-cos": {},
     "if": {"solver": "identity"},
     "tracin": {"ensemble": "checkpoints"},
+    "if-kfac": {"solver": {"name": "kfac", "regularization": 0.1}},
+    "if-ekfac": {"solver": {"name": "ekfac", "regularization": 0.1}},
+    "if-cg": {"solver": {"name": "cg", "curvature": "gauss-newton", "regularization": 0.1, "max_iter": 5}},
+    "if-explicit": {"solver": {"name": "explicit", "regularization": 0.1}},
+    "relatif-ekfac": {"solver": {"name": "ekfac", "regularization": 0.1}},
 }
 
 
@@ -137,13 +167,18 @@ def test_structured_and_dense_scores_agree(kind, method):
     for products in ("dense", "structured", "auto"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            attributor = attrkit.compose(_spec(method, products, **METHODS[method]), task).fit(train)
+            spec = _spec(method.split("-")[0] if method.startswith(("if-", "relatif")) else method, products,
+                         **METHODS[method])
+            attributor = attrkit.compose(spec, task).fit(train)
             results[products] = (attributor.attribute(test), attributor.self_influence(train),
                                  attributor.top_k(test, 3).proponents,
-                                 [f.layout is not None for f in attributor.fitted.members])
+                                 [f.layout for f in attributor.fitted.members])
     dense = results["dense"]
     assert not any(dense[3])
     assert all(results["structured"][3])
+    if "solver" in METHODS[method] and METHODS[method]["solver"] != "identity":  # auto: layers at one position
+        slots = results["auto"][3][0].layers
+        assert [slot.structured for slot in slots] == [cheaper_solved(slot.positions) for slot in slots]
     for products in ("structured", "auto"):
         scores, self_scores, top, _ = results[products]
         torch.testing.assert_close(scores, dense[0], rtol=1e-4, atol=1e-5 * float(dense[0].abs().max()))
@@ -175,7 +210,7 @@ def test_forced_structured_names_what_needs_dense_gradients(tmp_path):
     task, train, _ = _problem("mlp")
     cases = [
         (_spec("grad-dot", "structured", projector={"name": "gaussian", "dim": 4}), {}, "projector 'gaussian'"),
-        (_spec("if", "structured", solver={"name": "explicit", "regularization": 0.1}), {}, "solver 'explicit'"),
+        (_spec("if", "structured", solver={"name": "gauss-newton", "regularization": 0.1}), {}, "solver 'gauss-newton'"),
         (_spec("grad-dot", "structured", grouper={"name": "random", "n_groups": 3}), {}, "grouper 'random'"),
         (_spec("grad-dot", "structured"), {"store": tmp_path / "store"}, "feature store"),
     ]

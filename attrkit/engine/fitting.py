@@ -11,7 +11,8 @@
             Φ_m = Proj_m(∇ loss_i) per example (summed per group), or group gradients (GGDA)
             solver_m = parts["solver"].make(m); solver_m.fit(context with Φ_m)
             train side: q_i Φ_m[i] (summed per group), unit rows for cosine
-            (structured products, engine.products: Φ_m holds packed per-layer factors instead)
+            (structured products, engine.products: Φ_m holds packed per-layer factors instead,
+             and a parameter-space solver reads the training set, not Φ_m)
         column scale (method.column_scale: RelatIF), baked into every member's training side
 """
 
@@ -74,11 +75,15 @@ def _context(method: GradientAttributor, member: Member, train: Iterable[Any], *
 
 
 def _solver_context(
-    method: GradientAttributor, member: Member, train: Iterable[Any], solver: Any, plain: FeatureMatrix, n_columns: int
+    method: GradientAttributor, member: Member, train: Iterable[Any], solver: Any, plain: FeatureMatrix, n_columns: int,
+    packed: bool = False,
 ) -> FitContext:
     """The solver's context: ``feature_matrix`` always; ``features`` when held whole here, or
     gathered for a feature-space solver that does not stream (within the budget: else
-    :meth:`~attrkit.feature_matrix.FeatureMatrix.full` refuses)."""
+    :meth:`~attrkit.feature_matrix.FeatureMatrix.full` refuses). Neither when the training side is
+    ``packed`` factor rows (structured products: a parameter-space solver reads the training set)."""
+    if packed:
+        return _context(method, member, train, n_train=n_columns)
     whole = _whole(plain)
     if whole is None and solver.space == "feature" and not solver.streams_features:
         whole = plain.full()
@@ -127,11 +132,11 @@ def fit_member(
                                               feature_matrix=feats))
         plain = group_sum(feats, groups, budget.bytes)
         feats = plain if weights is None else group_sum(feats.scaled(weights), groups, budget.bytes)
+    layout = None if products is None else products.layout
     solver = method.parts["solver"].make(index) if "solver" in method.parts else None
     if solver is not None:
         with member.applied(method.task.model), user_pass(method, member, clean):
-            solver.fit(_solver_context(method, member, clean, solver, plain, groups.numel()))
-    layout = None if products is None else products.layout
+            solver.fit(_solver_context(method, member, clean, solver, plain, groups.numel(), layout is not None))
     if method.normalize:
         normalize = (lambda tile: train_side(tile, True)) if layout is None else layout.normalize
         feats = feats.mapped(lambda tile, _: normalize(tile))
@@ -153,12 +158,14 @@ def _weight_explainer(method: GradientAttributor, members: list[Member], train: 
 
 
 def _reads_again(method: GradientAttributor, members: list[Member]) -> bool:
-    """Whether the fit may read the training set more than once (several members, a solver, example
-    weights or a column scale), so that its first pass's batches are worth keeping to replay."""
+    """Whether the fit may read the training set more than once (several members, a solver, a projector
+    fitted on the curvature, example weights or a column scale), so that its first pass's batches are
+    worth keeping to replay."""
     from attrkit.engine.attributor import GradientAttributor
 
-    solver = method.parts.get("solver")
+    solver, projector = method.parts.get("solver"), method.parts.get("projector")
     return (len(members) > 1 or (solver is not None and not solver.cls.identity)
+            or (projector is not None and capabilities.HVP in projector.cls.requires)
             or type(method).example_weights is not GradientAttributor.example_weights
             or type(method).column_scale is not GradientAttributor.column_scale)
 

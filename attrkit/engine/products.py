@@ -1,20 +1,25 @@
 """Structured inner products: when to take the score's inner products from per-layer factors.
 
-    score(t, i) = Σ_m w_m <∇ target_t, ∇ loss_i>      (grad-dot, grad-cos, TracIn, IF with the identity)
+    score(t, i) = Σ_m w_m <∇ target_t, ∇ loss_i>        (grad-dot, grad-cos, TracIn, IF with the identity)
+    score(t, i) = Σ_m w_m <H_m⁻¹ ∇ target_t, ∇ loss_i>  (IF, RelatIF with a parameter-space solver)
 
-needs only inner products of raw gradients. For ``nn.Linear`` / ``nn.Conv`` layers those come
-exactly from the layers' inputs and output gradients
-(:mod:`attrkit.functional.structured_products`), at a fraction of the cost and memory of forming
-the gradients. :class:`Chooser` decides at the first training batch, for the whole fit, which
-layers stay as factors (the gradient source's ``products``: ``"auto"`` where cheaper,
-``"structured"`` all, ``"dense"`` none); every member's training side and queries are then
-packed factor rows of that :class:`~attrkit.functional.structured_products.ProductLayout`,
-scored by its ``products`` instead of a matrix product.
+needs only inner products with raw training gradients. For ``nn.Linear`` / ``nn.Conv`` layers
+those come exactly from the layers' inputs and output gradients
+(:mod:`attrkit.functional.structured_products`), without forming or storing the training
+gradients. :class:`Chooser` decides at the first training batch, for the whole fit, which
+layers stay as factors (the gradient source's ``products``: ``"auto"`` where no dearer,
+``"structured"`` all, ``"dense"`` none); every member's training side is then packed factor
+rows of that :class:`~attrkit.functional.structured_products.ProductLayout`. Without a solver
+the queries are packed too (``layout.products``, far cheaper than the dense product where
+:func:`~attrkit.functional.structured_products.cheaper_structured`); behind a parameter-space
+solver they are the dense solved gradients (``layout.solved_products``: the dense product's
+flops for layers at one position per example, :func:`~attrkit.functional.structured_products.cheaper_solved`,
+without the ``n × p`` training side).
 
-The composition must leave the raw gradients untransformed: the identity projector, no solver
-or the identity, the singleton grouper, no example weights, no properties on the task (their
-gradients are dense), no feature store (its chunks would hold another representation) and a
-single process.
+The composition must leave the raw training gradients untransformed: the identity projector,
+no solver, the identity or a parameter-space one, the singleton grouper, no example weights, no
+properties on the task (their gradients are dense), no feature store (its chunks would hold
+another representation) and a single process.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import torch
 
 from attrkit import capabilities, distributed
 from attrkit.errors import FactorisationError, SpecError
-from attrkit.functional.structured_products import ProductLayout, product_layout
+from attrkit.functional.structured_products import ProductLayout, cheaper_solved, product_layout
 
 if TYPE_CHECKING:
     from attrkit.context import Member
@@ -39,15 +44,20 @@ def _why_dense_parts(method: GradientAttributor) -> str | None:
     parts = method.parts
     if "projector" in parts and not parts["projector"].cls.identity:
         return f"projector {parts['projector'].name!r} transforms the gradients"
-    if "solver" in parts and not parts["solver"].cls.identity:
-        return f"solver {parts['solver'].name!r} transforms the gradients"
+    if "solver" in parts and not parts["solver"].cls.identity and parts["solver"].cls.space != "parameter":
+        return f"solver {parts['solver'].name!r} transforms the projected features"
     if "grouper" in parts and not parts["grouper"].cls.singletons:
         return f"grouper {parts['grouper'].name!r} sums gradients per group"
     return None
 
 
+def _solved(method: GradientAttributor) -> bool:
+    """Whether the queries pass through a (parameter-space) solver."""
+    return "solver" in method.parts and not method.parts["solver"].cls.identity
+
+
 def _refuse(why: str) -> SpecError:
-    return SpecError([f"gradients.products='structured' needs the raw gradients untransformed, but {why}; "
+    return SpecError([f"gradients.products='structured' needs the raw training gradients untransformed, but {why}; "
                       "use products='auto' (which takes dense products here) or 'dense'"])
 
 
@@ -123,7 +133,11 @@ class Chooser:
             return None
         if not self.decided:
             self.decided = True
-            layout = product_layout(grads, None if self.mode == "auto" else [True] * len(grads.layers))
+            if self.mode == "structured":
+                keep = [True] * len(grads.layers)
+            else:  # auto: where cheaper than the dense product
+                keep = [cheaper_solved(x.inputs.shape[1]) for x in grads.layers] if _solved(self.method) else None
+            layout = product_layout(grads, keep)
             if not layout.structured:
                 if self.mode == "structured":
                     raise SpecError([f"gradients.products='structured': the model has no nn.Linear or nn.Conv1d/2d "

@@ -58,7 +58,7 @@ def queries(method: GradientAttributor, fit: Fit, batch: Any, index: int, offset
     """
     out, skipped = [], torch.zeros(batch_size(batch), dtype=torch.bool)
     for f in fit.members:
-        packing = None if f.layout is None else Chooser.fixed(method, f.layout)
+        packing = None if f.layout is None or f.solved else Chooser.fixed(method, f.layout)
         raw = gradients(method, f.member, batch, target=True, where=f"test batch {index}", products=packing)
         explain = explainer(method, f.member, batch, method.task.target)
         if isinstance(raw, torch.Tensor):

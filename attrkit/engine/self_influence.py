@@ -54,7 +54,7 @@ def _batch(
     """
     total = 0.0
     for f in fit.members:
-        if f.layout is not None:  # structured products: ‖side‖² of packed rows (no projector, solver or weights)
+        if f.layout is not None and not f.solved:  # packed rows of raw gradients: ‖side‖² from the factors
             total = total + f.member.weight * _packed(method, fit, f, batch, index, offset)
             continue
         raw = dense(gradients(method, f.member, batch, target=False, where=f"training batch {index}"))

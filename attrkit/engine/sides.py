@@ -99,12 +99,12 @@ def _solved(fitted: FittedMember, vectors: torch.Tensor) -> torch.Tensor:
 
 def query(fitted: FittedMember, grads: Any, normalize: bool) -> torch.Tensor:
     """``Precond(Proj(g))`` for raw gradients ``[b, p]`` -> ``[b, k]`` (unit rows for cosine); packed
-    factor rows of a structured member stay packed (normalised for cosine).
+    factor rows of a structured member without a solver stay packed (normalised for cosine).
 
     Raises:
         NonFiniteError: the solver returned non-finite values for finite input rows.
     """
-    if fitted.layout is not None:  # packed factor rows of raw gradients, no projector or solver to apply
+    if fitted.layout is not None and not fitted.solved:  # packed rows of raw gradients, nothing to apply
         return fitted.layout.normalize(grads) if normalize else grads
     solver = fitted.solver
     if solver is not None and solver.space == "parameter":

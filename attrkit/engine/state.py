@@ -29,8 +29,9 @@ class FittedMember:
             the train-side transforms applied (example weights, cosine normalisation, column
             scale): what a query is multiplied with.
         layout: with structured products (:mod:`attrkit.engine.products`), the layout of the
-            packed factor rows that ``train`` and the queries then hold, scored by
-            ``layout.products`` instead of a matrix product; ``None`` for dense features.
+            packed factor rows that ``train`` then holds, scored by the layout's products instead
+            of a matrix product; ``None`` for dense features. The queries are packed rows too,
+            or, behind a parameter-space solver (:attr:`solved`), dense solved gradients.
     """
 
     member: Member
@@ -39,9 +40,16 @@ class FittedMember:
     train: FeatureMatrix
     layout: ProductLayout | None = None
 
+    @property
+    def solved(self) -> bool:
+        """Structured products behind a solver: dense queries ``H⁻¹ ∇ target`` against packed training rows."""
+        return self.layout is not None and self.solver is not None and not self.solver.identity
+
     def products(self, queries: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """``Tensor[b, t]``: the score products of query rows ``[b, k]`` with training rows ``[t, k]``."""
-        return queries @ rows.T if self.layout is None else self.layout.products(queries, rows)
+        if self.layout is None:
+            return queries @ rows.T
+        return self.layout.solved_products(queries, rows) if self.solved else self.layout.products(queries, rows)
 
 
 @attrs.define

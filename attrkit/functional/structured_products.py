@@ -17,10 +17,18 @@ two packed blocks, equal to ``materialize() @ materialize().T`` to float round-o
 A packed row stands for a gradient vector ``v`` (in another parameter order than
 ``materialize``); :meth:`ProductLayout.scale` multiplies ``v`` (its ``g`` parts and dense
 part), :meth:`ProductLayout.normalize` makes ``‖v‖ = 1`` without overflow.
+
+A *solved* query ``u = H⁻¹ ∇ℓ_t`` (any parameter-space preconditioner) is dense, but its inner
+product with a packed training row still needs no training gradient:
+:meth:`ProductLayout.solved_products` reads each layer's slice of ``u`` as a matrix ``U_l``
+(``[d_out, d_in (+1)]``) and takes ``Σ_s g_isᵀ U_l ā_is``, ``T d_in d_out`` flops per pair and layer:
+the dense product's when ``T = 1`` (:func:`cheaper_solved`), without forming or storing the
+``p``-wide training gradients.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import attrs
@@ -29,16 +37,25 @@ import torch
 from attrkit.errors import FactorisationError
 from attrkit.functional.gradient_factors import FactoredGradients, LayerFactors
 
-__all__ = ["LayerSlot", "ProductLayout", "cheaper_structured", "product_layout"]
+__all__ = ["LayerSlot", "ProductLayout", "cheaper_solved", "cheaper_structured", "product_layout"]
 
 #: Most elements of one ``[b, T, t, T]`` position-pair temporary of :meth:`ProductLayout.products`.
 _PAIR_ELEMENTS = 1 << 24
+#: Most elements of one ``[t', T, b, d]`` temporary of :meth:`ProductLayout.solved_products` (4 MiB in
+#: float32: it is reduced while still in cache).
+_SOLVED_ELEMENTS = 1 << 20
 
 
 def cheaper_structured(positions: int, d_in: int, d_out: int) -> bool:
     """Whether a layer's factors give cheaper pair products than its dense gradient:
     ``T² (d_in + d_out) < d_in d_out`` (``d_in`` with the bias column)."""
     return positions * positions * (d_in + d_out) < d_in * d_out
+
+
+def cheaper_solved(positions: int) -> bool:
+    """Whether a layer's factors cost no more than its dense gradient in products with solved
+    (dense) queries: ``T d_in d_out <= d_in d_out``, one position per example."""
+    return positions == 1
 
 
 @attrs.frozen(kw_only=True)
@@ -52,6 +69,9 @@ class LayerSlot:
         d_out: output width.
         structured: kept as factors (``T * (d_in + d_out)`` columns); else materialised
             into the dense part.
+        weight_at, bias_at: where the weight (``d_out × d_in`` row-major) and the bias start in
+            the flat gradient (``materialize`` order), ``None`` when not selected (or in a layout
+            recorded before they were kept: it takes no solved products).
     """
 
     module: str
@@ -59,6 +79,8 @@ class LayerSlot:
     d_in: int
     d_out: int
     structured: bool
+    weight_at: int | None = None
+    bias_at: int | None = None
 
     @property
     def columns(self) -> int:
@@ -81,10 +103,13 @@ class ProductLayout:
     Attributes:
         layers: one :class:`LayerSlot` per factored layer, in the order of the gradients' layers.
         dense: width of the dense part (fallback parameters and materialised layers).
+        dense_at: ``(start, numel)`` in the flat gradient of each parameter of the dense part, in
+            its column order (empty in a layout recorded before they were kept).
     """
 
     layers: tuple[LayerSlot, ...]
     dense: int
+    dense_at: tuple[tuple[int, int], ...] = ()
 
     @property
     def width(self) -> int:
@@ -98,12 +123,14 @@ class ProductLayout:
 
     def to_dict(self) -> dict:
         """A JSON-able record (:meth:`from_dict` reads it back)."""
-        return {"dense": self.dense, "layers": [attrs.asdict(slot) for slot in self.layers]}
+        return {"dense": self.dense, "layers": [attrs.asdict(slot) for slot in self.layers],
+                "dense_at": [list(pair) for pair in self.dense_at]}
 
     @classmethod
     def from_dict(cls, record: dict) -> ProductLayout:
         """The layout :meth:`to_dict` recorded."""
-        return cls(layers=tuple(LayerSlot(**slot) for slot in record["layers"]), dense=int(record["dense"]))
+        return cls(layers=tuple(LayerSlot(**slot) for slot in record["layers"]), dense=int(record["dense"]),
+                   dense_at=tuple((int(a), int(n)) for a, n in record.get("dense_at", ())))
 
     # -- packing ---------------------------------------------------------------------------
 
@@ -176,6 +203,52 @@ class ProductLayout:
                 out[:, lo:hi] += pa.mul_(pg).sum((1, 3))
         return out
 
+    def solved_products(self, u: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``Tensor[b, t]``: ``⟨u_j, v(x_i)⟩`` for dense vectors ``u`` (``[b, p]``, ``materialize``
+        order, e.g. solved queries) and packed rows ``x`` (``[t, width]``).
+
+        Equals ``u @ materialize().T`` to float round-off. Cost per pair: ``Σ_structured T d_in
+        d_out + dense``, in one GEMM per layer and chunk of ``x`` (temporaries of at most 1M
+        elements: ``[t', T, b, min(d_in, d_out)]``).
+
+        Raises:
+            FactorisationError: a layout recorded without the parameters' places, or ``u`` of
+                another width than the gradients it was made from.
+        """
+        p = sum(n for _, n in self.dense_at) + sum(
+            slot.d_out * slot.d_in for slot in self.layers if slot.structured)
+        if len(self.dense_at) == 0 and self.dense or any(
+                slot.structured and slot.weight_at is None and slot.bias_at is None for slot in self.layers):
+            raise FactorisationError("this product layout does not record where its parameters lie in the flat "
+                                     "gradient (saved by an older attrkit): fit again to score solved queries")
+        if u.shape[1] != p:
+            raise FactorisationError(f"solved queries have {u.shape[1]} columns, the gradients of this layout {p}")
+        x_layers, x_dense = self._views(x)
+        columns = [torch.arange(a, a + n, device=u.device) for a, n in self.dense_at]
+        out = u[:, torch.cat(columns)] @ x_dense.T if columns else u.new_zeros(u.shape[0], x.shape[0])
+        b = u.shape[0]
+        slots = [slot for slot in self.layers if slot.structured]
+        for slot, (t, a, g) in zip(slots, x_layers):
+            parts = []
+            if slot.weight_at is not None:
+                d_raw = slot.d_in - (slot.bias_at is not None)
+                parts.append(u[:, slot.weight_at : slot.weight_at + slot.d_out * d_raw].reshape(b, slot.d_out, d_raw))
+            if slot.bias_at is not None:
+                parts.append(u[:, slot.bias_at : slot.bias_at + slot.d_out, None])
+            m = torch.cat(parts, 2) if len(parts) > 1 else parts[0]  # U_l: [b, d_out, d_in]
+            if slot.d_out <= slot.d_in:  # contract ā with U_l first: the temporary is [.., b, d_out]
+                left, right, weights = a, m.reshape(b * slot.d_out, slot.d_in), g
+            else:
+                left, right, weights = g, m.transpose(1, 2).reshape(b * slot.d_in, slot.d_out), a
+            width = weights.shape[2]
+            step = max(1, _SOLVED_ELEMENTS // (t * b * width))
+            for lo in range(0, x.shape[0], step):
+                hi = min(lo + step, x.shape[0])
+                y = (left[lo:hi].reshape((hi - lo) * t, -1) @ right.T).view(hi - lo, t * b, width)
+                y = y.view(hi - lo, t, b, width).transpose(1, 2).reshape(hi - lo, b, t * width) if t > 1 else y
+                out[:, lo:hi] += torch.bmm(y, weights[lo:hi].reshape(hi - lo, t * width, 1))[..., 0].T
+        return out
+
     def squared_norms(self, x: torch.Tensor) -> torch.Tensor:
         """``Tensor[b]``: ``‖v(x_i)‖²`` of packed rows ``x`` (the diagonal of ``products(x, x)``)."""
         layers, dense = self._views(x)
@@ -227,13 +300,18 @@ class ProductLayout:
 
 def product_layout(grads: FactoredGradients, structured: Sequence[bool] | None = None) -> ProductLayout:
     """The layout of ``grads``'s shapes (a first training batch): each layer structured when
-    ``structured[i]`` (default: when :func:`cheaper_structured`), with its positions ``T``."""
+    ``structured[i]`` (default: when :func:`cheaper_structured`), with its positions ``T`` and
+    its parameters' places in the flat gradient."""
+    starts = dict(zip(grads.names, itertools.accumulate((grads.sizes[n] for n in grads.names), initial=0)))
     slots, dense = [], grads.dense.shape[1]
+    dense_at = [(starts[n], grads.sizes[n]) for n in grads.dense_names]
     for i, layer in enumerate(grads.layers):
         positions, d_in, d_out = layer.inputs.shape[1], layer.in_features, layer.output_grads.shape[2]
         keep = cheaper_structured(positions, d_in, d_out) if structured is None else bool(structured[i])
         if not keep:
             dense += (layer.inputs.shape[2] * d_out if layer.weight is not None else 0) + (
                 d_out if layer.bias is not None else 0)
-        slots.append(LayerSlot(module=layer.module, positions=positions, d_in=d_in, d_out=d_out, structured=keep))
-    return ProductLayout(layers=tuple(slots), dense=dense)
+            dense_at += [(starts[n], grads.sizes[n]) for n in (layer.weight, layer.bias) if n is not None]
+        slots.append(LayerSlot(module=layer.module, positions=positions, d_in=d_in, d_out=d_out, structured=keep,
+                               weight_at=starts.get(layer.weight), bias_at=starts.get(layer.bias)))
+    return ProductLayout(layers=tuple(slots), dense=dense, dense_at=tuple(dense_at))
