@@ -29,6 +29,9 @@ from attrkit.errors import MemoryBudgetError
 from attrkit.memory import require
 from attrkit.store import FeatureStore
 
+#: Bytes a reduction (``gram``, ``r_factor``) converts at once: a tile's copy in the reduction's dtype.
+REDUCTION_BYTES = 8 << 20
+
 __all__ = ["FeatureMatrix", "Tile"]
 
 #: ``transform(tile[t, k], rows: LongTensor[t]) -> [t, k]``, applied to every tile read; ``rows`` are global.
@@ -256,10 +259,15 @@ class FeatureMatrix:
 
     # -- reductions over every rank's rows ---------------------------------------------
 
+    def _reduction_rows(self, extra: int) -> int:
+        """Rows per tile of a reduction that holds ``extra`` bytes per row besides the tile: within the
+        budget and :data:`REDUCTION_BYTES` (at least ``k`` rows, so its GEMMs stay large)."""
+        return max(1, min(self.tile_rows(extra), max(self.width, REDUCTION_BYTES // max(1, extra))))
+
     def gram(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         """``ΦᵀΦ``, ``Tensor[k, k]`` in ``dtype``, accumulated tile by tile (all-reduced when partitioned)."""
         total = None
-        for tile in self.tiles(self.tile_rows(self.width * torch.finfo(dtype).bits // 8)):
+        for tile in self.tiles(self._reduction_rows(self.width * torch.finfo(dtype).bits // 8)):
             values = tile.values.to(dtype)
             del tile
             product = values.T @ values
@@ -279,7 +287,7 @@ class FeatureMatrix:
         (rank order) and factorised again, so every rank gets the same ``R``.
         """
         r = torch.zeros(0, self.width, dtype=dtype, device=self.device)
-        for tile in self.tiles(self.tile_rows(2 * self.width * torch.finfo(dtype).bits // 8)):
+        for tile in self.tiles(self._reduction_rows(2 * self.width * torch.finfo(dtype).bits // 8)):
             stacked = torch.cat([r, tile.values.to(dtype)])
             del tile
             r = torch.linalg.qr(stacked, mode="r").R

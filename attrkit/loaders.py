@@ -71,6 +71,28 @@ def _versions(batch: Any) -> list[int]:
     return [x._version for x in _leaves(batch) if isinstance(x, torch.Tensor)]
 
 
+def _loader_examples(loader: Any) -> int | None:
+    """Examples in ``loader`` known without reading it, or ``None``."""
+    if isinstance(loader, (list, tuple)):
+        try:
+            return sum(batch_size(b) for b in loader)
+        except Exception:  # noqa: BLE001 - an estimate; the pass will tell
+            return None
+    dataset = getattr(loader, "dataset", None)
+    if dataset is not None:
+        try:
+            return len(dataset)
+        except TypeError:
+            pass
+    size = getattr(loader, "batch_size", None)
+    if isinstance(size, int) and size > 0:
+        try:
+            return len(loader) * size
+        except TypeError:
+            pass
+    return None
+
+
 def checked(loader: Iterable[Any], role: str, keep: bool = True) -> CheckedLoader:
     """``loader`` wrapped in a :class:`CheckedLoader` (itself when it already is one).
 
@@ -112,6 +134,12 @@ class CheckedLoader:
     def n_examples(self) -> int | None:
         """Examples in a pass, once one pass is complete."""
         return None if self.sizes is None else sum(self.sizes)
+
+    @property
+    def estimated_examples(self) -> int | None:
+        """Examples in a pass: exact after a completed pass, else from the loader without reading it
+        (a list's batches, ``len(loader.dataset)``, ``len(loader) × batch_size``), else ``None``."""
+        return self.n_examples if self.n_examples is not None else _loader_examples(self.loader)
 
     def digest(self, index: int) -> str | None:
         """Digest of batch ``index`` (of the first pass; during it, once that batch has been read);

@@ -102,6 +102,7 @@ from attrkit.protocols import (
     Projector,
 )
 from attrkit.results import MetricResult
+from attrkit.rows import stack_rows
 from attrkit.saving import Saved, save_attributor
 from attrkit.selection import TopK
 from attrkit.targets import cross_entropy, negated_margin
@@ -185,6 +186,7 @@ __all__ = [
     "progress",
     "restrict_gradients",
     "save_attributor",
+    "stack_rows",
     "seed_field",
     "self_influence",
     "to_device",

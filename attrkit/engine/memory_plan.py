@@ -32,7 +32,6 @@ import torch
 from attrkit import distributed
 from attrkit.budget import INDEX_BYTES, Budget
 from attrkit.context import Member
-from attrkit.data import batch_size
 from attrkit.disk_store import SpillingStore, TMPDIR_VAR, temporary_root
 from attrkit.errors import AttrkitWarning, MemoryBudgetError
 from attrkit.loaders import CheckedLoader
@@ -44,7 +43,7 @@ if TYPE_CHECKING:
     from attrkit.engine.attributor import GradientAttributor
     from attrkit.feature_matrix import FeatureMatrix
 
-__all__ = ["MemoryPlan", "MemoryPlanner", "estimate_examples", "plan"]
+__all__ = ["MemoryPlan", "MemoryPlanner", "plan"]
 
 #: ``MemoryPlan.choice``: the features are held in memory.
 MEMORY = "memory"
@@ -80,36 +79,6 @@ class MemoryPlan:
     temporary: bool
     tile_bytes: int | None
     message: str
-
-
-def _loader_examples(loader: Any) -> int | None:
-    """Examples in ``loader`` known without reading it, or ``None``."""
-    if isinstance(loader, (list, tuple)):
-        try:
-            return sum(batch_size(b) for b in loader)
-        except Exception:  # noqa: BLE001 - an estimate; the pass will tell
-            return None
-    dataset = getattr(loader, "dataset", None)
-    if dataset is not None:
-        try:
-            return len(dataset)
-        except TypeError:
-            pass
-    size = getattr(loader, "batch_size", None)
-    if isinstance(size, int) and size > 0:
-        try:
-            return len(loader) * size
-        except TypeError:
-            pass
-    return None
-
-
-def estimate_examples(train: CheckedLoader) -> int | None:
-    """Training examples in ``train``: exact after a completed pass, else from the loader without
-    reading it (``len(loader.dataset)``, ``len(loader) × batch_size``, a list's batches), else ``None``."""
-    if train.n_examples is not None:
-        return train.n_examples
-    return _loader_examples(train.loader)
 
 
 def _width(method: GradientAttributor) -> int | None:
@@ -264,7 +233,7 @@ def plan(
     Raises:
         MemoryBudgetError: the budget cannot hold one tile row.
     """
-    n, width, dtype = estimate_examples(train), _width(method), _dtype(method)
+    n, width, dtype = train.estimated_examples, _width(method), _dtype(method)
     world = distributed.world()
     count = f"{len(members)} member{'s' if len(members) != 1 else ''}"
     estimate, detail = None, f"for {count}"

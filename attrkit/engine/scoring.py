@@ -6,6 +6,7 @@
             queries: per member (w_m, Precond_m(Proj_m(∇ target_t))), non-finite rows refused or NaN
             scores = Σ_m w_m q_m Φ_mᵀ over this rank's training columns, tile by tile (tiles.score_block)
             gathered over the ranks, checked to be finite
+        the batches' rows stacked as they come into one buffer (attrkit.rows.stack_rows)
     top_k: the same queries, a running top-k per tile (tiles.top_k_block), candidates merged over ranks
 """
 
@@ -28,6 +29,7 @@ from attrkit.finite import check_rows, check_scores
 from attrkit.functional.nonfinite import nonfinite_rows
 from attrkit.loaders import checked
 from attrkit.progress import progress
+from attrkit.rows import stack_rows
 from attrkit.selection import TopK
 
 if TYPE_CHECKING:
@@ -40,7 +42,7 @@ Query = tuple[float, torch.Tensor]
 
 
 def _test_batches(method: GradientAttributor, fit: Fit, test: Iterable[Any], what: str) -> Iterator[tuple[int, int, Any]]:
-    """``(batch index, index of its first example, batch)`` of a checked test loader, after
+    """``(batch index, index of its first example, batch)`` of a (checked) test loader, after
     checking the model's weights are those fitted at."""
     fit.guard.check(method.task)
     offset = 0
@@ -98,15 +100,19 @@ def attribute(method: GradientAttributor, fit: Fit, test: Iterable[Any] | None) 
         scores = distributed.gather_columns(score_block(block, sides, products), sides[0].spans, sides[0].n)
         check_scores(scores, first_row=0)
         return scores
-    rows, skipped = [], []
-    for index, offset, batch in _test_batches(method, fit, test, "scoring"):
-        block, bad = queries(method, fit, batch, index, offset)
-        scores = distributed.gather_columns(score_block(block, sides, products), sides[0].spans, sides[0].n)
-        check_scores(scores, first_row=offset, skipped_rows=bad)
-        rows.append(scores)
-        skipped.extend(offset + int(r) for r in bad)
+    test, skipped = checked(test, "test"), []
+
+    def rows() -> Iterator[torch.Tensor]:
+        for index, offset, batch in _test_batches(method, fit, test, "scoring"):
+            block, bad = queries(method, fit, batch, index, offset)
+            scores = distributed.gather_columns(score_block(block, sides, products), sides[0].spans, sides[0].n)
+            check_scores(scores, first_row=offset, skipped_rows=bad)
+            skipped.extend(offset + int(r) for r in bad)
+            yield scores
+
+    out = stack_rows(rows(), test.estimated_examples)  # no list of blocks beside the result
     _announce_test(skipped)
-    return torch.cat(rows)
+    return out
 
 
 def _property_side(method: GradientAttributor, member: Any) -> torch.Tensor:

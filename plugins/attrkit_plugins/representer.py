@@ -17,8 +17,9 @@ proponent); for cross-entropy that is towards the test point's own class.
 
 from __future__ import annotations
 
+import itertools
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, ClassVar
 
 import attrs
@@ -44,6 +45,7 @@ from attrkit.plugin import (
     positive_int,
     progress,
     save_attributor,
+    stack_rows,
     to_device,
     user_code,
 )
@@ -61,6 +63,10 @@ class _Logits(torch.nn.Module):
         return self.logits
 
 
+#: Most elements of one ``[rows, n_train]`` float64 product while scoring (2 MiB).
+_TILE_ELEMENTS = 1 << 18
+
+
 def _labels_only(batch: Any) -> Any:
     """The batch without its model inputs: what ``loss_fn`` needs besides the logits."""
     if isinstance(batch, (tuple, list)):
@@ -76,15 +82,18 @@ def _concat(parts: list[Any]) -> Any:
     return tuple(torch.cat([p[j] for p in parts]) for j in range(len(parts[0])))
 
 
-def _stacked(parts: list[torch.Tensor]) -> torch.Tensor:
-    """``torch.cat(parts)``, dropping each part from ``parts`` once copied: at its peak it holds the
-    result and one part, not twice the parts."""
-    out = parts[0].new_empty(sum(p.shape[0] for p in parts), *parts[0].shape[1:])
-    start = 0
-    for i, part in enumerate(parts):
-        out[start : start + part.shape[0]] = part
-        start += part.shape[0]
-        parts[i] = None  # the loop's own reference goes at the next part
+def _extended(parts: Iterable[torch.Tensor], expected: int | None, normalize: bool) -> torch.Tensor:
+    """``h̃ = [h, 1]`` float64 (``Tensor[Σ b, d+1]``, ``h`` normalised per row if asked) of the features
+    ``parts`` (each ``[b, d]``, the model's dtype), stacked as they come (:func:`~attrkit.plugin.stack_rows`:
+    ``expected`` rows are expected)."""
+    parts = iter(parts)
+    first = next(parts)
+    d = first.shape[1]
+    out = stack_rows(itertools.chain([first], parts), expected, width=d + 1, dtype=torch.float64)
+    del first
+    if normalize:
+        out[:, :d] /= out[:, :d].norm(dim=1, keepdim=True).clamp_min(1e-12)
+    out[:, d] = 1.0
     return out
 
 
@@ -197,7 +206,16 @@ class RepresenterPoints(Attributor):
         return [h.gradient_norm for h in self._require_fit()]
 
     def _features(self, member: Member, batch: Any, fn: Any, where: str = "a batch", offset: int = 0) -> torch.Tensor:
-        """``h̃ = [h, 1]`` (``h`` normalised if asked), ``Tensor[b, d+1]`` float64, checked to be finite.
+        """``h̃ = [h, 1]`` (``h`` normalised if asked), ``Tensor[b, d+1]`` float64, of :meth:`_inputs`.
+
+        Raises:
+            LossFunctionError: ``fn`` failed on the batch (explained).
+            NonFiniteError: an example's features are not finite.
+        """
+        return _extended([self._inputs(member, batch, fn, where, offset)], None, self.config.normalize)
+
+    def _inputs(self, member: Member, batch: Any, fn: Any, where: str = "a batch", offset: int = 0) -> torch.Tensor:
+        """``h``, the refit layer's inputs: ``Tensor[b, d]`` in the model's dtype, checked to be finite.
 
         Raises:
             LossFunctionError: ``fn`` failed on the batch (explained).
@@ -209,10 +227,15 @@ class RepresenterPoints(Attributor):
         side, _, index = where.partition(" batch ")
         check_rows(h, side=side, batch=int(index) if index.isdigit() else 0, offset=offset, member=member.label,
                    explain=lambda row: cause(self.task.model, fn, member.state, batch, row), skippable=False)
-        h = h.double()
-        if self.config.normalize:
-            h = h / h.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        return torch.cat([h, torch.ones(h.shape[0], 1, dtype=h.dtype, device=h.device)], dim=1)
+        return h
+
+    def _training_inputs(self, member: Member, train: Iterable[Any], labels: list[Any]) -> Iterator[torch.Tensor]:
+        """``h`` of each training batch (:meth:`_inputs`), appending the batch's labels to ``labels``."""
+        offset = 0
+        for j, batch in enumerate(progress(train, f"rps: features ({member.label})")):
+            yield self._inputs(member, batch, self.task.loss_fn, f"training batch {j}", offset)
+            labels.append(_labels_only(to_device(batch, self.task.device)))
+            offset += batch_size(batch)
 
     def _refit(self, member: Member, feats: torch.Tensor, labels: Any) -> _Head:
         layer = self.task.model.get_submodule(self.layer)
@@ -266,12 +289,10 @@ class RepresenterPoints(Attributor):
         heads = []
         self._guard = guard = FitGuard(self.task, members)
         for member in members:
-            feats, labels, offset = [], [], 0
-            for j, batch in enumerate(progress(train, f"rps: features ({member.label})")):
-                feats.append(self._features(member, batch, self.task.loss_fn, f"training batch {j}", offset))
-                labels.append(_labels_only(to_device(batch, self.task.device)))
-                offset += batch_size(batch)
-            heads.append(self._refit(member, _stacked(feats), _concat(labels)))
+            labels: list[Any] = []
+            feats = _extended(self._training_inputs(member, train, labels), train.estimated_examples,
+                              self.config.normalize)
+            heads.append(self._refit(member, feats, _concat(labels)))
         guard.finished()
         self.heads = heads
         self.groups = torch.arange(heads[0].features.shape[0])
@@ -331,17 +352,28 @@ class RepresenterPoints(Attributor):
         """``Tensor[n_test, n_train]`` float32 CPU: ``Σ_m w_m ⟨−∂target_t/∂z_t, α_i⟩ h̃_iᵀ h̃_t``."""
         heads = self._require_fit()
         self._guard.check(self.task)
-        rows, offset = [], 0
-        for j, batch in enumerate(progress(checked(test, "test"), "rps: scoring")):
-            total = 0.0
-            for head in heads:  # in place: the [b, n] float64 products are the largest temporaries
-                feats, push = self._test_side(head, batch, self.task.target, f"test batch {j}", offset)
-                share = (feats @ head.features.T).mul_(push @ head.alpha.T).mul_(head.member.weight)
-                total = share if isinstance(total, float) else total.add_(share)
-            rows.append(total.float().cpu())
-            check_scores(rows[-1], first_row=offset)
-            offset += batch_size(batch)
-        return torch.cat(rows)
+        test = checked(test, "test")
+        return stack_rows(self._score_rows(heads, test), test.estimated_examples)
+
+    def _score_rows(self, heads: list[_Head], test: Iterable[Any]) -> Iterator[torch.Tensor]:
+        """Each test batch's scores, ``Tensor[b, n_train]`` float32 CPU, checked to be finite."""
+        offset, n = 0, heads[0].features.shape[0]
+        step = max(1, _TILE_ELEMENTS // n)
+        for j, batch in enumerate(progress(test, "rps: scoring")):
+            sides = [self._test_side(head, batch, self.task.target, f"test batch {j}", offset) for head in heads]
+            out = torch.empty(batch_size(batch), n, dtype=torch.float32)
+            for lo in range(0, out.shape[0], step):  # the [rows, n] float64 products are the largest temporaries
+                total = None
+                for head, (feats, push) in zip(heads, sides):
+                    share = (feats[lo : lo + step] @ head.features.T).mul_(push[lo : lo + step] @ head.alpha.T)
+                    share.mul_(head.member.weight)
+                    total = share if total is None else total.add_(share)
+                    del share
+                out[lo : lo + step] = total.float().cpu()
+                del total
+            check_scores(out, first_row=offset)
+            offset += out.shape[0]
+            yield out
 
     def representer_values(self, test: Iterable[Any]) -> torch.Tensor:
         """``Tensor[n_test, n_train, C]`` float64: ``α_i (h̃_iᵀ h̃_t)`` of the first member.

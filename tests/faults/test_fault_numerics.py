@@ -107,6 +107,17 @@ def test_gauss_newton_at_zero_damping_keeps_cholesky_on_full_rank_and_pinv_on_ra
     torch.testing.assert_close(solver.solve(q).double(), expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
 
 
+def test_gauss_newton_pseudo_inverse_of_float32_features_from_the_gram_equals_the_svd_one():
+    gen = torch.Generator().manual_seed(3)
+    deficient = (torch.randn(200, 5, generator=gen, dtype=F64) @ torch.randn(5, 12, generator=gen, dtype=F64)).float()
+    solver = _gauss_newton(deficient)  # float32: the cut lies far above the float64 gram's round-off
+    assert solver._basis.shape == (12, 5)
+    pinv = torch.linalg.pinv(deficient.double(), rtol=200 * torch.finfo(torch.float32).eps)  # the SVD of Φ, same cut
+    q = deficient[:4]
+    expected = q.double() @ pinv @ pinv.T
+    torch.testing.assert_close(solver.solve(q).double(), expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+
+
 def test_gauss_newton_refuses_non_finite_features_by_name():
     bad = torch.tensor([[1.0, float("inf")], [0.0, 1.0]], dtype=F64)
     with pytest.raises(NonFiniteError, match="gauss-newton.*not finite|gauss-newton.*NaN or infinite"):
