@@ -334,3 +334,19 @@ def test_the_cg_solver_spec_takes_the_structured_products():
         attributor.fit(toy.train_loader(4))
         scores[choice] = attributor.attribute(toy.test_loader(3))
     torch.testing.assert_close(scores["structured"], scores["hvp"], rtol=1e-4, atol=1e-5)
+
+
+def test_cross_entropy_hessians_in_closed_form_equal_autograd():
+    from attrkit.functional.curvature import loss_of_outputs
+    from attrkit.targets import cross_entropy, negated_margin
+
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(7, 4, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 4, (7,), generator=gen)
+    batch = (torch.zeros(7, 1), y)
+    closed = structured_factors._cross_entropy_hessians(cross_entropy, batch, z)
+    autograd = structured_factors._output_hessians(loss_of_outputs(cross_entropy, batch, lambda out: out), z)
+    torch.testing.assert_close(closed, autograd, rtol=1e-12, atol=1e-14)
+    assert structured_factors._cross_entropy_hessians(negated_margin, batch, z) is None  # another loss
+    ignored = (batch[0], torch.tensor([0, 1, 2, 3, -100, 0, 1]))  # an ignored label: autograd's path
+    assert structured_factors._cross_entropy_hessians(cross_entropy, ignored, z) is None

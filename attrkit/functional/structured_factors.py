@@ -47,6 +47,7 @@ from attrkit.functional.factored_hooks import close_to_round_off, hooked_output_
 from attrkit.functional.factored_plan import FactorPlan, plan_factors
 from attrkit.functional.ihvp import _Meter, dataset_matvec
 from attrkit.progress import length_of, progress
+from attrkit.targets import cross_entropy
 from attrkit.types import LossFn
 
 __all__ = ["FactorSink", "Layer", "Unusable", "batch_factors", "collect_factors", "gemm_dtype", "is_identity",
@@ -125,6 +126,24 @@ def _layout(plan: FactorPlan, state: Mapping[str, torch.Tensor], names: Sequence
     return layers
 
 
+def _cross_entropy_hessians(loss_fn: LossFn, batch: Any, z: torch.Tensor) -> torch.Tensor | None:
+    """``H``: ``Tensor[b, C, C]``, ``H_i = diag(p_i) − p_i p_iᵀ`` with ``p_i = softmax(z_i)``: each
+    example's Hessian of :func:`attrkit.targets.cross_entropy` in its logits ``z`` (``[b, C]``), in
+    closed form. ``None`` for any other loss, other outputs, or labels it would refuse or ignore
+    (outside ``[0, C)``): those take :func:`_output_hessians`."""
+    if loss_fn is not cross_entropy or z.dim() != 2:
+        return None
+    if isinstance(batch, Mapping):
+        y = batch.get("labels")
+    else:
+        y = batch[1] if isinstance(batch, (tuple, list)) and len(batch) > 1 else None
+    if (not isinstance(y, torch.Tensor) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool
+            or y.shape != z.shape[:1] or not bool(((y >= 0) & (y < z.shape[1])).all())):
+        return None
+    p = torch.softmax(z, 1)
+    return torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
+
+
 def _output_hessians(loss_of: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor) -> torch.Tensor:
     """``H``: ``Tensor[b, C, C]``, each example's Hessian of its loss in its flattened outputs
     ``z`` (``Tensor[b, ...]``, ``C`` entries per example).
@@ -184,7 +203,9 @@ def batch_factors(model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str, t
         raise Unusable(f"the model's outputs {tuple(z.shape)} do not have the {b} examples of the batch first")
     if admit is not None:
         admit(b, z[0].numel())
-    hessians = _output_hessians(loss_of_outputs(loss_fn, batch, rebuild), z.detach())
+    hessians = _cross_entropy_hessians(loss_fn, batch, z.detach())
+    if hessians is None:
+        hessians = _output_hessians(loss_of_outputs(loss_fn, batch, rebuild), z.detach())
     c = hessians.shape[1]
     rows: list[list[torch.Tensor]] = [[] for _ in plan.layers]
     inputs: list[torch.Tensor] = []
