@@ -240,9 +240,11 @@ PRODUCTS = ("auto", "dense", "structured")
 
 def products_field() -> Any:
     """The ``products`` field of gradient sources that provide ``STRUCTURED``: how the engine
-    takes inner products of per-example gradients when no projector or solver transforms them.
-    ``"auto"`` (default) keeps each factored layer as factors where that is cheaper
-    (:func:`attrkit.functional.structured_products.cheaper_structured`), ``"dense"`` always
+    takes inner products with per-example training gradients when no projector, feature-space
+    solver or grouper transforms them (:mod:`attrkit.engine.products`). ``"auto"`` (default) keeps
+    each factored layer as factors where that is cheaper
+    (:func:`~attrkit.functional.structured_products.cheaper_structured`; behind a parameter-space
+    solver, :func:`~attrkit.functional.structured_products.cheaper_solved`), ``"dense"`` always
     forms the gradients, ``"structured"`` keeps every factored layer as factors (and refuses a
     composition where it cannot). Scores agree to float round-off either way."""
     return attrs.field(default="auto", validator=attrs.validators.in_(PRODUCTS),

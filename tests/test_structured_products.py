@@ -206,11 +206,46 @@ def test_a_saved_structured_attributor_scores_the_same(tmp_path):
     assert torch.equal(again.attribute(test), attributor.attribute(test))
 
 
+PROJECTED = {
+    "trak": {"projector": {"name": "gaussian", "dim": 16, "seed": 3}, "solver": {"name": "gauss-newton",
+                                                                                 "regularization": 0.01}},
+    "grad-dot": {"projector": {"name": "rademacher", "dim": 16, "seed": 3}},
+    "if": {"solver": {"name": "gauss-newton", "regularization": 0.1}},
+}
+
+
+@pytest.mark.parametrize("kind", MODELS)
+@pytest.mark.parametrize("method", PROJECTED)
+def test_projected_features_formed_from_factors_equal_the_dense_ones(kind, method, monkeypatch):
+    task, train, test = _problem(kind)
+    formed = []
+    original = ProductLayout.materialize
+    monkeypatch.setattr(ProductLayout, "materialize", lambda self, x: formed.append(len(x)) or original(self, x))
+    results = {}
+    for products in ("dense", "structured", "auto"):
+        formed.clear()
+        attributor = attrkit.compose(_spec(method, products, **PROJECTED[method]), task).fit(train)
+        results[products] = (attributor.attribute(test), attributor.self_influence(train), sum(formed))
+        assert all(f.layout is None for f in attributor.fitted.members)  # the training side is projected features
+    assert results["structured"][2] == 18 and results["dense"][2] == results["auto"][2] == 0
+    for products in ("structured", "auto"):
+        scores, self_scores, _ = results[products]
+        dense = results["dense"]
+        torch.testing.assert_close(scores, dense[0], rtol=1e-4, atol=1e-5 * float(dense[0].abs().max()))
+        torch.testing.assert_close(self_scores, dense[1], rtol=1e-4, atol=1e-5 * float(dense[1].abs().max()))
+
+
+def test_packed_rows_materialize_to_the_dense_gradients():
+    for kind in MODELS:
+        grads = _factors(kind)
+        for structured in (None, True, False):
+            layout = product_layout(grads, None if structured is None else [structured] * len(grads.layers))
+            torch.testing.assert_close(layout.materialize(layout.pack(grads)), grads.materialize(), rtol=1e-5, atol=1e-6)
+
+
 def test_forced_structured_names_what_needs_dense_gradients(tmp_path):
     task, train, _ = _problem("mlp")
     cases = [
-        (_spec("grad-dot", "structured", projector={"name": "gaussian", "dim": 4}), {}, "projector 'gaussian'"),
-        (_spec("if", "structured", solver={"name": "gauss-newton", "regularization": 0.1}), {}, "solver 'gauss-newton'"),
         (_spec("grad-dot", "structured", grouper={"name": "random", "n_groups": 3}), {}, "grouper 'random'"),
         (_spec("grad-dot", "structured"), {"store": tmp_path / "store"}, "feature store"),
     ]
@@ -224,6 +259,10 @@ def test_auto_takes_dense_products_where_it_must():
     spec = _spec("grad-dot", "auto", projector={"name": "gaussian", "dim": 4})
     attributor = attrkit.compose(spec, task).fit(train)
     assert attributor.fitted.members[0].layout is None
+    weighted = attrkit.compose(_spec("if", "structured", solver="identity"), task)
+    weighted.example_weights = lambda members, loader: torch.ones(18)
+    with pytest.raises(SpecError, match="weights the training examples"):
+        weighted.fit(train)
 
 
 def test_products_must_be_a_known_mode():

@@ -62,6 +62,8 @@ def _checked_features(
     ``products``), its non-finite rows refused or skipped."""
     raw = gradients(method, member, batch, target=False, where=f"training batch {j}", products=products)
     packed = products is not None and products.layout is not None
+    if packed and not products.packs_train:  # the factors only form the gradients, then projected
+        raw, packed = products.layout.materialize(raw), False
     feats = raw if packed else project(projector, raw)
     fn, task = training_fn(method), method.task
 

@@ -132,7 +132,7 @@ def fit_member(
                                               feature_matrix=feats))
         plain = group_sum(feats, groups, budget.bytes)
         feats = plain if weights is None else group_sum(feats.scaled(weights), groups, budget.bytes)
-    layout = None if products is None else products.layout
+    layout = None if products is None or not products.packs_train else products.layout
     solver = method.parts["solver"].make(index) if "solver" in method.parts else None
     if solver is not None:
         with member.applied(method.task.model), user_pass(method, member, clean):

@@ -16,10 +16,13 @@ solver they are the dense solved gradients (``layout.solved_products``: the dens
 flops for layers at one position per example, :func:`~attrkit.functional.structured_products.cheaper_solved`,
 without the ``n × p`` training side).
 
-The composition must leave the raw training gradients untransformed: the identity projector,
-no solver, the identity or a parameter-space one, the singleton grouper, no example weights, no
-properties on the task (their gradients are dense), no feature store (its chunks would hold
-another representation) and a single process.
+The training side stays packed when nothing transforms the raw training gradients
+(:func:`packs_train`: the identity projector, no solver, the identity or a parameter-space one),
+with the singleton grouper, no example weights, no properties on the task (their gradients are
+dense), no feature store (its chunks would hold another representation) and a single process.
+Behind a projector or a feature-space solver (TRAK) ``"structured"`` still forms each training
+gradient from its factors (``layout.materialize``, then the projection) instead of the gradient
+source's dense pass: the same features to round-off, a path ``"auto"`` leaves alone (no cheaper).
 """
 
 from __future__ import annotations
@@ -36,19 +39,24 @@ if TYPE_CHECKING:
     from attrkit.context import Member
     from attrkit.engine.attributor import GradientAttributor
 
-__all__ = ["Chooser", "check_spec", "chooser"]
+__all__ = ["Chooser", "check_spec", "chooser", "packs_train"]
 
 
 def _why_dense_parts(method: GradientAttributor) -> str | None:
     """Which part of the spec needs the dense gradients, or ``None``."""
     parts = method.parts
-    if "projector" in parts and not parts["projector"].cls.identity:
-        return f"projector {parts['projector'].name!r} transforms the gradients"
-    if "solver" in parts and not parts["solver"].cls.identity and parts["solver"].cls.space != "parameter":
-        return f"solver {parts['solver'].name!r} transforms the projected features"
     if "grouper" in parts and not parts["grouper"].cls.singletons:
         return f"grouper {parts['grouper'].name!r} sums gradients per group"
     return None
+
+
+def packs_train(method: GradientAttributor) -> bool:
+    """Whether the training side can stay packed factor rows: no projector but the identity, and no
+    solver, the identity or a parameter-space one (else the factors only form the gradients)."""
+    parts = method.parts
+    projector, solver = parts.get("projector"), parts.get("solver")
+    return ((projector is None or projector.cls.identity)
+            and (solver is None or solver.cls.identity or solver.cls.space == "parameter"))
 
 
 def _solved(method: GradientAttributor) -> bool:
@@ -57,7 +65,7 @@ def _solved(method: GradientAttributor) -> bool:
 
 
 def _refuse(why: str) -> SpecError:
-    return SpecError([f"gradients.products='structured' needs the raw training gradients untransformed, but {why}; "
+    return SpecError([f"gradients.products='structured' needs the raw training gradients per example, but {why}; "
                       "use products='auto' (which takes dense products here) or 'dense'"])
 
 
@@ -79,14 +87,16 @@ def _why_dense(method: GradientAttributor, store: Any, weights: torch.Tensor | N
     why = _why_dense_parts(method)
     if why is not None:
         return why
+    if distributed.world() is not None:
+        return "distributed runs take dense products"
+    if not packs_train(method):  # the factors only form the gradients: the features are dense as ever
+        return None
     if weights is not None:
         return f"method {method.name!r} weights the training examples"
     if method.task.properties is not None:
         return "the task's properties are attributed with dense gradients"
     if store is not None:
         return "a feature store holds dense features (fit without store=, or products='dense')"
-    if distributed.world() is not None:
-        return "distributed runs take dense products"
     return None
 
 
@@ -95,6 +105,8 @@ class Chooser:
 
     Attributes:
         mode: ``"auto"`` or ``"structured"``.
+        packs_train: the training side stays packed rows (:func:`packs_train`); else the packed rows
+            only form the dense gradients that are then projected.
         layout: the chosen :class:`ProductLayout`, ``None`` before the first batch; after it,
             ``None`` when the fit takes dense products.
         decided: whether the first batch has been seen.
@@ -102,6 +114,7 @@ class Chooser:
 
     def __init__(self, method: GradientAttributor, mode: str):
         self.method, self.mode = method, mode
+        self.packs_train = packs_train(method)
         self.layout: ProductLayout | None = None
         self.decided = False
 
@@ -157,6 +170,8 @@ def chooser(method: GradientAttributor, store: Any, weights: torch.Tensor | None
     source = method.gradients
     if capabilities.STRUCTURED not in source.provides or source.config.products == "dense":
         return None
+    if source.config.products == "auto" and not packs_train(method):
+        return None  # forming the gradients from factors saves nothing a projection keeps
     why = _why_dense(method, store, weights)
     if why is None:
         return Chooser(method, source.config.products)

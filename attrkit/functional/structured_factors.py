@@ -47,7 +47,6 @@ from attrkit.functional.factored_hooks import close_to_round_off, hooked_output_
 from attrkit.functional.factored_plan import FactorPlan, plan_factors
 from attrkit.functional.ihvp import _Meter, dataset_matvec
 from attrkit.progress import length_of, progress
-from attrkit.targets import cross_entropy
 from attrkit.types import LossFn
 
 __all__ = ["FactorSink", "Layer", "Unusable", "batch_factors", "collect_factors", "gemm_dtype", "is_identity",
@@ -131,7 +130,8 @@ def _cross_entropy_hessians(loss_fn: LossFn, batch: Any, z: torch.Tensor) -> tor
     example's Hessian of :func:`attrkit.targets.cross_entropy` in its logits ``z`` (``[b, C]``), in
     closed form. ``None`` for any other loss, other outputs, or labels it would refuse or ignore
     (outside ``[0, C)``): those take :func:`_output_hessians`."""
-    if loss_fn is not cross_entropy or z.dim() != 2:
+    if (getattr(loss_fn, "__module__", None), getattr(loss_fn, "__qualname__", None)) != (
+            "attrkit.targets", "cross_entropy") or z.dim() != 2:  # by name: functional imports no task module
         return None
     if isinstance(batch, Mapping):
         y = batch.get("labels")

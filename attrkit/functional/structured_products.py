@@ -215,12 +215,7 @@ class ProductLayout:
             FactorisationError: a layout recorded without the parameters' places, or ``u`` of
                 another width than the gradients it was made from.
         """
-        p = sum(n for _, n in self.dense_at) + sum(
-            slot.d_out * slot.d_in for slot in self.layers if slot.structured)
-        if len(self.dense_at) == 0 and self.dense or any(
-                slot.structured and slot.weight_at is None and slot.bias_at is None for slot in self.layers):
-            raise FactorisationError("this product layout does not record where its parameters lie in the flat "
-                                     "gradient (saved by an older attrkit): fit again to score solved queries")
+        p = self._flat_width("score solved queries")
         if u.shape[1] != p:
             raise FactorisationError(f"solved queries have {u.shape[1]} columns, the gradients of this layout {p}")
         x_layers, x_dense = self._views(x)
@@ -247,6 +242,41 @@ class ProductLayout:
                 y = (left[lo:hi].reshape((hi - lo) * t, -1) @ right.T).view(hi - lo, t * b, width)
                 y = y.view(hi - lo, t, b, width).transpose(1, 2).reshape(hi - lo, b, t * width) if t > 1 else y
                 out[:, lo:hi] += torch.bmm(y, weights[lo:hi].reshape(hi - lo, t * width, 1))[..., 0].T
+        return out
+
+    def _flat_width(self, purpose: str) -> int:
+        """``p``, the width of the flat gradients the rows stand for.
+
+        Raises:
+            FactorisationError: a layout recorded without the parameters' places.
+        """
+        if len(self.dense_at) == 0 and self.dense or any(
+                slot.structured and slot.weight_at is None and slot.bias_at is None for slot in self.layers):
+            raise FactorisationError("this product layout does not record where its parameters lie in the flat "
+                                     f"gradient (saved by an older attrkit): fit again to {purpose}")
+        return sum(n for _, n in self.dense_at) + sum(slot.d_out * slot.d_in for slot in self.layers if slot.structured)
+
+    def materialize(self, x: torch.Tensor) -> torch.Tensor:
+        """``Tensor[b, p]``: the gradients packed rows ``x`` (``[b, width]``) stand for, in ``materialize``
+        order (each structured layer's ``Σ_s g_s ā_sᵀ``, to float round-off of the dense gradients).
+
+        Raises:
+            FactorisationError: a layout recorded without the parameters' places.
+        """
+        b = x.shape[0]
+        out = x.new_zeros(b, self._flat_width("form the gradients"))
+        layers, dense = self._views(x)
+        column = 0
+        for start, size in self.dense_at:
+            out[:, start : start + size] = dense[:, column : column + size]
+            column += size
+        for slot, (_, a, g) in zip([slot for slot in self.layers if slot.structured], layers):
+            grad = torch.bmm(g.transpose(1, 2), a)  # [b, d_out, d_in (+1)]
+            if slot.weight_at is not None:
+                d_raw = slot.d_in - (slot.bias_at is not None)
+                out[:, slot.weight_at : slot.weight_at + slot.d_out * d_raw] = grad[..., :d_raw].reshape(b, -1)
+            if slot.bias_at is not None:
+                out[:, slot.bias_at : slot.bias_at + slot.d_out] = grad[..., -1]
         return out
 
     def squared_norms(self, x: torch.Tensor) -> torch.Tensor:
