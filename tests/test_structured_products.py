@@ -70,12 +70,16 @@ def _factors(kind):
     return factored_gradients(model, cross_entropy, state, train[0], plan_factors(model, select_parameters(model, ["*"])))
 
 
+def _layout_case(kind, structured):
+    """``(factored gradients, their dense form, a layout: auto for None, else every layer structured or not)``."""
+    grads = _factors(kind)
+    return grads, grads.materialize(), product_layout(grads, None if structured is None else [structured] * len(grads.layers))
+
+
 @pytest.mark.parametrize("kind", MODELS)
 @pytest.mark.parametrize("structured", [None, True, False])
 def test_packed_products_equal_the_dense_gram(kind, structured):
-    grads = _factors(kind)
-    dense = grads.materialize()
-    layout = product_layout(grads, None if structured is None else [structured] * len(grads.layers))
+    grads, dense, layout = _layout_case(kind, structured)
     packed = layout.pack(grads)
     assert packed.shape == (dense.shape[0], layout.width)
     torch.testing.assert_close(layout.products(packed[:2], packed), dense[:2] @ dense.T, rtol=1e-5, atol=1e-6)
@@ -91,9 +95,7 @@ def test_packed_products_equal_the_dense_gram(kind, structured):
 @pytest.mark.parametrize("kind", MODELS)
 @pytest.mark.parametrize("structured", [None, True, False])
 def test_solved_products_equal_the_dense_product(kind, structured):
-    grads = _factors(kind)
-    dense = grads.materialize()
-    layout = product_layout(grads, None if structured is None else [structured] * len(grads.layers))
+    grads, dense, layout = _layout_case(kind, structured)
     solved = torch.randn(3, dense.shape[1], generator=torch.Generator().manual_seed(2))
     torch.testing.assert_close(layout.solved_products(solved, layout.pack(grads)), solved @ dense.T,
                                rtol=1e-5, atol=1e-5)
@@ -237,10 +239,9 @@ def test_projected_features_formed_from_factors_equal_the_dense_ones(kind, metho
 
 def test_packed_rows_materialize_to_the_dense_gradients():
     for kind in MODELS:
-        grads = _factors(kind)
         for structured in (None, True, False):
-            layout = product_layout(grads, None if structured is None else [structured] * len(grads.layers))
-            torch.testing.assert_close(layout.materialize(layout.pack(grads)), grads.materialize(), rtol=1e-5, atol=1e-6)
+            grads, dense, layout = _layout_case(kind, structured)
+            torch.testing.assert_close(layout.materialize(layout.pack(grads)), dense, rtol=1e-5, atol=1e-6)
 
 
 def test_forced_structured_names_what_needs_dense_gradients(tmp_path):
