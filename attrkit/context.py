@@ -11,6 +11,7 @@ import attrs
 if TYPE_CHECKING:
     import torch
 
+    from attrkit.functional.gradient_factors import FactoredGradients
     from attrkit.feature_matrix import FeatureMatrix
     from attrkit.protocols import GradientSource
     from attrkit.task import AttributionTask
@@ -63,6 +64,11 @@ class FitContext:
             once computed, always: read it tile by tile (``tiles()``) or through its
             reductions over every rank's rows (``gram()``, ``r_factor()``, ``sum_rows_by()``);
             in distributed mode its tiles hold this rank's rows only (``partitioned``).
+        factors: the training set's per-example loss gradients as
+            :class:`~attrkit.functional.gradient_factors.FactoredGradients` blocks (re-iterable,
+            ``len`` blocks), when the engine holds them as packed factor rows (structured
+            products, every layer at one position, nothing skipped); else ``None``. A
+            parameter-space solver may fit from them instead of passing over ``train``.
     """
 
     task: AttributionTask
@@ -73,3 +79,4 @@ class FitContext:
     n_train: int | None = None
     features: torch.Tensor | None = attrs.field(default=None, repr=False)
     feature_matrix: FeatureMatrix | None = attrs.field(default=None, repr=False)
+    factors: Iterable[FactoredGradients] | None = attrs.field(default=None, repr=False)

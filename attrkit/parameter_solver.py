@@ -52,7 +52,11 @@ class ParameterSolver(HessianSolver):
     solve is a fixed factorisation applied with well-conditioned rotations (K-FAC, EK-FAC) sets
     ``solves_in_input_dtype``: its vectors are then not cast, and it solves float32 vectors in
     float32 (half the time and memory of a float64 copy).
-    Subclasses set ``name``, ``Config`` and ``requires``, and implement ``build``.
+    Subclasses set ``name``, ``Config`` and ``requires``, and implement ``build``. One that sets
+    ``fits_from_factors`` is built with ``factors=`` (the training set's factored loss gradients,
+    in the dtype the engine holds them, float32 for a float32 model: its products then run in
+    float32 per block and are summed in float64) when the engine holds them (``context.factors``),
+    instead of reading the batches again.
 
     Saving (:meth:`state_dict`): a solver that factorises at ``fit`` (``local_solve``) and
     whose ``build`` returns an :class:`~attrkit.functional.ihvp.InverseHVP` with a ``state``
@@ -63,6 +67,8 @@ class ParameterSolver(HessianSolver):
     space: ClassVar[str] = "parameter"
     #: Whether ``solve`` hands the vectors to the built solve in their own dtype (else float64).
     solves_in_input_dtype: ClassVar[bool] = False
+    #: Whether ``build`` takes ``factors=`` (and then need not read ``batches``).
+    fits_from_factors: ClassVar[bool] = False
 
     def __init__(self, config: Any):
         super().__init__(config)
@@ -85,7 +91,9 @@ class ParameterSolver(HessianSolver):
         source = context.gradients
         names = source.names(task) if source is not None else select_parameters(task.model, ("*",))
         state = {k: v.double() if v.is_floating_point() else v for k, v in context.member.state.items()}
-        self._solve = self.build(task.model, task.loss_fn, state, names, _Float64Batches(context.train))
+        held = context.factors if self.fits_from_factors else None
+        extra = {} if held is None else {"factors": held}
+        self._solve = self.build(task.model, task.loss_fn, state, names, _Float64Batches(context.train), **extra)
 
     def solve(self, vectors: torch.Tensor) -> torch.Tensor:
         """``Tensor[m, p] -> Tensor[m, p]`` in the input's dtype and device."""

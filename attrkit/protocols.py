@@ -191,9 +191,19 @@ class Projector(_Saveable, Component):
     kind: ClassVar[str] = "projector"
     #: ``project`` returns its input unchanged (the engine may then take structured products).
     identity: ClassVar[bool] = False
+    #: ``project_packed`` may project gradients from their layer factors (the engine's ``"auto"``
+    #: products then take it for layers at one position per example).
+    projects_packed: ClassVar[bool] = False
 
     def fit(self, context: FitContext) -> None:
         """Prepare for projecting gradients of dimension ``context.dimension`` (default: nothing)."""
+
+    def project_packed(self, layout: Any, packed: torch.Tensor) -> torch.Tensor | None:
+        """``project(layout.materialize(packed))`` (``Tensor[b, k]``) without forming the gradients,
+        from packed factor rows ``[b, layout.width]`` of a
+        :class:`~attrkit.functional.structured_products.ProductLayout`; or ``None`` where this
+        projector has no such path (the default), and the engine forms them."""
+        return None
 
     @abstractmethod
     def project(self, vectors: Any) -> torch.Tensor:

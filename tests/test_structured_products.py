@@ -9,6 +9,7 @@ import attrkit
 from attrkit import AttributionTask
 from attrkit.errors import FactorisationError, SpecError
 from attrkit.functional import factored_gradients, plan_factors, select_parameters
+from attrkit.functional.kfac_factors import fit_ekfac
 from attrkit.functional.scoring import normalize_rows
 from attrkit.functional.structured_products import ProductLayout, cheaper_solved, cheaper_structured, product_layout
 from attrkit.targets import cross_entropy
@@ -218,23 +219,40 @@ PROJECTED = {
 
 @pytest.mark.parametrize("kind", MODELS)
 @pytest.mark.parametrize("method", PROJECTED)
-def test_projected_features_formed_from_factors_equal_the_dense_ones(kind, method, monkeypatch):
+def test_projected_features_from_factors_equal_the_dense_ones(kind, method, monkeypatch):
     task, train, test = _problem(kind)
-    formed = []
-    original = ProductLayout.materialize
-    monkeypatch.setattr(ProductLayout, "materialize", lambda self, x: formed.append(len(x)) or original(self, x))
+    calls = {"materialize": [], "project": []}
+    for name in calls:
+        original = getattr(ProductLayout, name)
+        monkeypatch.setattr(ProductLayout, name, lambda self, x, *rest, _f=original, _n=name: calls[_n].append(len(x))
+                            or _f(self, x, *rest))
     results = {}
     for products in ("dense", "structured", "auto"):
-        formed.clear()
+        for seen in calls.values():
+            seen.clear()
         attributor = attrkit.compose(_spec(method, products, **PROJECTED[method]), task).fit(train)
-        results[products] = (attributor.attribute(test), attributor.self_influence(train), sum(formed))
+        results[products] = (attributor.attribute(test), attributor.self_influence(train),
+                             {name: sum(seen) for name, seen in calls.items()})
         assert all(f.layout is None for f in attributor.fitted.members)  # the training side is projected features
-    assert results["structured"][2] == 18 and results["dense"][2] == results["auto"][2] == 0
+    projects = "projector" in PROJECTED[method]  # a Gaussian or Rademacher matrix takes the factors as they are
+    assert results["dense"][2] == {"materialize": 0, "project": 0}
+    assert results["structured"][2] == ({"materialize": 0, "project": 18} if projects
+                                        else {"materialize": 18, "project": 0})
+    assert results["auto"][2] == {"materialize": 0, "project": 18 if projects else 0}  # the head has one position
     for products in ("structured", "auto"):
         scores, self_scores, _ = results[products]
         dense = results["dense"]
         torch.testing.assert_close(scores, dense[0], rtol=1e-4, atol=1e-5 * float(dense[0].abs().max()))
         torch.testing.assert_close(self_scores, dense[1], rtol=1e-4, atol=1e-5 * float(dense[1].abs().max()))
+
+
+def test_projection_from_factors_equals_the_dense_projection():
+    for kind in MODELS:
+        for structured in (None, True, False):
+            grads, dense, layout = _layout_case(kind, structured)
+            matrix = torch.randn(dense.shape[1], 7, generator=torch.Generator().manual_seed(4))
+            torch.testing.assert_close(layout.project(layout.pack(grads), lambda a, b: matrix[a:b]), dense @ matrix,
+                                       rtol=1e-5, atol=1e-5 * float((dense @ matrix).abs().max()))
 
 
 def test_packed_rows_materialize_to_the_dense_gradients():
@@ -280,3 +298,41 @@ def test_structured_on_a_model_without_factored_layers_is_refused():
         attrkit.compose(_spec("grad-dot", "structured"), task).fit(train)
     auto = attrkit.compose(_spec("grad-dot", "auto"), task).fit(train)
     assert auto.fitted.members[0].layout is None
+
+
+def test_kronecker_factors_fitted_from_packed_rows_equal_the_pass_in_float64():
+    task, train, _ = _problem("mlp")
+    model = task.model
+    names = select_parameters(model, ["*"])
+    plan = plan_factors(model, names)
+    state = {k: v.detach() for k, v in [*model.named_parameters(), *model.named_buffers()]}
+    blocks = [factored_gradients(model, cross_entropy, state, batch, plan) for batch in train]
+    layout = product_layout(blocks[0], [True] * len(blocks[0].layers))
+    sizes = {name: state[name].numel() for name in names}
+    unpacked = [layout.unpack(layout.pack(b), plan, sizes) for b in blocks]  # float32, as the engine holds them
+    for b, u in zip(blocks, unpacked):
+        torch.testing.assert_close(u.materialize(), b.materialize())
+    double = {k: v.double() for k, v in state.items()}
+    batches = [(x.double(), y) for x, y in train]
+    reference = fit_ekfac(model, cross_entropy, double, names, batches)
+    read = []
+    held = fit_ekfac(model, cross_entropy, double, names, (read.append(b) or b for b in []), factors=unpacked)
+    assert not read  # the batches were not read
+    for got, want in zip([*held.kfac.layers], [*reference.kfac.layers]):
+        torch.testing.assert_close(got.input_covariance, want.input_covariance, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(got.output_covariance, want.output_covariance, rtol=1e-5, atol=1e-7)
+    for got, want in zip(held.eigenvalues, reference.eigenvalues):  # float32 products, float64 sums
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6 * float(want.max()))
+    with pytest.raises(FactorisationError, match="materialised"):
+        product_layout(blocks[0], [False] * len(blocks[0].layers)).unpack(layout.pack(blocks[0]), plan, sizes)
+
+
+def test_a_kronecker_solver_fits_from_the_rows_the_engine_holds(monkeypatch):
+    task, train, _ = _problem("mlp")
+    seen = []
+    original = fit_ekfac
+    monkeypatch.setattr("attrkit.functional.ihvp_kfac.fit_ekfac",
+                        lambda *args, factors=None: seen.append(factors is not None) or original(*args, factors=factors))
+    for products in ("auto", "dense"):
+        attrkit.compose(_spec("if", products, solver={"name": "ekfac", "regularization": 0.1}), task).fit(train)
+    assert seen == [True, False]  # auto keeps the MLP's layers (one position each) as factors

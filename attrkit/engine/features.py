@@ -62,9 +62,12 @@ def _checked_features(
     ``products``), its non-finite rows refused or skipped."""
     raw = gradients(method, member, batch, target=False, where=f"training batch {j}", products=products)
     packed = products is not None and products.layout is not None
-    if packed and not products.packs_train:  # the factors only form the gradients, then projected
-        raw, packed = products.layout.materialize(raw), False
-    feats = raw if packed else project(projector, raw)
+    feats = None
+    if packed and not products.packs_train:  # projected from the factors, or formed from them, then projected
+        feats = None if projector is None else projector.project_packed(products.layout, raw)
+        raw, packed = (raw if feats is not None else products.layout.materialize(raw)), False
+    if feats is None:
+        feats = raw if packed else project(projector, raw)
     fn, task = training_fn(method), method.task
 
     def explain(row: int) -> str:

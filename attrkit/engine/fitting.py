@@ -28,7 +28,7 @@ from attrkit import capabilities
 from attrkit.context import FitContext, Member
 from attrkit.engine.features import example_features, group_sum, grouped_features, open_store
 from attrkit.engine.memory_plan import MemoryPlanner, plan
-from attrkit.engine.products import Chooser, chooser
+from attrkit.engine.products import Chooser, HeldFactors, chooser, held_factors
 from attrkit.engine.sides import explainer, train_side, training_fn, user_pass
 from attrkit.engine.skips import Skips, scan
 from attrkit.engine.state import Fit, FittedMember
@@ -76,14 +76,15 @@ def _context(method: GradientAttributor, member: Member, train: Iterable[Any], *
 
 def _solver_context(
     method: GradientAttributor, member: Member, train: Iterable[Any], solver: Any, plain: FeatureMatrix, n_columns: int,
-    packed: bool = False,
+    packed: bool = False, factors: HeldFactors | None = None,
 ) -> FitContext:
     """The solver's context: ``feature_matrix`` always; ``features`` when held whole here, or
     gathered for a feature-space solver that does not stream (within the budget: else
     :meth:`~attrkit.feature_matrix.FeatureMatrix.full` refuses). Neither when the training side is
-    ``packed`` factor rows (structured products: a parameter-space solver reads the training set)."""
+    ``packed`` factor rows (structured products: a parameter-space solver reads the training set,
+    or the ``factors`` unpacked from them)."""
     if packed:
-        return _context(method, member, train, n_train=n_columns)
+        return _context(method, member, train, n_train=n_columns, factors=factors)
     whole = _whole(plain)
     if whole is None and solver.space == "feature" and not solver.streams_features:
         whole = plain.full()
@@ -136,7 +137,8 @@ def fit_member(
     solver = method.parts["solver"].make(index) if "solver" in method.parts else None
     if solver is not None:
         with member.applied(method.task.model), user_pass(method, member, clean):
-            solver.fit(_solver_context(method, member, clean, solver, plain, groups.numel(), layout is not None))
+            held = held_factors(method, layout, feats, member, bool(skips.indices))
+            solver.fit(_solver_context(method, member, clean, solver, plain, groups.numel(), layout is not None, held))
     if method.normalize:
         normalize = (lambda tile: train_side(tile, True)) if layout is None else layout.normalize
         feats = feats.mapped(lambda tile, _: normalize(tile))

@@ -20,26 +20,34 @@ The training side stays packed when nothing transforms the raw training gradient
 (:func:`packs_train`: the identity projector, no solver, the identity or a parameter-space one),
 with the singleton grouper, no example weights, no properties on the task (their gradients are
 dense), no feature store (its chunks would hold another representation) and a single process.
-Behind a projector or a feature-space solver (TRAK) ``"structured"`` still forms each training
-gradient from its factors (``layout.materialize``, then the projection) instead of the gradient
-source's dense pass: the same features to round-off, a path ``"auto"`` leaves alone (no cheaper).
+Behind a projector or a feature-space solver (TRAK) the training features are dense as ever, but
+come from the factors: a projector with ``projects_packed`` (the Gaussian and Rademacher ones)
+projects them without forming the gradients (``projector.project_packed``: the dense
+projection's flops for layers at one position per example, and no per-example gradient pass),
+which ``"auto"`` takes for such layers; any other projector gets the gradients formed from the
+factors (``layout.materialize``) under ``"structured"``, a path ``"auto"`` leaves alone (no cheaper).
+The same features to round-off either way.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from attrkit import capabilities, distributed
 from attrkit.errors import FactorisationError, SpecError
+from attrkit.functional.factored_plan import FactorPlan, plan_factors
+from attrkit.functional.gradient_factors import FactoredGradients
 from attrkit.functional.structured_products import ProductLayout, cheaper_solved, product_layout
 
 if TYPE_CHECKING:
     from attrkit.context import Member
     from attrkit.engine.attributor import GradientAttributor
+    from attrkit.feature_matrix import FeatureMatrix
 
-__all__ = ["Chooser", "check_spec", "chooser", "packs_train"]
+__all__ = ["Chooser", "HeldFactors", "check_spec", "chooser", "held_factors", "packs_train"]
 
 
 def _why_dense_parts(method: GradientAttributor) -> str | None:
@@ -62,6 +70,12 @@ def packs_train(method: GradientAttributor) -> bool:
 def _solved(method: GradientAttributor) -> bool:
     """Whether the queries pass through a (parameter-space) solver."""
     return "solver" in method.parts and not method.parts["solver"].cls.identity
+
+
+def _projects_packed(method: GradientAttributor) -> bool:
+    """Whether the training side is projected straight from the factors (``projector.projects_packed``)."""
+    projector = method.parts.get("projector")
+    return not packs_train(method) and projector is not None and projector.cls.projects_packed
 
 
 def _refuse(why: str) -> SpecError:
@@ -148,8 +162,10 @@ class Chooser:
             self.decided = True
             if self.mode == "structured":
                 keep = [True] * len(grads.layers)
+            elif _solved(self.method) or _projects_packed(self.method):  # auto: layers at one position
+                keep = [cheaper_solved(x.inputs.shape[1]) for x in grads.layers]
             else:  # auto: where cheaper than the dense product
-                keep = [cheaper_solved(x.inputs.shape[1]) for x in grads.layers] if _solved(self.method) else None
+                keep = None
             layout = product_layout(grads, keep)
             if not layout.structured:
                 if self.mode == "structured":
@@ -158,6 +174,35 @@ class Chooser:
                 return None
             self.layout = layout
         return self.layout.pack(grads)
+
+
+class HeldFactors:
+    """The training set's factored loss gradients, unpacked tile by tile from a member's packed rows
+    (``FitContext.factors``: a solver fits from them instead of another pass over the data)."""
+
+    def __init__(self, layout: ProductLayout, rows: FeatureMatrix, plan: FactorPlan, sizes: dict[str, int]):
+        self.layout, self.rows, self.plan, self.sizes = layout, rows, plan, sizes
+
+    def __len__(self) -> int:
+        return -(-self.rows.rows // self.rows.tile_rows())
+
+    def __iter__(self) -> Iterator[FactoredGradients]:
+        for tile in self.rows.tiles():
+            yield self.layout.unpack(tile.values, self.plan, self.sizes)
+
+
+def held_factors(method: GradientAttributor, layout: ProductLayout | None, rows: FeatureMatrix, member: Member,
+                 skipped: bool) -> HeldFactors | None:
+    """The :class:`HeldFactors` of a member's packed training rows, or ``None`` where they are not the
+    training loss's whole factored gradients: no layout, a layer materialised or at several
+    positions (padding would count), the target differentiated (TRAK), or examples skipped."""
+    if layout is None or method.train_target or skipped:
+        return None
+    if not all(slot.structured and slot.positions == 1 for slot in layout.layers):
+        return None
+    names = method.gradients.names(method.task)
+    sizes = {name: member.state[name].numel() for name in names}
+    return HeldFactors(layout, rows, plan_factors(method.task.model, names), sizes)
 
 
 def chooser(method: GradientAttributor, store: Any, weights: torch.Tensor | None) -> Chooser | None:
@@ -170,7 +215,7 @@ def chooser(method: GradientAttributor, store: Any, weights: torch.Tensor | None
     source = method.gradients
     if capabilities.STRUCTURED not in source.provides or source.config.products == "dense":
         return None
-    if source.config.products == "auto" and not packs_train(method):
+    if source.config.products == "auto" and not packs_train(method) and not _projects_packed(method):
         return None  # forming the gradients from factors saves nothing a projection keeps
     why = _why_dense(method, store, weights)
     if why is None:

@@ -28,6 +28,7 @@ import attrs
 import torch
 
 from attrkit.errors import ArgumentError, CurvatureError
+from attrkit.functional.gradient_factors import FactoredGradients
 from attrkit.functional.ihvp import InverseHVP, _Meter, check_finite_solve, check_regularization
 from attrkit.functional.kfac_factors import EKFACFactors, KFACFactors, KroneckerLayer, fit_ekfac, fit_kfac
 from attrkit.types import LossFn
@@ -35,8 +36,9 @@ from attrkit.types import LossFn
 __all__ = ["ekfac_ihvp_at", "ekfac_solve", "kfac_ihvp_at", "kfac_solve", "restore_ekfac", "restore_kfac"]
 
 
-#: Vectors rotated into a layer's eigenbasis at once (bounds the solve's working memory).
-_BLOCK = 32
+#: Elements of a block of vectors rotated into a layer's eigenbasis at once (16 MiB in float32:
+#: bounds the solve's working memory while keeping its GEMMs large).
+_BLOCK_ELEMENTS = 1 << 22
 
 
 def _apply(factors: KFACFactors, vectors: torch.Tensor, regularization: float,
@@ -45,7 +47,7 @@ def _apply(factors: KFACFactors, vectors: torch.Tensor, regularization: float,
 
     The factors are fitted in float64; the rotations run in the vectors' floating dtype (float32
     GEMMs, half the time and memory of float64; the denominators, where cancellation could
-    matter, are formed and checked in float64), ``_BLOCK`` vectors at a time.
+    matter, are formed and checked in float64), in blocks of at most ``_BLOCK_ELEMENTS`` per layer.
     """
     p = sum(factors.sizes[n] for n in factors.names)
     if vectors.dim() != 2 or vectors.shape[1] != p:
@@ -78,17 +80,18 @@ def _apply(factors: KFACFactors, vectors: torch.Tensor, regularization: float,
         q_g, q_a = layer.output_basis.to(dtype), layer.input_basis.to(dtype)
         noise = max(q_g.shape[0], q_a.shape[0]) * eps * float(values.max()) if values.numel() else 0.0
         scale = denominator(values, f"layer {layer.module or '<root>'!r}", noise).to(dtype)
-        for lo in range(0, m, _BLOCK):
-            block = rows[lo : lo + _BLOCK]
+        step = max(1, _BLOCK_ELEMENTS // (d_out * q_a.shape[0]))
+        for lo in range(0, m, step):
+            block = rows[lo : lo + step]
             parts = [block[:, cols(layer.weight)].reshape(-1, d_out, q_a.shape[0] - (layer.bias is not None))] \
                 if layer.weight else []
             parts += [block[:, cols(layer.bias)].reshape(-1, d_out, 1)] if layer.bias else []
-            solved = q_g @ ((q_g.T @ torch.cat(parts, 2) @ q_a) / scale) @ q_a.T
+            solved = q_g @ (q_g.T @ torch.cat(parts, 2) @ q_a).div_(scale) @ q_a.T
             if layer.weight:
-                out[lo : lo + _BLOCK, cols(layer.weight)] = solved[..., : q_a.shape[0] - (layer.bias is not None)].reshape(
+                out[lo : lo + step, cols(layer.weight)] = solved[..., : q_a.shape[0] - (layer.bias is not None)].reshape(
                     len(block), -1)
             if layer.bias:
-                out[lo : lo + _BLOCK, cols(layer.bias)] = solved[..., -1]
+                out[lo : lo + step, cols(layer.bias)] = solved[..., -1]
     if factors.fallback:
         flat = torch.cat([rows[:, cols(name)] for name in factors.fallback], 1)
         # a mean of squares: no cancellation, so only an exact 0 is singular
@@ -149,12 +152,14 @@ def ekfac_solve(factors: EKFACFactors, vectors: torch.Tensor, regularization: fl
 def _kronecker_ihvp_at(
     fit: Callable[..., Any], solve: Callable[..., torch.Tensor], name: str, model: torch.nn.Module, loss_fn: LossFn,
     state: Mapping[str, torch.Tensor], names: Sequence[str], batches: Iterable[Any], regularization: float,
+    factor_blocks: Iterable[FactoredGradients] | None = None,
 ) -> InverseHVP:
-    """``fit`` the factors on ``batches`` (passes counted), and an :class:`InverseHVP` that ``solve``-s with them."""
+    """``fit`` the factors on ``batches`` (passes counted) or ``factor_blocks``, and an
+    :class:`InverseHVP` that ``solve``-s with them."""
     started = time.perf_counter()
     check_regularization(regularization)
     meter = _Meter(batches)
-    factors = fit(model, loss_fn, state, names, meter)
+    factors = fit(model, loss_fn, state, names, meter, factors=factor_blocks)
     p = sum(state[n].numel() for n in names)
     saved = {"regularization": regularization, **_factors_state(factors)}
     return InverseHVP(partial(solve, factors, regularization=regularization), p, meter, started, {}, name=name,
@@ -199,7 +204,7 @@ def restore_ekfac(state: Mapping[str, Any]) -> Callable[[torch.Tensor], torch.Te
 
 def kfac_ihvp_at(
     model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str, torch.Tensor], names: Sequence[str],
-    batches: Iterable[Any], *, regularization: float = 0.0,
+    batches: Iterable[Any], *, regularization: float = 0.0, factors: Iterable[FactoredGradients] | None = None,
 ) -> InverseHVP:
     """K-FAC's ``(G ⊗ A + λI)⁻¹`` per layer (Martens & Grosse 2015): fit the factors once, solve many.
 
@@ -214,6 +219,8 @@ def kfac_ihvp_at(
             the vectors.
         batches: the whole training set, in batches (any batch size: the factors are sums).
         regularization: damping ``λ >= 0``, added to the approximated curvature as ``λI``.
+        factors: the training set's per-example gradients as factored blocks, read instead of
+            ``batches`` (:func:`~attrkit.functional.kfac_factors.fit_kfac`).
 
     Returns:
         :class:`InverseHVP`. Build: one pass of ``factored_gradients`` (no example-HVPs)
@@ -226,12 +233,13 @@ def kfac_ihvp_at(
         CurvatureError: at a solve, as :func:`kfac_solve` (numerically zero eigenvalues and
             a ``λ`` not above their round-off).
     """
-    return _kronecker_ihvp_at(fit_kfac, kfac_solve, "kfac", model, loss_fn, state, names, batches, regularization)
+    return _kronecker_ihvp_at(fit_kfac, kfac_solve, "kfac", model, loss_fn, state, names, batches, regularization,
+                              factors)
 
 
 def ekfac_ihvp_at(
     model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str, torch.Tensor], names: Sequence[str],
-    batches: Iterable[Any], *, regularization: float = 0.0,
+    batches: Iterable[Any], *, regularization: float = 0.0, factors: Iterable[FactoredGradients] | None = None,
 ) -> InverseHVP:
     """EK-FAC's ``(F_ekfac + λI)⁻¹`` per layer (George et al. 2018): K-FAC's eigenbases with
     the corrected eigenvalues ``Λ``, fitted once.
@@ -240,8 +248,8 @@ def ekfac_ihvp_at(
     at each solve.
 
     Args:
-        model, loss_fn, state, names, batches, regularization: as :func:`kfac_ihvp_at`;
-            ``batches`` is read twice (once when every layer has one position per example).
+        model, loss_fn, state, names, batches, regularization, factors: as :func:`kfac_ihvp_at`;
+            ``batches`` (or ``factors``) is read twice (once when every layer has one position per example).
 
     Returns:
         :class:`InverseHVP`. Build: two passes of ``factored_gradients`` (no example-HVPs), one when
@@ -252,4 +260,5 @@ def ekfac_ihvp_at(
         ValueError, DataLoaderError, FactorisationError, LossShapeError, CurvatureError: as
             :func:`kfac_ihvp_at`.
     """
-    return _kronecker_ihvp_at(fit_ekfac, ekfac_solve, "ekfac", model, loss_fn, state, names, batches, regularization)
+    return _kronecker_ihvp_at(fit_ekfac, ekfac_solve, "ekfac", model, loss_fn, state, names, batches, regularization,
+                              factors)

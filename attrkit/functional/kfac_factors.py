@@ -59,6 +59,8 @@ from attrkit.types import LossFn
 
 __all__ = ["EKFACFactors", "KFACFactors", "KroneckerLayer", "fit_ekfac", "fit_kfac"]
 
+#: Eigenvector entries dropped (unit-norm columns: a change far below float64 round-off).
+_NEGLIGIBLE = 1e-20
 #: Elements of the per-example rotated gradients ``[b, d_out, d_in + 1]`` formed at once by EK-FAC's second pass.
 _CHUNK = 1 << 24
 
@@ -127,11 +129,18 @@ class EKFACFactors:
 
 
 def _stream(model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str, torch.Tensor], plan: FactorPlan,
-            batches: Iterable[Any], visit: Callable[[FactoredGradients], None], desc: str = "factored pass") -> int:
+            batches: Iterable[Any], visit: Callable[[FactoredGradients], None], desc: str = "factored pass",
+            factors: Iterable[FactoredGradients] | None = None) -> int:
     """``visit`` each of this rank's batches' factored per-example gradients (every batch
-    when not distributed), under a progress bar labelled ``desc``; returns the number of
-    examples visited."""
-    device, n = state[plan.names[0]].device, 0
+    when not distributed), under a progress bar labelled ``desc``, or each block of ``factors``
+    when given (``batches`` is then not read); returns the number of examples visited."""
+    n = 0
+    if factors is not None:
+        for grads in progress(factors, desc, total=length_of(factors)):
+            visit(grads)
+            n += grads.shape[0]
+        return n
+    device = state[plan.names[0]].device
     total = length_of(batches) if distributed.world() is None else None
     for batch in progress(distributed.shard(batches), desc, total=total):
         batch = to_device(batch, device)
@@ -160,8 +169,12 @@ def _extended_inputs(layer: LayerFactors) -> torch.Tensor:
 
 
 def _eigh(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(λ clamped at 0, Q)``, with the entries of ``Q`` below ``_NEGLIGIBLE`` set to 0: in a float32
+    solve they and their products with gradient entries would be subnormal, and every operation on a
+    subnormal runs at a small fraction of the GEMM rate (MNIST-LR's input basis has such entries,
+    mixing inside the null space of always-zero pixels, and they halved EK-FAC's solve speed)."""
     values, vectors = torch.linalg.eigh(matrix)
-    return values.clamp_min(0), vectors
+    return values.clamp_min(0), vectors.masked_fill_(vectors.abs() < _NEGLIGIBLE, 0.0)
 
 
 class _KeptFactors:
@@ -193,7 +206,8 @@ class _KeptFactors:
 
 
 def fit_kfac(model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str, torch.Tensor], names: Sequence[str],
-             batches: Iterable[Any], kept: _KeptFactors | None = None) -> KFACFactors:
+             batches: Iterable[Any], kept: _KeptFactors | None = None,
+             factors: Iterable[FactoredGradients] | None = None) -> KFACFactors:
     """K-FAC factors ``A``, ``G`` of every factored layer and the fallback diagonal, in one pass:
     the fit that :func:`~attrkit.functional.ihvp_kfac.kfac_ihvp_at` runs (a module-level
     helper, not exported from :mod:`attrkit.functional`).
@@ -205,6 +219,10 @@ def fit_kfac(model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str, torch.
         names: selected parameters, in model order (``select_parameters``).
         batches: the whole training set, in batches (any batch size: the factors are sums).
         kept: where :func:`fit_ekfac` keeps the one-position layers' ``ā`` and ``g`` (private).
+        factors: the training set's per-example gradients at ``state`` as factored blocks of
+            ``plan_factors(model, names)`` (re-iterable, e.g. unpacked from rows an attributor
+            holds), read instead of a pass over ``batches``. Blocks in float32 are multiplied in
+            float32 and summed in the parameters' dtype (float64 behind a parameter-space solver).
 
     Returns:
         :class:`KFACFactors` in the parameters' dtype and device (conventions in the module
@@ -235,7 +253,7 @@ def fit_kfac(model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str, torch.
                 kept.add(j, layer, a, g)
         diagonal.add_(grads.dense.square().sum(0))
 
-    n = _stream(model, loss_fn, state, plan, batches, visit, "K-FAC: factor pass (A, G)")
+    n = _stream(model, loss_fn, state, plan, batches, visit, "K-FAC: factor pass (A, G)", factors)
     n, *positions = _reduce([t for pair in sums for t in pair] + [diagonal], [n, *positions])
     layers = []
     eigh_bar = progress(zip(plan.layers, sums, positions, strict=True), "K-FAC: eigendecompositions",
@@ -253,7 +271,7 @@ def fit_kfac(model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str, torch.
 
 
 def fit_ekfac(model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str, torch.Tensor], names: Sequence[str],
-              batches: Iterable[Any]) -> EKFACFactors:
+              batches: Iterable[Any], factors: Iterable[FactoredGradients] | None = None) -> EKFACFactors:
     """EK-FAC: :func:`fit_kfac`, then a second pass for the corrected eigenvalues ``Λ``: the
     fit that :func:`~attrkit.functional.ihvp_kfac.ekfac_ihvp_at` runs (a module-level helper,
     not exported from :mod:`attrkit.functional`).
@@ -262,7 +280,8 @@ def fit_ekfac(model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str, torch
     per-example gradient of the layer (George et al. 2018).
 
     Args:
-        model, loss_fn, state, names, batches: as :func:`fit_kfac`; ``batches`` is read twice.
+        model, loss_fn, state, names, batches, factors: as :func:`fit_kfac`; ``batches`` (or
+            ``factors``) is read twice, or once (below).
 
     Returns:
         :class:`EKFACFactors`. Cost: one or two passes of :func:`factored_gradients`. A layer with
@@ -279,12 +298,13 @@ def fit_ekfac(model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str, torch
     """
     plan = plan_factors(model, names)
     kept = _KeptFactors(len(plan.layers), state[names[0]].device)
-    kfac = fit_kfac(model, loss_fn, state, names, batches, kept)
+    kfac = fit_kfac(model, loss_fn, state, names, batches, kept, factors)
     sums = [torch.zeros_like(x.output_eigenvalues[:, None] * x.input_eigenvalues) for x in kfac.layers]
 
     def rank_one(total: torch.Tensor, fitted: KroneckerLayer, a: torch.Tensor, g: torch.Tensor) -> None:
         """Add ``Σ_i (Q_Gᵀ g_i ā_iᵀ Q_A)²`` of a batch's rows ``a`` ``[b, d_in (+1)]`` and ``g`` ``[b, d_out]``."""
-        total += (g @ fitted.output_basis).square().T @ (a @ fitted.input_basis).square()
+        q_g, q_a = fitted.output_basis.to(g.dtype), fitted.input_basis.to(a.dtype)
+        total += (g @ q_g).square().T @ (a @ q_a).square()
 
     if all(distributed.all_ranks(kept.usable)):
         count = len(kept.batches[0]) if kept.batches else 0
@@ -307,6 +327,7 @@ def fit_ekfac(model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str, torch
                 part = grads[start : start + step].layers[j]
                 total += part.project(fitted.input_basis, fitted.output_basis).square().sum(0).view_as(total)
 
-    (n,) = _reduce(sums, [_stream(model, loss_fn, state, plan, batches, visit, "EK-FAC: eigenvalue-correction pass")])
+    (n,) = _reduce(sums, [_stream(model, loss_fn, state, plan, batches, visit, "EK-FAC: eigenvalue-correction pass",
+                                  factors)])
     return EKFACFactors(kfac=kfac, eigenvalues=tuple(total / n for total in sums))
 

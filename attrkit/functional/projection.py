@@ -21,11 +21,15 @@ import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING
 
 import torch
 
 from attrkit.errors import ArgumentError
 from attrkit.memory import require
+
+if TYPE_CHECKING:
+    from attrkit.functional.structured_products import ProductLayout
 
 __all__ = ["BLOCK_ROWS", "CACHE", "MatrixCache", "SeededMatrix", "block_generator", "gaussian_sampler",
            "rademacher_sampler"]
@@ -180,6 +184,27 @@ class SeededMatrix:
         compute = torch.float32 if dtype == torch.float16 and x.device.type == "cpu" else dtype
         unit = (x / norms).to(dtype).to(compute)
         return self._matmul(unit, dtype, compute).mul_(norms).div_(math.sqrt(self.k))
+
+    def project_packed(self, layout: ProductLayout, x: torch.Tensor) -> torch.Tensor:
+        """``layout.materialize(x) @ P`` (float32, ``[b, k]``) from packed factor rows ``x``
+        (``[b, layout.width]``) without forming the gradients
+        (:meth:`~attrkit.functional.structured_products.ProductLayout.project`), reading ``P``'s
+        rows layer by layer from the cache or drawing them; equal to :meth:`project` of the
+        materialised gradients to float32 round-off.
+
+        Raises:
+            ArgumentError: a layout for gradients of another dimension than ``p``.
+        """
+        p = layout.flat_width("project from factors")
+        if p != self.p:
+            raise ArgumentError(f"projector was fitted for dimension {self.p}, got factors of gradients of dimension {p}")
+        device, x = x.device, x.float()
+        if self.cacheable:
+            whole = next(self._chunks(device, torch.float32, torch.float32))[1]
+            rows = lambda start, stop: whole[start:stop]  # noqa: E731
+        else:
+            rows = lambda start, stop: self._raw(start, stop, device)  # noqa: E731
+        return layout.project(x, rows).div_(math.sqrt(self.k))
 
     def _raw(self, start: int, stop: int, device: torch.device) -> torch.Tensor:
         """Unscaled rows ``sqrt(k) * P[start:stop]`` (unit-variance entries), float32."""

@@ -29,12 +29,13 @@ the dense product's when ``T = 1`` (:func:`cheaper_solved`), without forming or 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import attrs
 import torch
 
 from attrkit.errors import FactorisationError
+from attrkit.functional.factored_plan import FactorPlan
 from attrkit.functional.gradient_factors import FactoredGradients, LayerFactors
 
 __all__ = ["LayerSlot", "ProductLayout", "cheaper_solved", "cheaper_structured", "product_layout"]
@@ -166,6 +167,28 @@ class ProductLayout:
             raise FactorisationError(f"packed gradients have {packed.shape[1]} columns, the layout {self.width}")
         return packed
 
+    def unpack(self, x: torch.Tensor, plan: FactorPlan, sizes: Mapping[str, int]) -> FactoredGradients:
+        """The :class:`~attrkit.functional.gradient_factors.FactoredGradients` packed rows ``x``
+        (``[b, width]``) stand for, when every layer is kept as factors: the layers of ``plan``
+        (the factor plan the rows were packed from), ``sizes`` ``{parameter: numel}``.
+
+        Raises:
+            FactorisationError: a materialised layer (its factors are gone), or a layout that is
+                not ``plan``'s.
+        """
+        if not all(slot.structured for slot in self.layers):
+            raise FactorisationError("packed rows with materialised layers cannot be unpacked into factors")
+        if [slot.module for slot in self.layers] != [module for module, _, _ in plan.layers] or \
+                self.dense != sum(sizes[n] for n in plan.fallback):
+            raise FactorisationError("packed rows of another factor plan than the one given")
+        layers, dense = self._views(x)
+        out = []
+        for (module, weight, bias), (_, a, g) in zip(plan.layers, layers):
+            inputs = a[..., :-1] if bias is not None else a  # drop ā's column of ones
+            out.append(LayerFactors(module=module, weight=weight, bias=bias, inputs=inputs, output_grads=g))
+        return FactoredGradients(names=plan.names, sizes=sizes, layers=tuple(out), dense=dense,
+                                 dense_names=plan.fallback)
+
     def _views(self, x: torch.Tensor) -> tuple[list[tuple[int, torch.Tensor, torch.Tensor]], torch.Tensor]:
         """``([(T, ā [b, T, d_in], g [b, T, d_out]) per structured layer], dense [b, q])`` views of packed rows."""
         b, out, start = x.shape[0], [], 0
@@ -215,7 +238,7 @@ class ProductLayout:
             FactorisationError: a layout recorded without the parameters' places, or ``u`` of
                 another width than the gradients it was made from.
         """
-        p = self._flat_width("score solved queries")
+        p = self.flat_width("score solved queries")
         if u.shape[1] != p:
             raise FactorisationError(f"solved queries have {u.shape[1]} columns, the gradients of this layout {p}")
         x_layers, x_dense = self._views(x)
@@ -244,7 +267,49 @@ class ProductLayout:
                 out[:, lo:hi] += torch.bmm(y, weights[lo:hi].reshape(hi - lo, t * width, 1))[..., 0].T
         return out
 
-    def _flat_width(self, purpose: str) -> int:
+    def project(self, x: torch.Tensor, rows: Callable[[int, int], torch.Tensor]) -> torch.Tensor:
+        """``Tensor[b, k]``: ``materialize(x) @ P`` for packed rows ``x`` (``[b, width]``), without
+        forming the gradients; ``rows(start, stop)`` gives ``P[start:stop]`` (``[stop - start, k]``,
+        ``x``'s dtype) for rows of the flat gradient (``materialize`` order).
+
+        Per structured layer, ``Σ_s g_s ⊗ ā_s`` meets its block of ``P`` (``[d_out, d_in, k]``) as
+        one ``[b T, d_in] @ [d_in, k]`` GEMM per output row (per input column when ``d_out >
+        d_in``), whose result the other factor weights: the dense projection's ``d_in d_out k``
+        flops per example when ``T = 1`` (:func:`cheaper_solved`), ``T`` times them otherwise. The
+        bias is the gradient ``Σ_s g_s`` times its ``d_out`` rows. Equals the dense projection to
+        float round-off.
+
+        Raises:
+            FactorisationError: a layout recorded without the parameters' places.
+        """
+        self.flat_width("project from factors")
+        layers, dense = self._views(x)
+        b, out, column = x.shape[0], None, 0
+        for start, size in self.dense_at:
+            part = dense[:, column : column + size] @ rows(start, start + size)
+            out = part if out is None else out.add_(part)
+            column += size
+        for slot, (t, a, g) in zip([slot for slot in self.layers if slot.structured], layers):
+            d_raw = slot.d_in - (slot.bias_at is not None)
+            if slot.bias_at is not None:  # the bias gradient Σ_s g_s ā_s[-1] (ā's column of ones)
+                part = (g * a[:, :, d_raw:]).sum(1) @ rows(slot.bias_at, slot.bias_at + slot.d_out)
+                out = part if out is None else out.add_(part)
+            if slot.weight_at is None:
+                continue
+            block = rows(slot.weight_at, slot.weight_at + slot.d_out * d_raw).view(slot.d_out, d_raw, -1)
+            inputs, outputs = a[:, :, :d_raw], g
+            if slot.d_out > d_raw:  # loop over the narrower side: one GEMM per input column
+                inputs, outputs, block = outputs, inputs, block.transpose(0, 1)
+            flat = inputs.reshape(b * t, -1)
+            for j in range(outputs.shape[2]):
+                part = (flat @ block[j]).view(b, t, -1)
+                part = part.mul_(outputs[:, :, j : j + 1]).sum(1) if t > 1 else part[:, 0].mul_(outputs[:, 0, j : j + 1])
+                out = part if out is None else out.add_(part)
+        if out is None:
+            raise FactorisationError("this product layout holds no parameters to project")
+        return out
+
+    def flat_width(self, purpose: str) -> int:
         """``p``, the width of the flat gradients the rows stand for.
 
         Raises:
@@ -264,7 +329,7 @@ class ProductLayout:
             FactorisationError: a layout recorded without the parameters' places.
         """
         b = x.shape[0]
-        out = x.new_zeros(b, self._flat_width("form the gradients"))
+        out = x.new_zeros(b, self.flat_width("form the gradients"))
         layers, dense = self._views(x)
         column = 0
         for start, size in self.dense_at:

@@ -38,6 +38,7 @@ class KFACSolver(ParameterSolver):
     #: ``solve`` applies the (all-reduced) factors only: self-influence splits across ranks.
     local_solve: ClassVar[bool] = True
     solves_in_input_dtype: ClassVar[bool] = True
+    fits_from_factors: ClassVar[bool] = True
     build_at: ClassVar[Callable[..., Solve]] = staticmethod(kfac_ihvp_at)
 
     def build(
@@ -47,9 +48,12 @@ class KFACSolver(ParameterSolver):
         state: Mapping[str, torch.Tensor],
         names: Sequence[str],
         batches: Iterable[Any],
+        factors: Iterable[Any] | None = None,
     ) -> Solve:
-        """Fit the factors once; the ``InverseHVP`` applies them to each block."""
-        return type(self).build_at(model, loss_fn, state, names, batches, regularization=self.config.regularization)
+        """Fit the factors once (from ``factors``, the training set's factored gradients, when the
+        engine holds them); the ``InverseHVP`` applies them to each block."""
+        return type(self).build_at(model, loss_fn, state, names, batches, regularization=self.config.regularization,
+                                   factors=factors)
 
 
 class EKFACSolver(KFACSolver):

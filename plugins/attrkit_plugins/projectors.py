@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import attrs
 import torch
@@ -88,6 +88,7 @@ class _DenseRandomProjector(Projector):
 
     Config: ClassVar[type] = DenseConfig
     sampler: ClassVar[Callable[..., torch.Tensor]]
+    projects_packed: ClassVar[bool] = True
 
     def __init__(self, config: DenseConfig):
         super().__init__(config)
@@ -126,6 +127,19 @@ class _DenseRandomProjector(Projector):
         if self.matrix is None:
             raise NotFittedError(f"{self.name} projector used before fit(context)")
         return self.matrix.project(vectors, _DTYPES[self.config.dtype])
+
+    def project_packed(self, layout: Any, packed: torch.Tensor) -> torch.Tensor | None:
+        """``project`` of the gradients packed factor rows stand for, without forming them (float32
+        ``dtype`` and inputs; ``None`` otherwise: the engine forms the gradients).
+
+        Raises:
+            NotFittedError: before ``fit``.
+        """
+        if self.matrix is None:
+            raise NotFittedError(f"{self.name} projector used before fit(context)")
+        if self.config.dtype != "float32" or packed.dtype != torch.float32:
+            return None
+        return self.matrix.project_packed(layout, packed)
 
 
 class GaussianProjector(_DenseRandomProjector):
