@@ -147,7 +147,7 @@ def test_every_example_spec_resolves(registry, kind, name):
 def test_flags_are_the_attributes_the_kind_declares(registry, kind):
     named = registry.components()[kind]
     declared = {"solver": {"space", "streams_features", "local_solve", "linear", "identity"},
-                "projector": {"identity"}, "grouper": {"singletons"}, "ensemble": {"gradient_params"},
+                "projector": {"identity", "projects_packed"}, "grouper": {"singletons"}, "ensemble": {"gradient_params"},
                 "method": {"slots", "defaults"}, "metric": {"needs", "higher_is_better", "target_axes"}}
     for entry in named.values():
         assert set(description(entry, registry).flags) == declared.get(kind, set())

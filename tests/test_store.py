@@ -23,7 +23,8 @@ KILLED_FIT = textwrap.dedent(
 
     toy = toy_problem(n_train=40)
     task = attrkit.AttributionTask(model=toy.task.model, loss_fn=killable.loss)
-    spec = {"method": "grad-dot", "projector": {"name": "gaussian", "dim": 16}}
+    spec = {"method": "grad-dot", "projector": {"name": "gaussian", "dim": 16},
+            "gradients": {"name": "per-example", "products": "dense"}}  # one loss call per batch
     attrkit.compose(spec, task).fit(toy.train_loader(8), store=sys.argv[1])
     """
 )
@@ -43,7 +44,8 @@ def test_resume_after_kill_is_bit_identical(tmp_path):
     toy = toy_problem(n_train=40)
     killable.calls.clear()
     task = attrkit.AttributionTask(model=toy.task.model, loss_fn=killable.loss)  # the same loss function
-    spec = {"method": "grad-dot", "projector": {"name": "gaussian", "dim": 16}}
+    spec = {"method": "grad-dot", "projector": {"name": "gaussian", "dim": 16},
+            "gradients": {"name": "per-example", "products": "dense"}}
     resumed = attrkit.compose(spec, task).fit(toy.train_loader(8), store=store)
     assert len(killable.calls) == 2  # only batches 3 and 4 of 5 were computed
     fresh = attrkit.compose(spec, toy.task).fit(toy.train_loader(8))

@@ -172,10 +172,7 @@ class SeededMatrix:
         """
         if x.shape[-1] != self.p:
             raise ArgumentError(f"projector was fitted for dimension {self.p}, got vectors of dimension {x.shape[-1]}")
-        rows = self.p if self.cacheable else min(self.p, self.chunk_rows)
-        require((x.shape[0] + 2 * rows) * self.k * 8, f"projecting {x.shape[0]} vectors of dimension {self.p} to "
-                f"dim={self.k} (the output and a block of the matrix)", "lower the projector's dim (or chunk_rows)",
-                x.device)
+        self._require(x.shape[0], x.device)
         if dtype == torch.float32:
             full = torch.float64 if x.dtype == torch.float64 else torch.float32  # float64 stays exact
             return self._matmul(x.to(full), full, full).div_(math.sqrt(self.k)).to(x.dtype)
@@ -198,6 +195,7 @@ class SeededMatrix:
         p = layout.flat_width("project from factors")
         if p != self.p:
             raise ArgumentError(f"projector was fitted for dimension {self.p}, got factors of gradients of dimension {p}")
+        self._require(x.shape[0], x.device)
         device, x = x.device, x.float()
         if self.cacheable:
             whole = next(self._chunks(device, torch.float32, torch.float32))[1]
@@ -205,6 +203,16 @@ class SeededMatrix:
         else:
             rows = lambda start, stop: self._raw(start, stop, device)  # noqa: E731
         return layout.project(x, rows).div_(math.sqrt(self.k))
+
+    def _require(self, b: int, device: torch.device) -> None:
+        """Refuse, before allocating, projecting ``b`` vectors whose output and a block of ``P`` do not fit.
+
+        Raises:
+            InsufficientMemoryError: naming ``dim`` and the fix.
+        """
+        rows = self.p if self.cacheable else min(self.p, self.chunk_rows)
+        require((b + 2 * rows) * self.k * 8, f"projecting {b} vectors of dimension {self.p} to dim={self.k} (the "
+                "output and a block of the matrix)", "lower the projector's dim (or chunk_rows)", device)
 
     def _raw(self, start: int, stop: int, device: torch.device) -> torch.Tensor:
         """Unscaled rows ``sqrt(k) * P[start:stop]`` (unit-variance entries), float32."""
