@@ -92,9 +92,11 @@ def _run(name, spec, toy, tmp_path=None, products="dense"):
     attributor.fit(toy.train_loader(6), **kwargs)
     if tmp_path is not None:
         assert not attributor.features[0].resident or name.endswith("groups"), f"{name} did not stream"
-    out = {"scores": attributor.attribute(toy.test_loader(4)),
-           "structured": torch.tensor([f.layout is not None for f in attributor.fitted.members]
-                                      if hasattr(attributor, "fitted") else [False])}
+    scores = attributor.attribute(toy.test_loader(4))
+    fitted = getattr(attributor, "fitted", None)
+    out = {"scores": scores,  # structured: factor rows scored (layout), or features projected from them
+           "structured": torch.tensor([f.layout is not None or f.from_factors is not None for f in fitted.members]
+                                      if fitted is not None else [False])}
     if spec.get("grouper") is None or "given" in str(spec.get("grouper")):
         out["self"] = attributor.self_influence(toy.train_loader(6))
     return out

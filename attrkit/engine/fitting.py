@@ -142,7 +142,9 @@ def fit_member(
     if method.normalize:
         normalize = (lambda tile: train_side(tile, True)) if layout is None else layout.normalize
         feats = feats.mapped(lambda tile, _: normalize(tile))
-    return FittedMember(member=member, projector=projector, solver=solver, train=feats, layout=layout), groups
+    formed = products.layout if products is not None and not products.packs_train else None
+    return FittedMember(member=member, projector=projector, solver=solver, train=feats, layout=layout,
+                        from_factors=formed), groups
 
 
 def _weight_explainer(method: GradientAttributor, members: list[Member], train: CheckedLoader) -> Any:

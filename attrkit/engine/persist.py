@@ -84,10 +84,20 @@ def save(method: GradientAttributor, fit: Fit, path: str | os.PathLike) -> None:
     def features(folder: Path) -> dict[str, Any]:
         store = DiskStore(folder / FEATURES, key)
         return {"features_key": key,
-                "features": [{**_write_side(store, i, f.train), "layout": None if f.layout is None else f.layout.to_dict()}
-                             for i, f in enumerate(fit.members)]}
+                "features": [{**_write_side(store, i, f.train), "layout": _record(f.layout),
+                              "from_factors": _record(f.from_factors)} for i, f in enumerate(fit.members)]}
 
     save_attributor(path, method, [f.member for f in fit.members], tensors, {"policy": fit.policy}, features)
+
+
+def _record(layout: ProductLayout | None) -> dict | None:
+    """A layout's JSON record, or ``None``."""
+    return None if layout is None else layout.to_dict()
+
+
+def _layout(record: dict | None) -> ProductLayout | None:
+    """The layout :func:`_record` wrote (``None`` for none, or a record written before it was kept)."""
+    return None if record is None else ProductLayout.from_dict(record)
 
 
 def _unchanged(tile: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -138,9 +148,8 @@ def restore(method: GradientAttributor, saved: Saved) -> Fit:
                 parts[slot].load_state_dict(saved.part(f"member.{i}.{slot}.", device))
         record = saved.fitted["features"][i]
         train = _read_side(saved, store, i, record, device)
-        layout = None if record.get("layout") is None else ProductLayout.from_dict(record["layout"])
         fitted.append(FittedMember(member=member, projector=parts["projector"], solver=parts["solver"], train=train,
-                                   layout=layout))
+                                   layout=_layout(record.get("layout")), from_factors=_layout(record.get("from_factors"))))
     weights = saved.tensors["weights"]
     return Fit(members=fitted, groups=saved.tensors["groups"], weights=None if weights is None else weights.to(device),
                skipped=saved.tensors["skipped"], policy=saved.fitted["policy"], guard=FitGuard(method.task, members),

@@ -45,9 +45,10 @@ from attrkit.functional.structured_products import ProductLayout, cheaper_solved
 if TYPE_CHECKING:
     from attrkit.context import Member
     from attrkit.engine.attributor import GradientAttributor
+    from attrkit.engine.state import FittedMember
     from attrkit.feature_matrix import FeatureMatrix
 
-__all__ = ["Chooser", "HeldFactors", "check_spec", "chooser", "held_factors", "packs_train"]
+__all__ = ["Chooser", "HeldFactors", "check_spec", "chooser", "held_factors", "packs_train", "query_packer"]
 
 
 def _why_dense_parts(method: GradientAttributor) -> str | None:
@@ -203,6 +204,18 @@ def held_factors(method: GradientAttributor, layout: ProductLayout | None, rows:
     names = method.gradients.names(method.task)
     sizes = {name: member.state[name].numel() for name in names}
     return HeldFactors(layout, rows, plan_factors(method.task.model, names), sizes)
+
+
+def query_packer(method: GradientAttributor, fitted: FittedMember) -> Chooser | None:
+    """A chooser for the test gradients of a member whose training features were projected from factor
+    rows (``fitted.from_factors``) by a projector that does so (``projects_packed``), when no
+    parameter-space solver needs the raw gradients: the queries are then projected the same way,
+    without forming the target's per-example gradients; else ``None``."""
+    projector, solver = fitted.projector, fitted.solver
+    if (fitted.from_factors is None or projector is None or not projector.projects_packed
+            or distributed.world() is not None or (solver is not None and solver.space == "parameter")):
+        return None
+    return Chooser(method, method.gradients.config.products)
 
 
 def chooser(method: GradientAttributor, store: Any, weights: torch.Tensor | None) -> Chooser | None:

@@ -20,7 +20,7 @@ import torch
 
 from attrkit import distributed
 from attrkit.data import batch_size
-from attrkit.engine.products import Chooser
+from attrkit.engine.products import Chooser, query_packer
 from attrkit.engine.sides import explainer, gradients, query
 from attrkit.engine.state import Fit
 from attrkit.engine.tiles import score_block, top_k_block
@@ -59,16 +59,20 @@ def queries(method: GradientAttributor, fit: Fit, batch: Any, index: int, offset
         NonFiniteError: a non-finite test example (``nonfinite="raise"``).
     """
     out, skipped = [], torch.zeros(batch_size(batch), dtype=torch.bool)
-    for f in fit.members:
+    for m, f in enumerate(fit.members):
         packing = None if f.layout is None or f.solved else Chooser.fixed(method, f.layout)
-        raw = gradients(method, f.member, batch, target=True, where=f"test batch {index}", products=packing)
+        if f.layout is None and m not in fit.packers:
+            fit.packers[m] = query_packer(method, f)
+        projecting = fit.packers.get(m) if f.layout is None else None  # packed rows the projector takes
+        raw = gradients(method, f.member, batch, target=True, where=f"test batch {index}",
+                        products=packing or projecting)
         explain = explainer(method, f.member, batch, method.task.target)
         if isinstance(raw, torch.Tensor):
             bad = check_rows(raw, side="test", batch=index, offset=offset, member=f.member.label, explain=explain,
                              policy=fit.policy)
             if len(bad):
                 raw = raw.index_fill(0, bad.to(raw.device), 0.0)
-        q = query(f, raw, method.normalize)
+        q = query(f, raw, method.normalize, projecting.layout if projecting is not None else None)
         late = check_rows(q, side="test", batch=index, offset=offset, member=f.member.label, explain=explain,
                           policy=fit.policy)
         bad = late if not isinstance(raw, torch.Tensor) else torch.cat([bad, late]).unique()

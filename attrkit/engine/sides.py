@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from attrkit.engine.attributor import GradientAttributor
     from attrkit.engine.products import Chooser
     from attrkit.engine.state import FittedMember
+    from attrkit.functional.structured_products import ProductLayout
 
 __all__ = ["dense", "explainer", "gradients", "project", "query", "train_side", "training_fn", "user_pass"]
 
@@ -97,9 +98,11 @@ def _solved(fitted: FittedMember, vectors: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def query(fitted: FittedMember, grads: Any, normalize: bool) -> torch.Tensor:
+def query(fitted: FittedMember, grads: Any, normalize: bool, packed: ProductLayout | None = None) -> torch.Tensor:
     """``Precond(Proj(g))`` for raw gradients ``[b, p]`` -> ``[b, k]`` (unit rows for cosine); packed
     factor rows of a structured member without a solver stay packed (normalised for cosine).
+    With ``packed``, ``grads`` are factor rows of that layout, projected from the factors
+    (``projector.project_packed``) or else formed first.
 
     Raises:
         NonFiniteError: the solver returned non-finite values for finite input rows.
@@ -107,9 +110,13 @@ def query(fitted: FittedMember, grads: Any, normalize: bool) -> torch.Tensor:
     if fitted.layout is not None and not fitted.solved:  # packed rows of raw gradients, nothing to apply
         return fitted.layout.normalize(grads) if normalize else grads
     solver = fitted.solver
+    feats = None if packed is None else fitted.projector.project_packed(packed, grads)
+    if packed is not None and feats is None:
+        grads = packed.materialize(grads)
     if solver is not None and solver.space == "parameter":
         grads = _solved(fitted, dense(grads))
-    feats = project(fitted.projector, grads)
+    if feats is None:
+        feats = project(fitted.projector, grads)
     if solver is not None and solver.space == "feature":
         feats = _solved(fitted, feats)
     return normalize_rows(feats) if normalize else feats

@@ -32,6 +32,9 @@ class FittedMember:
             packed factor rows that ``train`` then holds, scored by the layout's products instead
             of a matrix product; ``None`` for dense features. The queries are packed rows too,
             or, behind a parameter-space solver (:attr:`solved`), dense solved gradients.
+        from_factors: the layout whose factor rows the (dense) training features were projected
+            or formed from (:mod:`attrkit.engine.products`), ``None`` when they came from dense
+            gradients or the rows are kept (``layout``).
     """
 
     member: Member
@@ -39,6 +42,7 @@ class FittedMember:
     solver: Any
     train: FeatureMatrix
     layout: ProductLayout | None = None
+    from_factors: ProductLayout | None = None
 
     @property
     def solved(self) -> bool:
@@ -69,6 +73,9 @@ class Fit:
         memory_plan: where ``fit`` kept the training features and why (estimate, budget, in
             memory or streamed, the folder): :class:`~attrkit.engine.memory_plan.MemoryPlan`;
             ``None`` in an attributor read back by :func:`attrkit.load`.
+        packers: per member index, the chooser that packs its test gradients into factor rows for
+            a projector that projects from them (:func:`attrkit.engine.products.query_packer`),
+            made at the first test batch; not saved.
     """
 
     members: list[FittedMember]
@@ -79,6 +86,7 @@ class Fit:
     guard: FitGuard
     train: CheckedLoader | None
     memory_plan: MemoryPlan | None = None
+    packers: dict[int, Any] = attrs.field(factory=dict, repr=False)
 
     @property
     def pointwise(self) -> bool:
