@@ -94,8 +94,11 @@ def _run(name, spec, toy, tmp_path=None, products="dense"):
         assert not attributor.features[0].resident or name.endswith("groups"), f"{name} did not stream"
     scores = attributor.attribute(toy.test_loader(4))
     fitted = getattr(attributor, "fitted", None)
-    out = {"scores": scores,  # structured: factor rows scored (layout), or features projected from them
-           "structured": torch.tensor([f.layout is not None or f.from_factors is not None for f in fitted.members]
+    def factored(m, f):  # factor rows scored (layout), or training or test features projected from them
+        return f.layout is not None or f.from_factors is not None or getattr(fitted.packers.get(m), "layout", None) is not None
+
+    out = {"scores": scores,
+           "structured": torch.tensor([factored(m, f) for m, f in enumerate(fitted.members)]
                                       if fitted is not None else [False])}
     if spec.get("grouper") is None or "given" in str(spec.get("grouper")):
         out["self"] = attributor.self_influence(toy.train_loader(6))

@@ -207,15 +207,17 @@ def held_factors(method: GradientAttributor, layout: ProductLayout | None, rows:
 
 
 def query_packer(method: GradientAttributor, fitted: FittedMember) -> Chooser | None:
-    """A chooser for the test gradients of a member whose training features were projected from factor
-    rows (``fitted.from_factors``) by a projector that does so (``projects_packed``), when no
-    parameter-space solver needs the raw gradients: the queries are then projected the same way,
-    without forming the target's per-example gradients; else ``None``."""
-    projector, solver = fitted.projector, fitted.solver
-    if (fitted.from_factors is None or projector is None or not projector.projects_packed
-            or distributed.world() is not None or (solver is not None and solver.space == "parameter")):
+    """A chooser for the test gradients of a member with dense training features, when its projector
+    projects from factors (``projects_packed``), the gradient source gives them (products not
+    ``"dense"``) and no parameter-space solver needs the raw gradients: the queries are then
+    projected without forming the target's per-example gradients; else ``None``. It depends on
+    the spec alone, so a fit that reads its features back from a store queries alike."""
+    source, projector, solver = method.gradients, fitted.projector, fitted.solver
+    if (projector is None or not projector.projects_packed or capabilities.STRUCTURED not in source.provides
+            or source.config.products == "dense" or distributed.world() is not None
+            or (solver is not None and solver.space == "parameter")):
         return None
-    return Chooser(method, method.gradients.config.products)
+    return Chooser(method, source.config.products)
 
 
 def chooser(method: GradientAttributor, store: Any, weights: torch.Tensor | None) -> Chooser | None:
