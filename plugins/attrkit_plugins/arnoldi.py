@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import attrs
 import torch
@@ -103,6 +103,7 @@ class ArnoldiProjector(Projector):
     name: ClassVar[str] = "arnoldi"
     Config: ClassVar[type] = ArnoldiConfig
     requires: ClassVar[frozenset[str]] = frozenset({HVP})
+    projects_packed: ClassVar[bool] = True
 
     def __init__(self, config: ArnoldiConfig):
         super().__init__(config)
@@ -183,6 +184,25 @@ class ArnoldiProjector(Projector):
             raise ArgumentError(f"arnoldi was fitted for dimension {p}, got vectors of dimension {vectors.shape[-1]}")
         projected = vectors.to(device=self.basis.device, dtype=self.basis.dtype) @ self.basis
         return projected.to(vectors.device, torch.float32)
+
+    def project_packed(self, layout: Any, packed: torch.Tensor) -> torch.Tensor | None:
+        """:meth:`project` of the gradients that packed factor rows stand for, without forming them:
+        each layer's factors meet its rows of the basis (``layout.project``); ``None`` for rows in
+        another dtype than the basis (the engine then forms the gradients).
+
+        Raises:
+            NotFittedError: before ``fit``.
+            ValueError: rows of gradients of another dimension than the fitted ``p``.
+        """
+        if self.basis is None:
+            raise NotFittedError("arnoldi projector used before fit(context)")
+        p = layout.flat_width("project from factors")
+        if p != self.basis.shape[0]:
+            raise ArgumentError(f"arnoldi was fitted for dimension {self.basis.shape[0]}, got factors of dimension {p}")
+        if packed.dtype != self.basis.dtype:
+            return None
+        projected = layout.project(packed.to(self.basis.device), lambda start, stop: self.basis[start:stop])
+        return projected.to(packed.device, torch.float32)
 
 
 @hookimpl
