@@ -62,11 +62,13 @@ def _checked_features(
     ``products``), its non-finite rows refused or skipped."""
     raw = gradients(method, member, batch, target=False, where=f"training batch {j}", products=products)
     packed = products is not None and products.layout is not None
-    feats = None
-    if packed and not products.packs_train:  # projected from the factors, or formed from them, then projected
+    if packed and not products.packs_train:  # dense features from the factors: projected from them
         feats = None if projector is None else projector.project_packed(products.layout, raw)
-        raw, packed = (raw if feats is not None else products.layout.materialize(raw)), False
-    if feats is None:
+        if feats is None:  # or the gradients formed from them, then projected
+            raw = products.layout.materialize(raw)
+            feats = project(projector, raw)
+        packed = False
+    else:
         feats = raw if packed else project(projector, raw)
     fn, task = training_fn(method), method.task
 
