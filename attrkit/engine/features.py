@@ -20,7 +20,7 @@ import torch
 from attrkit import distributed
 from attrkit.context import Member
 from attrkit.data import batch_size, to_device
-from attrkit.engine.sides import gradients, project, training_fn
+from attrkit.engine.sides import from_factors, gradients, project, training_fn
 from attrkit.engine.skips import Skips
 from attrkit.errors import DataLoaderError, NonFiniteError
 from attrkit.budget import tile_rows
@@ -62,12 +62,8 @@ def _checked_features(
     ``products``), its non-finite rows refused or skipped."""
     raw = gradients(method, member, batch, target=False, where=f"training batch {j}", products=products)
     packed = products is not None and products.layout is not None
-    if packed and not products.packs_train:  # dense features from the factors: projected from them
-        feats = None if projector is None else projector.project_packed(products.layout, raw)
-        if feats is None:  # or the gradients formed from them, then projected
-            raw = products.layout.materialize(raw)
-            feats = project(projector, raw)
-        packed = False
+    if packed and not products.packs_train:  # dense features from the factors
+        (feats, raw), packed = from_factors(projector, products.layout, raw), False
     else:
         feats = raw if packed else project(projector, raw)
     fn, task = training_fn(method), method.task

@@ -21,10 +21,11 @@ The training side stays packed when nothing transforms the raw training gradient
 with the singleton grouper, no example weights, no properties on the task (their gradients are
 dense), no feature store (its chunks would hold another representation) and a single process.
 Behind a projector or a feature-space solver (TRAK) the training features are dense as ever, but
-come from the factors: a projector with ``projects_packed`` (the Gaussian and Rademacher ones)
-projects them without forming the gradients (``projector.project_packed``: the dense
-projection's flops for layers at one position per example, and no per-example gradient pass),
-which ``"auto"`` takes for such layers; any other projector gets the gradients formed from the
+come from the factors: a projector with ``projects_packed`` (the Gaussian, Rademacher and
+``arnoldi`` ones) projects them without forming the gradients (``projector.project_packed``: the
+dense projection's flops for layers at one position per example, and no per-example gradient
+pass), which ``"auto"`` takes for such layers, on the test side too (:func:`query_packer`); any
+other projector gets the gradients formed from the
 factors (``layout.materialize``) under ``"structured"``, a path ``"auto"`` leaves alone (no cheaper).
 The same features to round-off either way.
 """

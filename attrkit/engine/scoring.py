@@ -61,9 +61,11 @@ def queries(method: GradientAttributor, fit: Fit, batch: Any, index: int, offset
     out, skipped = [], torch.zeros(batch_size(batch), dtype=torch.bool)
     for m, f in enumerate(fit.members):
         packing = None if f.layout is None or f.solved else Chooser.fixed(method, f.layout)
-        if f.layout is None and m not in fit.packers:
-            fit.packers[m] = query_packer(method, f)
-        projecting = fit.packers.get(m) if f.layout is None else None  # packed rows the projector takes
+        projecting = None  # a chooser of packed rows the projector takes (dense training features)
+        if f.layout is None:
+            if m not in fit.packers:
+                fit.packers[m] = query_packer(method, f)
+            projecting = fit.packers[m]
         raw = gradients(method, f.member, batch, target=True, where=f"test batch {index}",
                         products=packing or projecting)
         explain = explainer(method, f.member, batch, method.task.target)

@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     from attrkit.engine.state import FittedMember
     from attrkit.functional.structured_products import ProductLayout
 
-__all__ = ["dense", "explainer", "gradients", "project", "query", "train_side", "training_fn", "user_pass"]
+__all__ = ["dense", "explainer", "from_factors", "gradients", "project", "query", "train_side", "training_fn",
+           "user_pass"]
 
 
 def training_fn(method: GradientAttributor) -> Callable[..., torch.Tensor]:
@@ -83,6 +84,17 @@ def project(projector: Any, grads: Any) -> torch.Tensor:
     return projector.project(grads)
 
 
+def from_factors(projector: Any, layout: ProductLayout, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(Proj(g), the rows it came from)`` for packed factor rows of ``layout``: projected straight from
+    the factors (``projector.project_packed``) with the rows as they are, or else the gradients formed
+    from them (``layout.materialize``), then projected (``g`` itself without a projector)."""
+    feats = None if projector is None else projector.project_packed(layout, rows)
+    if feats is not None:
+        return feats, rows
+    grads = layout.materialize(rows)
+    return project(projector, grads), grads
+
+
 def _solved(fitted: FittedMember, vectors: torch.Tensor) -> torch.Tensor:
     """``solver.solve(vectors)``, refused when it turns finite rows non-finite."""
     out = fitted.solver.solve(vectors)
@@ -110,12 +122,11 @@ def query(fitted: FittedMember, grads: Any, normalize: bool, packed: ProductLayo
     if fitted.layout is not None and not fitted.solved:  # packed rows of raw gradients, nothing to apply
         return fitted.layout.normalize(grads) if normalize else grads
     solver = fitted.solver
-    feats = None if packed is None else fitted.projector.project_packed(packed, grads)
-    if packed is not None and feats is None:
-        grads = packed.materialize(grads)
-    if solver is not None and solver.space == "parameter":
-        grads = _solved(fitted, dense(grads))
-    if feats is None:
+    if packed is not None:  # no parameter-space solver here (engine.products.query_packer)
+        feats, _ = from_factors(fitted.projector, packed, grads)
+    else:
+        if solver is not None and solver.space == "parameter":
+            grads = _solved(fitted, dense(grads))
         feats = project(fitted.projector, grads)
     if solver is not None and solver.space == "feature":
         feats = _solved(fitted, feats)
