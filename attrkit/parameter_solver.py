@@ -102,6 +102,12 @@ class ParameterSolver(HessianSolver):
         given = vectors if self.solves_in_input_dtype and vectors.is_floating_point() else vectors.double()
         return self._solve(given).to(device=vectors.device, dtype=vectors.dtype)
 
+    def low_rank(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(U, w)`` of a fitted solve that is ``v -> U diag(w) Uᵀ v`` with fewer columns than
+        rows (``InverseHVP.low_rank``: the ``arnoldi`` solver's eigenpairs, float64), else ``None``."""
+        low = getattr(self._solve, "low_rank", None)
+        return low if low is not None and low[0].shape[1] < low[0].shape[0] else None
+
     def state_dict(self) -> PartState:
         """The fitted inverse-HVP as plain data (:func:`~attrkit.functional.ihvp_state.ihvp_state`).
 

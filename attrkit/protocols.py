@@ -248,6 +248,13 @@ class HessianSolver(_Saveable, Component):
     def solve(self, vectors: torch.Tensor) -> torch.Tensor:
         """``Tensor[b, d] -> Tensor[b, d]``: ``H⁻¹ v`` for each row."""
 
+    def low_rank(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(U, w)`` (``Tensor[d, r]``, ``Tensor[r]``, ``r < d``) when the fitted ``solve`` is exactly
+        ``v -> U diag(w) Uᵀ v``, else ``None`` (the default). The engine may then score
+        ``(Uᵀ g_i) · (w ⊙ Uᵀ g_t)`` instead of ``g_i · solve(g_t)``: the same scores to round-off,
+        in ``r`` columns instead of ``d``."""
+        return None
+
 
 class Grouper(Component):
     """Partitions the training set into groups."""

@@ -157,6 +157,7 @@ METHODS = {
     "if-cg": {"solver": {"name": "cg", "curvature": "gauss-newton", "regularization": 0.1, "max_iter": 5}},
     "if-explicit": {"solver": {"name": "explicit", "regularization": 0.1}},
     "relatif-ekfac": {"solver": {"name": "ekfac", "regularization": 0.1}},
+    "if-arnoldi": {"solver": {"name": "arnoldi", "rank": 2, "max_iter": 10, "regularization": 0.1}},
 }
 
 
@@ -187,6 +188,40 @@ def test_structured_and_dense_scores_agree(kind, method):
         torch.testing.assert_close(scores, dense[0], rtol=1e-4, atol=1e-5 * float(dense[0].abs().max()))
         torch.testing.assert_close(self_scores, dense[1], rtol=1e-4, atol=1e-5 * float(dense[1].abs().max()))
         assert (top == dense[2]).float().mean() > 0.9  # ties at round-off may swap
+
+
+@pytest.mark.parametrize("kind", MODELS)
+@pytest.mark.parametrize("products", ["dense", "structured"])
+def test_a_low_rank_solve_scores_its_coefficients_as_the_solved_gradients(kind, products, tmp_path, monkeypatch):
+    task, train, test = _problem(kind)
+    spec = _spec("if", products, solver={"name": "arnoldi", "rank": 2, "max_iter": 10, "regularization": 0.1})
+    attributor = attrkit.compose(spec, task).fit(train)
+    low = attributor.fitted.members[0].low_rank
+    assert low is not None and low.rank == 2 and low.worth(5) and not low.worth(1)
+    calls = []
+    original = type(low).products
+    monkeypatch.setattr(type(low), "products", lambda self, *a: calls.append(a[1].shape) or original(self, *a))
+    (x, y), = test
+    singles = attributor.attribute([(x[i : i + 1], y[i : i + 1]) for i in range(len(y))])  # solved gradients
+    assert calls == []
+    whole = attributor.attribute(test)  # five queries: two coefficients each
+    assert calls and all(shape == (5, 2) for shape in calls)
+    torch.testing.assert_close(whole, singles, rtol=1e-4, atol=1e-5 * float(singles.abs().max()))
+    top = attributor.top_k(test, 3)
+    assert torch.equal(top.proponents, whole.topk(3, dim=1).indices)
+    attributor.save(tmp_path / "saved")
+    again = attrkit.load(tmp_path / "saved", task)
+    assert again.fitted.members[0].low_rank is not None
+    assert torch.equal(again.attribute(test), whole)
+
+
+def test_a_full_rank_or_projected_arnoldi_solve_is_not_scored_as_coefficients():
+    task, train, test = _problem("mlp")
+    full = {"name": "arnoldi", "rank": 200, "max_iter": 200, "regularization": 0.1}  # clamped to p: the exact inverse
+    assert attrkit.compose(_spec("if", "auto", solver=full), task).fit(train).fitted.members[0].low_rank is None
+    projected = _spec("if", "auto", solver={**full, "rank": 2, "max_iter": 10},
+                      projector={"name": "gaussian", "dim": 8, "seed": 0})
+    assert attrkit.compose(projected, task).fit(train).fitted.members[0].low_rank is None
 
 
 def _with_checkpoints(task):

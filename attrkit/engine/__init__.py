@@ -17,8 +17,10 @@ The life of ``attributor.fit(train).attribute(test)``, one function per step:
 3. the column scale (hook ``column_scale``), then :class:`state.Fit` is the fitted state;
 4. ``GradientAttributor.attribute`` -> :func:`scoring.attribute`: check the model is unchanged,
    then per test batch :func:`scoring.queries` (:func:`sides.gradients` then
-   :func:`sides.query`: solve, project, normalise) and :func:`tiles.score_block` (``Σ_m w_m
-   q_m Φ_mᵀ`` tile by tile), gathered over ranks and checked finite.
+   :func:`sides.query`: solve, project, normalise; behind a low-rank solve ``U diag(w) Uᵀ``,
+   :mod:`low_rank`, the coefficients ``w ⊙ Uᵀ g`` when cheaper) and :func:`tiles.score_block`
+   (``Σ_m w_m q_m Φ_mᵀ`` tile by tile, :meth:`state.FittedMember.products`), gathered over
+   ranks and checked finite.
 
 ``top_k`` (:func:`scoring.top_k`) and ``self_influence``
 (:func:`self_influence.self_influence`) reuse the same sides. ``save`` and ``restore``

@@ -27,6 +27,7 @@ import torch
 from attrkit import capabilities
 from attrkit.context import FitContext, Member
 from attrkit.engine.features import example_features, group_sum, grouped_features, open_store
+from attrkit.engine.low_rank import low_rank
 from attrkit.engine.memory_plan import MemoryPlanner, plan
 from attrkit.engine.products import Chooser, HeldFactors, chooser, held_factors
 from attrkit.engine.sides import explainer, train_side, training_fn, user_pass
@@ -144,7 +145,7 @@ def fit_member(
         feats = feats.mapped(lambda tile, _: normalize(tile))
     formed = products.layout if products is not None and not products.packs_train else None
     return FittedMember(member=member, projector=projector, solver=solver, train=feats, layout=layout,
-                        from_factors=formed), groups
+                        from_factors=formed, low_rank=low_rank(method, projector, solver)), groups
 
 
 def _weight_explainer(method: GradientAttributor, members: list[Member], train: CheckedLoader) -> Any:

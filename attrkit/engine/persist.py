@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from attrkit.disk_store import DiskStore
+from attrkit.engine.low_rank import low_rank
 from attrkit.engine.state import Fit, FittedMember
 from attrkit.functional.structured_products import ProductLayout
 from attrkit.errors import LoadError, SaveError, StoreMismatchError
@@ -149,7 +150,8 @@ def restore(method: GradientAttributor, saved: Saved) -> Fit:
         record = saved.fitted["features"][i]
         train = _read_side(saved, store, i, record, device)
         fitted.append(FittedMember(member=member, projector=parts["projector"], solver=parts["solver"], train=train,
-                                   layout=_layout(record.get("layout")), from_factors=_layout(record.get("from_factors"))))
+                                   layout=_layout(record.get("layout")), from_factors=_layout(record.get("from_factors")),
+                                   low_rank=low_rank(method, parts["projector"], parts["solver"])))
     weights = saved.tensors["weights"]
     return Fit(members=fitted, groups=saved.tensors["groups"], weights=None if weights is None else weights.to(device),
                skipped=saved.tensors["skipped"], policy=saved.fitted["policy"], guard=FitGuard(method.task, members),

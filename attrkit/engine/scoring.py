@@ -74,7 +74,7 @@ def queries(method: GradientAttributor, fit: Fit, batch: Any, index: int, offset
                              policy=fit.policy)
             if len(bad):
                 raw = raw.index_fill(0, bad.to(raw.device), 0.0)
-        q = query(f, raw, method.normalize, projecting.layout if projecting is not None else None)
+        q = query(f, raw, method.normalize, projecting.layout if projecting is not None else None, coefficients=True)
         late = check_rows(q, side="test", batch=index, offset=offset, member=f.member.label, explain=explain,
                           policy=fit.policy)
         bad = late if not isinstance(raw, torch.Tensor) else torch.cat([bad, late]).unique()
@@ -102,7 +102,8 @@ def attribute(method: GradientAttributor, fit: Fit, test: Iterable[Any] | None) 
     products = [f.products for f in fit.members]
     if test is None:
         fit.guard.check(method.task)
-        block = [(f.member.weight, query(f, _property_side(method, f.member), method.normalize)) for f in fit.members]
+        block = [(f.member.weight, query(f, _property_side(method, f.member), method.normalize, coefficients=True))
+                 for f in fit.members]
         scores = distributed.gather_columns(score_block(block, sides, products), sides[0].spans, sides[0].n)
         check_scores(scores, first_row=0)
         return scores

@@ -95,9 +95,10 @@ def from_factors(projector: Any, layout: ProductLayout, rows: torch.Tensor) -> t
     return project(projector, grads), grads
 
 
-def _solved(fitted: FittedMember, vectors: torch.Tensor) -> torch.Tensor:
-    """``solver.solve(vectors)``, refused when it turns finite rows non-finite."""
-    out = fitted.solver.solve(vectors)
+def _solved(fitted: FittedMember, vectors: torch.Tensor, coefficients: bool = False) -> torch.Tensor:
+    """``solver.solve(vectors)`` (with ``coefficients``, its low-rank coefficients ``[b, r]``,
+    :mod:`attrkit.engine.low_rank`), refused when it turns finite rows non-finite."""
+    out = fitted.low_rank.coefficients(vectors) if coefficients else fitted.solver.solve(vectors)
     if not checks.enabled():
         return out
     bad = nonfinite_rows(out)
@@ -110,17 +111,23 @@ def _solved(fitted: FittedMember, vectors: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def query(fitted: FittedMember, grads: Any, normalize: bool, packed: ProductLayout | None = None) -> torch.Tensor:
+def query(fitted: FittedMember, grads: Any, normalize: bool, packed: ProductLayout | None = None,
+          coefficients: bool = False) -> torch.Tensor:
     """``Precond(Proj(g))`` for raw gradients ``[b, p]`` -> ``[b, k]`` (unit rows for cosine); packed
     factor rows of a structured member without a solver stay packed (normalised for cosine).
     With ``packed``, ``grads`` are factor rows of that layout, projected from the factors
-    (``projector.project_packed``) or else formed first.
+    (``projector.project_packed``) or else formed first. With ``coefficients``, a member with a
+    low-rank solve (``fitted.low_rank``) returns its coefficients ``[b, r]`` instead where they
+    are cheaper to score (:meth:`~attrkit.engine.low_rank.LowRank.worth`): only for
+    :meth:`FittedMember.products <attrkit.engine.state.FittedMember.products>`.
 
     Raises:
         NonFiniteError: the solver returned non-finite values for finite input rows.
     """
     if fitted.layout is not None and not fitted.solved:  # packed rows of raw gradients, nothing to apply
         return fitted.layout.normalize(grads) if normalize else grads
+    if coefficients and fitted.low_rank is not None and fitted.low_rank.worth(grads.shape[0]):
+        return _solved(fitted, dense(grads), coefficients=True)
     solver = fitted.solver
     if packed is not None:  # no parameter-space solver here (engine.products.query_packer)
         feats, _ = from_factors(fitted.projector, packed, grads)

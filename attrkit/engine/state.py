@@ -8,6 +8,7 @@ import attrs
 import torch
 
 from attrkit.context import Member
+from attrkit.engine.low_rank import LowRank
 from attrkit.engine.memory_plan import MemoryPlan
 from attrkit.feature_matrix import FeatureMatrix
 from attrkit.fit_guard import FitGuard
@@ -35,6 +36,10 @@ class FittedMember:
         from_factors: the layout whose factor rows the (dense) training features were projected
             or formed from (:mod:`attrkit.engine.products`), ``None`` when they came from dense
             gradients or the rows are kept (``layout``).
+        low_rank: with a solver whose solve is ``U diag(w) Uᵀ`` (:mod:`attrkit.engine.low_rank`),
+            its factors: a block of queries may then be its ``r`` coefficients per row (narrower
+            than the ``p`` of solved gradients), which :meth:`products` meets with the training
+            rows projected on ``U``; ``None`` otherwise.
     """
 
     member: Member
@@ -43,6 +48,7 @@ class FittedMember:
     train: FeatureMatrix
     layout: ProductLayout | None = None
     from_factors: ProductLayout | None = None
+    low_rank: LowRank | None = None
 
     @property
     def solved(self) -> bool:
@@ -50,7 +56,10 @@ class FittedMember:
         return self.layout is not None and self.solver is not None and not self.solver.identity
 
     def products(self, queries: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """``Tensor[b, t]``: the score products of query rows ``[b, k]`` with training rows ``[t, k]``."""
+        """``Tensor[b, t]``: the score products of query rows ``[b, k]`` with training rows ``[t, k]``
+        (or low-rank coefficients ``[b, r]``, told apart by their width ``r < p``)."""
+        if self.low_rank is not None and queries.shape[1] == self.low_rank.rank:
+            return self.low_rank.products(self.layout, queries, rows)
         if self.layout is None:
             return queries @ rows.T
         return self.layout.solved_products(queries, rows) if self.solved else self.layout.products(queries, rows)

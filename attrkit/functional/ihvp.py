@@ -136,20 +136,24 @@ class InverseHVP:
             eigenpairs, Kronecker factors), from which :func:`~attrkit.functional.ihvp_state.ihvp_from_state`
             rebuilds it in another process; ``None`` for a solver that reads the training data
             at every solve (CG, LiSSA), which cannot be saved.
+        low_rank: ``(U, w)`` (``Tensor[p, r]``, ``Tensor[r]``) when ``apply`` is exactly
+            ``v -> U diag(w) Uᵀ v`` (Arnoldi's eigenpairs), else ``None``.
     """
 
     def __init__(
         self, apply: MatVec, p: int, meter: _Meter, started: float, info: dict[str, float], name: str = "inverse-HVP",
-        state: Mapping[str, Any] | None = None,
+        state: Mapping[str, Any] | None = None, low_rank: tuple[torch.Tensor, torch.Tensor] | None = None,
     ):
         self._apply, self._meter, self.p, self.name, self.state = apply, meter, p, name, state
+        self.low_rank = low_rank
         build = Cost(meter.passes, meter.example_hvps, time.perf_counter() - started)
         self.stats = IHVPStats(build=build, info=info)
 
     @classmethod
-    def restored(cls, apply: MatVec, p: int, name: str, state: Mapping[str, Any], info: dict[str, float]) -> InverseHVP:
+    def restored(cls, apply: MatVec, p: int, name: str, state: Mapping[str, Any], info: dict[str, float],
+                 low_rank: tuple[torch.Tensor, torch.Tensor] | None = None) -> InverseHVP:
         """An :class:`InverseHVP` rebuilt from a saved ``state`` (no build cost, no training data)."""
-        return cls(apply, p, _Meter(()), time.perf_counter(), info, name=name, state=state)
+        return cls(apply, p, _Meter(()), time.perf_counter(), info, name=name, state=state, low_rank=low_rank)
 
     def solve(self, vectors: torch.Tensor) -> torch.Tensor:
         """``(H + λI)⁻¹ v`` for every row ``v`` of ``vectors``.

@@ -22,7 +22,7 @@ from attrkit.functional.structured_factors import gemm_dtype
 from attrkit.functional.structured_matvec import curvature_matvec
 from attrkit.types import LossFn
 
-__all__ = ["arnoldi_ihvp_at", "restore_arnoldi"]
+__all__ = ["arnoldi_ihvp_at", "arnoldi_low_rank", "restore_arnoldi"]
 
 
 def _inverse(values: torch.Tensor, vectors: torch.Tensor, regularization: float, eps: float) -> torch.Tensor:
@@ -58,6 +58,11 @@ def restore_arnoldi(state: Mapping[str, Any]) -> MatVec:
         return ((coefficients * inverse) @ vectors.T).to(device=rows.device, dtype=rows.dtype)
 
     return apply
+
+
+def arnoldi_low_rank(state: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(U, w)``, the solve of :func:`restore_arnoldi` as ``v -> U diag(w) Uᵀ v`` (``InverseHVP.low_rank``)."""
+    return state["basis"], state["inverse"]
 
 
 def _clamped_rank(rank: int, max_iter: int, p: int) -> tuple[int, int]:
@@ -135,4 +140,5 @@ def arnoldi_ihvp_at(
     inverse = _inverse(values, basis, regularization, torch.finfo(products).eps)
     saved = {"basis": basis, "inverse": inverse}
     info.update(largest_eigenvalue=float(values.max()), smallest_eigenvalue=float(values.min()), rank=rank)
-    return InverseHVP(restore_arnoldi(saved), p, meter, started, info, name="arnoldi", state=saved)
+    return InverseHVP(restore_arnoldi(saved), p, meter, started, info, name="arnoldi", state=saved,
+                      low_rank=arnoldi_low_rank(saved))

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from attrkit.errors import ArgumentError
 from attrkit.functional.curvature import MatVec
 from attrkit.functional.ihvp import InverseHVP
-from attrkit.functional.ihvp_arnoldi import restore_arnoldi
+from attrkit.functional.ihvp_arnoldi import arnoldi_low_rank, restore_arnoldi
 from attrkit.functional.ihvp_explicit import restore_explicit
 from attrkit.functional.ihvp_kfac import restore_ekfac, restore_kfac
 from attrkit.types import PartState, StateValue
@@ -26,6 +26,9 @@ __all__ = ["ihvp_from_state", "ihvp_state"]
 RESTORE: Mapping[str, Callable[[Mapping[str, StateValue]], MatVec]] = {
     "explicit": restore_explicit, "arnoldi": restore_arnoldi, "kfac": restore_kfac, "ekfac": restore_ekfac,
 }
+
+#: ``InverseHVP.name`` -> its ``low_rank`` form ``(U, w)`` from its ``state``, for kinds whose solve is one.
+LOW_RANK: Mapping[str, Callable[[Mapping[str, StateValue]], tuple]] = {"arnoldi": arnoldi_low_rank}
 
 
 def ihvp_state(ihvp: InverseHVP) -> PartState:
@@ -59,4 +62,5 @@ def ihvp_from_state(state: Mapping[str, StateValue]) -> InverseHVP:
         apply = RESTORE[kind](inner)
     except (KeyError, TypeError, ValueError) as exc:
         raise ArgumentError(f"the saved {kind!r} inverse-HVP state is incomplete or malformed ({exc!r})") from exc
-    return InverseHVP.restored(apply, state["p"], kind, inner, info)
+    low_rank = LOW_RANK[kind](inner) if kind in LOW_RANK else None
+    return InverseHVP.restored(apply, state["p"], kind, inner, info, low_rank=low_rank)
