@@ -1,5 +1,5 @@
 """The cached structured curvature operator (attrkit.functional.structured_matvec) against dataset HVPs,
-alone and inside CG and Arnoldi."""
+alone and inside CG, Arnoldi and LiSSA."""
 
 import pytest
 import torch
@@ -8,7 +8,7 @@ import attrkit
 import attrkit.functional.structured_factors as structured_factors
 import attrkit.functional.structured_matvec as structured_matvec
 from attrkit.errors import ArgumentError, CurvatureError
-from attrkit.functional import arnoldi_ihvp_at, cg_ihvp_at, explicit_ihvp_at, select_parameters
+from attrkit.functional import arnoldi_ihvp_at, cg_ihvp_at, explicit_ihvp_at, lissa_ihvp_at, select_parameters
 from attrkit.functional.ihvp import prepare_at
 from attrkit.functional.structured_matvec import MIN_DIM, curvature_matvec
 from attrkit.targets import cross_entropy
@@ -291,6 +291,50 @@ def test_arnoldi_solves_alike_on_both_paths_with_one_pass(make, curvature):
     assert fast.build.passes == 1 and slow.build.passes == 40  # the collection only
     assert slow.build.example_hvps == 40 * 64  # 40 products of one vector over 64 examples
     assert fast.build.example_hvps == 40 * 64 + (2 * 2 * 16 if probe else 0)
+
+
+@pytest.mark.parametrize(("make", "patterns", "curvature"),
+                         [(_logistic, ("*",), "hessian"), (_mlp, ("*",), "gauss-newton"), (_head, ("0.*",), "hessian")],
+                         ids=["logistic-hessian", "mlp-gauss-newton", "head-hessian"])
+def test_a_subset_of_the_examples_gives_their_own_curvature(make, patterns, curvature):
+    model = make()
+    names, state = select_parameters(model, patterns), dict(model.state_dict())
+    meter, p = prepare_at(state, names, _data(), LAM, curvature)
+    whole, _, _ = structured_matvec.structured_matvec(meter, model, cross_entropy, state, names, curvature)
+    index = torch.tensor([3, 17, 40, 41, 63])
+    x, y = (torch.cat(column)[index] for column in zip(*_data()))
+    hvp, _, _, _ = _products(make(), curvature, "hvp", patterns, data=[(x, y)])
+    vectors = _vectors(p, m=7)
+    part = whole.subset(index)
+    assert part.examples == 5 and _relative(part(vectors), hvp(vectors)) < 2e-6
+    assert _relative(part(vectors[0]), hvp(vectors)[0]) < 2e-6  # one vector, Tensor[p]
+
+
+@pytest.mark.parametrize(("make", "curvature"), [(_logistic, "hessian"), (_mlp, "gauss-newton")],
+                         ids=["logistic-hessian", "mlp-gauss-newton"])
+def test_lissa_samples_alike_on_both_paths_with_one_pass(make, curvature):
+    names, data = select_parameters(make(), ("*",)), _data()
+    solves = {choice: lissa_ihvp_at(make(), cross_entropy, dict(make().state_dict()), names, data, regularization=LAM,
+                                    curvature=curvature, depth=30, scale=20.0, batch_size=8, seed=3, matvec=choice)
+              for choice in ("hvp", "structured")}
+    vectors = _vectors(solves["hvp"].p, m=4, dtype=torch.float64)
+    out = {choice: solve(vectors) for choice, solve in solves.items()}
+    assert _relative(out["structured"], out["hvp"]) < 1e-5  # the same samples, float32 products
+    fast, slow = solves["structured"].stats, solves["hvp"].stats
+    assert fast.info["structured"] == 1.0 and slow.info["structured"] == 0.0
+    assert fast.build.passes == slow.build.passes == 1  # the collection, or the gathering
+    assert fast.solve.example_hvps == slow.solve.example_hvps == 30 * 8 * 4
+    assert (fast.solve.passes, slow.solve.passes) == (0, 0)
+
+
+def test_lissa_refuses_forced_structure_where_it_does_not_apply():
+    model = _mlp()
+    names = select_parameters(model, ("*",))
+    with pytest.raises(CurvatureError, match="lissa solver: matvec='structured' cannot be used"):
+        lissa_ihvp_at(model, cross_entropy, dict(model.state_dict()), names, _data(), regularization=LAM,
+                      curvature="hessian", depth=2, matvec="structured")
+    with pytest.raises(ArgumentError, match="matvec must be one of"):
+        lissa_ihvp_at(model, cross_entropy, dict(model.state_dict()), names, _data(), depth=2, matvec="fast")
 
 
 @pytest.mark.parametrize("curvature", ["gauss-newton", "hessian"])

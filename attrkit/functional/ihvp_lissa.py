@@ -28,6 +28,7 @@ from attrkit.functional.ihvp import (
     check_regularization,
     prepare_at,
 )
+from attrkit.functional.structured_matvec import MATVECS, MIN_DIM, StructuredMatVec, structured_matvec
 from attrkit.progress import progress
 from attrkit.types import LossFn
 
@@ -89,10 +90,13 @@ def _lissa(
     total = torch.zeros_like(vectors)
     last_step = 0.0
     for run in range(repeat):
-        current = vectors
+        current = vectors.clone()
         for step in progress(range(depth), f"lissa: recursion (run {run + 1}/{repeat})"):
-            previous = current
-            current = vectors + current - (sample_matvec(current) + regularization * current) / scale
+            product = sample_matvec(current)
+            previous = current.clone() if step == depth - 1 else None
+            # v + (1 - λ/scale) v_j - H_j v_j / scale, in place: three passes over the block
+            current.mul_(1 - regularization / scale).sub_(product, alpha=1 / scale).add_(vectors)
+            del product
             size = current.norm(dim=1)
             if not bool(size.isfinite().all()) or bool((size > _BLOW_UP * (step + 2) * norms).any()):
                 raise CurvatureError(
@@ -124,15 +128,42 @@ def _gather(batches: Iterable[Any]) -> tuple[Any, int]:
     return data, examples_in(data)
 
 
+def _structured(
+    meter: Any, model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str, torch.Tensor], names: Sequence[str],
+    curvature: str, matvec: str, p: int,
+) -> tuple[StructuredMatVec | None, dict[str, float]]:
+    """``(operator, info)``: the structured operator of the whole training set where ``matvec`` takes
+    it and it applies (one pass), else ``None``; ``info["structured"]`` and the probe's result.
+
+    Raises:
+        ArgumentError: an unknown ``matvec``.
+        CurvatureError: ``matvec="structured"`` where it does not apply, or in distributed mode.
+    """
+    if matvec not in MATVECS:
+        raise ArgumentError(f"matvec must be one of {', '.join(map(repr, MATVECS))}, got {matvec!r}")
+    operator, info, reason = None, {}, "LiSSA samples examples that every rank holds, so it is single-process only"
+    if distributed.world() is None and (matvec == "structured" or (matvec == "auto" and p > MIN_DIM)):
+        operator, reason, info = structured_matvec(meter, model, loss_fn, state, names, curvature)
+    if operator is None and matvec == "structured":
+        raise CurvatureError(f"lissa solver: matvec='structured' cannot be used: {reason}. Use matvec='hvp' (or "
+                             "'auto', which takes HVPs where the structured operator does not apply)")
+    info["structured"] = float(operator is not None)
+    return operator, info
+
+
 def lissa_ihvp_at(
     model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str, torch.Tensor], names: Sequence[str],
     batches: Iterable[Any], *, regularization: float = 0.0, curvature: str = "hessian", depth: int = 500,
-    scale: float = 10.0, batch_size: int = 10, seed: int = 0, repeat: int = 1,
+    scale: float = 10.0, batch_size: int = 10, seed: int = 0, repeat: int = 1, matvec: str = "auto",
 ) -> InverseHVP:
     """LiSSA on the mean training loss: curvature of ``batch_size`` random training examples per step.
 
     The training examples are gathered once from ``batches`` into memory on the parameters'
-    device (tensor leaves concatenated; the whole training set is held). Each step samples ``batch_size``
+    device (tensor leaves concatenated; the whole training set is held), or, on the structured
+    path (``matvec``), their per-example layer factors are collected in one pass
+    (:func:`~attrkit.functional.structured_matvec.structured_matvec`) and each step's product is
+    GEMMs on the sampled examples' factors (:meth:`~attrkit.functional.structured_matvec.StructuredMatVec.subset`)
+    instead of HVPs: the same samples, the same results to float32 round-off. Each step samples ``batch_size``
     distinct examples with a ``torch.Generator`` seeded by ``seed`` afresh at each solve,
     so a solve is reproducible and a block gives the rows' results one by one.
     ``batch_size = n`` uses the full curvature at every step (deterministic). See
@@ -154,9 +185,16 @@ def lissa_ihvp_at(
         batch_size: training examples sampled per step, ``1 <= batch_size <= n``.
         seed: seeds the sampling.
         repeat: independent runs averaged.
+        matvec: ``"auto"`` (default): the structured products where the layer structure applies
+            (as for :func:`~attrkit.functional.ihvp_cg.cg_ihvp_at`: ``p >``
+            :data:`~attrkit.functional.structured_matvec.MIN_DIM`, every selected parameter in an
+            ``nn.Linear`` / ``nn.Conv`` applied once per example, for ``"hessian"`` a probe finding
+            it equal to Gauss-Newton) in a single process, else HVPs; ``"hvp"``; or
+            ``"structured"``, refused where it does not apply or in distributed mode.
 
     Returns:
-        :class:`InverseHVP`; ``stats.info`` holds the last solve's ``last_relative_step``,
+        :class:`InverseHVP`; ``stats.info`` holds ``structured`` (``1.0`` on the structured path),
+        ``hessian_probe`` when the probe ran, and the last solve's ``last_relative_step``,
         the largest ``‖v_depth - v_{depth-1}‖ / ‖v_depth‖`` (see :func:`lissa_solve`: with
         ``batch_size = n`` about the relative error times ``μ/scale``; with sampling it
         stays at the sampling noise, so no convergence warning is derived from it). Build:
@@ -164,26 +202,34 @@ def lissa_ihvp_at(
         ``depth × repeat × batch_size × m`` example-HVPs.
 
     Raises:
-        CurvatureError: the iterates diverge (``scale`` too small, or ``H + λI`` indefinite).
-        ValueError: ``batch_size`` outside ``[1, n]``.
+        CurvatureError: the iterates diverge (``scale`` too small, or ``H + λI`` indefinite), or
+            ``matvec="structured"`` where it does not apply.
+        ValueError: ``batch_size`` outside ``[1, n]``, ``matvec`` not one of ``"auto"``, ``"hvp"``,
+            ``"structured"``.
         DataLoaderError: ``batches`` empty or a one-shot iterator.
     """
     started = time.perf_counter()
     meter, p = prepare_at(state, names, batches, regularization, curvature)
-    data, n = _gather(meter)
-    data = to_device(data, state[names[0]].device)
+    operator, info = _structured(meter, model, loss_fn, state, names, curvature, matvec, p)
+    if operator is None:
+        data, n = _gather(meter)
+        data = to_device(data, state[names[0]].device)
+    else:
+        n = operator.examples
     if not 1 <= batch_size <= n:
         raise ArgumentError(f"batch_size (examples sampled per LiSSA step) must be between 1 and n={n}, got {batch_size}")
     product = CURVATURES[curvature]
     world = distributed.world()
     ranks = 1 if world is None else world[1]  # rank r takes part r of every sample
-    info: dict[str, float] = {}
 
     def apply(vectors: torch.Tensor) -> torch.Tensor:
         generator = torch.Generator().manual_seed(seed)
 
         def sampled(rows: torch.Tensor) -> torch.Tensor:
             index = torch.randperm(n, generator=generator)[:batch_size]
+            if operator is not None:
+                meter.example_hvps += batch_size * rows.shape[0]
+                return operator.subset(index)(rows)
             parts = [part for part in index.tensor_split(ranks) if part.numel()]
             samples = [tree_map(lambda t, part=part: t[part.to(t.device)], data) for part in parts]
             meter.example_hvps += batch_size * rows.shape[0]

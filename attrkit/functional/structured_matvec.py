@@ -20,7 +20,8 @@ collected once (one pass, ``C`` hooked forward/backward passes per batch) and he
 ``n`` examples, within :data:`attrkit.memory.DEFAULT_FRACTION` of the available memory
 (checked batch by batch, before each batch's backward passes: the pass stops at the first batch
 past it and the solver takes HVPs). CG and Arnoldi take it through :func:`curvature_matvec` (their ``matvec=``
-option); LiSSA samples mini-batches and stays on HVPs.
+option); LiSSA takes each step's sampled mini-batch from the held factors (:meth:`StructuredMatVec.subset`,
+single process).
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ class StructuredMatVec:
         self.jacobians: list[torch.Tensor] = []
         self.hessians = torch.empty(0, 0, 0, dtype=dtype, device=device)
         self._identity: list[bool] = []  # per layer: every B_i is the identity (an output layer), skipped
+        self._few = False  # a subset's few examples: products without example chunks (_few_examples)
 
     def admit(self, examples: int, outputs: int) -> None:
         """Refuse a batch whose factors (``examples (Σ width + C Σ d_out + C²)`` elements) would pass the budget.
@@ -110,6 +112,52 @@ class StructuredMatVec:
         self.examples = sum(distributed.all_ranks(n))
         return self
 
+    def subset(self, index: torch.Tensor) -> StructuredMatVec:
+        """The operator of the examples ``index`` (``LongTensor`` into the held ones) alone: ``G`` of
+        their mean loss (a sampled curvature, LiSSA's). Single process only (the held examples are
+        then all of them); the factors are copied, ``len(index)`` rows of each.
+
+        Raises:
+            ArgumentError: in distributed mode (each rank holds only its own examples).
+        """
+        if distributed.world() is not None:
+            raise ArgumentError("a subset of the structured operator's examples is single-process only: each rank "
+                                "holds only its own examples")
+        index = index.to(self.device)
+        part = StructuredMatVec(self.layers, self.p, self.dtype, self.device, None, self._where)
+        part.inputs = [a[index] for a in self.inputs]
+        part.jacobians = [b[index] for b in self.jacobians]
+        part.hessians, part._identity, part.examples = self.hessians[index], self._identity, len(index)
+        part.nbytes = sum(t.numel() * t.element_size() for t in [*part.inputs, *part.jacobians, part.hessians])
+        part._few = True
+        return part
+
+    def _few_examples(self, rows: torch.Tensor) -> torch.Tensor:
+        """``Σ_i`` of the products for a block ``rows`` (``Tensor[m, p]``, the factors' dtype) and the few
+        held examples of a :meth:`subset`, in the factors' dtype and unscaled: per layer one batched
+        GEMM each way on views of ``rows``, no block copies or example chunks (temporaries
+        ``Tensor[m, max(d_out, C), n]``)."""
+        m, n, z = rows.shape[0], len(self.hessians), None
+        for layer, a, b, same in zip(self.layers, self.inputs, self.jacobians, self._identity):
+            w = rows.new_zeros(m, layer.d_out, n)
+            if layer.weight is not None:  # one GEMM: the weight columns copied into [m d_out, d_in]
+                block = rows[:, layer.weight : layer.weight + layer.d_out * layer.d_in].reshape(m * layer.d_out, -1)
+                w = (block @ a[:, : layer.d_in].T).view(m, layer.d_out, n)  # V_l ā_i over the weight
+            if layer.bias is not None:  # the bias column times ā's last entry
+                w = w + rows[:, layer.bias : layer.bias + layer.d_out, None] * a[:, layer.d_in]
+            w = w if same else torch.einsum("icd,mdi->mci", b, w)  # B_il W: [m, C, n]
+            z = w if z is None else z + w
+        y = torch.einsum("ick,mki->mci", self.hessians, z)  # H_i z_i
+        out = rows.new_empty(m, self.p)
+        for layer, a, b, same in zip(self.layers, self.inputs, self.jacobians, self._identity):
+            u = y if same else torch.einsum("icd,mci->mdi", b, y)  # B_ilᵀ y_i: [m, d_out, n]
+            if layer.weight is not None:
+                product = u.reshape(m * layer.d_out, n) @ a[:, : layer.d_in]
+                out[:, layer.weight : layer.weight + layer.d_out * layer.d_in] = product.view(m, -1)
+            if layer.bias is not None:
+                out[:, layer.bias : layer.bias + layer.d_out] = u @ a[:, layer.d_in]
+        return out
+
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
         """``G v`` for every row of ``v`` (``Tensor[m, p]``, or ``Tensor[p]``), summed over the ranks (collective).
 
@@ -127,6 +175,8 @@ class StructuredMatVec:
             raise ArgumentError(f"expected vectors of shape [{self.p}] or [m, {self.p}], got {tuple(v.shape)}")
         h = self.hessians
         rows = v.reshape(-1, self.p).to(device=self.device, dtype=self.dtype)
+        if self._few:
+            return (self._few_examples(rows) / self.examples).to(device=v.device, dtype=v.dtype).reshape(v.shape)
         m, n, total = rows.shape[0], len(h), torch.promote_types(v.dtype, self.dtype)
         blocks = [_block(rows, layer) for layer in self.layers]  # [d_out * m, width]
         sums = [torch.zeros(layer.d_out * m, layer.width, dtype=total, device=self.device) for layer in self.layers]
@@ -213,6 +263,7 @@ def curvature_matvec(
     names: Sequence[str], curvature: str, matvec: str, solver: str,
 ) -> tuple[MatVec, dict[str, float]]:
     """The counted dataset curvature product of an iterative solver (CG, Arnoldi): structured or HVPs.
+    (LiSSA, whose products are of sampled examples, takes :func:`structured_matvec` itself.)
 
     Args:
         meter, model, loss_fn, state, names, curvature: as :func:`structured_matvec`.

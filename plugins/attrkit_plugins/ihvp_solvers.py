@@ -14,9 +14,9 @@ written directly on the parameters (an L2 penalty) is not in it — add it throu
 :mod:`~attrkit.functional.ihvp_arnoldi`; config fields are their builders' keyword arguments.
 
 Where every selected parameter is in an ``nn.Linear`` / ``nn.Conv1d/2d`` applied once per
-example, ``explicit`` builds its matrix (``build``) and ``cg`` and ``arnoldi`` take their
-products (``matvec``) from the layer structure, in GEMMs on per-example factors collected in
-one pass, instead of from HVPs; ``lissa``, which samples mini-batches, stays on HVPs.
+example, ``explicit`` builds its matrix (``build``) and ``cg``, ``arnoldi`` and ``lissa`` take
+their products (``matvec``) from the layer structure, in GEMMs on per-example factors collected in
+one pass, instead of from HVPs (``lissa``: on each step's sampled examples, single process).
 
 In distributed mode (:mod:`attrkit.distributed`) the curvature products are split over the
 ranks and all-reduced: at ``fit`` for ``explicit`` and ``arnoldi``, which then solve
@@ -195,6 +195,8 @@ class LiSSAConfig:
         batch_size: training examples sampled per step.
         seed: seeds the sampling.
         repeat: independent runs averaged.
+        matvec: how each step's sampled curvature product is taken: ``"auto"`` (default), ``"hvp"``
+            or ``"structured"``, as for ``cg`` (the structured one single-process only).
     """
 
     regularization: float = _regularization()
@@ -204,12 +206,13 @@ class LiSSAConfig:
     batch_size: int = positive_int(10, (10, 4))
     seed: int = seed_field()
     repeat: int = positive_int(1)
+    matvec: str = _structure()
 
 
 class LiSSASolver(_HVPSolver):
-    """LiSSA (Agarwal et al., 2017): a Neumann series with HVPs on sampled mini-batches (always HVPs:
-    each step's product is over a sampled mini-batch, not the whole-training-set product that the
-    structured operator of ``cg`` and ``arnoldi`` caches)."""
+    """LiSSA (Agarwal et al., 2017): a Neumann series with curvature products on sampled mini-batches:
+    HVPs, or (``matvec``) GEMMs on the sampled examples' rows of the structured operator's cached
+    factors (single process). See :func:`~attrkit.functional.ihvp_lissa.lissa_ihvp_at`."""
 
     name: ClassVar[str] = "lissa"
     Config: ClassVar[type] = LiSSAConfig
