@@ -294,8 +294,9 @@ def test_arnoldi_solves_alike_on_both_paths_with_one_pass(make, curvature):
 
 
 @pytest.mark.parametrize(("make", "patterns", "curvature"),
-                         [(_logistic, ("*",), "hessian"), (_mlp, ("*",), "gauss-newton"), (_head, ("0.*",), "hessian")],
-                         ids=["logistic-hessian", "mlp-gauss-newton", "head-hessian"])
+                         [(_logistic, ("*",), "hessian"), (_logistic, ("bias",), "gauss-newton"),
+                          (_mlp, ("*",), "gauss-newton"), (_head, ("0.*",), "hessian")],
+                         ids=["logistic-hessian", "logistic-bias", "mlp-gauss-newton", "head-hessian"])
 def test_a_subset_of_the_examples_gives_their_own_curvature(make, patterns, curvature):
     model = make()
     names, state = select_parameters(model, patterns), dict(model.state_dict())

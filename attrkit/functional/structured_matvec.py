@@ -134,17 +134,18 @@ class StructuredMatVec:
 
     def _few_examples(self, rows: torch.Tensor) -> torch.Tensor:
         """``Σ_i`` of the products for a block ``rows`` (``Tensor[m, p]``, the factors' dtype) and the few
-        held examples of a :meth:`subset`, in the factors' dtype and unscaled: per layer one batched
-        GEMM each way on views of ``rows``, no block copies or example chunks (temporaries
-        ``Tensor[m, max(d_out, C), n]``)."""
+        held examples of a :meth:`subset`, in the factors' dtype and unscaled: per layer one GEMM
+        each way over all ``m`` rows at once (the weight's columns copied into ``[m d_out, d_in]``),
+        no example chunks (temporaries ``Tensor[m, max(d_out, C), n]``)."""
         m, n, z = rows.shape[0], len(self.hessians), None
         for layer, a, b, same in zip(self.layers, self.inputs, self.jacobians, self._identity):
-            w = rows.new_zeros(m, layer.d_out, n)
-            if layer.weight is not None:  # one GEMM: the weight columns copied into [m d_out, d_in]
+            w = None
+            if layer.weight is not None:
                 block = rows[:, layer.weight : layer.weight + layer.d_out * layer.d_in].reshape(m * layer.d_out, -1)
                 w = (block @ a[:, : layer.d_in].T).view(m, layer.d_out, n)  # V_l ā_i over the weight
             if layer.bias is not None:  # the bias column times ā's last entry
-                w = w + rows[:, layer.bias : layer.bias + layer.d_out, None] * a[:, layer.d_in]
+                bias = rows[:, layer.bias : layer.bias + layer.d_out, None] * a[:, layer.d_in]
+                w = bias if w is None else w + bias
             w = w if same else torch.einsum("icd,mdi->mci", b, w)  # B_il W: [m, C, n]
             z = w if z is None else z + w
         y = torch.einsum("ick,mki->mci", self.hessians, z)  # H_i z_i
