@@ -227,12 +227,11 @@ def lissa_ihvp_at(
 
         def sampled(rows: torch.Tensor) -> torch.Tensor:
             index = torch.randperm(n, generator=generator)[:batch_size]
+            meter.example_hvps += batch_size * rows.shape[0]
             if operator is not None:
-                meter.example_hvps += batch_size * rows.shape[0]
                 return operator.subset(index)(rows)
             parts = [part for part in index.tensor_split(ranks) if part.numel()]
             samples = [tree_map(lambda t, part=part: t[part.to(t.device)], data) for part in parts]
-            meter.example_hvps += batch_size * rows.shape[0]
             return product(model, loss_fn, state, names, samples)(rows)
 
         out, step = _lissa(sampled, vectors, regularization, depth, scale, repeat)
