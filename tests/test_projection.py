@@ -24,6 +24,23 @@ def test_seeds_differ_and_repeat():
     assert not torch.equal(a, SeededMatrix(100, 8, 1, gaussian_sampler).matrix(torch.device("cpu")))
 
 
+def test_blocks_drawn_side_by_side_are_the_blocks_drawn_one_by_one():
+    from attrkit.functional.projection import block_generator
+
+    cpu, p, k, threads = torch.device("cpu"), 3 * BLOCK_ROWS + 17, 8, torch.get_num_threads()
+    for sampler in (gaussian_sampler, rademacher_sampler):
+        one_by_one = torch.cat([sampler(block_generator(7, j, cpu), min(BLOCK_ROWS, p - j * BLOCK_ROWS), k, cpu)
+                                for j in range(4)]) / k**0.5
+        try:
+            torch.set_num_threads(1)
+            serial = SeededMatrix(p, k, 7, sampler).rows(5, p, cpu)
+            torch.set_num_threads(2)
+            pooled = SeededMatrix(p, k, 7, sampler).rows(5, p, cpu)
+        finally:
+            torch.set_num_threads(threads)
+        assert torch.equal(serial, one_by_one[5:]) and torch.equal(pooled, one_by_one[5:])
+
+
 def test_johnson_lindenstrauss_inner_products():
     """With k = 2048, <xP, yP> is within a few 1/sqrt(k) of <x, y> for unit vectors."""
     gen = torch.Generator().manual_seed(0)

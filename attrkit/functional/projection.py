@@ -20,6 +20,7 @@ import math
 import threading
 import weakref
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING
 
@@ -37,7 +38,9 @@ __all__ = ["BLOCK_ROWS", "CACHE", "MatrixCache", "SeededMatrix", "block_generato
 #: Rows of ``P`` per seeded block. Changing it changes every projection: keep it fixed.
 BLOCK_ROWS = 1024
 
-#: ``sampler(generator, rows, k, device) -> Tensor[rows, k]`` float32 with unit-variance entries.
+#: ``sampler(generator, rows, k, device) -> Tensor[rows, k]`` float32 with unit-variance entries. On the CPU
+#: the blocks of one matrix are drawn concurrently, one thread per block: a sampler must read no state but
+#: its generator.
 Sampler = Callable[[torch.Generator, int, int, torch.device], torch.Tensor]
 
 
@@ -217,12 +220,22 @@ class SeededMatrix:
     def _raw(self, start: int, stop: int, device: torch.device) -> torch.Tensor:
         """Unscaled rows ``sqrt(k) * P[start:stop]`` (unit-variance entries), float32."""
         first, last = start // BLOCK_ROWS, math.ceil(stop / BLOCK_ROWS)
-        blocks = []
-        for j in range(first, last):
-            n = min(BLOCK_ROWS, self.p - j * BLOCK_ROWS)
-            blocks.append(self.sampler(block_generator(self.seed, j, device), n, self.k, device))
         offset = first * BLOCK_ROWS
-        return torch.cat(blocks)[start - offset : stop - offset]
+        out = torch.empty(min(self.p, last * BLOCK_ROWS) - offset, self.k, device=device)
+
+        def draw(j: int) -> None:
+            rows = min(BLOCK_ROWS, self.p - j * BLOCK_ROWS)
+            at = j * BLOCK_ROWS - offset
+            out[at : at + rows] = self.sampler(block_generator(self.seed, j, device), rows, self.k, device)
+
+        workers = min(torch.get_num_threads(), last - first) if device.type == "cpu" else 1
+        if workers > 1:  # a CPU generator draws on one thread: the blocks' own generators draw side by side
+            with ThreadPoolExecutor(workers) as pool:
+                list(pool.map(draw, range(first, last)))
+        else:
+            for j in range(first, last):
+                draw(j)
+        return out[start - offset : stop - offset]
 
     def _chunks(self, device: torch.device, storage: torch.dtype, compute: torch.dtype):
         """``(start, raw rows)`` rounded to ``storage`` then held in ``compute``: whole and cached, or streamed."""

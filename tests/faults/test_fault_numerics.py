@@ -107,6 +107,33 @@ def test_gauss_newton_at_zero_damping_keeps_cholesky_on_full_rank_and_pinv_on_ra
     torch.testing.assert_close(solver.solve(q).double(), expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
 
 
+@pytest.mark.parametrize("spread", [10.0, 2e4, 1e6])
+def test_gauss_newton_decides_cholesky_from_its_certificate_only_where_the_spectrum_agrees(spread, monkeypatch):
+    gen = torch.Generator().manual_seed(1)
+    n, k = 200, 8
+    left = torch.linalg.qr(torch.randn(n, k, generator=gen, dtype=F64)).Q
+    right = torch.linalg.qr(torch.randn(k, k, generator=gen, dtype=F64)).Q
+    values = torch.full((k,), 1.0 / spread, dtype=F64)
+    values[0] = 1.0  # k - 1 equal small directions: the certificate's bound on e_min is k - 1 times loose
+    features = (left * values @ right.T).float()
+    energies = torch.linalg.eigvalsh(features.double().T @ features.double())
+    tau = max((n * torch.finfo(torch.float32).eps) ** 2, n * torch.finfo(F64).eps)
+    full_rank = bool(energies[0] > tau * energies[-1])  # the spectrum's test, computed here
+    calls = []
+    eigh = torch.linalg.eigh
+    monkeypatch.setattr(torch.linalg, "eigh", lambda m: calls.append(m) or eigh(m))
+    solver = _gauss_newton(features)
+    assert (solver._factor is not None) == full_rank
+    if spread == 10.0:
+        assert not calls  # well conditioned: the certificate settles it without the spectrum
+    if spread == 2e4:
+        assert full_rank and calls  # inside the limit, beyond the certificate's slack: the spectrum decides
+    if solver._factor is not None:
+        q = torch.randn(3, k, generator=gen)
+        expected = torch.linalg.solve(features.double().T @ features.double(), q.double().T).T
+        torch.testing.assert_close(solver.solve(q).double(), expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+
+
 def test_gauss_newton_pseudo_inverse_of_float32_features_from_the_gram_equals_the_svd_one():
     gen = torch.Generator().manual_seed(3)
     deficient = (torch.randn(200, 5, generator=gen, dtype=F64) @ torch.randn(5, 12, generator=gen, dtype=F64)).float()
