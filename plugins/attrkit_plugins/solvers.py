@@ -153,21 +153,21 @@ class GaussNewtonSolver(HessianSolver):
             )
         round_off = max(n, k) * torch.finfo(torch.float64).eps
         tau = max(rcond**2, round_off)
-        if k <= n:  # the certificate: the spectrum's test passed without computing the spectrum
+        factor = None
+        if k <= n:
             factor, info = torch.linalg.cholesky_ex(gram)
-            if not info.item():
-                eye = torch.eye(k, dtype=gram.dtype, device=gram.device)
-                inverse = torch.linalg.solve_triangular(factor, eye, upper=False)
-                if float(inverse.square().sum()) * tau * float(torch.linalg.matrix_norm(gram)) < 1.0:
-                    self._factor, self._basis, self._inverse_squares = factor, None, None
-                    return
-        energies, vectors = torch.linalg.eigh(gram)
-        top = float(energies[-1])
-        if k <= n and top > 0 and float(energies[0]) > tau * top:
-            factor, info = torch.linalg.cholesky_ex(gram)
-            if not info.item():
+            factor = None if info.item() else factor
+        if factor is not None:  # the certificate: the spectrum's test passed without computing the spectrum
+            eye = torch.eye(k, dtype=gram.dtype, device=gram.device)
+            inverse = torch.linalg.solve_triangular(factor, eye, upper=False)
+            if float(inverse.square().sum()) * tau * float(torch.linalg.matrix_norm(gram)) < 1.0:
                 self._factor, self._basis, self._inverse_squares = factor, None, None
                 return
+        energies, vectors = torch.linalg.eigh(gram)
+        top = float(energies[-1])
+        if factor is not None and top > 0 and float(energies[0]) > tau * top:
+            self._factor, self._basis, self._inverse_squares = factor, None, None
+            return
         if rcond**2 >= _RESOLVED * round_off:  # the gram resolves every direction the cut keeps
             keep = energies > rcond**2 * max(top, torch.finfo(torch.float64).tiny)
             self._factor, self._basis, self._inverse_squares = None, vectors[:, keep], 1.0 / energies[keep]
