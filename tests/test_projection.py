@@ -25,6 +25,7 @@ def test_seeds_differ_and_repeat():
 
 
 def test_blocks_drawn_side_by_side_are_the_blocks_drawn_one_by_one():
+    """Gaussian blocks are drawn on threads of their own, straight into the matrix; Rademacher's one by one."""
     from attrkit.functional.projection import block_generator
 
     cpu, p, k, threads = torch.device("cpu"), 3 * BLOCK_ROWS + 17, 8, torch.get_num_threads()

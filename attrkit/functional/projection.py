@@ -38,9 +38,12 @@ __all__ = ["BLOCK_ROWS", "CACHE", "MatrixCache", "SeededMatrix", "block_generato
 #: Rows of ``P`` per seeded block. Changing it changes every projection: keep it fixed.
 BLOCK_ROWS = 1024
 
-#: ``sampler(generator, rows, k, device) -> Tensor[rows, k]`` float32 with unit-variance entries. On the CPU
-#: the blocks of one matrix are drawn concurrently, one thread per block: a sampler must read no state but
-#: its generator.
+#: ``sampler(generator, rows, k, device) -> Tensor[rows, k]`` float32 with unit-variance entries. A sampler
+#: with ``concurrent = True`` also takes ``out=`` (a ``[rows, k]`` float32 view to fill) and fills it with
+#: one serial kernel that reads no state but its generator, as :func:`gaussian_sampler`: the blocks of a
+#: CPU matrix are then drawn side by side on threads of their own, straight into the matrix. Any other is
+#: called block after block (elementwise work or a copy on a drawing thread would start torch's intra-op
+#: threads once per drawing thread).
 Sampler = Callable[[torch.Generator, int, int, torch.device], torch.Tensor]
 
 
@@ -102,9 +105,13 @@ def block_generator(seed: int, block: int, device: torch.device) -> torch.Genera
     return torch.Generator(device=device).manual_seed((z ^ (z >> 31)) & 0x7FFFFFFFFFFFFFFF)
 
 
-def gaussian_sampler(gen: torch.Generator, rows: int, k: int, device: torch.device) -> torch.Tensor:
-    """Standard normal entries."""
-    return torch.randn(rows, k, generator=gen, device=device)
+def gaussian_sampler(gen: torch.Generator, rows: int, k: int, device: torch.device,
+                     out: torch.Tensor | None = None) -> torch.Tensor:
+    """Standard normal entries, written into ``out`` when given (one serial kernel: ``concurrent``)."""
+    return torch.randn(rows, k, generator=gen, device=device, out=out)
+
+
+gaussian_sampler.concurrent = True  # type: ignore[attr-defined]
 
 
 def rademacher_sampler(gen: torch.Generator, rows: int, k: int, device: torch.device) -> torch.Tensor:
@@ -223,18 +230,21 @@ class SeededMatrix:
         offset = first * BLOCK_ROWS
         out = torch.empty(min(self.p, last * BLOCK_ROWS) - offset, self.k, device=device)
 
-        def draw(j: int) -> None:
-            rows = min(BLOCK_ROWS, self.p - j * BLOCK_ROWS)
-            at = j * BLOCK_ROWS - offset
-            out[at : at + rows] = self.sampler(block_generator(self.seed, j, device), rows, self.k, device)
+        def rows(j: int) -> tuple[int, int]:
+            return j * BLOCK_ROWS - offset, min(BLOCK_ROWS, self.p - j * BLOCK_ROWS)
 
-        workers = min(torch.get_num_threads(), last - first) if device.type == "cpu" else 1
-        if workers > 1:  # a CPU generator draws on one thread: the blocks' own generators draw side by side
-            with ThreadPoolExecutor(workers) as pool:
-                list(pool.map(draw, range(first, last)))
+        def fill(j: int) -> None:
+            at, n = rows(j)
+            self.sampler(block_generator(self.seed, j, device), n, self.k, device, out=out[at : at + n])
+
+        workers = min(torch.get_num_threads(), last - first)
+        if device.type == "cpu" and workers > 1 and getattr(self.sampler, "concurrent", False):
+            with ThreadPoolExecutor(workers) as pool:  # a CPU generator draws on one thread: each block's its own
+                list(pool.map(fill, range(first, last)))
         else:
             for j in range(first, last):
-                draw(j)
+                at, n = rows(j)
+                out[at : at + n] = self.sampler(block_generator(self.seed, j, device), n, self.k, device)
         return out[start - offset : stop - offset]
 
     def _chunks(self, device: torch.device, storage: torch.dtype, compute: torch.dtype):
