@@ -28,7 +28,7 @@ from attrkit.functional.ihvp import (
     check_regularization,
     prepare_at,
 )
-from attrkit.functional.structured_matvec import MATVECS, MIN_DIM, StructuredMatVec, structured_matvec
+from attrkit.functional.structured_matvec import chosen_operator
 from attrkit.progress import progress
 from attrkit.types import LossFn
 
@@ -128,29 +128,6 @@ def _gather(batches: Iterable[Any]) -> tuple[Any, int]:
     return data, examples_in(data)
 
 
-def _structured(
-    meter: Any, model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str, torch.Tensor], names: Sequence[str],
-    curvature: str, matvec: str, p: int,
-) -> tuple[StructuredMatVec | None, dict[str, float]]:
-    """``(operator, info)``: the structured operator of the whole training set where ``matvec`` takes
-    it and it applies (one pass), else ``None``; ``info["structured"]`` and the probe's result.
-
-    Raises:
-        ArgumentError: an unknown ``matvec``.
-        CurvatureError: ``matvec="structured"`` where it does not apply, or in distributed mode.
-    """
-    if matvec not in MATVECS:
-        raise ArgumentError(f"matvec must be one of {', '.join(map(repr, MATVECS))}, got {matvec!r}")
-    operator, info, reason = None, {}, "LiSSA samples examples that every rank holds, so it is single-process only"
-    if distributed.world() is None and (matvec == "structured" or (matvec == "auto" and p > MIN_DIM)):
-        operator, reason, info = structured_matvec(meter, model, loss_fn, state, names, curvature)
-    if operator is None and matvec == "structured":
-        raise CurvatureError(f"lissa solver: matvec='structured' cannot be used: {reason}. Use matvec='hvp' (or "
-                             "'auto', which takes HVPs where the structured operator does not apply)")
-    info["structured"] = float(operator is not None)
-    return operator, info
-
-
 def lissa_ihvp_at(
     model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str, torch.Tensor], names: Sequence[str],
     batches: Iterable[Any], *, regularization: float = 0.0, curvature: str = "hessian", depth: int = 500,
@@ -161,7 +138,7 @@ def lissa_ihvp_at(
     The training examples are gathered once from ``batches`` into memory on the parameters'
     device (tensor leaves concatenated; the whole training set is held), or, on the structured
     path (``matvec``), their per-example layer factors are collected in one pass
-    (:func:`~attrkit.functional.structured_matvec.structured_matvec`) and each step's product is
+    (:func:`~attrkit.functional.structured_matvec.chosen_operator`) and each step's product is
     GEMMs on the sampled examples' factors (:meth:`~attrkit.functional.structured_matvec.StructuredMatVec.subset`)
     instead of HVPs: the same samples, the same results to float32 round-off. Each step samples ``batch_size``
     distinct examples with a ``torch.Generator`` seeded by ``seed`` afresh at each solve,
@@ -210,7 +187,9 @@ def lissa_ihvp_at(
     """
     started = time.perf_counter()
     meter, p = prepare_at(state, names, batches, regularization, curvature)
-    operator, info = _structured(meter, model, loss_fn, state, names, curvature, matvec, p)
+    unavailable = None if distributed.world() is None else ("LiSSA samples examples that every rank holds, so it "
+                                                             "is single-process only")
+    operator, info = chosen_operator(meter, model, loss_fn, state, names, curvature, matvec, "lissa", unavailable)
     if operator is None:
         data, n = _gather(meter)
         data = to_device(data, state[names[0]].device)

@@ -38,7 +38,7 @@ from attrkit.functional.structured_factors import Layer, Unusable, collect_facto
 from attrkit.memory import DEFAULT_FRACTION, available_bytes, format_bytes
 from attrkit.types import LossFn
 
-__all__ = ["MATVECS", "MIN_DIM", "StructuredMatVec", "curvature_matvec", "structured_matvec"]
+__all__ = ["MATVECS", "MIN_DIM", "StructuredMatVec", "chosen_operator", "curvature_matvec", "structured_matvec"]
 
 #: ``matvec=`` values of the CG and Arnoldi builders.
 MATVECS = ("auto", "hvp", "structured")
@@ -259,12 +259,43 @@ def structured_matvec(
                            f"structured curvature: caching the layer factors of the {p} parameters (one pass)")
 
 
+def chosen_operator(
+    meter: _Meter, model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str, torch.Tensor],
+    names: Sequence[str], curvature: str, matvec: str, solver: str, unavailable: str | None = None,
+) -> tuple[StructuredMatVec | None, dict[str, float]]:
+    """``(operator, info)``: the structured operator where ``matvec`` asks for it (``"auto"``: where it
+    applies and ``p >`` :data:`MIN_DIM`) and it applies, else ``None`` (the solver takes HVPs);
+    ``info["structured"]`` (``1.0`` or ``0.0``) and ``info["hessian_probe"]`` when the probe ran.
+
+    Args:
+        meter, model, loss_fn, state, names, curvature: as :func:`structured_matvec`.
+        matvec: ``"auto"``, ``"hvp"`` or ``"structured"``.
+        solver: the solver's name, for the error.
+        unavailable: why the solver cannot take the operator here at all (no pass is made), or ``None``.
+
+    Raises:
+        ArgumentError: ``matvec`` not one of :data:`MATVECS`.
+        CurvatureError: ``matvec="structured"`` where it does not apply (the message says why).
+    """
+    if matvec not in MATVECS:
+        raise ArgumentError(f"matvec must be one of {', '.join(map(repr, MATVECS))}, got {matvec!r}")
+    operator, info, reason = None, {}, unavailable
+    wanted = matvec == "structured" or (matvec == "auto" and sum(state[n].numel() for n in names) > MIN_DIM)
+    if unavailable is None and wanted:
+        operator, reason, info = structured_matvec(meter, model, loss_fn, state, names, curvature)
+    if operator is None and matvec == "structured":
+        raise CurvatureError(f"{solver} solver: matvec='structured' cannot be used: {reason}. Use matvec='hvp' "
+                             "(or 'auto', which takes HVPs where the structured operator does not apply)")
+    info["structured"] = float(operator is not None)
+    return operator, info
+
+
 def curvature_matvec(
     meter: _Meter, model: torch.nn.Module, loss_fn: LossFn, state: Mapping[str, torch.Tensor],
     names: Sequence[str], curvature: str, matvec: str, solver: str,
 ) -> tuple[MatVec, dict[str, float]]:
     """The counted dataset curvature product of an iterative solver (CG, Arnoldi): structured or HVPs.
-    (LiSSA, whose products are of sampled examples, takes :func:`structured_matvec` itself.)
+    (LiSSA, whose products are of sampled examples, takes :func:`chosen_operator` itself.)
 
     Args:
         meter, model, loss_fn, state, names, curvature: as :func:`structured_matvec`.
@@ -283,15 +314,7 @@ def curvature_matvec(
         ArgumentError: ``matvec`` not one of :data:`MATVECS`.
         CurvatureError: ``matvec="structured"`` where it does not apply (the message says why).
     """
-    if matvec not in MATVECS:
-        raise ArgumentError(f"matvec must be one of {', '.join(map(repr, MATVECS))}, got {matvec!r}")
-    operator, info = None, {}
-    if matvec == "structured" or (matvec == "auto" and sum(state[n].numel() for n in names) > MIN_DIM):
-        operator, reason, info = structured_matvec(meter, model, loss_fn, state, names, curvature)
-        if operator is None and matvec == "structured":
-            raise CurvatureError(f"{solver} solver: matvec='structured' cannot be used: {reason}. Use matvec='hvp' "
-                                 "(or 'auto', which takes HVPs where the structured operator does not apply)")
-    info["structured"] = float(operator is not None)
+    operator, info = chosen_operator(meter, model, loss_fn, state, names, curvature, matvec, solver)
     if operator is None:
         return dataset_matvec(meter, model, loss_fn, state, names, curvature), info
     structured = operator
