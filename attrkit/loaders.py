@@ -15,6 +15,11 @@ pass would scramble columns silently. :class:`CheckedLoader` wraps the user's lo
   batch and of one more batch (a different one on each pass, so that many passes cover
   them all), and says so when a one-shot iterator (a generator) is exhausted.
 
+A plain ``DataLoader`` over a ``TensorDataset`` in order (default collation, no workers, no pinned
+memory) is read by slicing its tensors, a copy per batch: the batches it would yield, value for value
+and in the same list, without its Python call per example (:func:`_sliced`); there is nothing random
+in it to probe for.
+
 A small training set is not read through the loader again: the first pass keeps the batches
 it yielded while they take at most :data:`KEEP_BYTES` (and a sixteenth of the memory available),
 and later passes replay them, unless a tensor of one was changed in place since it was yielded (its
@@ -33,7 +38,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader, SequentialSampler, TensorDataset
+from torch.utils.data._utils.collate import default_collate
 
 from attrkit import checks
 from attrkit.data import batch_size, check_fixed_order
@@ -93,6 +99,25 @@ def _loader_examples(loader: Any) -> int | None:
     return None
 
 
+def _sliced(loader: Any) -> Iterator[list[torch.Tensor]] | None:
+    """The batches of ``loader`` as copies of slices of its tensors, when it is a plain ``DataLoader``
+    over a ``TensorDataset`` that reads it in order with the default collation, no workers and no
+    pinned memory: what it yields then (``default_collate`` stacks each example's tensors into a list
+    per batch), each tensor contiguous, at one copy per tensor instead of a call per example.
+    ``None`` for any other loader (read as it is).
+    """
+    if type(loader) is not DataLoader or type(loader.dataset) is not TensorDataset:
+        return None
+    order = loader.batch_sampler
+    if (loader.num_workers or loader.pin_memory or loader.collate_fn is not default_collate
+            or type(order) is not BatchSampler or type(order.sampler) is not SequentialSampler
+            or order.sampler.data_source is not loader.dataset or order.drop_last):
+        return None
+    tensors, size = loader.dataset.tensors, order.batch_size
+    return ([t[start : start + size].clone(memory_format=torch.contiguous_format) for t in tensors]
+            for start in range(0, len(loader.dataset), size))
+
+
 def checked(loader: Iterable[Any], role: str, keep: bool = True) -> CheckedLoader:
     """``loader`` wrapped in a :class:`CheckedLoader` (itself when it already is one).
 
@@ -129,6 +154,7 @@ class CheckedLoader:
         self._one_shot = iter(loader) is loader if not isinstance(loader, (list, tuple, DataLoader)) else False
         self._kept: list[Any] | None = None  # the first pass's batches, replayed by later passes
         self._kept_versions: list[list[int]] = []
+        self._sliced = _sliced(loader) is not None
 
     @property
     def n_examples(self) -> int | None:
@@ -165,6 +191,10 @@ class CheckedLoader:
         """Drop the kept batches: later passes read the loader again (checked as ever)."""
         self._kept, self._kept_versions = None, []
 
+    def _read(self) -> Iterator[Any]:
+        """One pass over the user's loader (by slicing, for a plain in-order ``TensorDataset`` loader)."""
+        return _sliced(self.loader) if self._sliced else iter(self.loader)
+
     def __iter__(self) -> Iterator[Any]:
         self._passes += 1
         if self.sizes is None:
@@ -180,7 +210,7 @@ class CheckedLoader:
         room = min(KEEP_BYTES, KEEP_BYTES if free is None else free // 16) if keeps else 0
         kept: list[Any] | None = [] if room else None
         versions: list[list[int]] = []
-        for j, batch in enumerate(self.loader):
+        for j, batch in enumerate(self._read()):
             digests.append(batch_digest(batch) if self._checking else "")
             sizes.append(batch_size(batch))
             if kept is not None:
@@ -203,7 +233,7 @@ class CheckedLoader:
 
     def _probe(self) -> str | None:
         """Digest of the first batch of a separate iterator, for re-iterables whose order nothing else shows."""
-        if self._one_shot or not self._checking or isinstance(self.loader, (list, tuple)):
+        if self._one_shot or not self._checking or self._sliced or isinstance(self.loader, (list, tuple)):
             return None
         if isinstance(self.loader, DataLoader) and (self.loader.num_workers > 0 or self.loader.batch_sampler is None):
             return None  # workers are costly to start; the sampler itself was checked
@@ -219,7 +249,7 @@ class CheckedLoader:
             yield from self._kept
             return
         seen = 0
-        for j, batch in enumerate(self.loader):
+        for j, batch in enumerate(self._read()):
             seen = j + 1
             if not self._checking:
                 yield batch

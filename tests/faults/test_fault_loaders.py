@@ -179,3 +179,26 @@ def test_a_batch_changed_in_place_is_not_replayed():
     fitted, reads, _ = _counted_fit({"method": "if", "gradients": dense,
                                      "solver": {"name": "ekfac", "regularization": 0.1}}, writes_into_inputs)
     assert reads == 3
+
+
+def test_a_plain_tensor_dataset_loader_is_sliced_into_the_batches_it_would_yield(monkeypatch):
+    """An in-order DataLoader over a TensorDataset is read by slicing its tensors: the same list of batches,
+    value for value, dtype, shape and (contiguous) strides, with no per-example indexing; the copies leave the
+    dataset unchanged when a batch is written into. Any other loader is read as it is."""
+    from attrkit.loaders import checked
+
+    data = TensorDataset(torch.randn(3, 10, 2).transpose(0, 1), torch.arange(10), torch.randn(10))
+    loader = DataLoader(data, batch_size=4)
+    expected = list(loader)
+    monkeypatch.setattr(TensorDataset, "__getitem__", lambda self, i: pytest.fail("indexed per example"))
+    got = list(checked(loader, "test"))
+    assert [type(b) for b in got] == [list] * 3
+    for want, have in zip(expected, got, strict=True):
+        for a, b in zip(want, have, strict=True):
+            assert a.dtype == b.dtype and a.shape == b.shape and a.stride() == b.stride() and torch.equal(a, b)
+    got[0][0].zero_()
+    assert torch.equal(data.tensors[0][:4], expected[0][0])
+    monkeypatch.undo()
+    for other in (DataLoader(data, batch_size=4, collate_fn=lambda b: b), DataLoader(data, batch_size=None),
+                  DataLoader(data, batch_size=4, sampler=list(range(10)))):
+        assert not checked(other, "test")._sliced
