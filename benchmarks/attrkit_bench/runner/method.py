@@ -4,7 +4,7 @@ An untimed warm-up, then ``fit`` + ``attribute`` on all targets timed under
 :class:`~attrkit_bench.memory.PeakMemory`; a run shorter than :data:`REPEAT_UNDER` seconds is
 repeated (:data:`REPEATS` runs in all, each from a freshly composed attributor) and the fastest is
 reported, as :mod:`timeit` does: on a shared 2-core machine a run's time varies by tens of percent
-from run to run (mnist-lr's plain CG, about 4 s, took 3.8 to 5.3 s in four runs). Then each metric
+from run to run (mnist-lr's plain CG, about 4 s, took 3.8 to 5.1 s in four runs). Then each metric
 on the scores with the setting's ground truth (``auc`` refits the method on the noisy-label model
 and ranks the training points by self-influence). With ``compare`` (``"dattri"`` or
 ``"kronfluence"``), that library's counterpart (:mod:`attrkit_bench.compare.counterparts`) runs on
