@@ -192,8 +192,10 @@ class CheckedLoader:
         self._kept, self._kept_versions = None, []
 
     def _read(self) -> Iterator[Any]:
-        """One pass over the user's loader (by slicing, for a plain in-order ``TensorDataset`` loader)."""
-        return _sliced(self.loader) if self._sliced else iter(self.loader)
+        """One pass over the user's loader (by slicing, while it is a plain in-order ``TensorDataset`` loader:
+        checked again at each pass, since a ``DataLoader``'s ``collate_fn`` or ``num_workers`` may be reset)."""
+        batches = _sliced(self.loader) if self._sliced else None
+        return batches if batches is not None else iter(self.loader)
 
     def __iter__(self) -> Iterator[Any]:
         self._passes += 1

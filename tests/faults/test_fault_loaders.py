@@ -202,3 +202,17 @@ def test_a_plain_tensor_dataset_loader_is_sliced_into_the_batches_it_would_yield
     for other in (DataLoader(data, batch_size=4, collate_fn=lambda b: b), DataLoader(data, batch_size=None),
                   DataLoader(data, batch_size=4, sampler=list(range(10)))):
         assert not checked(other, "test")._sliced
+
+
+def test_a_loader_whose_collation_is_reset_after_the_first_pass_is_read_as_it_is_then():
+    """The slicing is decided again at each pass: a collate_fn set after the first pass is honoured, and a
+    changed batch is refused as ever."""
+    from attrkit.errors import DataLoaderError
+    from attrkit.loaders import checked
+
+    loader = DataLoader(TensorDataset(torch.arange(8.0)), batch_size=4)
+    wrapped = checked(loader, "test")
+    assert [b[0].tolist() for b in wrapped] == [[0.0, 1.0, 2.0, 3.0], [4.0, 5.0, 6.0, 7.0]]
+    loader.collate_fn = lambda items: [torch.stack([x for (x,) in items]) + 1]
+    with pytest.raises(DataLoaderError, match="other values in batch 0"):
+        list(wrapped)
