@@ -154,7 +154,6 @@ class CheckedLoader:
         self._one_shot = iter(loader) is loader if not isinstance(loader, (list, tuple, DataLoader)) else False
         self._kept: list[Any] | None = None  # the first pass's batches, replayed by later passes
         self._kept_versions: list[list[int]] = []
-        self._sliced = _sliced(loader) is not None
 
     @property
     def n_examples(self) -> int | None:
@@ -193,8 +192,8 @@ class CheckedLoader:
 
     def _read(self) -> Iterator[Any]:
         """One pass over the user's loader (by slicing, while it is a plain in-order ``TensorDataset`` loader:
-        checked again at each pass, since a ``DataLoader``'s ``collate_fn`` or ``num_workers`` may be reset)."""
-        batches = _sliced(self.loader) if self._sliced else None
+        decided at each pass, since a ``DataLoader``'s ``collate_fn`` or ``num_workers`` may be reset)."""
+        batches = _sliced(self.loader)
         return batches if batches is not None else iter(self.loader)
 
     def __iter__(self) -> Iterator[Any]:
@@ -235,7 +234,9 @@ class CheckedLoader:
 
     def _probe(self) -> str | None:
         """Digest of the first batch of a separate iterator, for re-iterables whose order nothing else shows."""
-        if self._one_shot or not self._checking or self._sliced or isinstance(self.loader, (list, tuple)):
+        if self._one_shot or not self._checking or isinstance(self.loader, (list, tuple)):
+            return None
+        if _sliced(self.loader) is not None:  # nothing random in a sliced TensorDataset
             return None
         if isinstance(self.loader, DataLoader) and (self.loader.num_workers > 0 or self.loader.batch_sampler is None):
             return None  # workers are costly to start; the sampler itself was checked

@@ -185,7 +185,7 @@ def test_a_plain_tensor_dataset_loader_is_sliced_into_the_batches_it_would_yield
     """An in-order DataLoader over a TensorDataset is read by slicing its tensors: the same list of batches,
     value for value, dtype, shape and (contiguous) strides, with no per-example indexing; the copies leave the
     dataset unchanged when a batch is written into. Any other loader is read as it is."""
-    from attrkit.loaders import checked
+    from attrkit.loaders import _sliced, checked
 
     data = TensorDataset(torch.randn(3, 10, 2).transpose(0, 1), torch.arange(10), torch.randn(10))
     loader = DataLoader(data, batch_size=4)
@@ -201,7 +201,7 @@ def test_a_plain_tensor_dataset_loader_is_sliced_into_the_batches_it_would_yield
     monkeypatch.undo()
     for other in (DataLoader(data, batch_size=4, collate_fn=lambda b: b), DataLoader(data, batch_size=None),
                   DataLoader(data, batch_size=4, sampler=list(range(10)))):
-        assert not checked(other, "test")._sliced
+        assert _sliced(other) is None
 
 
 def test_a_loader_whose_collation_is_reset_after_the_first_pass_is_read_as_it_is_then():
