@@ -110,6 +110,42 @@ def test_members_get_independent_projections() -> None:
     torch.testing.assert_close(first, attributor.attribute(TOY.test_loader()), rtol=0, atol=0)
 
 
+def test_an_ensemble_scores_groups_of_test_batches_member_by_member(monkeypatch) -> None:
+    """Queries are computed member-outer over a group of test batches (each member's projection matrix
+    drawn once per group when the cache holds one), with scores and top-k equal bit for bit to
+    one batch at a time, and a nonfinite="skip" row NaN in its own batch."""
+    from attrkit.engine import scoring
+    from attrkit.functional.projection import CACHE, SeededMatrix
+
+    toy = toy_problem(n_train=16, n_test=7, checkpoints=3)
+    spec = {"method": "trak", "projector": {"name": "gaussian", "dim": 8, "seed": 3, "cache_mb": 0.003},
+            "ensemble": "checkpoints"}
+    draws, original = [], SeededMatrix._raw
+    monkeypatch.setattr(SeededMatrix, "_raw", lambda self, *a: draws.append(self.seed) or original(self, *a))
+    attributor = attrkit.compose(spec, toy.task).fit(toy.train_loader())
+    size = 4 * 8 * attributor.fitted.members[0].projector.matrix.p
+    assert size <= 0.003 * 2**20 < 2 * size  # the cache holds one matrix
+    results = {}
+    for grouped in (True, False):
+        monkeypatch.setattr(scoring, "QUERY_GROUP_BYTES", 2**30 if grouped else 0)
+        CACHE.clear()
+        draws.clear()
+        results[grouped] = (attributor.attribute(toy.test_loader(3)), attributor.top_k(toy.test_loader(3), k=2))
+        # three test batches: grouped, each member's matrix is drawn once per call; one batch at a time, three times
+        assert draws == ([3, 4, 5] * 2 if grouped else [3, 4, 5] * 6)
+    assert torch.equal(results[True][0], results[False][0])
+    for name in ("proponent_scores", "proponents", "opponent_scores", "opponents"):
+        assert torch.equal(getattr(results[True][1], name), getattr(results[False][1], name))
+    bad = toy.x_test.clone()
+    bad[4, 0] = float("nan")
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(bad, toy.y_test), batch_size=3)
+    monkeypatch.setattr(scoring, "QUERY_GROUP_BYTES", 2**30)
+    skipping = attrkit.compose(spec, toy.task).fit(toy.train_loader(), nonfinite="skip")
+    with pytest.warns(attrkit.NonFiniteWarning, match="score rows are NaN: 4"):
+        scores = skipping.attribute(loader)
+    assert scores[4].isnan().all() and not scores[[0, 1, 2, 3, 5, 6]].isnan().any()
+
+
 def test_dropout_ensembles_are_seeded() -> None:
     spec = {"method": "grad-dot", "ensemble": {"name": "dropout", "members": 3, "seed": 1}}
     first, second = _scores(spec), _scores(spec)

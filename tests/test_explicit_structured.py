@@ -57,7 +57,8 @@ def test_logistic_regression_structured_equals_the_hvp_build(curvature, patterns
     assert structured.stats.info["structured"] == 1.0 and hvp.stats.info["structured"] == 0.0
     assert _relative(matrix, reference) < 1e-6
     vectors = _vectors(structured.p)
-    torch.testing.assert_close(structured(vectors), hvp(vectors), rtol=1e-5, atol=1e-6)
+    expected = hvp(vectors)  # float32 solves: round-off relative to the largest entry (BLAS kernels differ by CPU)
+    torch.testing.assert_close(structured(vectors), expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
     if curvature == "hessian":  # probed: the Hessian of logistic regression is its Gauss-Newton matrix
         assert structured.stats.info["hessian_probe"] < 1e-5
         assert structured.stats.build.passes == 1  # outputs affine (B_i = I): the first batch's probe decides

@@ -9,6 +9,7 @@ import attrkit
 from attrkit import AttributionTask
 from attrkit.errors import FactorisationError, SpecError
 from attrkit.functional import factored_gradients, plan_factors, select_parameters
+from attrkit.functional import projection
 from attrkit.functional.kfac_factors import fit_ekfac
 from attrkit.functional.scoring import normalize_rows
 from attrkit.functional.structured_products import ProductLayout, cheaper_solved, cheaper_structured, product_layout
@@ -256,7 +257,11 @@ PROJECTED = {
 
 @pytest.mark.parametrize("kind", MODELS)
 @pytest.mark.parametrize("method", PROJECTED)
-def test_projected_features_from_factors_equal_the_dense_ones(kind, method, monkeypatch):
+@pytest.mark.parametrize("formed", [False, True], ids=["per-layer", "formed"])
+def test_projected_features_from_factors_equal_the_dense_ones(kind, method, formed, monkeypatch):
+    """A dense projector takes the packed factor rows: per layer, or (within ``FORMED_BYTES``) forming
+    the gradients first for one GEMM; both equal the dense path."""
+    monkeypatch.setattr(projection, "FORMED_BYTES", 2**40 if formed else 0)
     task, train, test = _problem(kind)
     calls = {"materialize": [], "project": []}
     for name in calls:
@@ -274,9 +279,11 @@ def test_projected_features_from_factors_equal_the_dense_ones(kind, method, monk
         assert all(f.layout is None for f in attributor.fitted.members)  # the training side is projected features
     projects = "projector" in PROJECTED[method]  # a Gaussian or Rademacher matrix takes the factors as they are
     assert results["dense"][2] == {"materialize": 0, "project": 0}
-    assert results["structured"][2] == ({"materialize": 0, "project": 18 + 5} if projects  # train and test rows
+    seeded = projects and PROJECTED[method]["projector"]["name"] in ("gaussian", "rademacher")  # may form them
+    packed = {"materialize": 18 + 5, "project": 0} if formed and seeded else {"materialize": 0, "project": 18 + 5}
+    assert results["structured"][2] == (packed if projects  # train and test rows
                                         else {"materialize": 18, "project": 0})
-    assert results["auto"][2] == {"materialize": 0, "project": 18 + 5 if projects else 0}  # the head: one position
+    assert results["auto"][2] == (packed if projects else {"materialize": 0, "project": 0})  # the head: one position
     for products in ("structured", "auto"):
         scores, self_scores, _ = results[products]
         dense = results["dense"]

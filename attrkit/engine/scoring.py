@@ -2,10 +2,13 @@
 
     attribute(method, fit, test):
         check the model's weights are those fitted at (fit.guard)
-        for each test batch (a checked loader):
-            queries: per member (w_m, Precond_m(Proj_m(∇ target_t))), non-finite rows refused or NaN
-            scores = Σ_m w_m q_m Φ_mᵀ over this rank's training columns, tile by tile (tiles.score_block)
-            gathered over the ranks, checked to be finite
+        for each group of test batches (a checked loader; up to QUERY_GROUP_BYTES of queries):
+            queries, member by member over the group's batches (each member's parts, e.g. its
+            projection matrix, are then used once per group, not once per batch):
+                per member (w_m, Precond_m(Proj_m(∇ target_t))), non-finite rows refused or NaN
+            for each batch of the group:
+                scores = Σ_m w_m q_m Φ_mᵀ over this rank's training columns, tile by tile (tiles.score_block)
+                gathered over the ranks, checked to be finite
         the batches' rows stacked as they come into one buffer (attrkit.rows.stack_rows)
     top_k: the same queries, a running top-k per tile (tiles.top_k_block), candidates merged over ranks
 """
@@ -28,7 +31,7 @@ from attrkit.errors import ArgumentError, NonFiniteError, NonFiniteWarning
 from attrkit.finite import check_rows, check_scores
 from attrkit.functional.nonfinite import nonfinite_rows
 from attrkit.loaders import checked
-from attrkit.progress import progress
+from attrkit.progress import length_of, progress
 from attrkit.rows import stack_rows
 from attrkit.selection import TopK
 
@@ -41,48 +44,110 @@ __all__ = ["attribute", "queries", "top_k"]
 Query = tuple[float, torch.Tensor]
 
 
-def _test_batches(method: GradientAttributor, fit: Fit, test: Iterable[Any], what: str) -> Iterator[tuple[int, int, Any]]:
+#: Most bytes of queries an ensemble computes ahead, member by member, over a group of test batches
+#: (at least one batch). Grouping changes no score: each batch is scored as it would be alone.
+QUERY_GROUP_BYTES = 64 * 2**20
+
+
+def _test_batches(method: GradientAttributor, fit: Fit, test: Iterable[Any]) -> Iterator[tuple[int, int, Any]]:
     """``(batch index, index of its first example, batch)`` of a (checked) test loader, after
     checking the model's weights are those fitted at."""
     fit.guard.check(method.task)
     offset = 0
-    for index, batch in enumerate(progress(checked(test, "test"), f"{method.name}: {what}")):
+    for index, batch in enumerate(test):
         yield index, offset, batch
         offset += batch_size(batch)
 
 
-def queries(method: GradientAttributor, fit: Fit, batch: Any, index: int, offset: int) -> tuple[list[Query], torch.Tensor]:
-    """Per member ``(w_m, Precond(Proj(∇ target)))`` of test batch ``index``, ``Tensor[b, k]``, and the
-    rows left out as non-finite (``nonfinite="skip"``: their query rows are NaN).
+def _query_bytes(fit: Fit) -> int:
+    """Bytes of one test example's queries over every member (float32; a solved structured member's
+    query is a dense gradient, any other has its training side's width)."""
+    widths = (f.layout.flat_width("score solved queries") if f.solved else f.train.width for f in fit.members)
+    return 4 * sum(widths)
+
+
+def _groups(method: GradientAttributor, fit: Fit, test: Iterable[Any]) -> Iterator[list[tuple[int, int, Any]]]:
+    """The test batches (as :func:`_test_batches`) in groups: one batch each for a single member, else
+    as many as hold about :data:`QUERY_GROUP_BYTES` of queries (at least one)."""
+    rows = QUERY_GROUP_BYTES // _query_bytes(fit) if len(fit.members) > 1 else 0
+    group, held = [], 0
+    for item in _test_batches(method, fit, test):
+        group.append(item)
+        held += batch_size(item[2])
+        if held >= rows:
+            yield group
+            group, held = [], 0
+    if group:
+        yield group
+
+
+def _work(method: GradientAttributor, fit: Fit, test: Iterable[Any]) -> Iterator[tuple[list[Any], int, int]]:
+    """``(group, member, position in the group)`` of every query to compute, member by member per group."""
+    for group in _groups(method, fit, test):
+        for m in range(len(fit.members)):
+            for j in range(len(group)):
+                yield group, m, j
+
+
+def _member_query(method: GradientAttributor, fit: Fit, m: int, batch: Any, index: int,
+                  offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Member ``m``'s ``Precond(Proj(∇ target))`` of test batch ``index``, ``Tensor[b, k]``, and the rows
+    left out as non-finite (``LongTensor``; ``nonfinite="skip"``: their query rows are NaN).
 
     Raises:
         NonFiniteError: a non-finite test example (``nonfinite="raise"``).
     """
-    out, skipped = [], torch.zeros(batch_size(batch), dtype=torch.bool)
-    for m, f in enumerate(fit.members):
-        packing = None if f.layout is None or f.solved else Chooser.fixed(method, f.layout)
-        projecting = None  # a chooser of packed rows the projector takes (dense training features)
-        if f.layout is None:
-            if m not in fit.packers:
-                fit.packers[m] = query_packer(method, f)
-            projecting = fit.packers[m]
-        raw = gradients(method, f.member, batch, target=True, where=f"test batch {index}",
-                        products=packing or projecting)
-        explain = explainer(method, f.member, batch, method.task.target)
-        if isinstance(raw, torch.Tensor):
-            bad = check_rows(raw, side="test", batch=index, offset=offset, member=f.member.label, explain=explain,
-                             policy=fit.policy)
-            if len(bad):
-                raw = raw.index_fill(0, bad.to(raw.device), 0.0)
-        q = query(f, raw, method.normalize, projecting.layout if projecting is not None else None, coefficients=True)
-        late = check_rows(q, side="test", batch=index, offset=offset, member=f.member.label, explain=explain,
-                          policy=fit.policy)
-        bad = late if not isinstance(raw, torch.Tensor) else torch.cat([bad, late]).unique()
+    f = fit.members[m]
+    packing = None if f.layout is None or f.solved else Chooser.fixed(method, f.layout)
+    projecting = None  # a chooser of packed rows the projector takes (dense training features)
+    if f.layout is None:
+        if m not in fit.packers:
+            fit.packers[m] = query_packer(method, f)
+        projecting = fit.packers[m]
+    raw = gradients(method, f.member, batch, target=True, where=f"test batch {index}",
+                    products=packing or projecting)
+    explain = explainer(method, f.member, batch, method.task.target)
+    if isinstance(raw, torch.Tensor):
+        bad = check_rows(raw, side="test", batch=index, offset=offset, member=f.member.label, explain=explain,
+                         policy=fit.policy)
         if len(bad):
-            q = q.index_fill(0, bad.to(q.device), float("nan"))
-            skipped[bad.cpu()] = True
-        out.append((f.member.weight, q))
-    return out, skipped.nonzero().squeeze(1)
+            raw = raw.index_fill(0, bad.to(raw.device), 0.0)
+    q = query(f, raw, method.normalize, projecting.layout if projecting is not None else None, coefficients=True)
+    late = check_rows(q, side="test", batch=index, offset=offset, member=f.member.label, explain=explain,
+                      policy=fit.policy)
+    bad = late if not isinstance(raw, torch.Tensor) else torch.cat([bad, late]).unique()
+    if len(bad):
+        q = q.index_fill(0, bad.to(q.device), float("nan"))
+    return q, bad.cpu()
+
+
+def queries(method: GradientAttributor, fit: Fit, test: Iterable[Any],
+            what: str) -> Iterator[tuple[int, list[Query], torch.Tensor]]:
+    """Per test batch ``(index of its first example, per member (w_m, Tensor[b, k_m]),
+    LongTensor of the rows left out as non-finite)``, computed member by member over each group
+    of batches (:func:`_groups`); the progress bar counts the queries computed.
+
+    Raises:
+        NonFiniteError: a non-finite test example (``nonfinite="raise"``).
+    """
+    test, members = checked(test, "test"), len(fit.members)
+    batches = length_of(test)
+    computed: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
+    for group, m, j in progress(_work(method, fit, test), f"{method.name}: {what}",
+                                None if batches is None else batches * members):
+        if m == j == 0:
+            computed = [[] for _ in range(members)]
+        index, offset, batch = group[j]
+        computed[m].append(_member_query(method, fit, m, batch, index, offset))
+        if m < members - 1 or j < len(group) - 1:
+            continue
+        for k, (_, offset, batch) in enumerate(group):  # the group is complete: its batches in order
+            skipped, block = torch.zeros(batch_size(batch), dtype=torch.bool), []
+            for f, per_batch in zip(fit.members, computed):
+                (q, bad), per_batch[k] = per_batch[k], None  # held by the block alone from here
+                skipped[bad] = True
+                block.append((f.member.weight, q))
+            yield offset, block, skipped.nonzero().squeeze(1)
 
 
 def _announce_test(skipped: list[int]) -> None:
@@ -110,8 +175,7 @@ def attribute(method: GradientAttributor, fit: Fit, test: Iterable[Any] | None) 
     test, skipped = checked(test, "test"), []
 
     def rows() -> Iterator[torch.Tensor]:
-        for index, offset, batch in _test_batches(method, fit, test, "scoring"):
-            block, bad = queries(method, fit, batch, index, offset)
+        for offset, block, bad in queries(method, fit, test, "scoring"):
             scores = distributed.gather_columns(score_block(block, sides, products), sides[0].spans, sides[0].n)
             check_scores(scores, first_row=offset, skipped_rows=bad)
             skipped.extend(offset + int(r) for r in bad)
@@ -148,8 +212,7 @@ def top_k(method: GradientAttributor, fit: Fit, test: Iterable[Any], k: int, til
         excluded = torch.zeros(fit.n_columns, dtype=torch.bool)
         excluded[fit.skipped] = True
     parts, skipped = [], []
-    for index, offset, batch in _test_batches(method, fit, test, f"top-{k}"):
-        block, bad = queries(method, fit, batch, index, offset)
+    for offset, block, bad in queries(method, fit, test, f"top-{k}"):
         best, worst = top_k_block(block, sides, k, tile_rows, excluded, [f.products for f in fit.members])
         best, worst = distributed.gather_top_k(best, k, True), distributed.gather_top_k(worst, k, False)
         for values, columns in (best, worst):

@@ -32,11 +32,15 @@ from attrkit.memory import require
 if TYPE_CHECKING:
     from attrkit.functional.structured_products import ProductLayout
 
-__all__ = ["BLOCK_ROWS", "CACHE", "MatrixCache", "SeededMatrix", "block_generator", "gaussian_sampler",
+__all__ = ["BLOCK_ROWS", "CACHE", "FORMED_BYTES", "MatrixCache", "SeededMatrix", "block_generator", "gaussian_sampler",
            "rademacher_sampler"]
 
 #: Rows of ``P`` per seeded block. Changing it changes every projection: keep it fixed.
 BLOCK_ROWS = 1024
+
+#: Most bytes of gradients :meth:`SeededMatrix.project_packed` forms from packed factor rows to project them
+#: in one GEMM.
+FORMED_BYTES = 16 * 2**20
 
 #: ``sampler(generator, rows, k, device) -> Tensor[rows, k]`` float32 with unit-variance entries. A sampler
 #: with ``concurrent = True`` also takes ``out=`` (a ``[rows, k]`` float32 view to fill) and fills it with
@@ -194,10 +198,11 @@ class SeededMatrix:
 
     def project_packed(self, layout: ProductLayout, x: torch.Tensor) -> torch.Tensor:
         """``layout.materialize(x) @ P`` (float32, ``[b, k]``) from packed factor rows ``x``
-        (``[b, layout.width]``) without forming the gradients
-        (:meth:`~attrkit.functional.structured_products.ProductLayout.project`), reading ``P``'s
-        rows layer by layer from the cache or drawing them; equal to :meth:`project` of the
-        materialised gradients to float32 round-off.
+        (``[b, layout.width]``), equal to :meth:`project` of the materialised gradients to float32
+        round-off. Gradients of at most :data:`FORMED_BYTES` are formed and projected in one GEMM
+        (faster than one GEMM per layer and output row); larger ones are not formed
+        (:meth:`~attrkit.functional.structured_products.ProductLayout.project`), reading ``P``'s rows
+        layer by layer from the cache or drawing them.
 
         Raises:
             ArgumentError: a layout for gradients of another dimension than ``p``.
@@ -207,6 +212,8 @@ class SeededMatrix:
             raise ArgumentError(f"projector was fitted for dimension {self.p}, got factors of gradients of dimension {p}")
         self._require(x.shape[0], x.device)
         device, x = x.device, x.float()
+        if x.shape[0] * p * 4 <= FORMED_BYTES:
+            return self.project(layout.materialize(x))
         if self.cacheable:
             whole = next(self._chunks(device, torch.float32, torch.float32))[1]
             rows = lambda start, stop: whole[start:stop]  # noqa: E731

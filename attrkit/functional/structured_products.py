@@ -329,16 +329,23 @@ class ProductLayout:
             FactorisationError: a layout recorded without the parameters' places.
         """
         b = x.shape[0]
-        out = x.new_zeros(b, self.flat_width("form the gradients"))
+        out = x.new_empty(b, self.flat_width("form the gradients"))  # every column is written below
         layers, dense = self._views(x)
         column = 0
         for start, size in self.dense_at:
             out[:, start : start + size] = dense[:, column : column + size]
             column += size
-        for slot, (_, a, g) in zip([slot for slot in self.layers if slot.structured], layers):
+        for slot, (t, a, g) in zip([slot for slot in self.layers if slot.structured], layers):
+            d_raw = slot.d_in - (slot.bias_at is not None)
+            if t == 1:  # one outer product per row, written in place
+                if slot.weight_at is not None:
+                    weight = out[:, slot.weight_at : slot.weight_at + slot.d_out * d_raw].unflatten(1, (slot.d_out, d_raw))
+                    torch.mul(g[:, 0, :, None], a[:, 0, None, :d_raw], out=weight)
+                if slot.bias_at is not None:
+                    torch.mul(g[:, 0], a[:, 0, d_raw:], out=out[:, slot.bias_at : slot.bias_at + slot.d_out])
+                continue
             grad = torch.bmm(g.transpose(1, 2), a)  # [b, d_out, d_in (+1)]
             if slot.weight_at is not None:
-                d_raw = slot.d_in - (slot.bias_at is not None)
                 out[:, slot.weight_at : slot.weight_at + slot.d_out * d_raw] = grad[..., :d_raw].reshape(b, -1)
             if slot.bias_at is not None:
                 out[:, slot.bias_at : slot.bias_at + slot.d_out] = grad[..., -1]
