@@ -95,12 +95,21 @@ class ParameterSolver(HessianSolver):
         extra = {} if held is None else {"factors": held}
         self._solve = self.build(task.model, task.loss_fn, state, names, _Float64Batches(context.train), **extra)
 
-    def solve(self, vectors: torch.Tensor) -> torch.Tensor:
-        """``Tensor[m, p] -> Tensor[m, p]`` in the input's dtype and device."""
+    def solve(self, vectors: torch.Tensor, rank_one: Mapping[int, Any] | None = None) -> torch.Tensor:
+        """``Tensor[m, p] -> Tensor[m, p]`` in the input's dtype and device; ``rank_one``, the factors of
+        the vectors' rank-one layer blocks (:data:`~attrkit.functional.ihvp_kfac.RankOne`), goes to a solve
+        that takes them (``InverseHVP.takes_rank_one``)."""
         if self._solve is None:
             raise NotFittedError(f"solver {self.name!r} used before fit(context)")
         given = vectors if self.solves_in_input_dtype and vectors.is_floating_point() else vectors.double()
+        if rank_one and getattr(self._solve, "takes_rank_one", False):
+            return self._solve(given, rank_one=rank_one).to(device=vectors.device, dtype=vectors.dtype)
         return self._solve(given).to(device=vectors.device, dtype=vectors.dtype)
+
+    @property
+    def takes_rank_one(self) -> bool:
+        """Whether :meth:`solve` uses ``rank_one`` factors (fitted K-FAC and EK-FAC)."""
+        return bool(getattr(self._solve, "takes_rank_one", False))
 
     def low_rank(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """``(U, w)`` of a fitted solve that is ``v -> U diag(w) Uᵀ v`` with fewer columns than

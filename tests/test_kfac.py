@@ -350,3 +350,37 @@ def test_float32_vectors_are_solved_in_float32_to_its_round_off(name):
     single = ekfac_solve(ekfac, vectors.float(), 1e-3)
     assert single.dtype == torch.float32
     assert float((single.double() - exact).norm() / exact.norm()) < 1e-5
+
+
+@pytest.mark.parametrize("solve", [kfac_solve, ekfac_solve])
+def test_rank_one_blocks_are_solved_from_their_factors(solve):
+    """Vectors whose factored layers' blocks are g āᵀ, given as ``rank_one`` factors, solve as the dense
+    blocks do (float64 round-off; float32 to its round-off); factors that do not fit a layer (another bias
+    offset, another width) are ignored, bit for bit."""
+    model, loss, state, names, x, y = _case("mlp", n=20)
+    ekfac = fit_ekfac(model, loss, state, names, _batches(x, y, 7))
+    factors = ekfac.kfac if solve is kfac_solve else ekfac
+    kfac = ekfac.kfac
+    gen = torch.Generator().manual_seed(5)
+    v = torch.randn(6, sum(kfac.sizes.values()), generator=gen, dtype=torch.float64)
+    starts = {n: sum(kfac.sizes[m] for m in kfac.names[: kfac.names.index(n)]) for n in kfac.names}
+    hints = {}
+    for layer in kfac.layers:  # overwrite each factored layer's block with a rank-one one
+        d_out, d_in = layer.output_basis.shape[0], layer.input_basis.shape[0]
+        a, g = torch.randn(6, d_in, generator=gen, dtype=torch.float64), torch.randn(6, d_out, generator=gen,
+                                                                                      dtype=torch.float64)
+        d_raw = d_in - (layer.bias is not None)
+        if layer.bias is not None:
+            a[:, -1] = 1.0
+            v[:, starts[layer.bias] : starts[layer.bias] + d_out] = g
+        v[:, starts[layer.weight] : starts[layer.weight] + d_out * d_raw] = (g[:, :, None] * a[:, None, :d_raw]).flatten(1)
+        hints[starts[layer.weight]] = (starts[layer.bias] if layer.bias is not None else None, a, g)
+    assert len(hints) == 2  # both Linear layers (one with a bias, one without)
+    dense = solve(factors, v, 0.05)
+    torch.testing.assert_close(solve(factors, v, 0.05, rank_one=hints), dense, **TOL)
+    single = solve(factors, v.float(), 0.05, rank_one={k: (b, a.float(), g.float()) for k, (b, a, g) in hints.items()})
+    assert float((single.double() - dense).norm() / dense.norm()) < 1e-5
+    wrong = {k: (None if b is not None else 0, a, g) for k, (b, a, g) in hints.items()}
+    narrow = {k: (b, a[:, 1:], g) for k, (b, a, g) in hints.items()}
+    for ignored in (wrong, narrow):
+        assert torch.equal(solve(factors, v, 0.05, rank_one=ignored), dense)

@@ -192,6 +192,28 @@ def test_structured_and_dense_scores_agree(kind, method):
 
 
 @pytest.mark.parametrize("kind", MODELS)
+@pytest.mark.parametrize("solver", ["kfac", "ekfac"])
+def test_kronecker_queries_are_solved_from_their_rank_one_factors(kind, solver, monkeypatch):
+    """Behind structured products, K-FAC and EK-FAC rotate a test gradient's layers at one position from
+    their factors (``rank_one``), with the dense path's scores."""
+    from attrkit.functional import ihvp_kfac
+
+    task, train, test = _problem(kind)
+    found, original = [], ihvp_kfac._factors_of
+    monkeypatch.setattr(ihvp_kfac, "_factors_of", lambda *a: (lambda got: found.append(got is not None) or got)(
+        original(*a)))
+    scores, used = {}, {}
+    for products in ("dense", "structured"):
+        found.clear()
+        spec = _spec("if", products, solver={"name": solver, "regularization": 0.1})
+        scores[products] = attrkit.compose(spec, task).fit(train).attribute(test)
+        used[products] = any(found)
+    assert used == {"dense": False, "structured": True}
+    torch.testing.assert_close(scores["structured"], scores["dense"], rtol=1e-4,
+                               atol=1e-5 * float(scores["dense"].abs().max()))
+
+
+@pytest.mark.parametrize("kind", MODELS)
 @pytest.mark.parametrize("products", ["dense", "structured"])
 def test_a_low_rank_solve_scores_its_coefficients_as_the_solved_gradients(kind, products, tmp_path, monkeypatch):
     task, train, test = _problem(kind)

@@ -24,7 +24,7 @@ import torch
 from attrkit import distributed
 from attrkit.data import batch_size
 from attrkit.engine.products import Chooser, query_packer
-from attrkit.engine.sides import explainer, gradients, query
+from attrkit.engine.sides import explainer, gradients, query, takes_rank_one
 from attrkit.engine.state import Fit
 from attrkit.engine.tiles import score_block, top_k_block
 from attrkit.errors import ArgumentError, NonFiniteError, NonFiniteWarning
@@ -98,7 +98,8 @@ def _member_query(method: GradientAttributor, fit: Fit, m: int, batch: Any, inde
         NonFiniteError: a non-finite test example (``nonfinite="raise"``).
     """
     f = fit.members[m]
-    packing = None if f.layout is None or f.solved else Chooser.fixed(method, f.layout)
+    factored = takes_rank_one(f)  # solved from packed rows
+    packing = None if f.layout is None or (f.solved and not factored) else Chooser.fixed(method, f.layout)
     projecting = None  # a chooser of packed rows the projector takes (dense training features)
     if f.layout is None:
         if m not in fit.packers:
@@ -112,7 +113,8 @@ def _member_query(method: GradientAttributor, fit: Fit, m: int, batch: Any, inde
                          policy=fit.policy)
         if len(bad):
             raw = raw.index_fill(0, bad.to(raw.device), 0.0)
-    q = query(f, raw, method.normalize, projecting.layout if projecting is not None else None, coefficients=True)
+    layout = projecting.layout if projecting is not None else f.layout if factored else None
+    q = query(f, raw, method.normalize, layout, coefficients=True)
     late = check_rows(q, side="test", batch=index, offset=offset, member=f.member.label, explain=explain,
                       policy=fit.policy)
     bad = late if not isinstance(raw, torch.Tensor) else torch.cat([bad, late]).unique()

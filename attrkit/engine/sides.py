@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     from attrkit.engine.state import FittedMember
     from attrkit.functional.structured_products import ProductLayout
 
-__all__ = ["dense", "explainer", "from_factors", "gradients", "project", "query", "train_side", "training_fn",
-           "user_pass"]
+__all__ = ["dense", "explainer", "from_factors", "gradients", "project", "query", "takes_rank_one", "train_side",
+           "training_fn", "user_pass"]
 
 
 def training_fn(method: GradientAttributor) -> Callable[..., torch.Tensor]:
@@ -95,10 +95,15 @@ def from_factors(projector: Any, layout: ProductLayout, rows: torch.Tensor) -> t
     return project(projector, grads), grads
 
 
-def _solved(fitted: FittedMember, vectors: torch.Tensor, coefficients: bool = False) -> torch.Tensor:
+def _solved(fitted: FittedMember, vectors: torch.Tensor, coefficients: bool = False,
+            rank_one: Any = None) -> torch.Tensor:
     """``solver.solve(vectors)`` (with ``coefficients``, its low-rank coefficients ``[b, r]``,
-    :mod:`attrkit.engine.low_rank`), refused when it turns finite rows non-finite."""
-    out = fitted.low_rank.coefficients(vectors) if coefficients else fitted.solver.solve(vectors)
+    :mod:`attrkit.engine.low_rank`; with ``rank_one``, the vectors' rank-one layer blocks as factors,
+    for a solver that takes them), refused when it turns finite rows non-finite."""
+    if coefficients:
+        out = fitted.low_rank.coefficients(vectors)
+    else:
+        out = fitted.solver.solve(vectors, rank_one=rank_one) if rank_one else fitted.solver.solve(vectors)
     if not checks.enabled():
         return out
     bad = nonfinite_rows(out)
@@ -116,7 +121,8 @@ def query(fitted: FittedMember, grads: Any, normalize: bool, packed: ProductLayo
     """``Precond(Proj(g))`` for raw gradients ``[b, p]`` -> ``[b, k]`` (unit rows for cosine); packed
     factor rows of a structured member without a solver stay packed (normalised for cosine).
     With ``packed``, ``grads`` are factor rows of that layout, projected from the factors
-    (``projector.project_packed``) or else formed first. With ``coefficients``, a member with a
+    (``projector.project_packed``) or else formed first; behind a parameter-space solver that takes
+    them (:func:`takes_rank_one`), formed and solved with their rank-one layers' factors. With ``coefficients``, a member with a
     low-rank solve (``fitted.low_rank``) returns its coefficients ``[b, r]`` instead where they
     are cheaper to score (:meth:`~attrkit.engine.low_rank.LowRank.worth`): only for
     :meth:`FittedMember.products <attrkit.engine.state.FittedMember.products>`.
@@ -126,6 +132,12 @@ def query(fitted: FittedMember, grads: Any, normalize: bool, packed: ProductLayo
     """
     if fitted.layout is not None and not fitted.solved:  # packed rows of raw gradients, nothing to apply
         return fitted.layout.normalize(grads) if normalize else grads
+    if packed is not None and fitted.solved:  # factor rows behind the solver: formed, solved from the factors
+        vectors = packed.materialize(grads)
+        if coefficients and fitted.low_rank is not None and fitted.low_rank.worth(grads.shape[0]):
+            return _solved(fitted, vectors, coefficients=True)
+        feats = project(fitted.projector, _solved(fitted, vectors, rank_one=packed.rank_one(grads)))
+        return normalize_rows(feats) if normalize else feats
     if coefficients and fitted.low_rank is not None and fitted.low_rank.worth(grads.shape[0]):
         return _solved(fitted, dense(grads), coefficients=True)
     solver = fitted.solver
@@ -138,6 +150,12 @@ def query(fitted: FittedMember, grads: Any, normalize: bool, packed: ProductLayo
     if solver is not None and solver.space == "feature":
         feats = _solved(fitted, feats)
     return normalize_rows(feats) if normalize else feats
+
+
+def takes_rank_one(fitted: FittedMember) -> bool:
+    """Whether a member's queries are solved from packed factor rows: structured products behind a
+    parameter-space solver that uses rank-one layer factors (K-FAC, EK-FAC)."""
+    return fitted.solved and bool(getattr(fitted.solver, "takes_rank_one", False))
 
 
 def train_side(feats: torch.Tensor, normalize: bool) -> torch.Tensor:

@@ -40,6 +40,7 @@ and cost about ``4 p`` flops of GEMMs each, without autograd.
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -138,6 +139,8 @@ class InverseHVP:
             at every solve (CG, LiSSA), which cannot be saved.
         low_rank: ``(U, w)`` (``Tensor[p, r]``, ``Tensor[r]``) when ``apply`` is exactly
             ``v -> U diag(w) Uᵀ v`` (Arnoldi's eigenpairs), else ``None``.
+        takes_rank_one: whether ``apply`` takes ``rank_one=``, the vectors' rank-one layer blocks as
+            factors (K-FAC, EK-FAC), which :meth:`solve` then passes on.
     """
 
     def __init__(
@@ -146,6 +149,7 @@ class InverseHVP:
     ):
         self._apply, self._meter, self.p, self.name, self.state = apply, meter, p, name, state
         self.low_rank = low_rank
+        self.takes_rank_one = "rank_one" in inspect.signature(apply).parameters
         build = Cost(meter.passes, meter.example_hvps, time.perf_counter() - started)
         self.stats = IHVPStats(build=build, info=info)
 
@@ -155,11 +159,14 @@ class InverseHVP:
         """An :class:`InverseHVP` rebuilt from a saved ``state`` (no build cost, no training data)."""
         return cls(apply, p, _Meter(()), time.perf_counter(), info, name=name, state=state, low_rank=low_rank)
 
-    def solve(self, vectors: torch.Tensor) -> torch.Tensor:
+    def solve(self, vectors: torch.Tensor, rank_one: Mapping[int, Any] | None = None) -> torch.Tensor:
         """``(H + λI)⁻¹ v`` for every row ``v`` of ``vectors``.
 
         Args:
             vectors: ``Tensor[m, p]``, one vector per row, flattened in ``names`` order.
+            rank_one: factors of the vectors' rank-one layer blocks
+                (:data:`~attrkit.functional.ihvp_kfac.RankOne`), for a solve that applies them
+                (K-FAC, EK-FAC: :attr:`takes_rank_one`); ignored by any other.
 
         Returns:
             ``Tensor[m, p]`` in the dtype and on the device of ``vectors``. Cost: see the
@@ -171,7 +178,8 @@ class InverseHVP:
         """
         check_block(vectors, self.p)
         started, passes, hvps = time.perf_counter(), self._meter.passes, self._meter.example_hvps
-        out = check_finite_solve(self.name, vectors, self._apply(vectors))
+        given = self._apply(vectors, rank_one=rank_one) if rank_one and self.takes_rank_one else self._apply(vectors)
+        out = check_finite_solve(self.name, vectors, given)
         cost = self.stats.solve
         cost.passes += self._meter.passes - passes
         cost.example_hvps += self._meter.example_hvps - hvps

@@ -33,7 +33,7 @@ from attrkit.functional.ihvp import InverseHVP, _Meter, check_finite_solve, chec
 from attrkit.functional.kfac_factors import EKFACFactors, KFACFactors, KroneckerLayer, fit_ekfac, fit_kfac
 from attrkit.types import LossFn
 
-__all__ = ["ekfac_ihvp_at", "ekfac_solve", "kfac_ihvp_at", "kfac_solve", "restore_ekfac", "restore_kfac"]
+__all__ = ["RankOne", "ekfac_ihvp_at", "ekfac_solve", "kfac_ihvp_at", "kfac_solve", "restore_ekfac", "restore_kfac"]
 
 
 #: Elements of a block of vectors rotated into a layer's eigenbasis at once (16 MiB in float32:
@@ -41,13 +41,21 @@ __all__ = ["ekfac_ihvp_at", "ekfac_solve", "kfac_ihvp_at", "kfac_solve", "restor
 _BLOCK_ELEMENTS = 1 << 22
 
 
+#: ``{weight offset: (bias offset or None, ā [m, d_in (+1)], g [m, d_out])}``: layers whose block of every
+#: vector is ``g āᵀ`` (:meth:`~attrkit.functional.structured_products.ProductLayout.rank_one`).
+RankOne = Mapping[int, tuple[int | None, torch.Tensor, torch.Tensor]]
+
+
 def _apply(factors: KFACFactors, vectors: torch.Tensor, regularization: float,
-           eigenvalues: Sequence[torch.Tensor], solver: str) -> torch.Tensor:
+           eigenvalues: Sequence[torch.Tensor], solver: str, rank_one: RankOne | None = None) -> torch.Tensor:
     """``vectors`` through each layer's ``Q [(Qᵀ V) / (eigenvalues + λ)] Qᵀ`` and the fallback diagonal.
 
     The factors are fitted in float64; the rotations run in the vectors' floating dtype (float32
     GEMMs, half the time and memory of float64; the denominators, where cancellation could
     matter, are formed and checked in float64), in blocks of at most ``_BLOCK_ELEMENTS`` per layer.
+    A layer whose blocks ``rank_one`` gives as ``V = g āᵀ`` (same offsets and widths) is rotated
+    from its factors, ``Q_Gᵀ V Q_A = (Q_Gᵀ g)(Q_Aᵀ ā)ᵀ``: one ``d_in × d_in`` GEMM per vector where
+    ``V`` takes ``d_out`` of them.
     """
     p = sum(factors.sizes[n] for n in factors.names)
     if vectors.dim() != 2 or vectors.shape[1] != p:
@@ -81,12 +89,18 @@ def _apply(factors: KFACFactors, vectors: torch.Tensor, regularization: float,
         noise = max(q_g.shape[0], q_a.shape[0]) * eps * float(values.max()) if values.numel() else 0.0
         scale = denominator(values, f"layer {layer.module or '<root>'!r}", noise).to(dtype)
         step = max(1, _BLOCK_ELEMENTS // (d_out * q_a.shape[0]))
+        factored = _factors_of(layer, rank_one, starts, q_a.shape[0], d_out)
         for lo in range(0, m, step):
             block = rows[lo : lo + step]
-            parts = [block[:, cols(layer.weight)].reshape(-1, d_out, q_a.shape[0] - (layer.bias is not None))] \
-                if layer.weight else []
-            parts += [block[:, cols(layer.bias)].reshape(-1, d_out, 1)] if layer.bias else []
-            solved = q_g @ (q_g.T @ torch.cat(parts, 2) @ q_a).div_(scale) @ q_a.T
+            if factored is not None:  # (Q_Gᵀ g)(Q_Aᵀ ā)ᵀ: the rotated rank-one block from its factors
+                a, g = (f[lo : lo + step].to(dtype=dtype, device=like.device) for f in factored)
+                rotated = (g @ q_g)[:, :, None] * (a @ q_a)[:, None, :]
+            else:
+                parts = [block[:, cols(layer.weight)].reshape(-1, d_out, q_a.shape[0] - (layer.bias is not None))] \
+                    if layer.weight else []
+                parts += [block[:, cols(layer.bias)].reshape(-1, d_out, 1)] if layer.bias else []
+                rotated = q_g.T @ torch.cat(parts, 2) @ q_a
+            solved = q_g @ rotated.div_(scale) @ q_a.T
             if layer.weight:
                 out[lo : lo + step, cols(layer.weight)] = solved[..., : q_a.shape[0] - (layer.bias is not None)].reshape(
                     len(block), -1)
@@ -102,7 +116,20 @@ def _apply(factors: KFACFactors, vectors: torch.Tensor, regularization: float,
     return check_finite_solve(solver, vectors, out.to(dtype=vectors.dtype, device=vectors.device))
 
 
-def kfac_solve(factors: KFACFactors, vectors: torch.Tensor, regularization: float) -> torch.Tensor:
+def _factors_of(layer: KroneckerLayer, rank_one: RankOne | None, starts: Mapping[str, int], d_in: int,
+                d_out: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(ā, g)`` that ``rank_one`` gives for ``layer``'s block (same weight and bias offsets, ``ā``
+    ``d_in`` wide with the bias column, ``g`` ``d_out`` wide), else ``None``."""
+    found = rank_one.get(starts[layer.weight]) if rank_one and layer.weight else None
+    if found is None:
+        return None
+    bias_at, a, g = found
+    same = bias_at == (starts[layer.bias] if layer.bias else None) and a.shape[1] == d_in and g.shape[1] == d_out
+    return (a, g) if same else None
+
+
+def kfac_solve(factors: KFACFactors, vectors: torch.Tensor, regularization: float,
+               rank_one: RankOne | None = None) -> torch.Tensor:
     """``(F_kfac + λI)⁻¹ v`` for each row: ``Q_G [(Q_Gᵀ V Q_A) / (λ_G λ_Aᵀ + λ)] Q_Aᵀ`` per layer.
 
     The solve that :func:`kfac_ihvp_at` runs on fitted factors (a module-level helper, not
@@ -113,6 +140,9 @@ def kfac_solve(factors: KFACFactors, vectors: torch.Tensor, regularization: floa
         vectors: ``Tensor[m, p]``, flattened in ``factors.names`` order (each parameter
             row-major, as :func:`per_example_gradients` and ``FactoredGradients.materialize``).
         regularization: ``λ >= 0``, added to the approximated curvature as ``λI``.
+        rank_one: the vectors' blocks that are ``g āᵀ`` per layer, as their factors (a layer
+            offset to ``(bias offset, ā, g)``): rotated from them (see :data:`RankOne`); ``vectors``
+            must hold the same blocks.
 
     Returns:
         ``Tensor[m, p]`` in the dtype and on the device of ``vectors`` (computed in the
@@ -126,10 +156,11 @@ def kfac_solve(factors: KFACFactors, vectors: torch.Tensor, regularization: floa
             and ``λ = 0``: the message names the layer and the ``regularization`` needed.
     """
     products = [x.output_eigenvalues[:, None] * x.input_eigenvalues for x in factors.layers]
-    return _apply(factors, vectors, regularization, products, "kfac")
+    return _apply(factors, vectors, regularization, products, "kfac", rank_one)
 
 
-def ekfac_solve(factors: EKFACFactors, vectors: torch.Tensor, regularization: float) -> torch.Tensor:
+def ekfac_solve(factors: EKFACFactors, vectors: torch.Tensor, regularization: float,
+                rank_one: RankOne | None = None) -> torch.Tensor:
     """``(F_ekfac + λI)⁻¹ v`` for each row: ``Q_G [(Q_Gᵀ V Q_A) / (Λ + λ)] Q_Aᵀ`` per layer.
 
     The solve that :func:`ekfac_ihvp_at` runs on fitted factors (a module-level helper, not
@@ -139,6 +170,7 @@ def ekfac_solve(factors: EKFACFactors, vectors: torch.Tensor, regularization: fl
         factors: from :func:`~attrkit.functional.kfac_factors.fit_ekfac`.
         vectors: ``Tensor[m, p]`` as in :func:`kfac_solve`.
         regularization: ``λ >= 0``, added as ``λI``.
+        rank_one: as :func:`kfac_solve`.
 
     Returns:
         ``Tensor[m, p]``, as :func:`kfac_solve`.
@@ -146,7 +178,7 @@ def ekfac_solve(factors: EKFACFactors, vectors: torch.Tensor, regularization: fl
     Raises:
         ValueError: as :func:`kfac_solve`.
     """
-    return _apply(factors.kfac, vectors, regularization, factors.eigenvalues, "ekfac")
+    return _apply(factors.kfac, vectors, regularization, factors.eigenvalues, "ekfac", rank_one)
 
 
 def _kronecker_ihvp_at(

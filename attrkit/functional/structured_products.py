@@ -201,6 +201,15 @@ class ProductLayout:
                 start += slot.columns
         return out, x[:, start:]
 
+    def rank_one(self, x: torch.Tensor) -> dict[int, tuple[int | None, torch.Tensor, torch.Tensor]]:
+        """``{weight_at: (bias_at, ā [b, d_in], g [b, d_out])}`` of every structured layer with one position
+        per example and a recorded weight: the rows' gradient block there is ``g āᵀ`` (the bias ``g ā[-1]``
+        when ``bias_at`` is not ``None``, ``ā``'s last column then being 1). Views of ``x`` (``[b, width]``)."""
+        layers, _ = self._views(x)
+        slots = [slot for slot in self.layers if slot.structured]
+        return {slot.weight_at: (slot.bias_at, a[:, 0], g[:, 0])
+                for slot, (t, a, g) in zip(slots, layers) if t == 1 and slot.weight_at is not None}
+
     # -- products --------------------------------------------------------------------------
 
     def products(self, q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

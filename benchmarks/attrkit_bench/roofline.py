@@ -90,11 +90,13 @@ def _param(part: Any, key: str, default: Any) -> Any:
 
 def _kfac(s: Sizes, corrected: bool) -> tuple[float, str]:
     """Flops of K-FAC (EK-FAC with ``corrected``): factors, eigendecompositions, the eigenvalue
-    correction (rank-one rotations), and ``m`` preconditioned queries."""
+    correction (rank-one rotations), and ``m`` preconditioned queries, each rotated in from its
+    rank-one factors and out as a ``d_out × d_in`` block."""
     factors = sum(2 * s.n * (i * i + o * o) + 9 * (i**3 + o**3) for i, o in s.layers)
-    queries = s.m * sum(4 * (i * i * o + o * o * i) for i, o in s.layers)
+    queries = s.m * sum(2 * (i * i + o * o) + 2 * (i * i * o + o * o * i) for i, o in s.layers)
     fix = s.n * sum(2 * (i * i + o * o) + 2 * i * o for i, o in s.layers) if corrected else 0
-    return factors + queries + fix, "factors 2n(d_in²+d_out²), eigh 9d³, queries 4m(d_in²d_out+d_out²d_in)" + (
+    return factors + queries + fix, ("factors 2n(d_in²+d_out²), eigh 9d³, queries m(2(d_in²+d_out²)+"
+                                     "2(d_in²d_out+d_out²d_in))") + (
         ", correction n(2d_in²+2d_out²+2d_in d_out)" if corrected else "")
 
 

@@ -63,7 +63,9 @@ class DenseConfig:
         cache_mb: keep the whole matrix when its float32 size is at most this many MiB, in a
             process-wide cache whose total stays within it (least recently used first out: an
             ensemble's members share it); otherwise its blocks are regenerated on the input's
-            device at each call.
+            device at each call. An ensemble scores its test batches member by member in groups
+            (:mod:`attrkit.engine.scoring`), so a budget of one matrix draws each member's again
+            once per group, and a budget of all of them none: memory against time.
         dtype: ``"float32"``, ``"float16"`` or ``"bfloat16"``: precision of the matmul
             (see :meth:`attrkit.functional.projection.SeededMatrix.project` for its error).
     """
