@@ -149,7 +149,7 @@ class InverseHVP:
     ):
         self._apply, self._meter, self.p, self.name, self.state = apply, meter, p, name, state
         self.low_rank = low_rank
-        self.takes_rank_one = "rank_one" in inspect.signature(apply).parameters
+        self.takes_rank_one = _takes(apply, "rank_one")
         build = Cost(meter.passes, meter.example_hvps, time.perf_counter() - started)
         self.stats = IHVPStats(build=build, info=info)
 
@@ -188,6 +188,14 @@ class InverseHVP:
         return out
 
     __call__ = solve
+
+
+def _takes(fn: Callable[..., Any], name: str) -> bool:
+    """Whether ``fn`` has a parameter ``name`` (``False`` when its signature cannot be read)."""
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def check_block(vectors: torch.Tensor, p: int | None = None) -> None:
