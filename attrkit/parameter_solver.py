@@ -102,7 +102,7 @@ class ParameterSolver(HessianSolver):
         if self._solve is None:
             raise NotFittedError(f"solver {self.name!r} used before fit(context)")
         given = vectors if self.solves_in_input_dtype and vectors.is_floating_point() else vectors.double()
-        if rank_one and getattr(self._solve, "takes_rank_one", False):
+        if rank_one and self.takes_rank_one:
             return self._solve(given, rank_one=rank_one).to(device=vectors.device, dtype=vectors.dtype)
         return self._solve(given).to(device=vectors.device, dtype=vectors.dtype)
 

@@ -132,12 +132,9 @@ def query(fitted: FittedMember, grads: Any, normalize: bool, packed: ProductLayo
     """
     if fitted.layout is not None and not fitted.solved:  # packed rows of raw gradients, nothing to apply
         return fitted.layout.normalize(grads) if normalize else grads
+    rank_one = None
     if packed is not None and fitted.solved:  # factor rows behind the solver: formed, solved from the factors
-        vectors = packed.materialize(grads)
-        if coefficients and fitted.low_rank is not None and fitted.low_rank.worth(grads.shape[0]):
-            return _solved(fitted, vectors, coefficients=True)
-        feats = project(fitted.projector, _solved(fitted, vectors, rank_one=packed.rank_one(grads)))
-        return normalize_rows(feats) if normalize else feats
+        rank_one, grads, packed = packed.rank_one(grads), packed.materialize(grads), None
     if coefficients and fitted.low_rank is not None and fitted.low_rank.worth(grads.shape[0]):
         return _solved(fitted, dense(grads), coefficients=True)
     solver = fitted.solver
@@ -145,7 +142,7 @@ def query(fitted: FittedMember, grads: Any, normalize: bool, packed: ProductLayo
         feats, _ = from_factors(fitted.projector, packed, grads)
     else:
         if solver is not None and solver.space == "parameter":
-            grads = _solved(fitted, dense(grads))
+            grads = _solved(fitted, dense(grads), rank_one=rank_one)
         feats = project(fitted.projector, grads)
     if solver is not None and solver.space == "feature":
         feats = _solved(fitted, feats)
