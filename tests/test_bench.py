@@ -440,6 +440,8 @@ def test_dattri_counterparts_match_specs_or_say_why_not(tmp_path: Path, data: tu
     assert counterpart(resolved({"method": "if", "solver": "ekfac"}), problem, states).name == "IFAttributor(ekfac)"
     trak = counterpart(resolved({"method": "trak", "projector": {"name": "gaussian", "dim": 8}}), problem, states)
     assert trak.name == "TRAKAttributor" and callable(trak.scores)
+    sketched = counterpart(resolved({"method": "trak", "projector": {"name": "sjlt", "dim": 8, "nnz": 1}}), problem, states)
+    assert sketched.name == "TRAKAttributor (dense projection, k = 8)" and callable(sketched.scores)
     assert "relatif" in counterpart(resolved({"method": "relatif", "solver": "ekfac"}), problem, states).reason
     grouped = counterpart(resolved({"method": "grad-dot", "grouper": {"name": "random", "group_size": 4}}), problem, states)
     assert grouped.scores is None and "grouper 'random'" in grouped.reason

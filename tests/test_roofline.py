@@ -46,6 +46,9 @@ def test_counts_follow_the_algorithms():
     dense = work({"method": "trak", "projector": {"name": "gaussian", "dim": 512}}, 1, sizes).flops
     logra = work({"method": "trak", "projector": {"name": "kronecker", "dim_in": 52, "dim_out": 10}}, 1, sizes).flops
     assert logra < dense / 5  # the Kronecker projection never multiplies by p
+    k = 512
+    sketch = work({"method": "trak", "projector": {"name": "sjlt", "dim": k, "nnz": 1}}, 1, sizes).flops
+    assert dense - sketch == 2 * (n + m) * p * (k - 1)  # a sparse sketch adds each coordinate to nnz buckets, not k
     with pytest.raises(LookupError):
         work({"method": "if", "solver": {"name": "mystery"}}, 1, sizes)
 

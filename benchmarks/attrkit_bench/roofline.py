@@ -119,6 +119,9 @@ def work(spec: Mapping[str, Any], members: int, s: Sizes) -> Work:
             k = len(s.layers) * k_in * k_out
             project = 2.0 * (n + m) * sum(i * k_in + o * k_out + k_in * k_out for i, o in s.layers)
             what = "members × (Kronecker projection 2(n+m)Σ(d_in k_in + d_out k_out + k_in k_out), Gram 2nk², solve, "
+        elif _name(projector) == "sjlt":  # each gradient coordinate added to nnz buckets
+            k, nnz = int(_param(projector, "dim", 512)), int(_param(projector, "nnz", 4))
+            project, what = 2.0 * (n + m) * p * nnz, "members × (sparse sketch 2(n+m)p·nnz, Gram 2nk², solve, "
         else:
             k = int(_param(projector, "dim", 512))
             project, what = 2.0 * (n + m) * p * k, "members × (project 2(n+m)pk, Gram 2nk², solve, "

@@ -63,8 +63,8 @@ class _Logits(torch.nn.Module):
         return self.logits
 
 
-#: Most elements of one ``[rows, n_train]`` float64 product while scoring (2 MiB).
-_TILE_ELEMENTS = 1 << 18
+#: Most elements of one ``[rows, n_train]`` float64 product while scoring (512 KiB: with two alive while a tile is formed, they stay small beside the features).
+_TILE_ELEMENTS = 1 << 16
 
 
 def _labels_only(batch: Any) -> Any:

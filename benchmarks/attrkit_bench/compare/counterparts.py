@@ -9,7 +9,8 @@ members, loaders and hyper-parameters, or says why there is none. dattri:
 * ``tracin`` → ``TracInAttributor`` over the same checkpoints and learning rates;
 * ``trak`` → ``TRAKAttributor`` over the same members, same projection dimension and λ (for the
   LoGra form, factored gradients with a ``kronecker`` projector, dattri's dense projection to
-  as many features, ``layers × dim_in × dim_out``);
+  as many features, ``layers × dim_in × dim_out``; for a sparse ``sjlt`` sketch, its dense
+  projection to the sketch's ``dim``);
 * ``rps`` → ``RPSAttributor`` with the same L2 strength;
 * ``if`` with solver ``explicit``, ``cg``, ``lissa``, ``arnoldi``, ``ekfac`` or ``datainf``
   → the matching ``IFAttributor*`` (:mod:`attrkit_bench.compare.influence`), cached on and
@@ -154,7 +155,7 @@ def counterpart(spec: Mapping[str, Any], problem: Problem, states: Sequence[dict
         return Counterpart(name="TracInAttributor", scores=dattri_tracin(model, states, rates, train, targets))
     if method == "trak":
         projector, solver = spec.get("projector"), spec.get("solver")
-        if _name(projector) not in ("gaussian", "rademacher", "kronecker") or _name(solver) != "gauss-newton":
+        if _name(projector) not in ("gaussian", "rademacher", "kronecker", "sjlt") or _name(solver) != "gauss-newton":
             return Counterpart(reason="dattri's TRAK projects randomly and solves by Gauss-Newton only")
         lam = float(_params(solver).get("regularization", 0.0))
         if _name(projector) == "kronecker":  # LoGra: dattri's dense random projection to as many features
@@ -163,6 +164,9 @@ def counterpart(spec: Mapping[str, Any], problem: Problem, states: Sequence[dict
             return Counterpart(name=f"TRAKAttributor (dense projection, k = {dim})",
                                scores=dattri_trak(model, states, train, targets, dim, lam))
         dim = _params(projector)["dim"]
+        if _name(projector) == "sjlt":  # a sparse sketch: dattri's dense random projection to as many features
+            return Counterpart(name=f"TRAKAttributor (dense projection, k = {dim})",
+                               scores=dattri_trak(model, states, train, targets, dim, lam))
         return Counterpart(name="TRAKAttributor", scores=dattri_trak(model, states, train, targets, dim, lam))
     if method == "rps":
         lam = float(params.get("regularization", 3e-3))
