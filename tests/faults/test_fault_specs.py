@@ -224,7 +224,7 @@ def test_a_list_file_without_a_label_names_the_labels(toy):
     with pytest.raises(attrkit.SpecError) as info:
         attrkit.compose(str(BENCH_FILE), toy.task)
     (line,) = info.value.problems
-    assert line.startswith(f"{BENCH_FILE}: holds 18 specs; choose one by its label, as '{BENCH_FILE}#LABEL' (labels: ")
+    assert line.startswith(f"{BENCH_FILE}: holds 20 specs; choose one by its label, as '{BENCH_FILE}#LABEL' (labels: ")
     assert "trak-10" in line
 
 
