@@ -63,7 +63,8 @@ class _Logits(torch.nn.Module):
         return self.logits
 
 
-#: Most elements of one ``[rows, n_train]`` float64 product while scoring (512 KiB: with two alive while a tile is formed, they stay small beside the features).
+#: Most elements of one ``[rows, n_train]`` float64 product while scoring (512 KiB; two are alive
+#: while a tile is formed, small beside the features).
 _TILE_ELEMENTS = 1 << 16
 
 

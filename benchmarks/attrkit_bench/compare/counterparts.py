@@ -158,16 +158,15 @@ def counterpart(spec: Mapping[str, Any], problem: Problem, states: Sequence[dict
         if _name(projector) not in ("gaussian", "rademacher", "kronecker", "sjlt") or _name(solver) != "gauss-newton":
             return Counterpart(reason="dattri's TRAK projects randomly and solves by Gauss-Newton only")
         lam = float(_params(solver).get("regularization", 0.0))
-        if _name(projector) == "kronecker":  # LoGra: dattri's dense random projection to as many features
+        if _name(projector) == "kronecker":  # LoGra: as many features as its Kronecker blocks give
             layers = len(plan_factors(model, select_parameters(model, ["*"])).layers)
             dim = layers * _params(projector)["dim_in"] * _params(projector)["dim_out"]
-            return Counterpart(name=f"TRAKAttributor (dense projection, k = {dim})",
-                               scores=dattri_trak(model, states, train, targets, dim, lam))
-        dim = _params(projector)["dim"]
-        if _name(projector) == "sjlt":  # a sparse sketch: dattri's dense random projection to as many features
-            return Counterpart(name=f"TRAKAttributor (dense projection, k = {dim})",
-                               scores=dattri_trak(model, states, train, targets, dim, lam))
-        return Counterpart(name="TRAKAttributor", scores=dattri_trak(model, states, train, targets, dim, lam))
+        else:
+            dim = _params(projector)["dim"]
+        scores = dattri_trak(model, states, train, targets, dim, lam)
+        if _name(projector) in ("kronecker", "sjlt"):  # dattri: dense, to as many features
+            return Counterpart(name=f"TRAKAttributor (dense projection, k = {dim})", scores=scores)
+        return Counterpart(name="TRAKAttributor", scores=scores)
     if method == "rps":
         lam = float(params.get("regularization", 3e-3))
         return Counterpart(name="RPSAttributor",
