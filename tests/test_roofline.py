@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import attrkit
-from attrkit_bench.report.table import table_rows
-from attrkit_bench.roofline import Rates, limits, sizes_of, work
+from attrkit_bench.report.table import format_table, table_rows
+from attrkit_bench.roofline import Rates, _pass_rate, limits, measure_rates, sizes_of, work
 from attrkit_bench.runner.choices import parse_methods
 from attrkit_bench.studies.spec import SPECS_DIR
 
@@ -33,7 +33,7 @@ def test_every_method_of_the_spec_files_is_counted(setting, model):
     for choice in parse_methods([str(SPECS_DIR / f"{setting}.json")], registry):
         spec = attrkit.resolve(choice.spec, registry).spec.to_dict()
         need = work(spec, choice.members[1] if choice.members else 1, sizes)
-        assert need.flops > 0 and need.examples >= 4500, choice.label
+        assert need.flops > 0 and need.examples + need.forwards >= 4500, choice.label
 
 
 def test_counts_follow_the_algorithms():
@@ -55,10 +55,42 @@ def test_counts_follow_the_algorithms():
 
 def test_the_table_shows_the_limit_and_the_multiple():
     sizes = sizes_of(LR, 4000, 500)
-    roofline = limits({"method": "grad-dot"}, 1, sizes, Rates(gemm=1e11, passes=1e4), seconds=0.9)
+    roofline = limits({"method": "grad-dot"}, 1, sizes, Rates(gemm=1e11, passes=1e4, forwards=2e4), seconds=0.9)
     assert roofline["limit"] == pytest.approx(4500 / 1e4 + 2 * 500 * 4000 * 795 / 1e11)
     assert roofline["multiple"] == pytest.approx(0.9 / roofline["limit"])
     run = {"label": "grad-dot", "metrics": {"lds": 0.3}, "seconds": 0.9, "peak_mib": 40.0, "roofline": roofline}
     header, rows = table_rows({"metrics": [{"name": "lds"}], "runs": [run]})
     assert header[-2:] == ["roofline (s)", "× roofline"]
     assert rows[0][-1] == f"{roofline['multiple']:.1f}"
+
+
+def test_rps_only_evaluates_its_examples():
+    sizes = sizes_of(MLP, 4000, 500)
+    need = work({"method": "rps"}, 1, sizes)
+    assert (need.examples, need.forwards) == (0, 4500)  # features by a forward; the target's push is at the logits
+    roofline = limits({"method": "rps"}, 1, sizes, Rates(gemm=1e11, passes=1e4, forwards=2e4), seconds=1.0)
+    assert roofline["limit"] == pytest.approx(4500 / 2e4 + need.flops / 1e11)
+
+
+def test_the_pass_differentiates_only_the_layer_outputs_and_leaves_no_hooks():
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
+    batches = [(torch.randn(4, 6), torch.randint(3, (4,))) for _ in range(2)]
+    loss_fn = lambda m, batch: torch.nn.functional.cross_entropy(m(batch[0]), batch[1], reduction="none")  # noqa: E731
+    assert _pass_rate(model, loss_fn, batches, backward=True, repeats=1) > 0
+    assert all(p.grad is None for p in model.parameters())
+    assert all(not mod._forward_hooks for mod in model.modules())
+    rates = measure_rates(model, loss_fn, batches)
+    assert min(rates.gemm, rates.passes, rates.forwards) > 0
+    assert rates.best(Rates(gemm=rates.gemm * 2, passes=1.0, forwards=1.0)) == Rates(
+        gemm=rates.gemm * 2, passes=rates.passes, forwards=rates.forwards)
+
+
+def test_a_row_faster_than_its_limit_marks_the_column_unsound():
+    def run(label, multiple):
+        return {"label": label, "metrics": {}, "seconds": multiple, "peak_mib": 1.0,
+                "roofline": {"limit": 1.0, "multiple": multiple}}
+
+    sound = {"metrics": [], "runs": [run("a", 1.5), run("b", 2.0)]}
+    assert "unsound" not in format_table(sound)
+    unsound = {"metrics": [], "runs": [run("a", 0.8), run("b", 2.0)]}
+    assert "× roofline: a ran faster than the limit" in format_table(unsound)

@@ -1,11 +1,13 @@
 """The work a method cannot avoid, counted analytically: gradient passes and float32 flops.
 
-    limit(method) = examples / pass_rate + flops / gemm_rate
+    limit(method) = examples / pass_rate + forwards / forward_rate + flops / gemm_rate
 
-Both rates are measured on the machine in the run that times the methods (:func:`measure_rates`).
+The three rates are measured on the machine in the run that times the methods (:func:`measure_rates`),
+before and after the methods, keeping the faster of each (:meth:`Rates.best`): a rate measured while
+the machine was disturbed would make the limit too long and flatter every multiple.
 
 ``examples`` is how many examples the method must differentiate (training and test side, per
-member); ``flops`` are the GEMM flops of its score products, projections and solve, each
+member); ``forwards`` how many it only evaluates (RPS's features); ``flops`` are the GEMM flops of its score products, projections and solve, each
 counted for the cheapest exact algorithm (structured inner products where a layer's factors
 are cheaper than its gradient, :func:`attrkit.functional.structured_products.cheaper_structured`;
 the Gauss-Newton build by Kronecker blocks; K-FAC and EK-FAC rotations of the factors). Sizes
@@ -59,11 +61,13 @@ class Work:
         examples: examples differentiated (one forward and backward each).
         flops: float32 GEMM flops.
         what: how they were counted, in words.
+        forwards: examples only evaluated (a forward pass each, no backward).
     """
 
     examples: int
     flops: float
     what: str
+    forwards: int = 0
 
 
 def sizes_of(model: torch.nn.Module, n: int, m: int) -> Sizes:
@@ -129,8 +133,8 @@ def work(spec: Mapping[str, Any], members: int, s: Sizes) -> Work:
         return Work(examples=sides, flops=flops, what=what + "scores 2mnk)")
     if method == "rps":
         d, c = s.layers[-1]
-        return Work(examples=n + m, flops=2.0 * m * n * d + 2.0 * n * d * c,
-                    what="features pass, scores 2mnd (the refit's iterations not counted)")
+        return Work(examples=0, forwards=n + m, flops=2.0 * m * n * d + 2.0 * n * d * c,
+                    what="features (forward only), scores 2mnd (the refit's iterations not counted)")
     if method not in ("if", "relatif"):
         raise LookupError(f"no roofline count for method {method!r}")
     kind, dense_scores = _name(solver), 2.0 * m * n * p  # a solved query is dense: <q, u ⊗ a> costs d_in d_out
@@ -176,13 +180,22 @@ class Rates:
 
     Attributes:
         gemm: float32 GEMM flops per second (best of 5 products of two 2048 × 2048 matrices).
-        passes: training examples per second of a batched forward + backward of the summed loss
-            (best of 3 passes over the training loader: the cheapest pass that yields every
-            layer's inputs and output gradients).
+        passes: training examples per second of the cheapest pass that yields every ``nn.Linear``
+            layer's inputs and output gradients: a batched forward, then the summed loss
+            differentiated with respect to the layers' outputs only (no weight gradients), best
+            of 3 passes over the training loader.
+        forwards: training examples per second of the batched forward alone, without autograd
+            (best of 3 passes).
     """
 
     gemm: float
     passes: float
+    forwards: float
+
+    def best(self, other: Rates) -> Rates:
+        """Each rate the faster of ``self`` and ``other`` (two measurements of the same machine)."""
+        return Rates(gemm=max(self.gemm, other.gemm), passes=max(self.passes, other.passes),
+                     forwards=max(self.forwards, other.forwards))
 
 
 def _gemm_rate(size: int = 2048, repeats: int = 5) -> float:
@@ -196,27 +209,42 @@ def _gemm_rate(size: int = 2048, repeats: int = 5) -> float:
     return 2.0 * size**3 / best
 
 
-def _pass_rate(model: torch.nn.Module, loss_fn: Any, train: Any, repeats: int = 3) -> float:
-    params = [p for p in model.parameters() if p.requires_grad]
+def _pass_rate(model: torch.nn.Module, loss_fn: Any, train: Any, backward: bool, repeats: int = 3) -> float:
+    """Examples per second of a forward over ``train`` (and, with ``backward``, the summed loss
+    differentiated with respect to every ``nn.Linear`` output)."""
+    outputs: list[torch.Tensor] = []
+    hooks = [mod.register_forward_hook(lambda _m, _i, out: outputs.append(out))
+             for mod in model.modules() if type(mod) is torch.nn.Linear]
     best, count = float("inf"), 0
-    for _ in range(repeats):
-        count, start = 0, time.perf_counter()
-        for batch in train:
-            torch.autograd.grad(loss_fn(model, batch).sum(), params)
-            count += len(batch[1])
-        best = min(best, time.perf_counter() - start)
+    try:
+        for _ in range(repeats):
+            count, start = 0, time.perf_counter()
+            for batch in train:
+                outputs.clear()
+                if backward:
+                    loss = loss_fn(model, batch).sum()
+                    torch.autograd.grad(loss, [out for out in outputs if out.requires_grad])
+                else:
+                    with torch.no_grad():
+                        loss_fn(model, batch)
+                count += len(batch[1])
+            best = min(best, time.perf_counter() - start)
+    finally:
+        for hook in hooks:
+            hook.remove()
     return count / best
 
 
 def measure_rates(model: torch.nn.Module, loss_fn: Any, train: Any) -> Rates:
-    """The :class:`Rates` of this machine for ``model`` on the training loader ``train``."""
-    return Rates(gemm=_gemm_rate(), passes=_pass_rate(model, loss_fn, train))
+    """The :class:`Rates` of this machine for ``model`` (its ``nn.Linear`` layers) on the training loader ``train``."""
+    return Rates(gemm=_gemm_rate(), passes=_pass_rate(model, loss_fn, train, backward=True),
+                 forwards=_pass_rate(model, loss_fn, train, backward=False))
 
 
 def limits(spec: Mapping[str, Any], members: int, sizes: Sizes, rates: Rates, seconds: float) -> dict[str, Any]:
-    """``{"limit", "multiple", "gflop", "examples", "counted"}``: the method's roofline time
-    (seconds), its measured ``seconds`` as a multiple of it, and the work counted."""
+    """``{"limit", "multiple", "gflop", "examples", "forwards", "counted"}``: the method's roofline
+    time (seconds), its measured ``seconds`` as a multiple of it, and the work counted."""
     need = work(spec, members, sizes)
-    limit = need.examples / rates.passes + need.flops / rates.gemm
+    limit = need.examples / rates.passes + need.forwards / rates.forwards + need.flops / rates.gemm
     return {"limit": limit, "multiple": seconds / limit, "gflop": need.flops / 1e9, "examples": need.examples,
-            "counted": need.what}
+            "forwards": need.forwards, "counted": need.what}

@@ -14,7 +14,7 @@ import torch
 import attrkit
 from attrkit import Registry
 from attrkit_bench.problem import Problem
-from attrkit_bench.roofline import Sizes, limits, measure_rates, sizes_of
+from attrkit_bench.roofline import Rates, Sizes, limits, measure_rates, sizes_of
 from attrkit_bench.runner.choices import MethodChoice, MetricChoice
 from attrkit_bench.runner.method import MethodRun, compared_library, run_method
 
@@ -39,7 +39,10 @@ def run_benchmark(
 
     The document holds the setting's facts (sizes, training time and accuracy,
     ground-truth time), the versions of torch, attrkit (and the library compared), every metric's
-    config and provenance, and one entry per run (see :class:`MethodRun`).
+    config and provenance, and one entry per run (see :class:`MethodRun`). Where the model is
+    counted (:mod:`attrkit_bench.roofline`), the machine's rates are measured before and after the
+    methods and each run's roofline figures use the faster of each; ``on_run`` sees them against
+    the first measurement.
 
     Args:
         problem: the prepared setting.
@@ -52,25 +55,24 @@ def run_benchmark(
     """
     registry = registry or attrkit.default_registry()
     sizes = _roofline_sizes(problem)
-    rates = None if sizes is None else measure_rates(problem.model, problem.loss_fn, problem.train)
+    before = None if sizes is None else measure_rates(problem.model, problem.loss_fn, problem.train)
     runs = []
     for choice in choices:
-        runs.append(run_method(problem, choice, metrics, registry, compare))
-        if rates is not None:
-            try:
-                members = choice.members[1] if choice.members else 1
-                runs[-1] = attrs.evolve(runs[-1], roofline=limits(runs[-1].spec, members, sizes, rates,
-                                                                  runs[-1].seconds))
-            except LookupError:  # a method the roofline does not count
-                pass
+        runs.append(_with_roofline(run_method(problem, choice, metrics, registry, compare), choice, sizes, before))
         if on_run is not None:
-            on_run(runs[-1])
+            on_run(runs[-1])  # its multiple against the rates measured so far
+    rates = None
+    if before is not None:  # measured again after the methods: the faster of each rate is the machine's
+        after = measure_rates(problem.model, problem.loss_fn, problem.train)
+        rates = before.best(after)
+        runs = [_with_roofline(run, choice, sizes, rates) for run, choice in zip(runs, choices)]
     info = {**problem.info, "torch": torch.__version__, "attrkit": attrkit.__version__,
             "device": str(problem.task().device), "torch_threads": torch.get_num_threads(),
             "python": platform.python_version(), "platform": platform.platform()}
     if rates is not None:
         info["roofline"] = {"gemm_gflops": rates.gemm / 1e9, "pass_examples_per_s": rates.passes,
-                            "n_train": sizes.n, "n_targets": sizes.m, "parameters": sizes.p}
+                            "forward_examples_per_s": rates.forwards, "n_train": sizes.n, "n_targets": sizes.m,
+                            "parameters": sizes.p, "measured": [attrs.asdict(before), attrs.asdict(after)]}
     library = compared_library(compare)
     if library == "dattri":
         from attrkit_bench.compare.dattri import dattri_version
@@ -89,6 +91,17 @@ def run_benchmark(
         ],
         "runs": [attrs.asdict(run) for run in runs],
     }
+
+
+def _with_roofline(run: MethodRun, choice: MethodChoice, sizes: Sizes | None, rates: Rates | None) -> MethodRun:
+    """``run`` with its roofline figures against ``rates`` (unchanged where the model or the method is not counted)."""
+    if rates is None:
+        return run
+    try:
+        members = choice.members[1] if choice.members else 1
+        return attrs.evolve(run, roofline=limits(run.spec, members, sizes, rates, run.seconds))
+    except LookupError:  # a method the roofline does not count
+        return run
 
 
 def _roofline_sizes(problem: Problem) -> Sizes | None:

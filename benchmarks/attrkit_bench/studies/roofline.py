@@ -2,12 +2,12 @@
 
     attrkit bench roofline [--settings mnist-lr,mnist-mlp] [--spec FILE] [--out DIR] [--markdown FILE]
 
-Per setting, in one run: the float32 GEMM rate and the gradient pass rate, then every method of
+Per setting, in one run: the float32 GEMM, gradient pass and forward rates, then every method of
 the spec (default: the setting's own spec file ``benchmarks/specs/{setting}.json``) timed fit +
-attribute, no metrics; each method's limit is ``examples / pass_rate + flops / gemm_rate``
-(:mod:`attrkit_bench.roofline`). ``attrkit bench SETTING`` records the same columns beside its
-metrics (and dattri's times with ``--compare dattri``). Writes ``{out}/roofline.json`` and the
-markdown page.
+attribute, no metrics, then the rates again (the faster of each counts); each method's limit is
+``examples / pass_rate + forwards / forward_rate + flops / gemm_rate`` (:mod:`attrkit_bench.roofline`).
+``attrkit bench SETTING`` records the same columns beside its metrics (and dattri's times with
+``--compare dattri``). Writes ``{out}/roofline.json`` and the markdown page.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ def markdown(documents: list[dict[str, Any]]) -> str:
         r = d["info"]["roofline"]
         out += [f"### {d['setting']} (n = {r['n_train']}, targets = {r['n_targets']}, p = {r['parameters']})", "",
                 f"float32 GEMM {r['gemm_gflops']:.1f} GFLOP/s, gradient pass {r['pass_examples_per_s']:.0f} examples/s, "
+                f"forward {r.get('forward_examples_per_s', float('nan')):.0f} examples/s, "
                 f"{d['info']['torch_threads']} threads", "",
                 "| method | time (s) | limit (s) | × limit | GFLOP | examples | counted |", "|---|---|---|---|---|---|---|"]
         out += [f"| {x['label']} | {x['seconds']:.2f} | {x['roofline']['limit']:.3f} | {x['roofline']['multiple']:.1f} | "
