@@ -274,6 +274,8 @@ PROJECTED = {
     "if": {"solver": {"name": "gauss-newton", "regularization": 0.1}},
     "if-arnoldi-projected": {"projector": {"name": "arnoldi", "dim": 6, "scale": True, "regularization": 0.1,
                                            "curvature": "gauss-newton"}, "solver": "identity"},
+    "trak-sjlt": {"projector": {"name": "sjlt", "dim": 16, "nnz": 1, "seed": 3},
+                  "solver": {"name": "gauss-newton", "regularization": 0.01}},
 }
 
 
@@ -282,7 +284,8 @@ PROJECTED = {
 @pytest.mark.parametrize("formed", [False, True], ids=["per-layer", "formed"])
 def test_projected_features_from_factors_equal_the_dense_ones(kind, method, formed, monkeypatch):
     """A dense projector takes the packed factor rows: per layer, or (within ``FORMED_BYTES``) forming
-    the gradients first for one GEMM; both equal the dense path."""
+    the gradients first for one GEMM; a sparse sketch, or a feature-space solver alone, gets the
+    training gradients formed from them; all equal the dense path."""
     monkeypatch.setattr(projection, "FORMED_BYTES", 2**40 if formed else 0)
     task, train, test = _problem(kind)
     calls = {"materialize": [], "project": []}
@@ -294,18 +297,20 @@ def test_projected_features_from_factors_equal_the_dense_ones(kind, method, form
     for products in ("dense", "structured", "auto"):
         for seen in calls.values():
             seen.clear()
-        name = "if" if method.startswith("if") else method
+        name = "if" if method.startswith("if") else method.removesuffix("-sjlt")
         attributor = attrkit.compose(_spec(name, products, **PROJECTED[method]), task).fit(train)
         results[products] = (attributor.attribute(test), attributor.self_influence(train),
                              {name: sum(seen) for name, seen in calls.items()})
         assert all(f.layout is None for f in attributor.fitted.members)  # the training side is projected features
-    projects = "projector" in PROJECTED[method]  # a Gaussian or Rademacher matrix takes the factors as they are
+    projector = PROJECTED[method].get("projector", {}).get("name")
+    projects = projector in ("gaussian", "rademacher", "arnoldi")  # these take the factors as they are
     assert results["dense"][2] == {"materialize": 0, "project": 0}
-    seeded = projects and PROJECTED[method]["projector"]["name"] in ("gaussian", "rademacher")  # may form them
+    seeded = projector in ("gaussian", "rademacher")  # may form them
     packed = {"materialize": 18 + 5, "project": 0} if formed and seeded else {"materialize": 0, "project": 18 + 5}
     assert results["structured"][2] == (packed if projects  # train and test rows
                                         else {"materialize": 18, "project": 0})
-    assert results["auto"][2] == (packed if projects else {"materialize": 0, "project": 0})  # the head: one position
+    # auto keeps the layers at one position (the head at least) as factors: projected from them, or formed
+    assert results["auto"][2] == (packed if projects else {"materialize": 18, "project": 0})
     for products in ("structured", "auto"):
         scores, self_scores, _ = results[products]
         dense = results["dense"]

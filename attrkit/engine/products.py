@@ -21,13 +21,14 @@ The training side stays packed when nothing transforms the raw training gradient
 with the singleton grouper, no example weights, no properties on the task (their gradients are
 dense), no feature store (its chunks would hold another representation) and a single process.
 Behind a projector or a feature-space solver (TRAK) the training features are dense as ever, but
-come from the factors: a projector with ``projects_packed`` (the Gaussian, Rademacher and
-``arnoldi`` ones) projects them without forming the gradients (``projector.project_packed``: the
-dense projection's flops for layers at one position per example, and no per-example gradient
-pass), which ``"auto"`` takes for such layers, on the test side too (:func:`query_packer`); any
-other projector gets the gradients formed from the
-factors (``layout.materialize``) under ``"structured"``, a path ``"auto"`` leaves alone (no cheaper).
-The same features to round-off either way.
+come from the factors, which ``"auto"`` takes for layers at one position per example: a projector
+with ``projects_packed`` (the Gaussian, Rademacher and ``arnoldi`` ones) projects them without
+forming the gradients (``projector.project_packed``: the dense projection's flops, and no
+per-example gradient pass), on the test side too (:func:`query_packer`); any other projector (a
+sparse sketch, or none before a feature-space solver) gets the training gradients formed from the
+factors (``layout.materialize``: one in-place outer product per layer into the ``[b, p]`` block,
+instead of a per-example backward and the concatenation of its pieces; 15–20 % faster for the
+sparse sketch on the MNIST settings). The same features to round-off either way.
 """
 
 from __future__ import annotations
@@ -72,12 +73,6 @@ def packs_train(method: GradientAttributor) -> bool:
 def _solved(method: GradientAttributor) -> bool:
     """Whether the queries pass through a (parameter-space) solver."""
     return "solver" in method.parts and not method.parts["solver"].cls.identity
-
-
-def _projects_packed(method: GradientAttributor) -> bool:
-    """Whether the training side is projected straight from the factors (``projector.projects_packed``)."""
-    projector = method.parts.get("projector")
-    return not packs_train(method) and projector is not None and projector.cls.projects_packed
 
 
 def _refuse(why: str) -> SpecError:
@@ -164,7 +159,7 @@ class Chooser:
             self.decided = True
             if self.mode == "structured":
                 keep = [True] * len(grads.layers)
-            elif _solved(self.method) or _projects_packed(self.method):  # auto: layers at one position
+            elif _solved(self.method) or not self.packs_train:  # auto: layers at one position
                 keep = [cheaper_solved(x.inputs.shape[1]) for x in grads.layers]
             else:  # auto: where cheaper than the dense product
                 keep = None
@@ -231,8 +226,6 @@ def chooser(method: GradientAttributor, store: Any, weights: torch.Tensor | None
     source = method.gradients
     if capabilities.STRUCTURED not in source.provides or source.config.products == "dense":
         return None
-    if source.config.products == "auto" and not packs_train(method) and not _projects_packed(method):
-        return None  # forming the gradients from factors saves nothing a projection keeps
     why = _why_dense(method, store, weights)
     if why is None:
         return Chooser(method, source.config.products)
