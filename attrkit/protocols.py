@@ -192,7 +192,8 @@ class Projector(_Saveable, Component):
     #: ``project`` returns its input unchanged (the engine may then take structured products).
     identity: ClassVar[bool] = False
     #: ``project_packed`` may project gradients from their layer factors (the engine's ``"auto"``
-    #: products then take it for layers at one position per example).
+    #: products then take it for layers at one position per example; any other projector gets
+    #: those layers' gradients formed from the factors).
     projects_packed: ClassVar[bool] = False
 
     def fit(self, context: FitContext) -> None:
