@@ -84,6 +84,19 @@ def test_sjlt_hashes_of_any_range_are_slices_of_the_whole():
     assert not torch.equal(sjlt_hashes(8, 0, 3000, 64, 4)[0], buckets)
 
 
+def test_sjlt_keeps_its_hashes_between_batches_within_the_budget(monkeypatch):
+    import attrkit_plugins.sketches as sketches
+
+    x = torch.randn(4, 2500, generator=torch.Generator().manual_seed(2))
+    drawn = sjlt_project(x, 32, 5, 2, chunk_rows=BLOCK_ROWS)
+    kept = _projector("sjlt", 2500, dim=32, seed=5, nnz=2, chunk_rows=BLOCK_ROWS)
+    assert torch.equal(kept.project(x), drawn) and torch.equal(kept.project(x[:1]), drawn[:1])
+    assert kept._hashes is not None and kept._hashes[0].shape == (2500, 2)
+    monkeypatch.setattr(sketches, "KEPT_HASH_BYTES", 2500 * 2 * 12 - 1)  # one byte short: drawn per batch
+    small = _projector("sjlt", 2500, dim=32, seed=5, nnz=2, chunk_rows=BLOCK_ROWS)
+    assert torch.equal(small.project(x), drawn) and small._hashes is None
+
+
 def test_rademacher_is_the_seeded_sign_matrix():
     x = torch.randn(4, 3000)
     expected = SeededMatrix(3000, 32, 5, rademacher_sampler).project(x)

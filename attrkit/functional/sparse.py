@@ -83,7 +83,8 @@ def sjlt_matrix(p: int, k: int, seed: int, nnz: int) -> torch.Tensor:
     return torch.sparse_coo_tensor(indices, values, (p, k), check_invariants=True).coalesce()
 
 
-def sjlt_project(x: torch.Tensor, k: int, seed: int, nnz: int, chunk_rows: int = 8 * BLOCK_ROWS) -> torch.Tensor:
+def sjlt_project(x: torch.Tensor, k: int, seed: int, nnz: int, chunk_rows: int = 8 * BLOCK_ROWS,
+                 hashes: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """``x @ S`` for the sketch ``S[p, k]`` of ``seed`` and ``nnz``, chunked over input coordinates.
 
     Each chunk of ``S`` is built as a sparse COO matrix (transposed, ``[k, n]``) and
@@ -98,6 +99,9 @@ def sjlt_project(x: torch.Tensor, k: int, seed: int, nnz: int, chunk_rows: int =
         chunk_rows: input coordinates per chunk, rounded up to a multiple of
             ``BLOCK_ROWS``; peak extra memory is about ``chunk_rows * nnz * 20`` bytes
             of indices and values plus the ``[k, b]`` output. Never changes ``S``.
+        hashes: the whole sketch's :func:`sjlt_hashes` ``(seed, 0, p, k, nnz)``, sliced per chunk
+            instead of drawn again (a caller projecting many batches keeps them; the same result
+            bit for bit).
 
     Returns:
         ``Tensor[b, k]`` in ``x``'s dtype and device.
@@ -114,7 +118,8 @@ def sjlt_project(x: torch.Tensor, k: int, seed: int, nnz: int, chunk_rows: int =
     out_t = torch.zeros(k, b, dtype=x.dtype, device=x.device)
     for start in range(0, p, chunk):
         stop = min(p, start + chunk)
-        buckets, signs = sjlt_hashes(seed, start, stop, k, nnz)
+        buckets, signs = (sjlt_hashes(seed, start, stop, k, nnz) if hashes is None
+                          else (hashes[0][start:stop], hashes[1][start:stop]))
         columns = torch.arange(stop - start).repeat_interleave(nnz)
         indices = torch.stack([buckets.reshape(-1), columns]).to(x.device)
         sketch_t = torch.sparse_coo_tensor(

@@ -18,7 +18,12 @@ from attrkit.plugin import (
     positive_int,
     seed_field,
 )
-from attrkit.functional.sparse import sjlt_project
+from attrkit.functional.sparse import sjlt_hashes, sjlt_project
+
+#: Most bytes of a sketch's hashes (``p · nnz`` buckets and signs, 12 bytes each) a projector keeps
+#: between batches instead of drawing them again for every batch.
+KEPT_HASH_BYTES = 16 * 2**20
+
 
 @attrs.frozen(kw_only=True)
 class SJLTConfig:
@@ -50,7 +55,8 @@ class SJLTProjector(Projector):
     Buckets and signs are hashed from ``(seed, block of 1024 coordinates)`` on the CPU,
     so results do not depend on batch size, ``chunk_rows`` or device. It costs
     ``b * p * nnz`` multiply-adds (a dense projection: ``b * p * dim``) and stores no
-    matrix. Inner products are kept in expectation; for dense inputs the error is like
+    matrix: only its hashes, 12 bytes per coordinate and nonzero, kept between batches
+    while they fit :data:`KEPT_HASH_BYTES`. Inner products are kept in expectation; for dense inputs the error is like
     a dense projection's, for very sparse inputs raise ``nnz`` (see
     :mod:`attrkit.functional.sparse`). Returns float32.
 
@@ -64,10 +70,12 @@ class SJLTProjector(Projector):
     def __init__(self, config: SJLTConfig):
         super().__init__(config)
         self.dimension: int | None = None
+        self._hashes: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def fit(self, context: FitContext) -> None:
-        """Remember the input dimension ``p`` (the sketch is hashed on the fly)."""
-        self.dimension = context.dimension
+        """Remember the input dimension ``p`` (the sketch is hashed on the fly, and its hashes kept
+        between batches when they fit :data:`KEPT_HASH_BYTES`)."""
+        self.dimension, self._hashes = context.dimension, None
 
     def state_dict(self) -> dict[str, StateValue]:
         """``{"dimension": p}``: the sketch is hashed again from the seed.
@@ -81,7 +89,7 @@ class SJLTProjector(Projector):
 
     def load_state_dict(self, state: Mapping[str, StateValue]) -> None:
         """Remember the saved input dimension."""
-        self.dimension = int(state["dimension"])
+        self.dimension, self._hashes = int(state["dimension"]), None
 
     def project(self, vectors: torch.Tensor) -> torch.Tensor:
         """``Tensor[b, p] -> Tensor[b, dim]``: float64 for float64 vectors (kept exact, as the dense
@@ -97,7 +105,9 @@ class SJLTProjector(Projector):
             raise ArgumentError(f"sjlt was fitted for dimension {self.dimension}, got vectors of {vectors.shape[-1]}")
         c = self.config
         x = vectors if vectors.dtype == torch.float64 else vectors.float()
-        return sjlt_project(x, c.dim, c.seed, c.nnz, c.chunk_rows)
+        if self._hashes is None and self.dimension * c.nnz * 12 <= KEPT_HASH_BYTES:
+            self._hashes = sjlt_hashes(c.seed, 0, self.dimension, c.dim, c.nnz)
+        return sjlt_project(x, c.dim, c.seed, c.nnz, c.chunk_rows, hashes=self._hashes)
 
 
 @hookimpl
