@@ -162,6 +162,19 @@ def test_rps_refit_in_closed_form_for_cross_entropy_equals_the_autograd_refit() 
                                rtol=1e-5, atol=1e-6)
 
 
+def test_rps_stops_where_the_objective_changes_at_round_off() -> None:
+    """The default ``tol_change`` ends the refit where the objective's changes reach its float64 round-off:
+    ``α`` within 1e-5 relative of the refit run on until its line search stalls (``tol_change=0``)."""
+    gen = torch.Generator().manual_seed(3)
+    x, y = torch.randn(400, 30, generator=gen), torch.randint(0, 5, (400,), generator=gen)
+    task = attrkit.AttributionTask(model=torch.nn.Linear(30, 5), loss_fn=cross_entropy)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=100)
+    heads = [attrkit.compose({"method": {"name": "rps", "regularization": 0.003, "tol_change": tol}}, task)
+             .fit(loader).heads[0] for tol in (1e-14, 0.0)]
+    assert heads[0].gradient_norm < 1e-6 and heads[1].gradient_norm < 1e-7
+    assert float((heads[0].alpha - heads[1].alpha).norm() / heads[1].alpha.norm()) < 1e-5
+
+
 def test_rps_refuses_unlabelled_batches() -> None:
     task = attrkit.AttributionTask(model=TOY.task.model, loss_fn=lambda m, b: m(b).sum(1))
     with pytest.raises(attrkit.errors.DataLoaderError, match="rps needs batches"):

@@ -145,6 +145,11 @@ class RPSConfig:
         layer: module name of the output ``nn.Linear``; ``None`` picks the last one.
         max_iter: L-BFGS iterations of the refit (float64, full batch).
         tol: stop when the objective's gradient norm is below ``tol``.
+        tol_change: stop when an iteration changes the objective by less than this: by then the
+            changes are at the float64 round-off of its mean over the training set, where the line
+            search works on noise (on the MNIST settings ``1e-14`` saves 17–22 % of the
+            evaluations and moves ``α`` by 1.5–3.1e-7 relative; the same refit on one thread
+            instead of two moves it by 3e-8; ``0`` runs on until the line search stalls).
     """
 
     regularization: float = float_field(3e-3, gt=0.0, examples=(3e-3, 0.1))
@@ -153,6 +158,7 @@ class RPSConfig:
     layer: str | None = None
     max_iter: int = positive_int(1000)
     tol: float = float_field(1e-10, gt=0.0)
+    tol_change: float = float_field(1e-14, ge=0.0)
 
 
 @attrs.frozen
@@ -248,7 +254,7 @@ class RepresenterPoints(Attributor):
         n, lam = feats.shape[0], self.config.regularization
         w = start.clone().requires_grad_(True)
         optimizer = torch.optim.LBFGS([w], max_iter=self.config.max_iter, tolerance_grad=self.config.tol,
-                                      tolerance_change=0.0, history_size=50, line_search_fn="strong_wolfe")
+                                      tolerance_change=self.config.tol_change, history_size=50, line_search_fn="strong_wolfe")
 
         closed = _cross_entropy_objective(self.task.loss_fn, feats, labels, lam, start.shape[0])
 
