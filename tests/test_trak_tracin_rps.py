@@ -175,6 +175,20 @@ def test_rps_stops_where_the_objective_changes_at_round_off() -> None:
     assert float((heads[0].alpha - heads[1].alpha).norm() / heads[1].alpha.norm()) < 1e-5
 
 
+def test_rps_scores_in_row_tiles_equal_the_whole_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scores are produced in tiles of at most ``_TILE_ELEMENTS`` entries, never a whole batch at once:
+    tiles of 2 rows (not dividing the test batch of 5) give the scores of tiles as large as a batch, bit for bit."""
+    from attrkit_plugins import representer
+
+    rps = attrkit.compose({"method": {"name": "rps", "regularization": 0.01}}, TOY.task).fit(TOY.train_loader())
+    whole = rps.attribute(TOY.test_loader())
+    n = whole.shape[1]
+    monkeypatch.setattr(representer, "_TILE_ELEMENTS", 2 * n)
+    tiles = list(rps._score_rows(rps.heads, attrkit.loaders.checked(TOY.test_loader(), "test")))
+    assert max(t.shape[0] for t in tiles) == 2
+    assert torch.equal(torch.cat(tiles), whole)
+
+
 def test_rps_refuses_unlabelled_batches() -> None:
     task = attrkit.AttributionTask(model=TOY.task.model, loss_fn=lambda m, b: m(b).sum(1))
     with pytest.raises(attrkit.errors.DataLoaderError, match="rps needs batches"):

@@ -363,24 +363,25 @@ class RepresenterPoints(Attributor):
         return stack_rows(self._score_rows(heads, test), test.estimated_examples)
 
     def _score_rows(self, heads: list[_Head], test: Iterable[Any]) -> Iterator[torch.Tensor]:
-        """Each test batch's scores, ``Tensor[b, n_train]`` float32 CPU, checked to be finite."""
+        """The scores of each test batch, in tiles of rows (``Tensor[rows, n_train]`` float32 CPU, at most
+        :data:`_TILE_ELEMENTS` entries each), checked to be finite: no whole batch of scores is held
+        beside the result it is copied into."""
         offset, n = 0, heads[0].features.shape[0]
         step = max(1, _TILE_ELEMENTS // n)
         for j, batch in enumerate(progress(test, "rps: scoring")):
             sides = [self._test_side(head, batch, self.task.target, f"test batch {j}", offset) for head in heads]
-            out = torch.empty(batch_size(batch), n, dtype=torch.float32)
-            for lo in range(0, out.shape[0], step):  # the [rows, n] float64 products are the largest temporaries
+            for lo in range(0, sides[0][0].shape[0], step):  # the [rows, n] float64 products are the largest temporaries
                 total = None
                 for head, (feats, push) in zip(heads, sides):
                     share = (feats[lo : lo + step] @ head.features.T).mul_(push[lo : lo + step] @ head.alpha.T)
                     share.mul_(head.member.weight)
                     total = share if total is None else total.add_(share)
                     del share
-                out[lo : lo + step] = total.float().cpu()
+                tile = total.float().cpu()
                 del total
-            check_scores(out, first_row=offset)
-            offset += out.shape[0]
-            yield out
+                check_scores(tile, first_row=offset)
+                offset += tile.shape[0]
+                yield tile
 
     def representer_values(self, test: Iterable[Any]) -> torch.Tensor:
         """``Tensor[n_test, n_train, C]`` float64: ``α_i (h̃_iᵀ h̃_t)`` of the first member.
