@@ -328,6 +328,35 @@ def test_lissa_samples_alike_on_both_paths_with_one_pass(make, curvature):
     assert (fast.solve.passes, slow.solve.passes) == (0, 0)
 
 
+@pytest.mark.parametrize("vector_dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+def test_lissa_steps_reuse_one_workspace_with_the_same_solves(vector_dtype, monkeypatch):
+    """Every step's temporaries come from one workspace per solve, each buffer allocated once: the solve equals,
+    bit for bit, the one whose steps allocate every temporary afresh."""
+    names, data = select_parameters(_mlp(), ("*",)), _data()
+
+    def solve():
+        return lissa_ihvp_at(_mlp(), cross_entropy, dict(_mlp().state_dict()), names, data, regularization=LAM,
+                             curvature="gauss-newton", depth=12, scale=20.0, batch_size=8, seed=3, matvec="structured")
+
+    vectors = _vectors(solve().p, m=4, dtype=vector_dtype)
+    reused = solve()(vectors)
+    allocated: dict[str, set[int]] = {}
+    original = structured_matvec.Workspace.get
+
+    def recording(self, name, shape, dtype, device):
+        buffer = original(self, name, shape, dtype, device)
+        allocated.setdefault(name, set()).add(buffer.data_ptr())
+        return buffer
+
+    monkeypatch.setattr(structured_matvec.Workspace, "get", recording)
+    assert torch.equal(solve()(vectors), reused)
+    names_used = {"product", "layer 0", "layer 1"} | ({"rows", "result"} if vector_dtype == torch.float64 else set())
+    assert set(allocated) == names_used and all(len(ptrs) == 1 for ptrs in allocated.values())
+    monkeypatch.setattr(structured_matvec.Workspace, "get",
+                        lambda self, name, shape, dtype, device: torch.empty(shape, dtype=dtype, device=device))
+    assert torch.equal(solve()(vectors), reused)
+
+
 def test_lissa_refuses_forced_structure_where_it_does_not_apply():
     model = _mlp()
     names = select_parameters(model, ("*",))

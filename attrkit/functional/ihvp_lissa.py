@@ -28,7 +28,7 @@ from attrkit.functional.ihvp import (
     check_regularization,
     prepare_at,
 )
-from attrkit.functional.structured_matvec import chosen_operator
+from attrkit.functional.structured_matvec import Workspace, chosen_operator
 from attrkit.progress import progress
 from attrkit.types import LossFn
 
@@ -203,12 +203,13 @@ def lissa_ihvp_at(
 
     def apply(vectors: torch.Tensor) -> torch.Tensor:
         generator = torch.Generator().manual_seed(seed)
+        workspace = Workspace()  # each step's product is consumed before the next is taken
 
         def sampled(rows: torch.Tensor) -> torch.Tensor:
             index = torch.randperm(n, generator=generator)[:batch_size]
             meter.example_hvps += batch_size * rows.shape[0]
             if operator is not None:
-                return operator.subset(index)(rows)
+                return operator.subset(index, workspace)(rows)
             parts = [part for part in index.tensor_split(ranks) if part.numel()]
             samples = [tree_map(lambda t, part=part: t[part.to(t.device)], data) for part in parts]
             return product(model, loss_fn, state, names, samples)(rows)
