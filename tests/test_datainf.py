@@ -99,6 +99,21 @@ def test_selected_parameters_form_their_own_layers():
     torch.testing.assert_close(solve(v), expected, **TOL)
 
 
+def test_names_out_of_module_order_are_gathered_into_their_layers():
+    """A layer whose parameters are not adjacent in ``names`` is gathered from its columns and scattered back:
+    the same solve as with the names in module order, its columns permuted alike."""
+    model, state, names, x, y = _problem()
+    shuffled = ["0.weight", "3.weight", "2.weight", "0.bias", "3.bias", "2.bias"]
+    sizes = {n: state[n].numel() for n in names}
+    starts = dict(zip(names, torch.tensor([0, *sizes.values()]).cumsum(0).tolist()))
+    permutation = torch.cat([torch.arange(starts[n], starts[n] + sizes[n]) for n in shuffled])
+    v = _vectors()
+    ordered = datainf_ihvp_at(model, _ce, state, names, _batches(x, y, 4), regularization=0.05)
+    gathered = datainf_ihvp_at(model, _ce, state, shuffled, _batches(x, y, 4), regularization=0.05)
+    assert gathered.layers == (("0.weight", "0.bias"), ("3.weight", "3.bias"), ("2.weight", "2.bias"))
+    torch.testing.assert_close(gathered(v[:, permutation]), ordered(v)[:, permutation], rtol=1e-10, atol=1e-12)
+
+
 def test_errors_name_the_problem():
     model, state, names, x, y = _problem()
     with pytest.raises(ValueError, match="regularization must be > 0"):

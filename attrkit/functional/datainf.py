@@ -94,14 +94,19 @@ class DataInfSolve:
             raise ArgumentError(f"expected a block of vectors Tensor[m, {p}], got shape {tuple(vectors.shape)}")
         like = self.damping
         order = torch.cat(self.columns).to(like.device)
+        # layers whose columns follow the vectors' own order (every layer's parameters adjacent in ``names``)
+        # take no gather: a copy of each batch's [b, p] gradients less
+        order = None if torch.equal(order, torch.arange(p, device=order.device)) else order
         sizes = [len(c) for c in self.columns]
-        rows = vectors.to(dtype=like.dtype, device=like.device)[:, order].split(sizes, 1)
+        rows = vectors.to(dtype=like.dtype, device=like.device)
+        rows = (rows if order is None else rows[:, order]).split(sizes, 1)
         totals = [torch.zeros(v.shape, dtype=v.dtype, device=v.device) for v in rows]
         n = 0
         total = length_of(self.batches) if distributed.world() is None else None
         for batch in progress(distributed.shard(self.batches), "datainf: solve pass", total=total):
             batch = to_device(batch, like.device)
-            grads = per_example_gradients(self.model, self.loss_fn, self.state, batch, self.names)[:, order]
+            grads = per_example_gradients(self.model, self.loss_fn, self.state, batch, self.names)
+            grads = grads if order is None else grads[:, order]
             for v, total, g, lam in zip(rows, totals, grads.split(sizes, 1), self.damping, strict=True):
                 total += ((v @ g.T) / (lam + g.square().sum(1))) @ g
             n += batch_size(batch)
@@ -109,8 +114,7 @@ class DataInfSolve:
         if n == 0:
             raise DataLoaderError("the training batches are empty; pass a re-iterable loader, not a one-shot generator")
         solved = torch.cat([(v - total / n) / lam for v, total, lam in zip(rows, totals, self.damping)], 1)
-        out = torch.empty_like(solved)
-        out[:, order] = solved
+        out = solved if order is None else torch.empty_like(solved).index_copy_(1, order, solved)
         return check_finite_solve("datainf", vectors, out.to(dtype=vectors.dtype, device=vectors.device))
 
 
