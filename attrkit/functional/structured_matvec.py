@@ -170,11 +170,8 @@ class StructuredMatVec:
     def _few_product(self, v: torch.Tensor) -> torch.Tensor:
         """:meth:`__call__` of a :meth:`subset`: the rows cast to the factors' dtype, their products
         (:meth:`_few_examples`) over the examples' count, cast back to ``v``'s dtype and device, each step in
-        the workspace's buffers when there is one (the same values as fresh tensors)."""
+        :meth:`_scratch` tensors (the workspace's buffers when there is one: the same values)."""
         flat = v.reshape(-1, self.p)
-        if self._workspace is None:
-            rows = flat.to(device=self.device, dtype=self.dtype)
-            return (self._few_examples(rows) / self.examples).to(device=v.device, dtype=v.dtype).reshape(v.shape)
         rows = flat if (flat.dtype, flat.device) == (self.dtype, self.device) else \
             self._scratch("rows", tuple(flat.shape)).copy_(flat)
         out = self._few_examples(rows).div_(self.examples)
